@@ -1,0 +1,48 @@
+"""Development sessions. ``nox`` runs tests, lint and typecheck; ``nox -s demo`` runs the demo."""
+
+from __future__ import annotations
+
+import nox
+
+nox.needs_version = ">=2024.10.9"
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["tests", "lint", "typecheck"]
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+PYTHON = "3.11"
+PROJECT = "-e.[cli,emulator]"
+
+
+def install(session: nox.Session, *groups: str) -> None:
+    session.install(
+        PROJECT, *(dep for group in groups for dep in nox.project.dependency_groups(PYPROJECT, group))
+    )
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite offline: emulator over real HTTP, cassettes replayed (record mode none)."""
+    install(session, "test")
+    session.run("pytest", *(session.posargs or ["--record-mode=none"]))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Check style and common bugs with ruff."""
+    install(session, "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """Type-check with mypy (strict on ticketing_core)."""
+    install(session, "typecheck")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON, default=False)
+def record(session: nox.Session) -> None:
+    """Re-record the HTTP cassettes against the emulator (or a real instance, see README)."""
+    install(session, "test")
+    session.run("pytest", "-m", "vcr", "--record-mode=rewrite", *session.posargs)

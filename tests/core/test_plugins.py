@@ -1,0 +1,111 @@
+"""Plugin discovery and registration, through real entry points and registered objects."""
+
+import subprocess
+import sys
+import types
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from ticketing_core import hookimpl
+from ticketing_core.errors import InvalidInput, PluginError
+from ticketing_core.plugins import PluginRegistry, check_api_url
+from ticketing_servicenow import ServiceNowProvider
+
+
+def plugin_registering(*names: str) -> types.SimpleNamespace:
+    @hookimpl
+    def register_providers(register):  # type: ignore[no-untyped-def]
+        for name in names:
+            register(name, ServiceNowProvider)
+
+    return types.SimpleNamespace(register_providers=register_providers)
+
+
+def test_servicenow_is_found_through_its_entry_point() -> None:
+    registry = PluginRegistry()
+    registry.load_entry_points()
+
+    infos = {info.name: info for info in registry.providers()}
+
+    assert infos["servicenow"].distribution == "ticketing"
+    assert infos["servicenow"].version
+    assert registry.factory("servicenow") is ServiceNowProvider
+    assert registry.failures == []
+
+
+def test_a_broken_plugin_is_reported_and_the_rest_still_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broken = EntryPoint("broken", "no_such_module_anywhere", "ticketing")
+    real = list(__import__("importlib.metadata").metadata.entry_points(group="ticketing"))
+    monkeypatch.setattr(
+        "ticketing_core.plugins.entry_points", lambda group: [broken, *real]
+    )
+    registry = PluginRegistry()
+
+    registry.load_entry_points()
+
+    assert [f.name for f in registry.failures] == ["broken"]
+    assert "ModuleNotFoundError" in registry.failures[0].error
+    assert "servicenow" in [info.name for info in registry.providers()]
+
+
+def test_a_taken_name_is_reported_and_the_first_kept() -> None:
+    registry = PluginRegistry()
+    registry.register(plugin_registering("acme"), "first", ("first-dist", "1.0"))
+    registry.register(plugin_registering("acme"), "second", ("second-dist", "2.0"))
+
+    infos = registry.providers()
+
+    assert len(infos) == 1
+    assert len(registry.failures) == 1
+    assert "already registered" in registry.failures[0].error
+
+
+def test_unknown_provider_lists_what_is_installed() -> None:
+    registry = PluginRegistry()
+    registry.register(plugin_registering("acme"), "acme-plugin", ("acme", "1.0"))
+
+    with pytest.raises(PluginError, match=r"no ticketing provider named 'jira'.*installed: acme"):
+        registry.factory("jira")
+
+
+def test_check_pending_catches_misspelled_hooks() -> None:
+    @hookimpl
+    def register_provider(register):  # type: ignore[no-untyped-def]  # missing "s"
+        pass
+
+    registry = PluginRegistry()
+    registry.register(types.SimpleNamespace(register_provider=register_provider), "typo", ("t", "1"))
+
+    with pytest.raises(PluginError, match="register_provider"):
+        registry.check_pending()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://x.example", "refusing plain-HTTP"),
+        ("x.service-now.com", "absolute https:// URL"),
+        ("https://admin:pw@x.example", "must not contain credentials"),
+    ],
+)
+def test_api_urls_are_checked(url: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        check_api_url(url, allow_http=False)
+
+
+def test_plain_http_is_allowed_on_request_and_trailing_slash_dropped() -> None:
+    assert check_api_url("http://127.0.0.1:8080/", allow_http=True) == "http://127.0.0.1:8080"
+
+
+def test_load_plugins_variable_restricts_loading() -> None:
+    code = "import ticketing_core; print([p.name for p in ticketing_core.providers()])"
+    env = {"TICKETING_LOAD_PLUGINS": "nothing-by-this-name", "PATH": ""}
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+
+    assert result.stdout.strip() == "[]"

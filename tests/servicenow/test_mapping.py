@@ -1,0 +1,111 @@
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from ticketing_core.models import SearchQuery, TicketChanges, TicketDraft
+from ticketing_servicenow import mapping
+
+# Real ServiceNow responses (copied from shared/servicenow-captures, sources named inside).
+CAPTURES = Path(__file__).parent / "captures"
+
+
+def captured_incident() -> dict[str, object]:
+    path = CAPTURES / "post-incident-201.json"
+    return json.loads(path.read_text())["response"]["result"]  # type: ignore[no-any-return]
+
+
+def test_a_real_raw_incident_maps_to_a_ticket() -> None:
+    ticket = mapping.to_ticket(captured_incident(), "https://dev31247.service-now.com")
+
+    assert ticket.id == "6f9e856f4fe503006ad47d218110c704"
+    assert ticket.number == "INC0010010"
+    assert ticket.title.startswith("Puppet Corrective Change")
+    assert ticket.status == "Closed"
+    assert (ticket.priority, ticket.urgency, ticket.impact) == ("1", "1", "1")
+    assert ticket.category == "inquiry"
+    assert ticket.subcategory is None
+    assert ticket.assigned_to is None
+    assert ticket.created_at == datetime(2017, 10, 7, 18, 30, 15, tzinfo=UTC)
+    assert ticket.url == (
+        "https://dev31247.service-now.com/incident.do?sys_id=6f9e856f4fe503006ad47d218110c704"
+    )
+
+
+def test_display_value_all_gives_codes_and_display_names() -> None:
+    record = {
+        "sys_id": {"display_value": "abc", "value": "abc"},
+        "number": {"display_value": "INC0000001", "value": "INC0000001"},
+        "state": {"display_value": "In Progress", "value": "2"},
+        "priority": {"display_value": "2 - High", "value": "2"},
+        "assigned_to": {"display_value": "John Doe", "value": "681ccaf9c0a8016400b98a06818d57c7"},
+    }
+
+    ticket = mapping.to_ticket(record, "https://i.example")
+
+    assert (ticket.status, ticket.priority, ticket.assigned_to) == ("In Progress", "2", "John Doe")
+
+
+@pytest.mark.parametrize(
+    ("code", "label"),
+    [("1", "New"), ("2", "In Progress"), ("3", "On Hold"), ("6", "Resolved"), ("7", "Closed"),
+     ("8", "Canceled"), ("42", "42")],
+)  # fmt: skip
+def test_state_labels_keep_unknown_codes(code: str, label: str) -> None:
+    assert mapping.to_status({"state": code}).label == label
+
+
+def test_state_code_reads_labels_and_codes() -> None:
+    assert mapping.state_code("in progress") == "2"
+    assert mapping.state_code("6") == "6"
+
+
+def test_search_query_ors_text_fields_then_ands_filters_and_orders() -> None:
+    encoded = mapping.search_query(SearchQuery(text="data quality", status="New", priority="2"))
+
+    assert encoded == (
+        "short_descriptionLIKEdata quality^ORdescriptionLIKEdata quality^ORnumberLIKEdata quality"
+        "^state=1^priority=2^ORDERBYDESCsys_created_on^ORDERBYsys_id"
+    )
+
+
+def test_search_text_cannot_inject_query_terms() -> None:
+    encoded = mapping.search_query(SearchQuery(text="x^ORactive=true"))
+
+    assert "LIKEx^^ORactive=true" in encoded
+
+
+def test_draft_payload_carries_correlation_and_skips_missing_fields() -> None:
+    draft = TicketDraft(
+        title="t", description="d", priority="2", urgency="2", impact="2",
+        external_id="anomaly-1", external_source="Qualytics",
+    )  # fmt: skip
+
+    assert mapping.draft_payload(draft, None) == {
+        "short_description": "t", "description": "d", "priority": "2", "urgency": "2",
+        "impact": "2", "correlation_id": "anomaly-1", "correlation_display": "Qualytics",
+    }  # fmt: skip
+    assert mapping.draft_payload(draft, "key-1")["correlation_id"] == "key-1"
+
+
+def test_changes_payload_uses_wire_names_and_state_codes() -> None:
+    changes = TicketChanges(title="new", status="Resolved", fields={"close_code": "Solved"})
+
+    assert mapping.changes_payload(changes) == {
+        "short_description": "new",
+        "state": "6",
+        "close_code": "Solved",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "safe"),
+    [
+        ("[code]<img src=x onerror=alert(1)>[/code]", "(code)<img src=x onerror=alert(1)>(/code)"),
+        ("[ CODE ]x[/Code]", "(code)x(/code)"),
+        ("plain [note]", "plain [note]"),
+    ],
+)
+def test_journal_text_cannot_open_a_code_block(text: str, safe: str) -> None:
+    assert mapping.journal_safe(text) == safe

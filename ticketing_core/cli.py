@@ -1,0 +1,293 @@
+"""``ticketing``: the operator's command line, against any installed provider.
+
+Exit codes: 0 success, 2 usage or invalid input, 3 authentication failed, 4 not found,
+5 provider unavailable (down, timed out, rate limited), 6 permission denied, 1 any other provider error.
+Errors are one line on stderr; secrets are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+try:
+    import click
+except ImportError:  # pragma: no cover - exercised only without the extra
+    sys.exit("the ticketing command needs its extra: pip install 'ticketing[cli]'")
+
+import ticketing_core
+from ticketing_core import errors
+from ticketing_core.converters import unstructure
+from ticketing_core.hookspecs import Provider
+from ticketing_core.models import SearchQuery, Ticket, TicketChanges, TicketDraft
+from ticketing_core.plugins import default_registry
+
+T = TypeVar("T")
+
+EXIT_USAGE = 2
+EXIT_CODES: tuple[tuple[type[errors.TicketingError], int], ...] = (
+    (errors.InvalidInput, EXIT_USAGE),
+    (errors.PluginError, EXIT_USAGE),
+    (errors.AuthenticationFailed, 3),
+    (errors.NotFound, 4),
+    (errors.ProviderUnavailable, 5),
+    (errors.RateLimited, 5),
+    (errors.UnexpectedResponse, 5),
+    (errors.PermissionDenied, 6),
+    (errors.TicketingError, 1),
+)
+CANONICAL_FIELDS = frozenset(
+    ("title", "description", "status", "priority", "urgency", "impact", "category", "subcategory",
+     "assigned_to", "assignment_group")
+)  # fmt: skip
+
+
+def exit_code_for(error: errors.TicketingError) -> int:
+    return next(code for kind, code in EXIT_CODES if isinstance(error, kind))
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn framework errors into one stderr line and the matching exit code."""
+    try:
+        yield
+    except errors.TicketingError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exit_code_for(exc))
+
+
+def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--provider/--url/--token/--allow-http/--json, read from TICKETING_* too."""
+    options = [
+        click.option("--provider", envvar="TICKETING_PROVIDER",
+                     help="Provider name (default: the only installed one)."),
+        click.option("--url", envvar="TICKETING_URL", required=True,
+                     help="Instance base URL, e.g. https://acme.service-now.com."),
+        click.option("--token", envvar="TICKETING_TOKEN", required=True,
+                     help="Access token; for ServiceNow 'username:password' or a bearer token."),
+        click.option("--allow-http", is_flag=True, help="Allow a plain http:// URL (emulators, labs)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the canonical JSON shape."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@contextmanager
+def connected(provider: str | None, url: str, token: str, allow_http: bool) -> Iterator[Provider]:
+    with reported_errors():
+        name = provider or _only_provider()
+        client = ticketing_core.connect(
+            name, api_url=url, api_access_token=token, allow_http=allow_http
+        )
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def _only_provider() -> str:
+    names = [info.name for info in default_registry().providers()]
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise errors.PluginError("no ticketing provider is installed")
+    raise errors.PluginError(f"several providers are installed ({', '.join(names)}): pass --provider")
+
+
+def on_ticket(client: Provider, reference: str, operation: Callable[[str], T]) -> T:
+    """Run ``operation`` on a ticket given by id or, failing that, by its number."""
+    try:
+        return operation(reference)
+    except (errors.NotFound, errors.InvalidInput):
+        return operation(client.find(reference).id)
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(unstructure(data), indent=2) if as_json else render(data))
+
+
+def render_ticket(ticket: Ticket) -> str:
+    rows = {
+        "Number": ticket.number,
+        "Id": ticket.id,
+        "Title": ticket.title,
+        "Status": ticket.status,
+        "Priority": ticket.priority,
+        "Urgency": ticket.urgency,
+        "Impact": ticket.impact,
+        "Category": ticket.category,
+        "Subcategory": ticket.subcategory,
+        "Assigned to": ticket.assigned_to,
+        "Group": ticket.assignment_group,
+        "Created": ticket.created_at and ticket.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+        "Updated": ticket.updated_at and ticket.updated_at.strftime("%Y-%m-%d %H:%M UTC"),
+        "URL": ticket.url,
+    }
+    lines = [f"{label + ':':<13}{value}" for label, value in rows.items() if value]
+    if ticket.description:
+        lines += ["", ticket.description]
+    return "\n".join(lines)
+
+
+def render_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    )
+
+
+@click.group()
+@click.version_option(package_name="ticketing")
+def cli() -> None:
+    """Operate ticketing providers (ServiceNow, ...) from the command line."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def providers(as_json: bool) -> None:
+    """List installed providers with their distribution and version."""
+    registry = default_registry()
+    installed = registry.providers()
+    for failure in registry.failures:
+        click.echo(f"warning: plugin {failure.name!r} failed to load: {failure.error}", err=True)
+    if as_json:
+        click.echo(json.dumps([{"name": p.name, "distribution": p.distribution,
+                                "version": p.version} for p in installed], indent=2))  # fmt: skip
+    else:
+        rows = [(p.name, p.distribution, p.version) for p in installed]
+        click.echo(render_table(("NAME", "DISTRIBUTION", "VERSION"), rows))
+
+
+@cli.command()
+@connection_options
+def check(provider: str | None, url: str, token: str, allow_http: bool, as_json: bool) -> None:
+    """Check the URL and credentials."""
+    with connected(provider, url, token, allow_http) as client:
+        client.validate()
+    click.echo(json.dumps({"connected": True}) if as_json else f"Connected to {url}")
+
+
+@cli.command()
+@connection_options
+@click.option("--query", "-q", help="Free text.")
+@click.option("--status", help="Status code or label.")
+@click.option("--priority", help="Priority code.")
+@click.option("--page", type=int, default=1, show_default=True)
+@click.option("--size", type=int, default=20, show_default=True)
+def search(
+    provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
+    query: str | None, status: str | None, priority: str | None, page: int, size: int,
+) -> None:  # fmt: skip
+    """Search tickets."""
+    with connected(provider, url, token, allow_http) as client:
+        found = client.search(
+            SearchQuery(text=query, status=status, priority=priority, page=page, size=size)
+        )
+
+    def render(result: Any) -> str:
+        rows = [(t.number, t.status, t.priority or "", t.assigned_to or "", t.title)
+                for t in result.items]  # fmt: skip
+        table = render_table(("NUMBER", "STATUS", "PRIORITY", "ASSIGNED TO", "TITLE"), rows)
+        return f"{table}\npage {result.page} of {result.pages}, {result.total} tickets in all"
+
+    emit(found, as_json, render)
+
+
+@cli.command()
+@connection_options
+@click.argument("ticket")
+def get(provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
+        ticket: str) -> None:  # fmt: skip
+    """Show a ticket, by id or number."""
+    with connected(provider, url, token, allow_http) as client:
+        emit(on_ticket(client, ticket, client.get), as_json, render_ticket)
+
+
+@cli.command()
+@connection_options
+@click.option("--title", required=True)
+@click.option("--description", required=True)
+@click.option("--priority", required=True)
+@click.option("--urgency", required=True)
+@click.option("--impact", required=True)
+@click.option("--category")
+@click.option("--subcategory")
+@click.option("--assigned-to")
+@click.option("--assignment-group")
+@click.option("--idempotency-key", help="Reuse to retry a create safely (default: a fresh one).")
+def create(
+    provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
+    idempotency_key: str | None, **fields: str | None,
+) -> None:  # fmt: skip
+    """Create a ticket; retrying with the same --idempotency-key never makes two."""
+    key = idempotency_key or str(uuid.uuid4())
+    with connected(provider, url, token, allow_http) as client:
+        draft = TicketDraft(**fields)  # type: ignore[arg-type]
+        try:
+            created = client.create(draft, idempotency_key=key)
+        except errors.ProviderUnavailable:
+            click.echo(f"note: retry with --idempotency-key {key} to avoid a duplicate", err=True)
+            raise
+    emit(created, as_json, render_ticket)
+
+
+def parse_field(value: str) -> tuple[str, str]:
+    name, sep, field_value = value.partition("=")
+    if not sep or not name.strip():
+        raise click.BadParameter(f"{value!r} is not name=value")
+    return name.strip(), field_value
+
+
+@cli.command()
+@connection_options
+@click.argument("ticket")
+@click.option("--field", "-f", "field_values", multiple=True, required=True,
+              help="name=value; title, status, priority, ... or a provider field.")  # fmt: skip
+def update(
+    provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
+    ticket: str, field_values: tuple[str, ...],
+) -> None:  # fmt: skip
+    """Change fields of a ticket."""
+    pairs = dict(parse_field(value) for value in field_values)
+    canonical = {name: value for name, value in pairs.items() if name in CANONICAL_FIELDS}
+    extra = {name: value for name, value in pairs.items() if name not in CANONICAL_FIELDS}
+    changes = TicketChanges(**canonical, fields=extra)
+    with connected(provider, url, token, allow_http) as client:
+        updated = on_ticket(client, ticket, lambda ticket_id: client.update(ticket_id, changes))
+    emit(updated, as_json, render_ticket)
+
+
+@cli.command()
+@connection_options
+@click.argument("ticket")
+@click.argument("text")
+def note(provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
+         ticket: str, text: str) -> None:  # fmt: skip
+    """Add an internal work note to a ticket."""
+    with connected(provider, url, token, allow_http) as client:
+        on_ticket(client, ticket, lambda ticket_id: client.add_work_note(ticket_id, text))
+    click.echo(json.dumps({"noted": True}) if as_json else f"Work note added to {ticket}")
+
+
+@cli.command()
+@connection_options
+@click.argument("ticket")
+def status(provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
+           ticket: str) -> None:  # fmt: skip
+    """Show a ticket's status."""
+    with connected(provider, url, token, allow_http) as client:
+        current = on_ticket(client, ticket, client.get_status)
+    if as_json:
+        click.echo(json.dumps({"status": current.label, "code": current.code}))
+    else:
+        click.echo(f"{current.label} ({current.code})")
+
+
+def main() -> None:
+    cli(prog_name="ticketing")

@@ -1,0 +1,95 @@
+"""The error tree callers act on.
+
+Every failure a provider reports is one of these, so a host can decide what to do without knowing which
+provider it talks to::
+
+    TicketingError
+    ├── InvalidInput            the caller's input was wrong; fix it, don't retry
+    ├── PluginError             a provider is not installed or could not be loaded
+    └── ProviderError           the provider's service refused or failed the call
+        ├── AuthenticationFailed    credentials rejected (HTTP 401)
+        ├── PermissionDenied        authenticated but not allowed (HTTP 403)
+        ├── NotFound                no such ticket, or hidden from this user (HTTP 404)
+        ├── RateLimited             slow down; ``retry_after`` seconds when the service said
+        ├── ProviderUnavailable     down, overloaded or unreachable (5xx, network); retry later
+        │   └── ProviderTimeout         no answer in time; the call may or may not have happened
+        └── UnexpectedResponse      an answer we cannot read (e.g. HTML from a hibernating instance)
+
+Messages name the cause and never carry a secret: providers build them from status codes and the
+service's own error text, never from request headers or URLs with credentials.
+"""
+
+from __future__ import annotations
+
+
+class TicketingError(Exception):
+    """Base of every error this framework raises on purpose."""
+
+
+class InvalidInput(TicketingError):
+    """The caller's input is invalid; the message says which field and why."""
+
+
+class PluginError(TicketingError):
+    """A provider is unknown, ambiguous, or its plugin failed to load."""
+
+
+class ProviderError(TicketingError):
+    """The provider's service refused or failed the call.
+
+    ``status_code`` is the HTTP status when there was one; ``retryable`` tells a background worker
+    whether trying again later can succeed.
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+
+
+class AuthenticationFailed(ProviderError):
+    """The credentials were rejected."""
+
+
+class PermissionDenied(ProviderError):
+    """The credentials are valid but the operation is not allowed (ACL, business rule, data policy)."""
+
+
+class NotFound(ProviderError):
+    """The ticket does not exist, or the user may not see it."""
+
+
+class RateLimited(ProviderError):
+    """The service asked us to slow down; ``retry_after`` is its wait in seconds, if it gave one."""
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status_code: int | None = 429
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class ProviderUnavailable(ProviderError):
+    """The service is down, overloaded or unreachable; try again later."""
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status_code: int | None = None
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class ProviderTimeout(ProviderUnavailable):
+    """No answer in time. A write may or may not have happened."""
+
+
+class UnexpectedResponse(ProviderError):
+    """The service answered with something we cannot read (wrong content type, broken envelope)."""
+
+    retryable = True

@@ -1,0 +1,123 @@
+"""The plugin contract: everything a provider author needs is on this page.
+
+A provider plugin is a module (or object) with :data:`ticketing_core.hookimpl`-marked functions, published
+under the entry-point group ``ticketing``::
+
+    # pyproject.toml
+    [project.entry-points.ticketing]
+    acme = "ticketing_acme.plugin"
+
+    # ticketing_acme/plugin.py
+    from ticketing_core import hookimpl
+
+    @hookimpl
+    def register_providers(register):
+        register("acme", AcmeProvider)
+
+There is one hook, :func:`register_providers`, in the manner of simonw/llm's ``register_models``: a plugin
+never touches core structures, it hands a factory to ``register``. Everything else a provider does goes
+through the typed :class:`Provider` interface below, because the operations are called on one connected
+instance (with its URL, credentials and HTTP client), not broadcast to every plugin as hooks are.
+
+Why a factory and not an instance: a host connects to many instances of one provider type (one per
+integration), each with its own credentials, so it needs to build providers on demand.
+
+Stability: hooks change only by gaining arguments (implementations may accept fewer than the spec);
+:class:`Provider` methods change only by gaining optional keyword arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import pluggy
+
+from ticketing_core.models import (
+    Page,
+    SearchQuery,
+    Ticket,
+    TicketChanges,
+    TicketDraft,
+    TicketStatus,
+)
+
+PROJECT_NAME = "ticketing"
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """One connection to one ticketing instance.
+
+    Every method talks to the service; failures raise the matching
+    :class:`ticketing_core.errors.ProviderError` subclass, never a transport exception. Transient
+    failures (rate limits, 503) are retried inside the provider within a bounded time before raising.
+    Implementations must be safe to call from several threads at once, and must keep credentials out of
+    ``repr()``, logs and error messages.
+    """
+
+    def validate(self) -> None:
+        """Check the URL and credentials with the cheapest authenticated read; raise if unusable."""
+
+    def search(self, query: SearchQuery) -> Page:
+        """Return one page of tickets matching ``query``, in a stable order so pages do not overlap.
+
+        ``query.status`` and ``query.priority`` are the provider's codes or labels; ``Page.total`` counts
+        every match.
+        """
+
+    def get(self, ticket_id: str) -> Ticket:
+        """Return the ticket with this provider id (raise ``NotFound`` if there is none)."""
+
+    def find(self, number: str) -> Ticket:
+        """Return the ticket with this human-facing number (e.g. ``INC0010042``, ``DQ-12``)."""
+
+    def create(self, draft: TicketDraft, *, idempotency_key: str | None = None) -> Ticket:
+        """Create a ticket and return it as the service stored it.
+
+        With ``idempotency_key``, calling ``create`` again with the same key (after a timeout, a crash,
+        a 5xx) returns the ticket the first call made instead of making a second one.
+        """
+
+    def update(self, ticket_id: str, changes: TicketChanges) -> Ticket:
+        """Apply ``changes`` and return the ticket as the service stored it.
+
+        Services may adjust written values (ServiceNow recomputes priority); the result tells.
+        """
+
+    def add_work_note(self, ticket_id: str, text: str) -> None:
+        """Add an internal note (visible to agents, not to the requester) to the ticket."""
+
+    def get_status(self, ticket_id: str) -> TicketStatus:
+        """Return the ticket's current state, reading as little as the service allows."""
+
+    def close(self) -> None:
+        """Release network resources. The provider is unusable afterwards."""
+
+
+class ProviderFactory(Protocol):
+    """Builds a :class:`Provider` for one instance.
+
+    ``api_url`` is the instance's base URL (``https://acme.service-now.com``). ``api_access_token`` is
+    the credential as the user gave it; each provider documents its forms (ServiceNow:
+    ``username:password`` for Basic auth, anything else a Bearer token). ``options`` are
+    provider-specific keyword settings (timeouts, retry bounds); unknown ones should raise ``TypeError``.
+    Building must not do network I/O: hosts call :meth:`Provider.validate` when they want a check.
+    """
+
+    def __call__(self, *, api_url: str, api_access_token: str, **options: Any) -> Provider: ...
+
+
+RegisterProvider = Callable[[str, ProviderFactory], None]
+
+
+@hookspec
+def register_providers(register: RegisterProvider) -> None:
+    """Make provider types available under a name.
+
+    Called once per plugin manager, after entry points are loaded. Call ``register(name, factory)``
+    once per provider type the plugin ships; ``name`` is what users type (``"servicenow"``), lowercase.
+    A name already taken by another plugin is reported as a plugin error and the first one is kept.
+    The return value is ignored.
+    """

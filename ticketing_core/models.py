@@ -1,0 +1,160 @@
+"""Canonical records shared by every provider.
+
+They describe tickets as any tracker has them (ServiceNow incidents, Jira issues, ...): what a provider
+cannot fill stays ``None``, and what only one provider knows goes into ``extras``. Records are frozen;
+conversion to and from JSON lives in :mod:`ticketing_core.converters`, not here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from ticketing_core.errors import InvalidInput
+
+MAX_PAGE_SIZE = 100
+
+
+def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return dict(value or {})
+
+
+@attrs.frozen
+class Ticket:
+    """A ticket as the provider's service reports it now.
+
+    ``status`` is a human label ("In Progress"); ``priority``, ``urgency`` and ``impact`` are the
+    provider's own codes as strings. Times are UTC.
+    """
+
+    id: str
+    number: str
+    title: str
+    description: str = ""
+    status: str = ""
+    priority: str | None = None
+    urgency: str | None = None
+    impact: str | None = None
+    category: str | None = None
+    subcategory: str | None = None
+    assigned_to: str | None = None
+    assignment_group: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    url: str | None = None
+    extras: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+
+
+def _not_blank(name: str, value: str) -> None:
+    if not value.strip():
+        raise InvalidInput(f"{name} must not be empty")
+
+
+@attrs.frozen
+class TicketDraft:
+    """What a caller asks to create.
+
+    ``external_id``/``external_source`` name the record in the caller's system this ticket is about
+    (e.g. an anomaly); providers that can store such a reference do. ``fields`` carries
+    provider-specific fields verbatim.
+    """
+
+    title: str = attrs.field(validator=lambda _, __, value: _not_blank("title", value))
+    description: str
+    priority: str | None = None
+    urgency: str | None = None
+    impact: str | None = None
+    category: str | None = None
+    subcategory: str | None = None
+    assigned_to: str | None = None
+    assignment_group: str | None = None
+    external_id: str | None = None
+    external_source: str | None = None
+    fields: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+
+
+
+@attrs.frozen
+class TicketChanges:
+    """Fields to change on an existing ticket; ``None`` leaves a field as it is.
+
+    ``status`` is a label or a provider code. ``fields`` carries provider-specific fields verbatim
+    (e.g. ServiceNow's ``close_code``).
+    """
+
+    title: str | None = None
+    description: str | None = None
+    status: str | None = None
+    priority: str | None = None
+    urgency: str | None = None
+    impact: str | None = None
+    category: str | None = None
+    subcategory: str | None = None
+    assigned_to: str | None = None
+    assignment_group: str | None = None
+    fields: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+
+    def is_empty(self) -> bool:
+        return not self.fields and all(
+            getattr(self, a.name) is None for a in attrs.fields(TicketChanges) if a.name != "fields"
+        )
+
+
+def _page_number(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise InvalidInput(f"{attribute.name} must be 1 or more, got {value}")
+
+
+def _page_size(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        raise InvalidInput(f"{attribute.name} must be between 1 and {MAX_PAGE_SIZE}, got {value}")
+
+
+@attrs.frozen
+class SearchQuery:
+    """A ticket search: free text plus optional status and priority filters, paged from 1."""
+
+    text: str | None = None
+    status: str | None = None
+    priority: str | None = None
+    page: int = attrs.field(default=1, validator=_page_number)
+    size: int = attrs.field(default=20, validator=_page_size)
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.size
+
+
+@attrs.frozen
+class Page:
+    """One page of search results; ``total`` counts every match, not just this page."""
+
+    items: tuple[Ticket, ...]
+    total: int
+    page: int
+    size: int
+
+    @property
+    def pages(self) -> int:
+        return math.ceil(self.total / self.size) if self.size else 0
+
+
+@attrs.frozen
+class TicketStatus:
+    """A ticket's state: the provider's ``code`` and its human ``label``."""
+
+    code: str
+    label: str
+
+
+@attrs.frozen
+class ProviderInfo:
+    """An installed provider and the distribution that ships it."""
+
+    name: str
+    distribution: str
+    version: str

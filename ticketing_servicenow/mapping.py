@@ -1,0 +1,189 @@
+"""Incident records <-> canonical tickets: wire names, state labels, display values, queries."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import cattrs
+
+from ticketing_core.models import SearchQuery, Ticket, TicketChanges, TicketDraft, TicketStatus
+
+STATE_LABELS = {
+    "1": "New",
+    "2": "In Progress",
+    "3": "On Hold",
+    "6": "Resolved",
+    "7": "Closed",
+    "8": "Canceled",
+}
+STATE_CODES = {label.lower(): code for code, label in STATE_LABELS.items()}
+
+# The fields a Ticket is built from; asking only for these keeps responses small.
+TICKET_FIELDS = (
+    "sys_id", "number", "short_description", "description", "state", "priority", "urgency", "impact",
+    "category", "subcategory", "assigned_to", "assignment_group", "sys_created_on", "sys_updated_on",
+    "correlation_id", "correlation_display",
+)  # fmt: skip
+EXTRA_FIELDS = ("correlation_id", "correlation_display")
+TEXT_SEARCH_FIELDS = ("short_description", "description", "number")
+# Stable paging needs a total order: newest first, sys_id breaks ties.
+SEARCH_ORDER = "ORDERBYDESCsys_created_on^ORDERBYsys_id"
+CORRELATION_ID_MAX_LENGTH = 100
+
+_CANONICAL_TO_WIRE = {"title": "short_description", "status": "state"}
+
+
+@attrs.frozen
+class FieldValue:
+    """One field read with ``sysparm_display_value=all``: stored value and what users see."""
+
+    value: str = ""
+    display: str = ""
+
+
+def _field_value(data: Any, _: type) -> FieldValue:
+    # Lenient: accept the "all" shape, a reference {"value", "link"} or a plain string.
+    if isinstance(data, Mapping):
+        value = str(data.get("value") or "")
+        return FieldValue(value, str(data.get("display_value") or value))
+    text = "" if data is None else str(data)
+    return FieldValue(text, text)
+
+
+@attrs.frozen
+class IncidentRecord:
+    """The incident fields we read, as ServiceNow names them."""
+
+    sys_id: FieldValue
+    number: FieldValue = FieldValue()
+    short_description: FieldValue = FieldValue()
+    description: FieldValue = FieldValue()
+    state: FieldValue = FieldValue()
+    priority: FieldValue = FieldValue()
+    urgency: FieldValue = FieldValue()
+    impact: FieldValue = FieldValue()
+    category: FieldValue = FieldValue()
+    subcategory: FieldValue = FieldValue()
+    assigned_to: FieldValue = FieldValue()
+    assignment_group: FieldValue = FieldValue()
+    sys_created_on: FieldValue = FieldValue()
+    sys_updated_on: FieldValue = FieldValue()
+    correlation_id: FieldValue = FieldValue()
+    correlation_display: FieldValue = FieldValue()
+
+
+wire = cattrs.Converter()  # lenient: instances return many more fields than we read
+wire.register_structure_hook(FieldValue, _field_value)
+
+
+def state_label(code: str) -> str:
+    """The label for a state code; an unknown code (a custom state) is shown as it is."""
+    return STATE_LABELS.get(code, code)
+
+
+def state_code(status: str) -> str:
+    """A state code from a label ("In Progress") or a code ("2")."""
+    return STATE_CODES.get(status.strip().lower(), status.strip())
+
+
+def to_ticket(data: Mapping[str, Any], api_url: str) -> Ticket:
+    record = wire.structure(data, IncidentRecord)
+    sys_id = record.sys_id.value
+    return Ticket(
+        id=sys_id,
+        number=record.number.value,
+        title=record.short_description.value,
+        description=record.description.value,
+        status=state_label(record.state.value),
+        priority=record.priority.value or None,
+        urgency=record.urgency.value or None,
+        impact=record.impact.value or None,
+        category=record.category.value or None,
+        subcategory=record.subcategory.value or None,
+        assigned_to=record.assigned_to.display or None,
+        assignment_group=record.assignment_group.display or None,
+        created_at=_parse_glide_time(record.sys_created_on.value),
+        updated_at=_parse_glide_time(record.sys_updated_on.value),
+        url=ticket_url(api_url, sys_id),
+        extras={name: getattr(record, name).value for name in EXTRA_FIELDS},
+    )
+
+
+def to_status(data: Mapping[str, Any]) -> TicketStatus:
+    code = _field_value(data.get("state"), FieldValue).value
+    return TicketStatus(code=code, label=state_label(code))
+
+
+def ticket_url(api_url: str, sys_id: str) -> str:
+    return f"{api_url}/incident.do?sys_id={sys_id}"
+
+
+def _parse_glide_time(text: str) -> datetime | None:
+    # Raw (non-display) glide date-times are "YYYY-MM-DD HH:MM:SS" in UTC.
+    if not text:
+        return None
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+
+def draft_payload(draft: TicketDraft, idempotency_key: str | None) -> dict[str, str]:
+    """The POST body: the seed's fields plus correlation so a retried create can find its record."""
+    payload = {
+        "short_description": draft.title,
+        "description": draft.description,
+        "priority": draft.priority,
+        "urgency": draft.urgency,
+        "impact": draft.impact,
+        "category": draft.category,
+        "subcategory": draft.subcategory,
+        "assigned_to": draft.assigned_to,
+        "assignment_group": draft.assignment_group,
+        "correlation_id": idempotency_key or draft.external_id,
+        "correlation_display": draft.external_source,
+    }
+    return {key: value for key, value in payload.items() if value is not None} | dict(draft.fields)
+
+
+def changes_payload(changes: TicketChanges) -> dict[str, str]:
+    """The PATCH body: only the given fields, under their ServiceNow names."""
+    payload: dict[str, str] = {}
+    for attribute in attrs.fields(TicketChanges):
+        value = getattr(changes, attribute.name)
+        if attribute.name == "fields" or value is None:
+            continue
+        if attribute.name == "status":
+            value = state_code(value)
+        payload[_CANONICAL_TO_WIRE.get(attribute.name, attribute.name)] = value
+    return payload | dict(changes.fields)
+
+
+def escape_query_value(value: str) -> str:
+    """``^`` separates encoded-query terms; ServiceNow reads ``^^`` as a literal caret."""
+    return value.replace("^", "^^")
+
+
+def search_query(query: SearchQuery) -> str:
+    """The encoded query for a search: text in any text field, AND the filters, then a total order.
+
+    ``^OR`` binds tighter than ``^``, so ``a^ORb^c`` reads (a OR b) AND c.
+    """
+    terms: list[str] = []
+    if query.text and query.text.strip():
+        text = escape_query_value(query.text.strip())
+        terms.append("^OR".join(f"{field}LIKE{text}" for field in TEXT_SEARCH_FIELDS))
+    if query.status:
+        terms.append(f"state={escape_query_value(state_code(query.status))}")
+    if query.priority:
+        terms.append(f"priority={escape_query_value(query.priority.strip())}")
+    return "^".join([*terms, SEARCH_ORDER])
+
+
+_JOURNAL_CODE_TAG = re.compile(r"\[\s*(/?)\s*code\s*\]", re.IGNORECASE)
+
+
+def journal_safe(text: str) -> str:
+    """Neutralise ``[code]`` tags: the journal renders text between them as raw HTML."""
+    return _JOURNAL_CODE_TAG.sub(r"(\1code)", text)

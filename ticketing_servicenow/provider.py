@@ -1,0 +1,164 @@
+"""The ServiceNow provider: the seven incident operations over the Table API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import stamina
+
+from ticketing_core.errors import InvalidInput, NotFound, ProviderUnavailable
+from ticketing_core.models import (
+    Page,
+    SearchQuery,
+    Ticket,
+    TicketChanges,
+    TicketDraft,
+    TicketStatus,
+)
+from ticketing_servicenow import mapping
+from ticketing_servicenow.client import ServiceNowClient, result_of
+
+INCIDENTS = "/api/now/table/incident"
+# Display values for references (assigned_to's name) and raw values for codes, in one read.
+READ_PARAMS = {
+    "sysparm_display_value": "all",
+    "sysparm_exclude_reference_link": "true",
+    "sysparm_fields": ",".join(mapping.TICKET_FIELDS),
+}
+
+
+class ServiceNowProvider:
+    """A :class:`ticketing_core.Provider` for one ServiceNow instance.
+
+    ``api_access_token`` is ``username:password`` (Basic auth) or a bearer token. Options:
+    ``timeout`` (seconds or ``httpx.Timeout``), ``max_attempts`` and ``max_retry_wait`` for 429/503
+    retries, ``create_attempts`` for idempotent creates, ``transport`` (an httpx transport, for tests).
+    """
+
+    name = "servicenow"
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        api_access_token: str,
+        create_attempts: int = 3,
+        **client_options: Any,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.create_attempts = create_attempts
+        self._client = ServiceNowClient(self.api_url, api_access_token, **client_options)
+
+    def __repr__(self) -> str:
+        return f"ServiceNowProvider(api_url={self.api_url!r})"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def validate(self) -> None:
+        self._client.request("GET", INCIDENTS, params={"sysparm_limit": 1, "sysparm_fields": "sys_id"})
+
+    def search(self, query: SearchQuery) -> Page:
+        response = self._client.request(
+            "GET",
+            INCIDENTS,
+            params=READ_PARAMS
+            | {
+                "sysparm_query": mapping.search_query(query),
+                "sysparm_limit": query.size,
+                "sysparm_offset": query.offset,
+            },
+        )
+        items = tuple(self._tickets(response))
+        return Page(
+            items=items,
+            total=_total_count(response, default=query.offset + len(items)),
+            page=query.page,
+            size=query.size,
+        )
+
+    def get(self, ticket_id: str) -> Ticket:
+        response = self._client.request("GET", self._record(ticket_id), params=READ_PARAMS)
+        return mapping.to_ticket(result_of(response), self.api_url)
+
+    def find(self, number: str) -> Ticket:
+        found = self._first_where(f"number={mapping.escape_query_value(number.strip())}")
+        if found is None:
+            raise NotFound(f"ServiceNow has no incident numbered {number!r}", status_code=None)
+        return found
+
+    def create(self, draft: TicketDraft, *, idempotency_key: str | None = None) -> Ticket:
+        payload = mapping.draft_payload(draft, idempotency_key)
+        if idempotency_key is None:
+            return self._post(payload)
+        if len(idempotency_key) > mapping.CORRELATION_ID_MAX_LENGTH:
+            raise InvalidInput(
+                f"idempotency key is {len(idempotency_key)} characters; "
+                f"ServiceNow's correlation_id holds at most {mapping.CORRELATION_ID_MAX_LENGTH}"
+            )
+        # Any failure after the POST left may have created the incident: look before posting again.
+        for attempt in stamina.retry_context(
+            on=ProviderUnavailable, attempts=self.create_attempts, timeout=None, wait_max=5.0
+        ):
+            with attempt:
+                existing = self._first_where(
+                    f"correlation_id={mapping.escape_query_value(idempotency_key)}"
+                )
+                return existing if existing is not None else self._post(payload)
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    def update(self, ticket_id: str, changes: TicketChanges) -> Ticket:
+        if changes.is_empty():
+            raise InvalidInput("no fields to update")
+        response = self._client.request(
+            "PATCH", self._record(ticket_id), params=READ_PARAMS, json=mapping.changes_payload(changes)
+        )
+        return mapping.to_ticket(result_of(response), self.api_url)
+
+    def add_work_note(self, ticket_id: str, text: str) -> None:
+        if not text.strip():
+            raise InvalidInput("a work note must not be empty")
+        self._client.request(
+            "PATCH",
+            self._record(ticket_id),
+            params={"sysparm_fields": "sys_id"},
+            json={"work_notes": mapping.journal_safe(text)},
+        )
+
+    def get_status(self, ticket_id: str) -> TicketStatus:
+        response = self._client.request(
+            "GET", self._record(ticket_id), params={"sysparm_fields": "state"}
+        )
+        return mapping.to_status(result_of(response))
+
+    def _post(self, payload: dict[str, str]) -> Ticket:
+        response = self._client.request("POST", INCIDENTS, params=READ_PARAMS, json=payload)
+        return mapping.to_ticket(result_of(response), self.api_url)
+
+    def _first_where(self, condition: str) -> Ticket | None:
+        response = self._client.request(
+            "GET",
+            INCIDENTS,
+            params=READ_PARAMS
+            | {"sysparm_query": f"{condition}^{mapping.SEARCH_ORDER}", "sysparm_limit": 1},
+        )
+        tickets = self._tickets(response)
+        return tickets[0] if tickets else None
+
+    def _tickets(self, response: httpx.Response) -> list[Ticket]:
+        return [mapping.to_ticket(record, self.api_url) for record in result_of(response)]
+
+    @staticmethod
+    def _record(ticket_id: str) -> str:
+        sys_id = ticket_id.strip()
+        if not sys_id or not sys_id.isalnum():
+            raise InvalidInput(f"{ticket_id!r} is not a ServiceNow sys_id (32 hexadecimal characters)")
+        return f"{INCIDENTS}/{sys_id}"
+
+
+def _total_count(response: httpx.Response, *, default: int) -> int:
+    try:
+        return int(response.headers["X-Total-Count"])
+    except (KeyError, ValueError):
+        return default
