@@ -1,0 +1,74 @@
+"""Shared fixtures: a ServiceNow emulator on a free port, providers connected to it, vcr settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from servicenow_emulator import Emulator
+from servicenow_emulator.server import RunningEmulator, run_in_thread
+
+from ticketing_servicenow import ServiceNowProvider
+
+ADMIN_TOKEN = "admin:admin-password"
+BEARER_TOKEN = "bearer-token-value"
+
+
+@pytest.fixture(scope="session")
+def emulator_server() -> Iterator[RunningEmulator]:
+    with run_in_thread(Emulator(tokens={BEARER_TOKEN: "admin"})) as running:
+        yield running
+
+
+@pytest.fixture
+def emulator(emulator_server: RunningEmulator) -> Iterator[Emulator]:
+    """The running emulator, emptied before each test."""
+    emulator_server.emulator.reset()
+    yield emulator_server.emulator
+    emulator_server.emulator.reset()
+
+
+@pytest.fixture
+def emulator_url(emulator: Emulator, emulator_server: RunningEmulator) -> str:
+    return emulator_server.url
+
+
+@pytest.fixture
+def provider(emulator_url: str) -> Iterator[ServiceNowProvider]:
+    client = ServiceNowProvider(api_url=emulator_url, api_access_token=ADMIN_TOKEN)
+    yield client
+    client.close()
+
+
+# --- recorded HTTP (vcrpy through pytest-recording) --------------------------------------------
+# Replay (record mode "none", the default in nox) needs no server: requests match on method, path,
+# query and body, never on host, so cassettes recorded anywhere replay here. To re-record:
+#   nox -s record                      against a fresh emulator
+#   TICKETING_RECORD_URL=https://dev12345.service-now.com TICKETING_RECORD_TOKEN=user:pass \
+#     nox -s record                    against a real instance
+RECORD_URL_VARIABLE = "TICKETING_RECORD_URL"
+RECORD_TOKEN_VARIABLE = "TICKETING_RECORD_TOKEN"
+REPLAY_URL = "https://recorded.service-now.test"
+SECRET_HEADERS = ("authorization", "cookie", "set-cookie")
+
+
+@pytest.fixture(scope="module")
+def vcr_config() -> dict[str, object]:
+    return {
+        "filter_headers": list(SECRET_HEADERS),
+        "match_on": ["method", "path", "query", "body"],
+        "decode_compressed_response": True,
+    }
+
+
+@pytest.fixture
+def recorded_target(record_mode: str, request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(url, token) for a recorded test: a placeholder in replay, else a real instance or emulator."""
+    if record_mode == "none":
+        return REPLAY_URL, "replay:placeholder"
+    if url := os.environ.get(RECORD_URL_VARIABLE):
+        return url, os.environ[RECORD_TOKEN_VARIABLE]
+    server: RunningEmulator = request.getfixturevalue("emulator_server")
+    server.emulator.reset()
+    return server.url, ADMIN_TOKEN

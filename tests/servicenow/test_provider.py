@@ -1,0 +1,288 @@
+"""The ServiceNow provider against the emulator, over real HTTP."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from servicenow_emulator import Emulator
+
+from ticketing_core import errors
+from ticketing_core.models import SearchQuery, TicketChanges, TicketDraft
+from ticketing_servicenow import ServiceNowProvider
+
+from ..conftest import BEARER_TOKEN
+
+DRAFT = TicketDraft(
+    title="Data Quality Anomaly - Missing values in customer_email",
+    description="150 null values detected in customer_email field",
+    priority="2",
+    urgency="2",
+    impact="2",
+    category="Data",
+    subcategory="Data Quality",
+    assigned_to="john.doe",
+    assignment_group="Data Engineering",
+)
+
+
+def connect(url: str, token: str, **options: object) -> ServiceNowProvider:
+    return ServiceNowProvider(api_url=url, api_access_token=token, **options)  # type: ignore[arg-type]
+
+
+def test_validate_accepts_good_credentials(provider: ServiceNowProvider) -> None:
+    provider.validate()
+
+
+def test_wrong_password_is_an_authentication_error_without_the_secret(emulator_url: str) -> None:
+    provider = connect(emulator_url, "admin:wrong-secret-pw")
+
+    with pytest.raises(errors.AuthenticationFailed) as caught:
+        provider.validate()
+
+    assert "User Not Authenticated" in str(caught.value)
+    assert "wrong-secret-pw" not in str(caught.value)
+    assert "wrong-secret-pw" not in repr(provider)
+
+
+def test_bearer_token_authenticates(emulator_url: str) -> None:
+    connect(emulator_url, BEARER_TOKEN).validate()
+    with pytest.raises(errors.AuthenticationFailed):
+        connect(emulator_url, "another-token").validate()
+
+
+def test_create_returns_the_incident_as_stored(provider: ServiceNowProvider) -> None:
+    ticket = provider.create(DRAFT)
+
+    assert ticket.number.startswith("INC")
+    assert len(ticket.id) == 32
+    assert ticket.status == "New"
+    assert (ticket.priority, ticket.urgency, ticket.impact) == ("3", "2", "2")
+    assert (ticket.category, ticket.subcategory) == ("Data", "Data Quality")
+    assert ticket.assigned_to == "John Doe"
+    assert ticket.assignment_group == "Data Engineering"
+    assert ticket.url == f"{provider.api_url}/incident.do?sys_id={ticket.id}"
+    assert ticket.created_at is not None
+
+
+def test_priority_comes_back_as_the_instance_computes_it(provider: ServiceNowProvider) -> None:
+    ticket = provider.create(TicketDraft(title="t", description="d", priority="5", urgency="1",
+                                         impact="1"))  # fmt: skip
+
+    assert ticket.priority == "1"
+
+
+def test_get_reads_the_same_ticket(provider: ServiceNowProvider) -> None:
+    created = provider.create(DRAFT)
+
+    assert provider.get(created.id) == created
+
+
+def test_find_by_number(provider: ServiceNowProvider) -> None:
+    created = provider.create(DRAFT)
+
+    assert provider.find(created.number).id == created.id
+    with pytest.raises(errors.NotFound):
+        provider.find("INC9999999")
+
+
+def test_missing_ticket_is_not_found(provider: ServiceNowProvider) -> None:
+    with pytest.raises(errors.NotFound, match="No Record found"):
+        provider.get("0" * 32)
+
+
+def test_update_patches_given_fields_only(provider: ServiceNowProvider) -> None:
+    created = provider.create(DRAFT)
+
+    updated = provider.update(created.id, TicketChanges(title="New title", status="In Progress"))
+
+    assert (updated.title, updated.status) == ("New title", "In Progress")
+    assert updated.description == created.description
+
+
+def test_resolving_needs_close_fields_and_works_with_them(provider: ServiceNowProvider) -> None:
+    created = provider.create(DRAFT)
+
+    with pytest.raises(errors.PermissionDenied, match="mandatory"):
+        provider.update(created.id, TicketChanges(status="Resolved"))
+    resolved = provider.update(
+        created.id,
+        TicketChanges(
+            status="Resolved",
+            fields={"close_code": "Solved (Permanently)", "close_notes": "fixed upstream"},
+        ),
+    )
+
+    assert resolved.status == "Resolved"
+    assert provider.get_status(created.id).label == "Resolved"
+
+
+def test_work_note_lands_in_the_journal(provider: ServiceNowProvider, emulator: Emulator) -> None:
+    created = provider.create(DRAFT)
+
+    provider.add_work_note(created.id, "[code]<b>x</b>[/code] Investigating")
+
+    notes = [entry["value"] for entry in emulator.journal(created.id)]
+    assert notes == ["(code)<b>x</b>(/code) Investigating"]
+
+
+def test_status_reads_only_the_state(provider: ServiceNowProvider, emulator: Emulator) -> None:
+    created = provider.create(DRAFT)
+
+    status = provider.get_status(created.id)
+
+    assert (status.code, status.label) == ("1", "New")
+    assert "sysparm_fields=state" in emulator.requests[-1]["query"]
+
+
+def test_unknown_state_is_shown_as_is(provider: ServiceNowProvider) -> None:
+    created = provider.create(DRAFT)
+    provider.update(created.id, TicketChanges(status="42"))
+
+    assert provider.get(created.id).status == "42"
+    assert provider.get_status(created.id).label == "42"
+
+
+def test_search_pages_with_total_and_stable_order(
+    provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    emulator.seed_incidents(45, short_description="data quality issue", priority="3")
+    emulator.seed_incidents(5, short_description="printer on fire")
+
+    pages = [provider.search(SearchQuery(text="quality", page=n, size=20)) for n in (1, 2, 3)]
+
+    assert [p.total for p in pages] == [45, 45, 45]
+    assert [len(p.items) for p in pages] == [20, 20, 5]
+    assert pages[0].pages == 3
+    ids = [t.id for p in pages for t in p.items]
+    assert len(set(ids)) == 45
+
+
+def test_search_filters_by_status_and_priority(provider: ServiceNowProvider) -> None:
+    first = provider.create(DRAFT)
+    provider.create(TicketDraft(title="other", description="d", urgency="3", impact="3"))
+    provider.update(first.id, TicketChanges(status="In Progress"))
+
+    by_status = provider.search(SearchQuery(status="2"))
+    by_label = provider.search(SearchQuery(status="In Progress"))
+    by_priority = provider.search(SearchQuery(priority="5"))
+
+    assert [t.id for t in by_status.items] == [first.id]
+    assert [t.id for t in by_label.items] == [first.id]
+    assert [t.title for t in by_priority.items] == ["other"]
+
+
+def test_rate_limit_with_retry_after_is_waited_out(
+    provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    emulator.add_fault("429", count=2, retry_after=1)
+
+    started = time.monotonic()
+    provider.validate()
+
+    assert time.monotonic() - started >= 2.0
+    assert [r["status"] for r in emulator.requests] == [429, 429, 200]
+
+
+def test_rate_limit_beyond_the_attempts_is_raised_with_the_wait(
+    emulator: Emulator, emulator_url: str
+) -> None:
+    emulator.add_fault("429", count=5, retry_after=0)
+    provider = connect(emulator_url, "admin:admin-password", max_attempts=2)
+
+    with pytest.raises(errors.RateLimited) as caught:
+        provider.validate()
+
+    assert caught.value.retry_after == 0
+
+
+def test_503_is_retried_but_500_is_not(provider: ServiceNowProvider, emulator: Emulator) -> None:
+    emulator.add_fault("503", count=1, retry_after=0)
+    provider.validate()
+
+    emulator.add_fault("500", count=1)
+    with pytest.raises(errors.ProviderUnavailable):
+        provider.validate()
+
+
+def test_hibernating_instance_html_is_an_unexpected_response(
+    provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    emulator.add_fault("html", count=1)
+
+    with pytest.raises(errors.UnexpectedResponse, match="hibernating"):
+        provider.validate()
+
+
+def test_timeout_is_reported_as_such(emulator: Emulator, emulator_url: str) -> None:
+    emulator.add_fault("timeout", count=1, seconds=2)
+    provider = connect(emulator_url, "admin:admin-password", timeout=0.5)
+
+    with pytest.raises(errors.ProviderTimeout):
+        provider.validate()
+
+
+def test_unreachable_instance_is_unavailable() -> None:
+    provider = connect("http://127.0.0.1:9", "admin:admin-password")
+
+    with pytest.raises(errors.ProviderUnavailable, match="cannot reach"):
+        provider.validate()
+
+
+def test_create_with_key_is_idempotent_across_calls(
+    provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    first = provider.create(DRAFT, idempotency_key="qualytics-anomaly-1-k1")
+    again = provider.create(DRAFT, idempotency_key="qualytics-anomaly-1-k1")
+
+    assert again.id == first.id
+    assert len(emulator.incidents) == 1
+    assert first.extras["correlation_id"] == "qualytics-anomaly-1-k1"
+
+
+def test_ambiguous_create_failure_looks_the_key_up_instead_of_posting_twice(
+    provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    emulator.add_fault("drop_after_commit", count=1, method="POST")
+
+    ticket = provider.create(DRAFT, idempotency_key="key-after-504")
+
+    assert len(emulator.incidents) == 1
+    assert ticket.id == emulator.incidents[0]["sys_id"]
+    assert [r["method"] for r in emulator.requests] == ["GET", "POST", "GET"]
+
+
+def test_ambiguous_timeout_on_create_does_not_duplicate(
+    emulator: Emulator, emulator_url: str
+) -> None:
+    emulator.add_fault("timeout", count=1, seconds=1.5, method="POST")
+    provider = connect(emulator_url, "admin:admin-password", timeout=0.5)
+
+    ticket = provider.create(DRAFT, idempotency_key="key-after-timeout")
+    time.sleep(1.2)  # let the emulator finish the slow POST it was still holding
+    again = provider.create(DRAFT, idempotency_key="key-after-timeout")
+
+    assert again.id == ticket.id
+    assert len(emulator.incidents) == 1
+
+
+def test_overlong_idempotency_key_is_refused(provider: ServiceNowProvider) -> None:
+    with pytest.raises(errors.InvalidInput, match="at most 100"):
+        provider.create(DRAFT, idempotency_key="k" * 101)
+
+
+def test_provider_is_thread_safe_and_overlaps_requests(
+    provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    created = provider.create(DRAFT)
+    emulator.latency_ms = 200
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: provider.add_work_note(created.id, f"note {i}"), range(8)))
+    elapsed = time.monotonic() - started
+
+    assert len(emulator.journal(created.id)) == 8
+    assert elapsed < 8 * 0.2 / 2

@@ -1,0 +1,203 @@
+"""The ``ticketing`` command line against the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from servicenow_emulator import Emulator
+
+from ticketing_core.cli import cli
+
+from .conftest import ADMIN_TOKEN
+
+# The console script installed beside this interpreter, as an operator would run it.
+TICKETING = str(Path(sys.executable).parent / "ticketing")
+
+
+@pytest.fixture
+def run(emulator_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("TICKETING_URL", emulator_url)
+    monkeypatch.setenv("TICKETING_TOKEN", ADMIN_TOKEN)
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Any:
+        return runner.invoke(cli, ["--help"] if not args else [args[0], "--allow-http", *args[1:]])
+
+    return invoke
+
+
+def create_args(**overrides: str) -> list[str]:
+    fields = {"title": "Nulls in customer_email", "description": "150 nulls", "priority": "2",
+              "urgency": "2", "impact": "2"} | overrides  # fmt: skip
+    return [part for name, value in fields.items() for part in (f"--{name}", value)]
+
+
+def test_providers_lists_servicenow_from_its_entry_point() -> None:
+    result = subprocess.run([TICKETING, "providers", "--json"], capture_output=True, text=True,
+                            check=True)  # fmt: skip
+
+    assert {"name": "servicenow", "distribution": "ticketing", "version": "0.1.0"} in json.loads(
+        result.stdout
+    )
+
+
+def test_check_succeeds(run: Any) -> None:
+    result = run("check")
+
+    assert result.exit_code == 0, result.output
+    assert "Connected to http://127.0.0.1" in result.output
+
+
+def test_wrong_password_exits_3_with_one_line(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TICKETING_TOKEN", "admin:not-the-password")
+
+    result = run("check")
+
+    assert result.exit_code == 3
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: ServiceNow rejected the credentials: User Not Auth")
+    assert "not-the-password" not in result.output
+
+
+def test_http_url_is_refused_without_allow_http(emulator_url: str) -> None:
+    result = CliRunner().invoke(cli, ["check", "--url", emulator_url, "--token", ADMIN_TOKEN])
+
+    assert result.exit_code == 2
+    assert "refusing plain-HTTP" in result.stderr
+
+
+def test_missing_url_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TICKETING_URL", raising=False)
+
+    result = CliRunner().invoke(cli, ["check", "--token", ADMIN_TOKEN])
+
+    assert result.exit_code == 2
+    assert "--url" in result.stderr
+
+
+def test_create_get_update_note_status_round_trip(run: Any, emulator: Emulator) -> None:
+    created = run("create", "--json", *create_args(category="Data"), "--assigned-to", "john.doe")
+    assert created.exit_code == 0, created.output
+    ticket = json.loads(created.output)
+    assert ticket["ticket_number"].startswith("INC")
+    assert ticket["assigned_to"] == "John Doe"
+    assert ticket["status"] == "New"
+
+    by_number = run("get", "--json", ticket["ticket_number"])
+    assert json.loads(by_number.output)["ticket_id"] == ticket["ticket_id"]
+
+    updated = run("update", "--json", ticket["ticket_id"], "--field", "status=In Progress",
+                  "--field", "title=Renamed")  # fmt: skip
+    assert (json.loads(updated.output)["status"], json.loads(updated.output)["title"]) == (
+        "In Progress", "Renamed"
+    )  # fmt: skip
+
+    noted = run("note", ticket["ticket_number"], "Investigating with the data team")
+    assert noted.exit_code == 0, noted.output
+    assert [e["value"] for e in emulator.journal(ticket["ticket_id"])] == [
+        "Investigating with the data team"
+    ]
+
+    status = run("status", ticket["ticket_id"])
+    assert status.output.strip() == "In Progress (2)"
+
+
+def test_update_passes_provider_fields_through(run: Any) -> None:
+    ticket = json.loads(run("create", "--json", *create_args()).output)
+
+    result = run("update", ticket["ticket_id"], "-f", "status=Resolved",
+                 "-f", "close_code=Solved (Permanently)", "-f", "close_notes=done")  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert "Status:      Resolved" in result.output
+
+
+def test_bad_field_syntax_is_a_usage_error(run: Any) -> None:
+    result = run("update", "x", "--field", "no-equals-sign")
+
+    assert result.exit_code == 2
+    assert "is not name=value" in result.stderr
+
+
+def test_create_with_the_same_key_makes_one_incident(run: Any, emulator: Emulator) -> None:
+    first = run("create", "--json", *create_args(), "--idempotency-key", "op-42")
+    second = run("create", "--json", *create_args(), "--idempotency-key", "op-42")
+
+    assert json.loads(first.output)["ticket_id"] == json.loads(second.output)["ticket_id"]
+    assert len(emulator.incidents) == 1
+
+
+def test_each_create_without_a_key_makes_a_new_incident(run: Any, emulator: Emulator) -> None:
+    run("create", *create_args())
+    run("create", *create_args())
+
+    keys = {row["correlation_id"] for row in emulator.incidents}
+    assert len(keys) == 2
+
+
+def test_search_table_and_json(run: Any, emulator: Emulator) -> None:
+    emulator.seed_incidents(3, short_description="data quality {i}")
+    emulator.seed_incidents(2, short_description="printer")
+
+    table = run("search", "--query", "quality", "--size", "2")
+    page = json.loads(run("search", "--json", "--query", "quality", "--size", "2", "--page",
+                          "2").output)  # fmt: skip
+
+    assert table.exit_code == 0
+    assert table.output.splitlines()[0].split() == ["NUMBER", "STATUS", "PRIORITY", "ASSIGNED",
+                                                    "TO", "TITLE"]  # fmt: skip
+    assert "page 1 of 2, 3 tickets in all" in table.output
+    assert (page["total"], page["page"], page["size"], page["pages"]) == (3, 2, 2, 2)
+    assert len(page["items"]) == 1
+
+
+def test_search_size_out_of_range_is_a_usage_error(run: Any) -> None:
+    result = run("search", "--size", "500")
+
+    assert result.exit_code == 2
+    assert "size must be between 1 and 100" in result.stderr
+
+
+def test_missing_ticket_exits_4(run: Any) -> None:
+    result = run("get", "INC9999999")
+
+    assert result.exit_code == 4
+    assert result.stderr.startswith("error: ServiceNow has no incident numbered")
+
+
+def test_instance_down_exits_5(run: Any, emulator: Emulator) -> None:
+    emulator.add_fault("500", count=1)
+
+    result = run("check")
+
+    assert result.exit_code == 5
+    assert "ServiceNow is unavailable" in result.stderr
+
+
+def test_rate_limited_check_waits_and_succeeds(run: Any, emulator: Emulator) -> None:
+    emulator.add_fault("429", count=1, retry_after=1)
+
+    result = run("check")
+
+    assert result.exit_code == 0
+    assert [r["status"] for r in emulator.requests] == [429, 200]
+
+
+def test_unknown_provider_is_a_usage_error(emulator_url: str) -> None:
+    env = os.environ | {"TICKETING_URL": emulator_url, "TICKETING_TOKEN": ADMIN_TOKEN}
+    result = subprocess.run(
+        [TICKETING, "check", "--provider", "nope", "--allow-http"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: no ticketing provider named 'nope' is installed (installed: servicenow)"
+    )
