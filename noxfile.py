@@ -15,7 +15,8 @@ PROJECT = "-e.[cli,emulator]"
 
 def install(session: nox.Session, *groups: str) -> None:
     session.install(
-        PROJECT, *(dep for group in groups for dep in nox.project.dependency_groups(PYPROJECT, group))
+        PROJECT,
+        *(dep for group in groups for dep in nox.project.dependency_groups(PYPROJECT, group)),
     )
 
 

@@ -35,7 +35,11 @@ def connect(
     happens here; call ``validate()`` on the result to check the credentials.
     """
     return default_registry().connect(
-        provider, api_url=api_url, api_access_token=api_access_token, allow_http=allow_http, **options
+        provider,
+        api_url=api_url,
+        api_access_token=api_access_token,
+        allow_http=allow_http,
+        **options,
     )
 
 

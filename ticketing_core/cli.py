@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -96,7 +96,9 @@ def _only_provider() -> str:
         return names[0]
     if not names:
         raise errors.PluginError("no ticketing provider is installed")
-    raise errors.PluginError(f"several providers are installed ({', '.join(names)}): pass --provider")
+    raise errors.PluginError(
+        f"several providers are installed ({', '.join(names)}): pass --provider"
+    )
 
 
 def on_ticket(client: Provider, reference: str, operation: Callable[[str], T]) -> T:
@@ -134,7 +136,7 @@ def render_ticket(ticket: Ticket) -> str:
     return "\n".join(lines)
 
 
-def render_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def render_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     return "\n".join(
         "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

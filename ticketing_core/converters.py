@@ -52,12 +52,11 @@ _SEED_TICKET_ORDER = (
     "category", "subcategory", "created_at", "updated_at", "assigned_to", "url",
 )  # fmt: skip
 
-_unstructure_ticket_fields = make_dict_unstructure_fn(
-    Ticket,
-    converter,
+_TICKET_OVERRIDES: dict[str, Any] = {
     **{name: override(rename=wire) for name, wire in _TICKET_RENAMES.items()},
     **{name: override(omit=True) for name in _TICKET_OMITTED},
-)
+}
+_unstructure_ticket_fields = make_dict_unstructure_fn(Ticket, converter, **_TICKET_OVERRIDES)
 
 
 def _unstructure_ticket(ticket: Ticket) -> dict[str, Any]:
@@ -79,13 +78,7 @@ converter.register_unstructure_hook(Ticket, _unstructure_ticket)
 converter.register_unstructure_hook(Page, _unstructure_page)
 converter.register_structure_hook(
     Ticket,
-    make_dict_structure_fn(
-        Ticket,
-        converter,
-        _cattrs_forbid_extra_keys=True,
-        **{name: override(rename=wire) for name, wire in _TICKET_RENAMES.items()},
-        **{name: override(omit=True) for name in _TICKET_OMITTED},
-    ),
+    make_dict_structure_fn(Ticket, converter, _cattrs_forbid_extra_keys=True, **_TICKET_OVERRIDES),
 )
 
 
@@ -114,4 +107,3 @@ def _format_exception(exc: BaseException, type_: type | None) -> str:
     if isinstance(exc, InvalidInput):
         return str(exc)
     return format_exception(exc, type_)
-

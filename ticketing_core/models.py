@@ -77,7 +77,6 @@ class TicketDraft:
     fields: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
 
 
-
 @attrs.frozen
 class TicketChanges:
     """Fields to change on an existing ticket; ``None`` leaves a field as it is.

@@ -64,7 +64,7 @@ class PluginRegistry:
         try:
             plugin = entry_point.load()
             self.manager.register(plugin, name=entry_point.name)
-        except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, reported
+        except Exception as exc:
             self._fail(entry_point.name, f"{type(exc).__name__}: {exc}")
             return
         dist = entry_point.dist
@@ -103,15 +103,20 @@ class PluginRegistry:
             plugin_name = self.manager.get_name(impl.plugin) or "?"
             dist_name, version = self._distributions.get(plugin_name, ("unknown", "unknown"))
 
-            def register(name: str, factory: ProviderFactory, _plugin: str = plugin_name) -> None:
+            def register(
+                name: str,
+                factory: ProviderFactory,
+                _plugin: str = plugin_name,
+                _dist: tuple[str, str] = (dist_name, version),
+            ) -> None:
                 if name in providers:
                     self._fail(_plugin, f"provider name {name!r} is already registered")
                     return
-                providers[name] = _Registration(factory, ProviderInfo(name, dist_name, version))
+                providers[name] = _Registration(factory, ProviderInfo(name, *_dist))
 
             try:
                 impl.function(register=register)
-            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+            except Exception as exc:
                 self._fail(plugin_name, f"register_providers raised {type(exc).__name__}: {exc}")
         self._providers = providers
         return providers
@@ -124,11 +129,19 @@ class PluginRegistry:
         registrations = self._collect()
         if name not in registrations:
             known = ", ".join(sorted(registrations)) or "none"
-            raise PluginError(f"no ticketing provider named {name!r} is installed (installed: {known})")
+            raise PluginError(
+                f"no ticketing provider named {name!r} is installed (installed: {known})"
+            )
         return registrations[name].factory
 
     def connect(
-        self, name: str, *, api_url: str, api_access_token: str, allow_http: bool = False, **options: Any
+        self,
+        name: str,
+        *,
+        api_url: str,
+        api_access_token: str,
+        allow_http: bool = False,
+        **options: Any,
     ) -> Provider:
         """Build a provider for one instance; see :func:`ticketing_core.connect`."""
         return self.factory(name)(
@@ -158,7 +171,7 @@ _default: PluginRegistry | None = None
 
 def default_registry() -> PluginRegistry:
     """The process-wide registry, loading installed entry points on first use."""
-    global _default  # noqa: PLW0603 - one lazily built registry per process
+    global _default
     if _default is None:
         registry = PluginRegistry()
         only = os.environ.get("TICKETING_LOAD_PLUGINS")

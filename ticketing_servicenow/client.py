@@ -153,7 +153,9 @@ def raise_for_response(response: httpx.Response) -> None:
     reason = _error_reason(response)
     retry_after = _retry_after(response)
     if status == 401:
-        raise AuthenticationFailed(f"ServiceNow rejected the credentials: {reason}", status_code=401)
+        raise AuthenticationFailed(
+            f"ServiceNow rejected the credentials: {reason}", status_code=401
+        )
     if status == 403:
         raise PermissionDenied(f"ServiceNow refused the operation: {reason}", status_code=403)
     if status == 404:
@@ -203,7 +205,8 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def _content_type(response: httpx.Response) -> str:
-    return response.headers.get("Content-Type", "").split(";")[0].strip()
+    content_type: str = response.headers.get("Content-Type", "")
+    return content_type.split(";")[0].strip()
 
 
 def _is_json(response: httpx.Response) -> bool:

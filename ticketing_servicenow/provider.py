@@ -57,7 +57,9 @@ class ServiceNowProvider:
         self._client.close()
 
     def validate(self) -> None:
-        self._client.request("GET", INCIDENTS, params={"sysparm_limit": 1, "sysparm_fields": "sys_id"})
+        self._client.request(
+            "GET", INCIDENTS, params={"sysparm_limit": 1, "sysparm_fields": "sys_id"}
+        )
 
     def search(self, query: SearchQuery) -> Page:
         response = self._client.request(
@@ -112,7 +114,10 @@ class ServiceNowProvider:
         if changes.is_empty():
             raise InvalidInput("no fields to update")
         response = self._client.request(
-            "PATCH", self._record(ticket_id), params=READ_PARAMS, json=mapping.changes_payload(changes)
+            "PATCH",
+            self._record(ticket_id),
+            params=READ_PARAMS,
+            json=mapping.changes_payload(changes),
         )
         return mapping.to_ticket(result_of(response), self.api_url)
 
@@ -153,7 +158,9 @@ class ServiceNowProvider:
     def _record(ticket_id: str) -> str:
         sys_id = ticket_id.strip()
         if not sys_id or not sys_id.isalnum():
-            raise InvalidInput(f"{ticket_id!r} is not a ServiceNow sys_id (32 hexadecimal characters)")
+            raise InvalidInput(
+                f"{ticket_id!r} is not a ServiceNow sys_id (32 hexadecimal characters)"
+            )
         return f"{INCIDENTS}/{sys_id}"
 
 

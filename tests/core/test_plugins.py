@@ -39,9 +39,7 @@ def test_a_broken_plugin_is_reported_and_the_rest_still_load(
 ) -> None:
     broken = EntryPoint("broken", "no_such_module_anywhere", "ticketing")
     real = list(__import__("importlib.metadata").metadata.entry_points(group="ticketing"))
-    monkeypatch.setattr(
-        "ticketing_core.plugins.entry_points", lambda group: [broken, *real]
-    )
+    monkeypatch.setattr("ticketing_core.plugins.entry_points", lambda group: [broken, *real])
     registry = PluginRegistry()
 
     registry.load_entry_points()
@@ -77,7 +75,9 @@ def test_check_pending_catches_misspelled_hooks() -> None:
         pass
 
     registry = PluginRegistry()
-    registry.register(types.SimpleNamespace(register_provider=register_provider), "typo", ("t", "1"))
+    registry.register(
+        types.SimpleNamespace(register_provider=register_provider), "typo", ("t", "1")
+    )
 
     with pytest.raises(PluginError, match="register_provider"):
         registry.check_pending()
