@@ -1,0 +1,854 @@
+"""An in-memory ServiceNow Table API (``incident`` plus reference tables) as a Starlette app.
+
+Shapes follow real captures: the ``{"result": ...}`` envelope, the error envelope, raw string
+values for every field, references as ``{"link", "value"}``, ``X-Total-Count`` and ``Link``
+headers. Faults (rate limits, outages, hibernation pages, lost responses) can be queued from
+Python or over HTTP under ``/__emulator/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import threading
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from .query import TEXT_QUERY, Resolver, parse
+
+ADMIN_SYS_ID = "6816f79cc0a8016401c5a33be04be441"  # admin's sys_id on every real instance
+DEFAULT_PASSWORD = "admin-password"  # noqa: S105 - the emulator's documented dev credential
+DEFAULT_LIMIT = 10000
+TIMESTAMP = "%Y-%m-%d %H:%M:%S"
+FAULT_KINDS = ("429", "html", "timeout", "drop_after_commit")  # plus any "5xx" status
+
+_WRITE_VERBS = {"POST": "Insert", "PATCH": "Update", "PUT": "Update", "DELETE": "Delete"}
+_ID_NAMESPACE = uuid.UUID("3b1c2f8e-6d4a-4f0e-9a53-5e6f7a8b9c0d")
+_HIBERNATING_PAGE = (
+    "<html><head><title>Instance Hibernating page</title></head><body>"
+    "<h1>Your instance is hibernating</h1>"
+    "<p>Sign in to the developer portal to wake up your instance.</p></body></html>"
+)
+
+
+def _stable_id(table: str, key: str) -> str:
+    return uuid.uuid5(_ID_NAMESPACE, f"{table}:{key}").hex
+
+
+@dataclass(frozen=True)
+class User:
+    """A sys_user row; ``password`` None means no Basic login, ``can_write`` False means 403s."""
+
+    user_name: str
+    name: str
+    password: str | None = field(default=None, repr=False)
+    can_write: bool = True
+    sys_id: str = ""  # derived from user_name when empty, so ids are stable across runs
+
+    def __post_init__(self) -> None:
+        if not self.sys_id:
+            object.__setattr__(self, "sys_id", _stable_id("sys_user", self.user_name))
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    description: str = ""
+    sys_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.sys_id:
+            object.__setattr__(self, "sys_id", _stable_id("sys_user_group", self.name))
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One queued fault, consumed by the next /api request whose method matches."""
+
+    kind: str  # "429", any "5xx", "html", "timeout" or "drop_after_commit"
+    method: str | None = None  # None: any method
+    retry_after: int | None = None  # seconds, sent as Retry-After
+    seconds: float = 1.0  # how long "timeout" stalls before answering normally
+
+
+DEFAULT_USERS = (
+    User("admin", "System Administrator", DEFAULT_PASSWORD, sys_id=ADMIN_SYS_ID),
+    User("john.doe", "John Doe"),
+    User("jane.smith", "Jane Smith"),
+    User("beth.anglin", "Beth Anglin"),
+)
+DEFAULT_GROUPS = (
+    Group("Data Engineering", "Owns the data pipelines"),
+    Group("Service Desk", "First line support"),
+    Group("Network", "Network operations"),
+)
+
+
+class ApiError(Exception):
+    """An answer in ServiceNow's error envelope; raised anywhere below a request handler."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        detail: str | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {message}: {detail}")
+        self.status, self.message, self.detail = status, message, detail
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "detail": self.detail}, "status": "failure"}
+
+    def response(self) -> Response:
+        return _json(self.body(), status=self.status, headers=self.headers)
+
+
+class _Unauthenticated(ApiError):
+    def __init__(self) -> None:
+        super().__init__(
+            401,
+            "User Not Authenticated",
+            "Required to provide Auth information",
+            {"WWW-Authenticate": 'BASIC realm="Service-now"'},
+        )
+
+    def body(self) -> dict[str, Any]:
+        # Key order as in the real capture, for byte-level comparisons.
+        return {"error": {"detail": self.detail, "message": self.message}, "status": "failure"}
+
+
+# ---- tables -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Table:
+    fields: tuple[str, ...]
+    references: Mapping[str, str]  # field -> referenced table
+    writable: bool = False
+    choices: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+
+_INCIDENT_DEFAULTS: dict[str, str] = {
+    "parent": "", "made_sla": "true", "caused_by": "", "watch_list": "", "upon_reject": "cancel",
+    "sys_updated_on": "", "child_incidents": "0", "hold_reason": "", "approval_history": "",
+    "number": "", "resolved_by": "", "sys_updated_by": "", "opened_by": "", "user_input": "",
+    "sys_created_on": "", "sys_domain": "global", "state": "1", "sys_created_by": "",
+    "knowledge": "false", "order": "", "calendar_stc": "", "closed_at": "", "cmdb_ci": "",
+    "delivery_plan": "", "impact": "3", "active": "true", "work_notes_list": "",
+    "business_service": "", "priority": "5", "sys_domain_path": "/", "rfc": "", "time_worked": "",
+    "expected_start": "", "opened_at": "", "business_duration": "", "group_list": "",
+    "work_end": "", "caller_id": "", "resolved_at": "", "approval_set": "", "subcategory": "",
+    "work_notes": "", "short_description": "", "close_code": "", "correlation_display": "",
+    "delivery_task": "", "work_start": "", "assignment_group": "", "additional_assignee_list": "",
+    "business_stc": "", "description": "", "calendar_duration": "", "close_notes": "",
+    "notify": "1", "sys_class_name": "incident", "closed_by": "", "follow_up": "",
+    "parent_incident": "", "sys_id": "", "contact_type": "", "incident_state": "1",
+    "urgency": "3", "problem_id": "", "company": "", "reassignment_count": "0",
+    "activity_due": "", "assigned_to": "", "severity": "3", "comments": "",
+    "approval": "not requested", "sla_due": "", "comments_and_work_notes": "", "due_date": "",
+    "sys_mod_count": "0", "reopen_count": "0", "sys_tags": "", "escalation": "0",
+    "upon_approval": "proceed", "correlation_id": "", "location": "", "category": "inquiry",
+}  # fmt: skip
+_STATES = {
+    "1": "New", "2": "In Progress", "3": "On Hold", "6": "Resolved", "7": "Closed", "8": "Canceled",
+}  # fmt: skip
+_LEVELS = {"1": "1 - High", "2": "2 - Medium", "3": "3 - Low"}
+_INCIDENT = _Table(
+    fields=tuple(_INCIDENT_DEFAULTS),
+    references={
+        "assigned_to": "sys_user",
+        "assignment_group": "sys_user_group",
+        "opened_by": "sys_user",
+        "caller_id": "sys_user",
+        "resolved_by": "sys_user",
+        "closed_by": "sys_user",
+        "sys_domain": "sys_user_group",
+    },
+    writable=True,
+    choices={
+        "state": _STATES,
+        "incident_state": _STATES,
+        "priority": {
+            "1": "1 - Critical",
+            "2": "2 - High",
+            "3": "3 - Moderate",
+            "4": "4 - Low",
+            "5": "5 - Planning",
+        },
+        "impact": _LEVELS,
+        "urgency": _LEVELS,
+        "severity": _LEVELS,
+        "category": {
+            "inquiry": "Inquiry / Help",
+            "software": "Software",
+            "hardware": "Hardware",
+            "network": "Network",
+            "database": "Database",
+        },
+        "hold_reason": {
+            "1": "Awaiting Caller",
+            "3": "Awaiting Problem",
+            "4": "Awaiting Vendor",
+            "5": "Awaiting Change",
+        },
+        "approval": {"not requested": "Not Yet Requested"},
+    },
+)
+_SYSTEM_FIELDS = ("sys_created_on", "sys_created_by", "sys_updated_on", "sys_updated_by")
+_USER_FIELDS = (
+    "sys_id", "user_name", "name", "first_name", "last_name", "email", "active", "sys_class_name",
+    *_SYSTEM_FIELDS, "sys_mod_count",
+)  # fmt: skip
+_GROUP_FIELDS = (
+    "sys_id", "name", "description", "email", "manager", "active", *_SYSTEM_FIELDS, "sys_mod_count",
+)  # fmt: skip
+_JOURNAL_FIELDS = (
+    "sys_id", "element", "element_id", "name", "value", "sys_created_on", "sys_created_by",
+)  # fmt: skip
+_TABLES: dict[str, _Table] = {
+    "incident": _INCIDENT,
+    "sys_user": _Table(fields=_USER_FIELDS, references={}),
+    "sys_user_group": _Table(fields=_GROUP_FIELDS, references={"manager": "sys_user"}),
+    "sys_journal_field": _Table(fields=_JOURNAL_FIELDS, references={}),
+}
+# Fields that business rules own; writes to them are ignored like writes to unknown fields.
+_READ_ONLY = frozenset(
+    {
+        "sys_id", "number", "sys_mod_count", "sys_class_name", "sys_domain", "sys_domain_path",
+        "active", "comments_and_work_notes", *_SYSTEM_FIELDS,
+    }
+)  # fmt: skip
+_JOURNAL_LABELS = {"work_notes": "Work notes", "comments": "Additional comments"}
+# Which journal elements each readable journal field shows, newest entry first.
+_JOURNAL_VIEWS = {
+    "work_notes": ("work_notes",),
+    "comments": ("comments",),
+    "comments_and_work_notes": ("comments", "work_notes"),
+}
+_LOOKUP_KEYS = {"sys_user": ("user_name", "name"), "sys_user_group": ("name",)}
+_WELL_KNOWN_DISPLAY = {"global": "global"}  # sys_domain's value names no row
+_PRIORITY = {
+    ("1", "1"): "1", ("1", "2"): "2", ("2", "1"): "2", ("1", "3"): "3", ("2", "2"): "3",
+    ("3", "1"): "3", ("2", "3"): "4", ("3", "2"): "4", ("3", "3"): "5",
+}  # fmt: skip
+_RESOLVED, _CLOSED, _INACTIVE = ("6", "7"), "7", ("6", "7", "8")
+
+
+@dataclass(frozen=True)
+class _View:
+    """How a response renders records: display mode, selected fields, link base."""
+
+    mode: str  # "false" | "true" | "all"
+    fields: tuple[str, ...]
+    exclude_link: bool
+    base: str  # scheme://host of the request
+
+    @classmethod
+    def of(cls, request: Request) -> _View:
+        params = request.query_params
+        mode = params.get("sysparm_display_value", "false").lower()
+        fields = (name.strip() for name in params.get("sysparm_fields", "").split(","))
+        return cls(
+            mode=mode if mode in ("true", "all") else "false",
+            fields=tuple(name for name in fields if name),
+            exclude_link=params.get("sysparm_exclude_reference_link", "").lower() == "true",
+            base=f"{request.url.scheme}://{request.url.netloc}",
+        )
+
+
+class Emulator:
+    """The emulated instance: tables, users, faults and the ASGI ``app`` serving them.
+
+    Safe to drive from another thread while uvicorn serves ``app``: state sits behind one lock.
+    """
+
+    def __init__(
+        self,
+        *,
+        users: Iterable[User] | None = None,
+        groups: Iterable[Group] | None = None,
+        tokens: Mapping[str, str] | None = None,
+        number_start: int = 10001,
+        latency_ms: int = 0,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """``tokens`` maps bearer tokens to user names; ``clock`` returns UTC datetimes."""
+        self._users = {user.user_name: user for user in (DEFAULT_USERS if users is None else users)}
+        self._groups = tuple(DEFAULT_GROUPS if groups is None else groups)
+        self._tokens = dict(tokens or {})
+        if unknown := set(self._tokens.values()) - set(self._users):
+            raise ValueError(f"tokens name unknown users: {sorted(unknown)}")
+        self._number_start = number_start
+        self._initial_latency_ms = latency_ms
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._lock = threading.RLock()
+        self.latency_ms = latency_ms
+        self.down = False
+        self.reset()
+        self.app = Starlette(routes=self._routes())
+
+    # ---- Python API -----------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget incidents, journal, faults and the request log; restore latency and ``down``."""
+        with self._lock:
+            now = self._now()
+            self._tables: dict[str, dict[str, dict[str, str]]] = {
+                "incident": {},
+                "sys_user": {u.sys_id: _user_row(u, now) for u in self._users.values()},
+                "sys_user_group": {g.sys_id: _group_row(g, now) for g in self._groups},
+                "sys_journal_field": {},
+            }
+            self._journal_by_doc: dict[str, list[dict[str, str]]] = {}
+            self._faults: list[Fault] = []
+            self._requests: deque[dict[str, Any]] = deque(maxlen=10000)
+            self._next_number = self._number_start
+            self.latency_ms = self._initial_latency_ms
+            self.down = False
+
+    def add_fault(
+        self,
+        kind: str,
+        *,
+        count: int = 1,
+        method: str | None = None,
+        retry_after: int | None = None,
+        seconds: float = 1.0,
+    ) -> None:
+        """Queue ``count`` faults of ``kind`` for the next /api requests (of ``method`` only)."""
+        if kind not in FAULT_KINDS and not _is_server_error(kind):
+            raise ValueError(f"unknown fault kind {kind!r}")
+        fault = Fault(kind, method.upper() if method else None, retry_after, seconds)
+        with self._lock:
+            self._faults.extend([fault] * count)
+
+    @property
+    def incidents(self) -> list[dict[str, str]]:
+        """Copies of the stored incident rows (raw values), in creation order."""
+        with self._lock:
+            return [dict(row) for row in self._tables["incident"].values()]
+
+    def journal(self, sys_id: str) -> list[dict[str, str]]:
+        """The sys_journal_field rows of one incident, oldest first."""
+        with self._lock:
+            return [dict(entry) for entry in self._journal_by_doc.get(sys_id, [])]
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """The /api request log: method, path, query and status (never headers)."""
+        with self._lock:
+            return list(self._requests)
+
+    def seed_incidents(self, n: int, *, user: str = "admin", **fields: str) -> list[dict[str, str]]:
+        """Create ``n`` incidents as ``user``; ``{i}`` in a value becomes the 1-based index."""
+        fields.setdefault("short_description", "Seeded incident {i}")
+        with self._lock:
+            author = self._users[user]
+            return [
+                dict(self._insert({k: v.replace("{i}", str(i)) for k, v in fields.items()}, author))
+                for i in range(1, n + 1)
+            ]
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "incidents": len(self._tables["incident"]),
+                "journal_entries": len(self._tables["sys_journal_field"]),
+                "users": len(self._tables["sys_user"]),
+                "groups": len(self._tables["sys_user_group"]),
+                "pending_faults": len(self._faults),
+                "requests": len(self._requests),
+                "latency_ms": self.latency_ms,
+                "down": self.down,
+            }
+
+    # ---- routing --------------------------------------------------------------------------
+
+    def _routes(self) -> list[Route]:
+        control: list[tuple[str, str, Callable[[dict[str, Any], Request], Any]]] = [
+            ("/__emulator/state", "GET", lambda _body, _request: self.stats()),
+            ("/__emulator/faults", "POST", self._control_faults),
+            ("/__emulator/latency", "POST", self._control_latency),
+            ("/__emulator/down", "POST", self._control_down),
+            ("/__emulator/reset", "POST", self._control_reset),
+            ("/__emulator/requests", "GET", lambda _body, _request: self.requests),
+            (
+                "/__emulator/journal/{sys_id}",
+                "GET",
+                lambda _body, request: self.journal(request.path_params["sys_id"]),
+            ),
+        ]
+        return [
+            Route("/api/now/table/{table}", self._api, methods=["GET", "POST"]),
+            Route(
+                "/api/now/table/{table}/{sys_id}",
+                self._api,
+                methods=["GET", "PATCH", "PUT", "DELETE"],
+            ),
+            *(Route(path, _control_endpoint(handler), methods=[m]) for path, m, handler in control),
+        ]
+
+    async def _api(self, request: Request) -> Response:
+        try:
+            response = await self._serve(request)
+        except ApiError as error:
+            response = error.response()
+        with self._lock:
+            self._requests.append(
+                {
+                    "method": request.method,
+                    "path": request.url.path,
+                    "query": request.url.query,
+                    "status": response.status_code,
+                }
+            )
+        return response
+
+    async def _serve(self, request: Request) -> Response:
+        if self.latency_ms:
+            # Awaited, not slept, so concurrent requests overlap as they do on a real instance.
+            await asyncio.sleep(self.latency_ms / 1000)
+        if self.down:
+            raise ApiError(503, "Service Unavailable", "The instance is down (emulator)")
+        fault = self._take_fault(request.method)
+        if fault is not None and fault.kind not in ("timeout", "drop_after_commit"):
+            return _fault_response(fault)
+        if fault is not None and fault.kind == "timeout":
+            await asyncio.sleep(fault.seconds)
+        response = await self._dispatch(request, self._authenticate(request))
+        if fault is not None and fault.kind == "drop_after_commit":
+            # The write is committed; only the answer is lost, as behind a timing-out proxy.
+            raise ApiError(504, "Gateway Timeout", "The response was lost (emulator)")
+        return response
+
+    def _take_fault(self, method: str) -> Fault | None:
+        with self._lock:
+            for index, fault in enumerate(self._faults):
+                if fault.method in (None, method):
+                    return self._faults.pop(index)
+        return None
+
+    def _authenticate(self, request: Request) -> User:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        user: User | None = None
+        if scheme.lower() == "basic":
+            user = self._basic_user(credentials.strip())
+        elif scheme.lower() == "bearer":
+            user = self._users.get(self._tokens.get(credentials.strip(), ""))
+        if user is None:
+            raise _Unauthenticated()
+        return user
+
+    def _basic_user(self, credentials: str) -> User | None:
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        name, _, password = decoded.partition(":")
+        user = self._users.get(name)
+        if user is None or user.password is None:
+            return None
+        return user if hmac.compare_digest(user.password, password) else None
+
+    async def _dispatch(self, request: Request, user: User) -> Response:
+        name = request.path_params["table"]
+        table = _TABLES.get(name)
+        if table is None:
+            raise ApiError(400, f"Invalid table {name}", None)
+        method = request.method
+        if method in _WRITE_VERBS and not (table.writable and user.can_write):
+            detail = f"ACL Exception {_WRITE_VERBS[method]} Failed due to security constraints"
+            raise ApiError(403, "Operation Failed", detail)
+        body = await _read_object(request) if method in ("POST", "PATCH", "PUT") else {}
+        view = _View.of(request)
+        sys_id = request.path_params.get("sys_id")
+        with self._lock:
+            if sys_id is not None:
+                return self._on_record(name, sys_id, method, body, user, view)
+            if method == "GET":
+                return self._list(name, request, view)
+            row = self._insert(body, user)
+            location = f"{view.base}/api/now/table/{name}/{row['sys_id']}"
+            return _json({"result": self._render(name, row, view)}, 201, {"Location": location})
+
+    def _on_record(
+        self, name: str, sys_id: str, method: str, body: Mapping[str, Any], user: User, view: _View
+    ) -> Response:
+        row = self._tables[name].get(sys_id)
+        if row is None:
+            raise ApiError(
+                404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval"
+            )
+        if method == "DELETE":
+            del self._tables[name][sys_id]
+            return Response(status_code=204)
+        if method != "GET":
+            self._apply(row, body, user, is_new=False)
+        return _json({"result": self._render(name, row, view)})
+
+    def _list(self, name: str, request: Request, view: _View) -> Response:
+        params = request.query_params
+        rows = parse(params.get("sysparm_query", "")).apply(
+            self._tables[name].values(), self._resolver(name)
+        )
+        limit = _int_param(params.get("sysparm_limit"), DEFAULT_LIMIT, minimum=1)
+        offset = _int_param(params.get("sysparm_offset"), 0, minimum=0)
+        headers = {
+            "X-Total-Count": str(len(rows)),
+            "Link": _link_header(request, len(rows), limit, offset),
+        }
+        page = [self._render(name, row, view) for row in rows[offset : offset + limit]]
+        return _json({"result": page}, headers=headers)
+
+    # ---- writes ---------------------------------------------------------------------------
+
+    def _insert(self, body: Mapping[str, Any], user: User) -> dict[str, str]:
+        now = self._now()
+        row = dict(_INCIDENT_DEFAULTS)
+        row.update(
+            sys_id=uuid.uuid4().hex,
+            opened_at=now,
+            opened_by=user.sys_id,
+            sys_created_on=now,
+            sys_created_by=user.user_name,
+        )
+        self._apply(row, body, user, is_new=True)
+        # Numbered only once the data policy passed, so a refused insert burns no number.
+        row["number"] = f"INC{self._next_number:07d}"
+        self._next_number += 1
+        self._tables["incident"][row["sys_id"]] = row
+        return row
+
+    def _apply(
+        self, row: dict[str, str], body: Mapping[str, Any], user: User, *, is_new: bool
+    ) -> None:
+        """Merge a write into ``row`` in place, running the business rules an instance would."""
+        changes, notes = self._changes(body)
+        after = {**row, **changes}
+        # incident_state mirrors state; a write naming only incident_state moves both.
+        if "state" not in changes and "incident_state" in changes:
+            after["state"] = changes["incident_state"]
+        after["incident_state"] = after["state"]
+        if after["state"] in _RESOLVED and not (
+            after["close_code"].strip() and after["close_notes"].strip()
+        ):
+            raise ApiError(
+                403,
+                "Operation Failed",
+                "Data Policy Exception: \n The following fields are mandatory: "
+                "Resolution code, Resolution notes\n",
+            )
+        now = self._now()
+        _run_state_rules(row, after, changes, user.sys_id, now)
+        after["priority"] = _PRIORITY.get((after["impact"], after["urgency"]), after["priority"])
+        if not is_new:
+            if after == row and not notes:
+                return  # an unchanged record is not saved, as on a real instance
+            after["sys_mod_count"] = str(int(row["sys_mod_count"]) + 1)
+            if after["assignment_group"] != row["assignment_group"]:
+                after["reassignment_count"] = str(int(row["reassignment_count"]) + 1)
+        after.update(sys_updated_on=now, sys_updated_by=user.user_name)
+        row.update(after)
+        for element, text in notes:
+            self._append_journal(row["sys_id"], element, text, user.user_name, now)
+
+    def _changes(self, body: Mapping[str, Any]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+        """Split a write into field changes and journal notes; unknown fields are dropped."""
+        changes: dict[str, str] = {}
+        notes: list[tuple[str, str]] = []
+        for name, value in body.items():
+            text = _coerce(value)
+            if name in _JOURNAL_LABELS:
+                if text.strip():
+                    notes.append((name, text))
+            elif name in _INCIDENT.references and name not in _READ_ONLY:
+                changes[name] = self._lookup(_INCIDENT.references[name], text)
+            elif name in _INCIDENT_DEFAULTS and name not in _READ_ONLY:
+                changes[name] = text
+        return changes, notes
+
+    def _lookup(self, table: str, value: str) -> str:
+        """A reference write: a sys_id, else a unique key; no match stores "" (silently)."""
+        rows = self._tables[table]
+        if value in rows or not value:
+            return value
+        for key in _LOOKUP_KEYS[table]:
+            for row in rows.values():
+                if row[key] == value:
+                    return row["sys_id"]
+        return ""
+
+    def _append_journal(self, doc: str, element: str, text: str, author: str, now: str) -> None:
+        entry = {
+            "sys_id": uuid.uuid4().hex,
+            "element": element,
+            "element_id": doc,
+            "name": "incident",
+            "value": text,
+            "sys_created_on": now,
+            "sys_created_by": author,
+        }
+        self._tables["sys_journal_field"][entry["sys_id"]] = entry
+        self._journal_by_doc.setdefault(doc, []).append(entry)
+
+    # ---- reads ----------------------------------------------------------------------------
+
+    def _render(self, name: str, row: Mapping[str, str], view: _View) -> dict[str, Any]:
+        names = [f for f in view.fields if f in row] if view.fields else list(row)
+        return {field_name: self._render_field(name, row, field_name, view) for field_name in names}
+
+    def _render_field(self, name: str, row: Mapping[str, str], field_name: str, view: _View) -> Any:
+        table, raw = _TABLES[name], row[field_name]
+        if field_name in table.references:
+            return self._render_reference(table.references[field_name], raw, view)
+        if view.mode == "false":
+            return raw
+        if name == "incident" and field_name in _JOURNAL_VIEWS:
+            display = self._journal_text(row["sys_id"], _JOURNAL_VIEWS[field_name])
+        else:
+            display = table.choices.get(field_name, {}).get(raw, raw)
+        return display if view.mode == "true" else {"display_value": display, "value": raw}
+
+    def _render_reference(self, target: str, value: str, view: _View) -> Any:
+        if not value:
+            return {"display_value": "", "value": ""} if view.mode == "all" else ""
+        rendered = {"link": f"{view.base}/api/now/table/{target}/{value}", "value": value}
+        if view.mode != "false":
+            row = self._tables[target].get(value)
+            display = row["name"] if row else _WELL_KNOWN_DISPLAY.get(value, "")
+            rendered = {"display_value": display, **rendered}
+            if view.mode == "true":
+                del rendered["value"]
+        if view.exclude_link:
+            del rendered["link"]
+            # Without its link a one-key reference collapses to the bare string.
+            return next(iter(rendered.values())) if len(rendered) == 1 else rendered
+        return rendered
+
+    def _journal_text(self, sys_id: str, elements: tuple[str, ...]) -> str:
+        entries = [e for e in self._journal_by_doc.get(sys_id, []) if e["element"] in elements]
+        return "".join(
+            f"{e['sys_created_on']} - {self._display_name(e['sys_created_by'])} "
+            f"({_JOURNAL_LABELS[e['element']]})\n{e['value']}\n\n"
+            for e in reversed(entries)
+        )
+
+    def _display_name(self, user_name: str) -> str:
+        user = self._users.get(user_name)
+        return user.name if user else user_name
+
+    def _resolver(self, name: str) -> Resolver:
+        """Field values for queries: dot-walks through references, None for unknown fields."""
+        table = _TABLES[name]
+
+        def resolve(row: Mapping[str, str], path: str) -> str | None:
+            if path == TEXT_QUERY:
+                return self._searchable_text(name, row)
+            head, _, rest = path.partition(".")
+            if head not in table.fields:
+                return None
+            if not rest:
+                return row.get(head, "")
+            target = table.references.get(head)
+            if target is None:
+                return None
+            return self._resolver(target)(self._tables[target].get(row.get(head, ""), {}), rest)
+
+        return resolve
+
+    def _searchable_text(self, name: str, row: Mapping[str, str]) -> str:
+        if name != "incident":
+            return "\n".join(row.values())
+        notes = [e["value"] for e in self._journal_by_doc.get(row.get("sys_id", ""), [])]
+        fields = [row.get(f, "") for f in ("short_description", "description", "number")]
+        return "\n".join(fields + notes)
+
+    def _now(self) -> str:
+        return self._clock().strftime(TIMESTAMP)
+
+    # ---- control endpoints ----------------------------------------------------------------
+
+    def _control_faults(self, body: dict[str, Any], _request: Request) -> dict[str, Any]:
+        retry_after, method = body.get("retry_after"), body.get("method")
+        self.add_fault(
+            str(body["kind"]),
+            count=int(body.get("count", 1)),
+            method=None if method is None else str(method),
+            retry_after=None if retry_after is None else int(retry_after),
+            seconds=float(body.get("seconds", 1.0)),
+        )
+        return self.stats()
+
+    def _control_latency(self, body: dict[str, Any], _request: Request) -> dict[str, Any]:
+        self.latency_ms = int(body["ms"])
+        return self.stats()
+
+    def _control_down(self, body: dict[str, Any], _request: Request) -> dict[str, Any]:
+        if not isinstance(body["down"], bool):
+            raise TypeError("down must be true or false")
+        self.down = body["down"]
+        return self.stats()
+
+    def _control_reset(self, _body: dict[str, Any], _request: Request) -> dict[str, Any]:
+        self.reset()
+        return self.stats()
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+class _JsonResponse(JSONResponse):
+    media_type = "application/json;charset=UTF-8"  # exactly what the instance sends
+
+
+def _json(content: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return _JsonResponse(content, status_code=status, headers=dict(headers or {}))
+
+
+def _control_endpoint(
+    handler: Callable[[dict[str, Any], Request], Any],
+) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a control handler: JSON in (empty body allowed), JSON out, bad input -> 400."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            raw = await request.body()
+            body = json.loads(raw) if raw.strip() else {}
+            if not isinstance(body, dict):
+                raise TypeError("the body must be a JSON object")
+            return _json(handler(body, request))
+        except (ValueError, TypeError, KeyError) as error:
+            return ApiError(400, "Invalid emulator control request", repr(error)).response()
+
+    return endpoint
+
+
+def _is_server_error(kind: str) -> bool:
+    try:
+        return 500 <= HTTPStatus(int(kind)) < 600
+    except ValueError:
+        return False
+
+
+def _fault_response(fault: Fault) -> Response:
+    if fault.kind == "html":
+        return HTMLResponse(_HIBERNATING_PAGE)
+    status = int(fault.kind)
+    headers = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+    if status == 429:
+        headers.setdefault("Retry-After", "1")
+        detail = "The maximum number of requests for this user was exceeded (emulator)"
+        return ApiError(429, "Too many requests", detail, headers).response()
+    phrase = HTTPStatus(status).phrase
+    return ApiError(status, phrase, "Injected fault (emulator)", headers).response()
+
+
+async def _read_object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(400, "Exception while reading request", f"Cannot decode: {error}") from error
+    if not isinstance(body, dict):
+        raise ApiError(400, "Exception while reading request", "The payload is not a JSON object")
+    return body
+
+
+def _run_state_rules(
+    before: Mapping[str, str], after: dict[str, str], changes: Mapping[str, str], by: str, now: str
+) -> None:
+    """Stamp resolution/closure on entering those states, count reopens, derive ``active``."""
+    old, new = before["state"], after["state"]
+    if new in _RESOLVED and old not in _RESOLVED:
+        after["resolved_at"] = changes.get("resolved_at") or now
+        after["resolved_by"] = changes.get("resolved_by") or by
+    if new == _CLOSED and old != _CLOSED:
+        after["closed_at"] = changes.get("closed_at") or now
+        after["closed_by"] = changes.get("closed_by") or by
+    if old in _RESOLVED and new not in _INACTIVE:
+        after["reopen_count"] = str(int(after["reopen_count"]) + 1)
+    after["active"] = "false" if new in _INACTIVE else "true"
+
+
+def _link_header(request: Request, total: int, limit: int, offset: int) -> str:
+    """first/prev/next/last as the instance sends them: prev may be negative, next only if more."""
+    url = request.url
+    kept = [
+        (k, v)
+        for k, v in request.query_params.multi_items()
+        if k not in ("sysparm_limit", "sysparm_offset")
+    ]
+
+    def link(rel: str, at: int) -> str:
+        query = urlencode([*kept, ("sysparm_limit", limit), ("sysparm_offset", at)])
+        return f'<{url.scheme}://{url.netloc}{url.path}?{query}>;rel="{rel}"'
+
+    links = [link("first", 0), link("prev", offset - limit)]
+    if offset + limit < total:
+        links.append(link("next", offset + limit))
+    links.append(link("last", (total - 1) // limit * limit if total else 0))
+    return ",".join(links)
+
+
+def _int_param(value: str | None, default: int, *, minimum: int) -> int:
+    try:
+        number = int(value or "")
+    except ValueError:
+        return default
+    return number if number >= minimum else default
+
+
+def _coerce(value: Any) -> str:
+    """JSON values as the instance stores them: strings, booleans "true"/"false", null as ""."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else json.dumps(value)
+
+
+def _user_row(user: User, now: str) -> dict[str, str]:
+    first, _, last = user.name.partition(" ")
+    return {
+        "sys_id": user.sys_id,
+        "user_name": user.user_name,
+        "name": user.name,
+        "first_name": first,
+        "last_name": last,
+        "email": f"{user.user_name}@example.com",
+        "active": "true",
+        "sys_class_name": "sys_user",
+        **dict.fromkeys(("sys_created_on", "sys_updated_on"), now),
+        **dict.fromkeys(("sys_created_by", "sys_updated_by"), "system"),
+        "sys_mod_count": "0",
+    }
+
+
+def _group_row(group: Group, now: str) -> dict[str, str]:
+    return {
+        "sys_id": group.sys_id,
+        "name": group.name,
+        "description": group.description,
+        "email": "",
+        "manager": "",
+        "active": "true",
+        **dict.fromkeys(("sys_created_on", "sys_updated_on"), now),
+        **dict.fromkeys(("sys_created_by", "sys_updated_by"), "system"),
+        "sys_mod_count": "0",
+    }
