@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pluggy
-
 from ticketing_core import errors
-from ticketing_core.hookspecs import PROJECT_NAME, Provider, ProviderFactory
+from ticketing_core._markers import hookimpl
+from ticketing_core.hookspecs import Provider, ProviderFactory
 from ticketing_core.models import (
     Page,
     ProviderInfo,
@@ -22,8 +21,6 @@ from ticketing_core.models import (
     TicketStatus,
 )
 from ticketing_core.plugins import default_registry
-
-hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 def connect(

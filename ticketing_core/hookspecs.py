@@ -29,10 +29,10 @@ Stability: hooks change only by gaining arguments (implementations may accept fe
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import pluggy
-
+from ticketing_core._markers import hookspec
 from ticketing_core.models import (
     Page,
     SearchQuery,
@@ -42,8 +42,8 @@ from ticketing_core.models import (
     TicketStatus,
 )
 
-PROJECT_NAME = "ticketing"
-hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+if TYPE_CHECKING:
+    from ticketing_core.policies import SyncPolicy
 
 
 @runtime_checkable
@@ -89,6 +89,13 @@ class Provider(Protocol):
     def add_work_note(self, ticket_id: str, text: str) -> None:
         """Add an internal note (visible to agents, not to the requester) to the ticket."""
 
+    def has_work_note(self, ticket_id: str, text: str, *, since: datetime) -> bool:
+        """Whether a note with exactly ``text`` was added to the ticket at or after ``since``.
+
+        The outbox asks before re-delivering a note whose earlier delivery may have succeeded
+        (the process died mid-call), so that a note is never added twice.
+        """
+
     def get_status(self, ticket_id: str) -> TicketStatus:
         """Return the ticket's current state, reading as little as the service allows."""
 
@@ -120,4 +127,14 @@ def register_providers(register: RegisterProvider) -> None:
     once per provider type the plugin ships; ``name`` is what users type (``"servicenow"``), lowercase.
     A name already taken by another plugin is reported as a plugin error and the first one is kept.
     The return value is ignored.
+    """
+
+
+@hookspec
+def register_sync_policies(register: Callable[[SyncPolicy], None]) -> None:
+    """Make sync policies available by their ``name``.
+
+    A sync policy (see :class:`ticketing_core.policies.SyncPolicy`) decides what an anomaly's status
+    change or comment does to each linked ticket. Core registers ``work-notes`` (the default) and
+    ``state-mapping`` through this same hook. A name already taken is reported and the first kept.
     """

@@ -81,8 +81,9 @@ class TicketDraft:
 class TicketChanges:
     """Fields to change on an existing ticket; ``None`` leaves a field as it is.
 
-    ``status`` is a label or a provider code. ``fields`` carries provider-specific fields verbatim
-    (e.g. ServiceNow's ``close_code``).
+    ``status`` is a label or a provider code. ``resolution`` says why a ticket is being resolved or
+    closed; each provider puts it where its service wants it (ServiceNow: ``close_notes``).
+    ``fields`` carries provider-specific fields verbatim (e.g. ServiceNow's ``close_code``).
     """
 
     title: str | None = None
@@ -95,6 +96,7 @@ class TicketChanges:
     subcategory: str | None = None
     assigned_to: str | None = None
     assignment_group: str | None = None
+    resolution: str | None = None
     fields: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
 
     def is_empty(self) -> bool:
@@ -157,3 +159,45 @@ class ProviderInfo:
     name: str
     distribution: str
     version: str
+
+
+@attrs.frozen
+class FailedCheck:
+    """A data-quality check an anomaly failed."""
+
+    rule: str
+    field: str | None = None
+    description: str | None = None
+
+
+@attrs.frozen
+class Anomaly:
+    """The host's record a ticket is about (the seed's data-quality anomaly)."""
+
+    id: int
+    type: str
+    status: str
+    description: str = ""
+    failed_checks: tuple[FailedCheck, ...] = ()
+    datastore: str | None = None
+    container: str | None = None
+    field: str | None = None
+
+
+@attrs.frozen
+class TicketLink:
+    """A row of ``anomaly_ticket_link``: which ticket of which integration tracks an anomaly.
+
+    ``status`` is the ticket's status label as last seen; ``last_synced`` when it was read.
+    """
+
+    id: int
+    anomaly_id: int
+    integration_id: int
+    ticket_id: str
+    ticket_number: str
+    ticket_url: str | None
+    status: str | None
+    last_synced: datetime | None
+    ticket_metadata: Mapping[str, Any] | None
+    created: datetime

@@ -10,21 +10,31 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, version
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 import pluggy
 
-from ticketing_core import hookspecs
+from ticketing_core import hookspecs, policies
+from ticketing_core._markers import PROJECT_NAME
 from ticketing_core.errors import InvalidInput, PluginError
 from ticketing_core.hookspecs import Provider, ProviderFactory
 from ticketing_core.models import ProviderInfo
+from ticketing_core.policies import SyncPolicy
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "ticketing"
+_OWN_DISTRIBUTION = "ticketing"
+
+
+def _own_version() -> str:
+    try:
+        return version(_OWN_DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 @attrs.frozen
@@ -37,19 +47,24 @@ class PluginFailure:
 
 @attrs.frozen
 class _Registration:
-    factory: ProviderFactory
-    info: ProviderInfo
+    value: Any
+    plugin: str
+    distribution: tuple[str, str]
 
 
 class PluginRegistry:
-    """A plugin manager plus the providers its plugins registered."""
+    """A plugin manager plus what its plugins registered: providers and sync policies.
+
+    Core's built-in sync policies are registered as a plugin too, through the same path as any other.
+    """
 
     def __init__(self) -> None:
-        self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.manager = pluggy.PluginManager(PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []
         self._distributions: dict[str, tuple[str, str]] = {}
-        self._providers: dict[str, _Registration] | None = None
+        self._registered: dict[str, dict[str, _Registration]] = {}
+        self.register(policies, "ticketing-policies", (_OWN_DISTRIBUTION, _own_version()))
 
     def load_entry_points(self, only: Iterable[str] | None = None) -> None:
         """Load and register every installed ``ticketing`` entry point (or just those in ``only``)."""
@@ -63,26 +78,26 @@ class PluginRegistry:
             return
         try:
             plugin = entry_point.load()
-            self.manager.register(plugin, name=entry_point.name)
         except Exception as exc:
             self._fail(entry_point.name, f"{type(exc).__name__}: {exc}")
             return
         dist = entry_point.dist
-        self._distributions[entry_point.name] = (
-            (dist.name, dist.version) if dist is not None else ("unknown", "unknown")
-        )
-        self._providers = None
+        distribution = (dist.name, dist.version) if dist is not None else ("unknown", "unknown")
+        try:
+            self.register(plugin, entry_point.name, distribution)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            self._fail(entry_point.name, f"{type(exc).__name__}: {exc}")
 
     def register(self, plugin: object, name: str, distribution: tuple[str, str]) -> None:
         """Register a plugin object directly (tests, embedded hosts); ``distribution`` is (name, version)."""
         self.manager.register(plugin, name=name)
         self._distributions[name] = distribution
-        self._providers = None
+        self._registered.clear()
 
     def unregister(self, name: str) -> None:
         self.manager.unregister(name=name)
         self._distributions.pop(name, None)
-        self._providers = None
+        self._registered.clear()
 
     def _fail(self, name: str, error: str) -> None:
         log.warning("ticketing plugin %r failed to load: %s", name, error)
@@ -95,44 +110,56 @@ class PluginRegistry:
         except pluggy.PluginValidationError as exc:
             raise PluginError(str(exc)) from exc
 
-    def _collect(self) -> dict[str, _Registration]:
-        if self._providers is not None:
-            return self._providers
-        providers: dict[str, _Registration] = {}
-        for impl in self.manager.hook.register_providers.get_hookimpls():
-            plugin_name = self.manager.get_name(impl.plugin) or "?"
-            dist_name, version = self._distributions.get(plugin_name, ("unknown", "unknown"))
+    def _collect(self, hook_name: str) -> dict[str, _Registration]:
+        """Call a registration hook plugin by plugin, remembering who registered each name."""
+        if hook_name in self._registered:
+            return self._registered[hook_name]
+        found: dict[str, _Registration] = {}
+        for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+            plugin = self.manager.get_name(impl.plugin) or "?"
+            distribution = self._distributions.get(plugin, ("unknown", "unknown"))
 
             def register(
-                name: str,
-                factory: ProviderFactory,
-                _plugin: str = plugin_name,
-                _dist: tuple[str, str] = (dist_name, version),
+                *args: Any, _plugin: str = plugin, _dist: tuple[str, str] = distribution
             ) -> None:
-                if name in providers:
-                    self._fail(_plugin, f"provider name {name!r} is already registered")
+                # register(name, factory) for providers; register(policy) for policies (named by .name)
+                name, value = args if len(args) == 2 else (args[0].name, args[0])
+                if name in found:
+                    self._fail(
+                        _plugin, f"name {name!r} is already registered by {found[name].plugin}"
+                    )
                     return
-                providers[name] = _Registration(factory, ProviderInfo(name, *_dist))
+                found[name] = _Registration(value, _plugin, _dist)
 
             try:
                 impl.function(register=register)
             except Exception as exc:
-                self._fail(plugin_name, f"register_providers raised {type(exc).__name__}: {exc}")
-        self._providers = providers
-        return providers
+                self._fail(plugin, f"{hook_name} raised {type(exc).__name__}: {exc}")
+        self._registered[hook_name] = found
+        return found
 
     def providers(self) -> list[ProviderInfo]:
         """The installed providers, sorted by name."""
-        return sorted((r.info for r in self._collect().values()), key=lambda info: info.name)
+        return [
+            ProviderInfo(name, *registration.distribution)
+            for name, registration in sorted(self._collect("register_providers").items())
+        ]
 
     def factory(self, name: str) -> ProviderFactory:
-        registrations = self._collect()
+        return self._lookup("register_providers", "ticketing provider", name)  # type: ignore[no-any-return]
+
+    def policy(self, name: str) -> SyncPolicy:
+        return self._lookup("register_sync_policies", "sync policy", name)  # type: ignore[no-any-return]
+
+    def policy_names(self) -> list[str]:
+        return sorted(self._collect("register_sync_policies"))
+
+    def _lookup(self, hook_name: str, kind: str, name: str) -> Any:
+        registrations = self._collect(hook_name)
         if name not in registrations:
             known = ", ".join(sorted(registrations)) or "none"
-            raise PluginError(
-                f"no ticketing provider named {name!r} is installed (installed: {known})"
-            )
-        return registrations[name].factory
+            raise PluginError(f"no {kind} named {name!r} is installed (installed: {known})")
+        return registrations[name].value
 
     def connect(
         self,

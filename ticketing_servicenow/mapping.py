@@ -34,7 +34,8 @@ TEXT_SEARCH_FIELDS = ("short_description", "description", "number")
 SEARCH_ORDER = "ORDERBYDESCsys_created_on^ORDERBYsys_id"
 CORRELATION_ID_MAX_LENGTH = 100
 
-_CANONICAL_TO_WIRE = {"title": "short_description", "status": "state"}
+_CANONICAL_TO_WIRE = {"title": "short_description", "status": "state", "resolution": "close_notes"}
+DEFAULT_CLOSE_CODE = "Solved (Permanently)"
 
 
 @attrs.frozen
@@ -147,8 +148,14 @@ def draft_payload(draft: TicketDraft, idempotency_key: str | None) -> dict[str, 
     return {key: value for key, value in payload.items() if value is not None} | dict(draft.fields)
 
 
-def changes_payload(changes: TicketChanges) -> dict[str, str]:
-    """The PATCH body: only the given fields, under their ServiceNow names."""
+def changes_payload(
+    changes: TicketChanges, *, close_code: str = DEFAULT_CLOSE_CODE
+) -> dict[str, str]:
+    """The PATCH body: only the given fields, under their ServiceNow names.
+
+    A resolution becomes ``close_notes`` with ``close_code``: the data policy most instances have
+    refuses to resolve or close without both.
+    """
     payload: dict[str, str] = {}
     for attribute in attrs.fields(TicketChanges):
         value = getattr(changes, attribute.name)
@@ -156,6 +163,8 @@ def changes_payload(changes: TicketChanges) -> dict[str, str]:
             continue
         if attribute.name == "status":
             value = state_code(value)
+        if attribute.name == "resolution":
+            payload["close_code"] = close_code
         payload[_CANONICAL_TO_WIRE.get(attribute.name, attribute.name)] = value
     return payload | dict(changes.fields)
 

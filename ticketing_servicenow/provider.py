@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ from ticketing_servicenow import mapping
 from ticketing_servicenow.client import ServiceNowClient, result_of
 
 INCIDENTS = "/api/now/table/incident"
+JOURNAL = "/api/now/table/sys_journal_field"
 # Display values for references (assigned_to's name) and raw values for codes, in one read.
 READ_PARAMS = {
     "sysparm_display_value": "all",
@@ -33,7 +35,8 @@ class ServiceNowProvider:
 
     ``api_access_token`` is ``username:password`` (Basic auth) or a bearer token. Options:
     ``timeout`` (seconds or ``httpx.Timeout``), ``max_attempts`` and ``max_retry_wait`` for 429/503
-    retries, ``create_attempts`` for idempotent creates, ``transport`` (an httpx transport, for tests).
+    retries, ``create_attempts`` for idempotent creates, ``close_code`` written with a resolution
+    (most instances require one to resolve), ``transport`` (an httpx transport, for tests).
     """
 
     name = "servicenow"
@@ -44,10 +47,12 @@ class ServiceNowProvider:
         api_url: str,
         api_access_token: str,
         create_attempts: int = 3,
+        close_code: str = mapping.DEFAULT_CLOSE_CODE,
         **client_options: Any,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.create_attempts = create_attempts
+        self.close_code = close_code
         self._client = ServiceNowClient(self.api_url, api_access_token, **client_options)
 
     def __repr__(self) -> str:
@@ -117,7 +122,7 @@ class ServiceNowProvider:
             "PATCH",
             self._record(ticket_id),
             params=READ_PARAMS,
-            json=mapping.changes_payload(changes),
+            json=mapping.changes_payload(changes, close_code=self.close_code),
         )
         return mapping.to_ticket(result_of(response), self.api_url)
 
@@ -130,6 +135,22 @@ class ServiceNowProvider:
             params={"sysparm_fields": "sys_id"},
             json={"work_notes": mapping.journal_safe(text)},
         )
+
+    def has_work_note(self, ticket_id: str, text: str, *, since: datetime) -> bool:
+        condition = "^".join(
+            (
+                f"element_id={mapping.escape_query_value(self._sys_id(ticket_id))}",
+                "element=work_notes",
+                f"sys_created_on>={since.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+                f"value={mapping.escape_query_value(mapping.journal_safe(text))}",
+            )
+        )
+        response = self._client.request(
+            "GET",
+            JOURNAL,
+            params={"sysparm_query": condition, "sysparm_limit": 1, "sysparm_fields": "sys_id"},
+        )
+        return bool(result_of(response))
 
     def get_status(self, ticket_id: str) -> TicketStatus:
         response = self._client.request(
@@ -154,14 +175,18 @@ class ServiceNowProvider:
     def _tickets(self, response: httpx.Response) -> list[Ticket]:
         return [mapping.to_ticket(record, self.api_url) for record in result_of(response)]
 
+    @classmethod
+    def _record(cls, ticket_id: str) -> str:
+        return f"{INCIDENTS}/{cls._sys_id(ticket_id)}"
+
     @staticmethod
-    def _record(ticket_id: str) -> str:
+    def _sys_id(ticket_id: str) -> str:
         sys_id = ticket_id.strip()
         if not sys_id or not sys_id.isalnum():
             raise InvalidInput(
                 f"{ticket_id!r} is not a ServiceNow sys_id (32 hexadecimal characters)"
             )
-        return f"{INCIDENTS}/{sys_id}"
+        return sys_id
 
 
 def _total_count(response: httpx.Response, *, default: int) -> int:

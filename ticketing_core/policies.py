@@ -1,0 +1,146 @@
+"""Sync policies: what an anomaly event turns into on each linked ticket.
+
+A policy is a small object with two pure functions returning actions; the service stores those actions in
+the outbox and the worker performs them. Policies are registered through the
+:func:`~ticketing_core.hookspecs.register_sync_policies` hook, the built-in ones below included, so a
+plugin can add its own. The default, ``work-notes``, is the seed's one-way push: it never changes a
+ticket's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+import attrs
+
+from ticketing_core._markers import hookimpl
+from ticketing_core.models import Anomaly, TicketChanges
+
+DEFAULT_POLICY = "work-notes"
+
+
+@attrs.frozen
+class AddWorkNote:
+    """Add an internal note to the ticket."""
+
+    text: str
+
+
+@attrs.frozen
+class ChangeTicket:
+    """Change fields of the ticket."""
+
+    changes: TicketChanges
+
+
+Action = AddWorkNote | ChangeTicket
+
+
+@attrs.frozen
+class StatusChange:
+    """The host changed an anomaly's status at ``changed_at`` (UTC)."""
+
+    anomaly_id: int
+    status: str
+    changed_at: datetime
+
+
+@attrs.frozen
+class Messages:
+    """The texts the integration writes, in the host product's name (the seed's: Qualytics)."""
+
+    product: str = "Qualytics"
+    public_url: str = ""
+
+    def anomaly_url(self, anomaly_id: int) -> str:
+        return f"{self.public_url.rstrip('/')}/anomalies/{anomaly_id}"
+
+    def anomaly_block(self, anomaly: Anomaly) -> str:
+        """Appended to a ticket's description when it is created from or linked to an anomaly."""
+        checks = "; ".join(
+            check.rule
+            + (f" ({check.field})" if check.field else "")
+            + (f": {check.description}" if check.description else "")
+            for check in anomaly.failed_checks
+        )
+        lines = [
+            f"## {self.product} Anomaly Linked",
+            "",
+            f"- Anomaly ID: {anomaly.id}",
+            f"- Status: {anomaly.status}",
+            f"- Type: {anomaly.type}",
+            f"- Failed checks: {checks or 'none'}",
+            f"- Link: {self.anomaly_url(anomaly.id)}",
+        ]
+        return "\n\n---\n\n" + "\n".join(lines)
+
+    def status_note(self, change: StatusChange) -> str:
+        at = change.changed_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return f"[{at} UTC] {self.product} Anomaly Status: {change.status}"
+
+    def comment_note(self, text: str) -> str:
+        return f"Comment from {self.product}: {text}"
+
+    def link_note(self, anomaly: Anomaly) -> str:
+        return f"Linked to {self.product} anomaly {anomaly.id}: {self.anomaly_url(anomaly.id)}"
+
+    def resolution(self, change: StatusChange) -> str:
+        return f"Anomaly {change.anomaly_id} was marked {change.status} in {self.product}."
+
+    def status_pulled(self, ticket_number: str, old: str | None, new: str) -> str:
+        return f"Ticket {ticket_number} status changed from {old or 'unknown'} to {new}"
+
+
+class SyncPolicy(Protocol):
+    """Decides what each anomaly event does to a linked ticket. Must be pure: no I/O."""
+
+    name: str
+
+    def on_status_change(self, change: StatusChange, messages: Messages) -> Sequence[Action]: ...
+
+    def on_comment(self, text: str, messages: Messages) -> Sequence[Action]: ...
+
+
+class WorkNotesOnly:
+    """The seed's policy: status changes and comments become work notes; ticket state is untouched."""
+
+    name = DEFAULT_POLICY
+
+    def on_status_change(self, change: StatusChange, messages: Messages) -> Sequence[Action]:
+        return [AddWorkNote(messages.status_note(change))]
+
+    def on_comment(self, text: str, messages: Messages) -> Sequence[Action]:
+        return [AddWorkNote(messages.comment_note(text))]
+
+
+@attrs.frozen
+class StateMapping:
+    """Opt-in: like ``work-notes``, and resolving the anomaly resolves the ticket too.
+
+    ``resolving`` anomaly statuses map to the canonical ticket status ``ticket_status``, with a
+    resolution text (ServiceNow's ``close_notes``; the provider adds its close code).
+    """
+
+    name = "state-mapping"
+    resolving: frozenset[str] = frozenset({"Resolved"})
+    ticket_status: str = "Resolved"
+
+    def on_status_change(self, change: StatusChange, messages: Messages) -> Sequence[Action]:
+        actions: list[Action] = [AddWorkNote(messages.status_note(change))]
+        if change.status in self.resolving:
+            changes = TicketChanges(
+                status=self.ticket_status, resolution=messages.resolution(change)
+            )
+            actions.append(ChangeTicket(changes))
+        return actions
+
+    def on_comment(self, text: str, messages: Messages) -> Sequence[Action]:
+        return WorkNotesOnly().on_comment(text, messages)
+
+
+@hookimpl
+def register_sync_policies(register: Callable[[SyncPolicy], None]) -> None:
+    register(WorkNotesOnly())
+    register(StateMapping())

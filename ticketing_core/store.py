@@ -1,0 +1,217 @@
+"""Persistence: one SQLAlchemy Core schema for SQLite (the embedded default) and PostgreSQL.
+
+``Database("links.db")`` or ``Database("postgresql://user@host/db")``: the same code runs on both. Tables
+are created on first use; ``schema_version`` records what this code created so later versions can
+migrate forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from ticketing_core.models import TicketLink
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("component", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+links = sa.Table(
+    "anomaly_ticket_link",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("anomaly_id", sa.BigInteger, nullable=False, index=True),
+    sa.Column("integration_id", sa.Integer, nullable=False, index=True),
+    sa.Column("ticket_id", sa.String(128), nullable=False),
+    sa.Column("ticket_number", sa.String(128), nullable=False),
+    sa.Column("ticket_url", sa.Text),
+    sa.Column("status", sa.String(128)),
+    sa.Column("last_synced", UtcDateTime),
+    sa.Column("ticket_metadata", sa.JSON),
+    sa.Column("created", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("anomaly_id", "integration_id", "ticket_id", name="uq_link_ticket"),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def engine_url(url_or_path: str) -> str:
+    """An SQLAlchemy URL from a file path, a ``sqlite://`` URL or a ``postgresql://`` URL."""
+    if url_or_path.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url_or_path.split("://", 1)[1]
+    if "://" in url_or_path:
+        return url_or_path
+    return f"sqlite:///{url_or_path}"
+
+
+class Database:
+    """An engine with the schema in place. Thread-safe; share one per process."""
+
+    def __init__(self, url_or_path: str) -> None:
+        self.url = engine_url(url_or_path)
+        self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _tune_sqlite)
+            sa.event.listen(self.engine, "begin", _begin_immediate)
+        self.migrate(metadata, component="ticketing_core", version=SCHEMA_VERSION)
+
+    def __repr__(self) -> str:
+        return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def migrate(self, schema: sa.MetaData, *, component: str, version: int) -> None:
+        """Create ``schema``'s missing tables and record ``version`` for ``component``."""
+        schema.create_all(self.engine, checkfirst=True)
+        metadata.create_all(self.engine, tables=[schema_version], checkfirst=True)
+        with self.begin() as conn:
+            current = conn.execute(
+                sa.select(schema_version.c.version).where(schema_version.c.component == component)
+            ).scalar()
+            if current is None:
+                conn.execute(schema_version.insert().values(component=component, version=version))
+            elif current > version:
+                raise RuntimeError(
+                    f"the database holds {component} schema {current}, newer than this code's "
+                    f"{version}: upgrade ticketing"
+                )
+
+    @contextmanager
+    def begin(self, conn: sa.Connection | None = None) -> Iterator[sa.Connection]:
+        """A connection inside a transaction: the caller's ``conn`` if given, else a new one."""
+        if conn is not None:
+            yield conn
+            return
+        with self.engine.begin() as own:
+            yield own
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the worker write while the API reads; busy_timeout waits instead of failing.
+    # Transactions are begun by _begin_immediate, not by the driver.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _begin_immediate(conn: sa.Connection) -> None:
+    # Take the write lock up front: a read-then-write transaction that upgrades later fails at once
+    # (SQLITE_BUSY) when another connection wrote meanwhile, instead of waiting its turn.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class LinkStore:
+    """The ``anomaly_ticket_link`` table."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def add(
+        self,
+        *,
+        anomaly_id: int,
+        integration_id: int,
+        ticket_id: str,
+        ticket_number: str,
+        ticket_url: str | None,
+        status: str | None,
+        ticket_metadata: Mapping[str, Any] | None = None,
+        conn: sa.Connection | None = None,
+    ) -> TicketLink:
+        """Store a link, or return the existing one for the same anomaly, integration and ticket."""
+        with self.database.begin(conn) as c:
+            existing = self._find(c, anomaly_id, integration_id, ticket_id)
+            if existing is not None:
+                return existing
+            now = utcnow()
+            c.execute(
+                links.insert().values(
+                    anomaly_id=anomaly_id,
+                    integration_id=integration_id,
+                    ticket_id=ticket_id,
+                    ticket_number=ticket_number,
+                    ticket_url=ticket_url,
+                    status=status,
+                    last_synced=now,
+                    ticket_metadata=dict(ticket_metadata) if ticket_metadata else None,
+                    created=now,
+                )
+            )
+            found = self._find(c, anomaly_id, integration_id, ticket_id)
+            assert found is not None
+            return found
+
+    def for_anomaly(self, anomaly_id: int, conn: sa.Connection | None = None) -> list[TicketLink]:
+        with self.database.begin(conn) as c:
+            rows = c.execute(
+                sa.select(links).where(links.c.anomaly_id == anomaly_id).order_by(links.c.id)
+            )
+            return [_link(row) for row in rows.mappings()]
+
+    def record_status(self, link_id: int, status: str, synced_at: datetime) -> None:
+        with self.database.begin() as c:
+            c.execute(
+                links.update()
+                .where(links.c.id == link_id)
+                .values(status=status, last_synced=synced_at)
+            )
+
+    def delete_for_integration(self, integration_id: int, conn: sa.Connection) -> None:
+        conn.execute(links.delete().where(links.c.integration_id == integration_id))
+
+    @staticmethod
+    def _find(
+        conn: sa.Connection, anomaly_id: int, integration_id: int, ticket_id: str
+    ) -> TicketLink | None:
+        row = (
+            conn.execute(
+                sa.select(links).where(
+                    links.c.anomaly_id == anomaly_id,
+                    links.c.integration_id == integration_id,
+                    links.c.ticket_id == ticket_id,
+                )
+            )
+            .mappings()
+            .first()
+        )
+        return _link(row) if row is not None else None
+
+
+def _link(row: sa.RowMapping) -> TicketLink:
+    return TicketLink(**dict(row))
