@@ -10,7 +10,7 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHON = "3.11"
-PROJECT = "-e.[cli,emulator]"
+PROJECT = "-e.[cli,emulator,host,postgres]"
 
 
 def install(session: nox.Session, *groups: str) -> None:

@@ -12,6 +12,7 @@ from ticketing_core import errors
 from ticketing_core._markers import hookimpl
 from ticketing_core.hookspecs import Provider, ProviderFactory
 from ticketing_core.models import (
+    Capabilities,
     Page,
     ProviderInfo,
     SearchQuery,
@@ -46,6 +47,7 @@ def providers() -> list[ProviderInfo]:
 
 
 __all__ = [
+    "Capabilities",
     "Page",
     "Provider",
     "ProviderFactory",

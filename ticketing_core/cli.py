@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 try:
@@ -289,6 +290,88 @@ def status(provider: str | None, url: str, token: str, allow_http: bool, as_json
         click.echo(json.dumps({"status": current.label, "code": current.code}))
     else:
         click.echo(f"{current.label} ({current.code})")
+
+
+@cli.group()
+def outbox() -> None:
+    """Inspect the durable outbox of background syncs and retry dead events."""
+
+
+def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--database",
+        envvar="TICKETING_DATABASE",
+        default="ticketing.db",
+        show_default=True,
+        help="SQLite file or postgresql:// URL.",
+    )(command)
+
+
+def open_outbox(database: str) -> Any:
+    try:
+        from ticketing_core.outbox import Outbox
+        from ticketing_core.store import Database
+    except ImportError:
+        raise errors.PluginError(
+            "the outbox needs its extra: pip install 'ticketing[sync]'"
+        ) from None
+    return Outbox(Database(database))
+
+
+@outbox.command("list")
+@database_option
+@click.option("--status", type=click.Choice(["pending", "delivered", "dead"]))
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def outbox_list(database: str, status: str | None, limit: int, as_json: bool) -> None:
+    """List outbox events, oldest first."""
+    from ticketing_core.outbox import describe
+
+    with reported_errors():
+        entries = open_outbox(database).entries(status=status, limit=limit)
+    if as_json:
+        rows = [{"id": e.id, "integration_id": e.integration_id, "ticket_id": e.ticket_id,
+                 "anomaly_id": e.anomaly_id, "status": e.status, "attempts": e.attempts,
+                 "last_error": e.last_error, "action": describe(e.action)}
+                for e in entries]  # fmt: skip
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = [(str(e.id), e.status, str(e.attempts), e.ticket_id, describe(e.action)[:60],
+              (e.last_error or "")[:60]) for e in entries]  # fmt: skip
+    click.echo(render_table(("ID", "STATUS", "ATTEMPTS", "TICKET", "ACTION", "LAST ERROR"), table))
+
+
+@outbox.command("retry")
+@database_option
+@click.argument("event_ids", nargs=-1, type=int)
+@click.option("--all", "retry_all", is_flag=True, help="Retry every dead event.")
+def outbox_retry(database: str, event_ids: tuple[int, ...], retry_all: bool) -> None:
+    """Put dead events back in line for delivery."""
+    if not event_ids and not retry_all:
+        raise click.UsageError("give event ids or --all")
+    with reported_errors():
+        count = open_outbox(database).retry(None if retry_all else list(event_ids))
+    click.echo(f"{count} dead event(s) queued for delivery again")
+
+
+def add_plugin_commands(group: click.Group) -> None:
+    """Commands other distributions add through the ``ticketing.commands`` entry points."""
+    for entry_point in entry_points(group="ticketing.commands"):
+        try:
+            group.add_command(entry_point.load(), entry_point.name)
+        except Exception as exc:
+            message = f"command {entry_point.name!r} unavailable: {type(exc).__name__}: {exc}"
+            group.add_command(_unavailable(entry_point.name, message))
+
+
+def _unavailable(name: str, message: str) -> click.Command:
+    def explain() -> None:
+        raise click.ClickException(message)
+
+    return click.Command(name, callback=explain, help=message)
+
+
+add_plugin_commands(cli)
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ticketing_core._markers import hookspec
 from ticketing_core.models import (
+    Capabilities,
     Page,
     SearchQuery,
     Ticket,
@@ -56,6 +57,9 @@ class Provider(Protocol):
     Implementations must be safe to call from several threads at once, and must keep credentials out of
     ``repr()``, logs and error messages.
     """
+
+    capabilities: Capabilities
+    """What this provider supports; see :class:`ticketing_core.models.Capabilities`."""
 
     def validate(self) -> None:
         """Check the URL and credentials with the cheapest authenticated read; raise if unusable."""

@@ -153,6 +153,22 @@ class TicketStatus:
 
 
 @attrs.frozen
+class Capabilities:
+    """What a provider supports, so hosts and policies adapt instead of assuming one service.
+
+    ``field_choices`` lists the accepted codes of enumerated fields (e.g. ``priority``) so hosts can
+    reject bad input before calling the service; a field not listed is free text.
+    """
+
+    work_notes: bool = True
+    public_comments: bool = False
+    state_changes: bool = True
+    idempotency_keys: bool = True
+    inbound_webhooks: bool = False
+    field_choices: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+
+
+@attrs.frozen
 class ProviderInfo:
     """An installed provider and the distribution that ships it."""
 

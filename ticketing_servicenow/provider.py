@@ -10,6 +10,7 @@ import stamina
 
 from ticketing_core.errors import InvalidInput, NotFound, ProviderUnavailable
 from ticketing_core.models import (
+    Capabilities,
     Page,
     SearchQuery,
     Ticket,
@@ -40,6 +41,19 @@ class ServiceNowProvider:
     """
 
     name = "servicenow"
+    capabilities = Capabilities(
+        work_notes=True,
+        public_comments=True,
+        state_changes=True,
+        idempotency_keys=True,
+        inbound_webhooks=False,
+        field_choices={
+            "priority": ("1", "2", "3", "4", "5"),
+            "urgency": ("1", "2", "3"),
+            "impact": ("1", "2", "3"),
+            "status": tuple(mapping.STATE_LABELS),
+        },
+    )
 
     def __init__(
         self,
