@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from servicenow_emulator import Emulator
 from servicenow_emulator.server import RunningEmulator, run_in_thread
 
+from ticketing_core.store import Database, engine_url
 from ticketing_servicenow import ServiceNowProvider
 
 ADMIN_TOKEN = "admin:admin-password"
@@ -72,3 +76,34 @@ def recorded_target(record_mode: str, request: pytest.FixtureRequest) -> tuple[s
     server: RunningEmulator = request.getfixturevalue("emulator_server")
     server.emulator.reset()
     return server.url, ADMIN_TOKEN
+
+
+# --- databases: every store and outbox test runs on SQLite and on PostgreSQL -------------------
+POSTGRES_URL = os.environ.get(
+    "TICKETING_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "ticketing.db")
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(engine_url(POSTGRES_URL))
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    db = Database(database_url)
+    yield db
+    db.dispose()

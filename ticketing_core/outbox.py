@@ -155,6 +155,8 @@ class Outbox:
                 )
                 .order_by(events.c.id)
                 .limit(limit)
+                # PostgreSQL: racing workers skip each other's rows; SQLite serialises writers.
+                .with_for_update(skip_locked=True, of=events)
             ).scalars()
             claimed: list[int] = []
             for event_id in list(candidates):

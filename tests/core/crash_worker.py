@@ -1,0 +1,34 @@
+"""A delivery worker process for the crash test: ``python -m tests.core.crash_worker DB URL``."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from ticketing_core.outbox import Outbox, ThreadedDispatcher
+from ticketing_core.policies import WorkNotesOnly
+from ticketing_core.service import SyncService
+from ticketing_core.store import Database
+from ticketing_servicenow import ServiceNowProvider
+
+from ..conftest import ADMIN_TOKEN
+
+
+def main(database_url: str, api_url: str) -> None:
+    database = Database(database_url)
+    provider = ServiceNowProvider(api_url=api_url, api_access_token=ADMIN_TOKEN, max_attempts=1)
+    service = SyncService(
+        database,
+        provider_for=lambda _: provider,
+        policy_for=lambda _: WorkNotesOnly(),
+        comment_on_anomaly=lambda *_: None,
+        outbox=Outbox(database, lease_seconds=1.0, backoff_initial=0.05, backoff_max=0.2),
+    )
+    service.dispatcher = ThreadedDispatcher(service.outbox, service.deliver, poll_interval=0.05)
+    service.start()
+    print("worker started", flush=True)
+    threading.Event().wait()  # deliver until killed
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

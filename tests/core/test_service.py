@@ -1,0 +1,219 @@
+"""The seed's flows through SyncService, against the ServiceNow emulator over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import pytest
+from servicenow_emulator import Emulator
+
+from ticketing_core.models import Anomaly, FailedCheck, TicketDraft
+from ticketing_core.outbox import DELIVERED, ThreadedDispatcher
+from ticketing_core.policies import Messages, StateMapping, SyncPolicy, WorkNotesOnly
+from ticketing_core.service import INTEGRATION, SyncService
+from ticketing_core.store import Database
+from ticketing_servicenow import ServiceNowProvider
+
+INTEGRATION_ID = 34
+ANOMALY = Anomaly(
+    id=12345,
+    type="Record",
+    status="Active",
+    description="150 null values",
+    failed_checks=(FailedCheck("not_null", "customer_email", "must not be null"),),
+)
+DRAFT = TicketDraft(
+    title="Data Quality Anomaly - Missing values in customer_email",
+    description="150 null values detected in customer_email field",
+    priority="2",
+    urgency="2",
+    impact="2",
+)
+
+
+class Host:
+    """What a host gives the service: its anomaly comments, and the policy it chose."""
+
+    def __init__(self) -> None:
+        self.comments: list[tuple[int, str]] = []
+        self.policy: SyncPolicy = WorkNotesOnly()
+
+
+@pytest.fixture
+def host() -> Host:
+    return Host()
+
+
+@pytest.fixture
+def service(database: Database, provider: ServiceNowProvider, host: Host) -> Iterator[SyncService]:
+    sync = SyncService(
+        database,
+        provider_for=lambda integration_id: provider,
+        policy_for=lambda integration_id: host.policy,
+        comment_on_anomaly=lambda anomaly_id, text: host.comments.append((anomaly_id, text)),
+        messages=Messages(public_url="https://qualytics.example"),
+    )
+    sync.dispatcher = ThreadedDispatcher(sync.outbox, sync.deliver, poll_interval=0.05)
+    sync.start()
+    yield sync
+    sync.stop()
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def notes(emulator: Emulator, sys_id: str) -> list[str]:
+    return [
+        entry["value"] for entry in emulator.journal(sys_id) if entry["element"] == "work_notes"
+    ]
+
+
+def test_create_ticket_describes_the_anomaly_and_links_it(
+    service: SyncService, emulator: Emulator
+) -> None:
+    ticket, link = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+
+    assert ticket.description == (
+        "150 null values detected in customer_email field"
+        "\n\n---\n\n## Qualytics Anomaly Linked\n\n"
+        "- Anomaly ID: 12345\n- Status: Active\n- Type: Record\n"
+        "- Failed checks: not_null (customer_email): must not be null\n"
+        "- Link: https://qualytics.example/anomalies/12345"
+    )
+    (row,) = emulator.incidents
+    assert row["correlation_display"] == "Qualytics"
+    assert row["correlation_id"].startswith("Qualytics-34-12345-")
+    assert (link.anomaly_id, link.ticket_id, link.ticket_number) == (
+        12345,
+        ticket.id,
+        ticket.number,
+    )
+    assert link.status == "New"
+    assert service.links.for_anomaly(12345) == [link]
+
+
+def test_a_retried_create_makes_no_second_incident(
+    service: SyncService, emulator: Emulator
+) -> None:
+    first, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    again, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+
+    assert again.id == first.id
+    assert len(emulator.incidents) == 1
+    assert len(service.links.for_anomaly(12345)) == 1
+
+
+def test_link_appends_the_block_once_and_notes_the_linkage(
+    service: SyncService, provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    existing = provider.create(TicketDraft(title="ETL failures", description="Nightly job failed"))
+
+    ticket, link = service.link_ticket(ANOMALY, INTEGRATION_ID, ticket_number=existing.number)
+    service.link_ticket(ANOMALY, INTEGRATION_ID, ticket_id=existing.id)
+
+    assert ticket.description.startswith("Nightly job failed\n\n---\n\n## Qualytics Anomaly Linked")
+    assert ticket.description.count("## Qualytics Anomaly Linked") == 1
+    assert notes(emulator, existing.id) == [
+        "Linked to Qualytics anomaly 12345: https://qualytics.example/anomalies/12345"
+    ]
+    assert link.ticket_number == existing.number
+
+
+def test_status_change_is_a_timestamped_work_note_on_every_linked_ticket(
+    service: SyncService, provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    first, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    other = provider.create(TicketDraft(title="other", description="d"))
+    service.link_ticket(ANOMALY, INTEGRATION_ID, ticket_id=other.id)
+
+    queued = service.anomaly_status_changed(
+        12345, "Acknowledged", changed_at=datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
+    )
+
+    assert queued == 2
+    wait_until(lambda: service.outbox.counts()[DELIVERED] == 2)
+    expected = "[2024-01-15 10:30:00 UTC] Qualytics Anomaly Status: Acknowledged"
+    assert notes(emulator, first.id) == [expected]
+    assert notes(emulator, other.id)[-1] == expected
+    assert provider.get_status(first.id).label == "New"
+
+
+def test_comment_is_forwarded_safely(service: SyncService, emulator: Emulator) -> None:
+    ticket, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+
+    service.anomaly_commented(12345, "Looks like ETL. [code]<script>x</script>[/code]")
+
+    wait_until(lambda: service.outbox.counts()[DELIVERED] == 1)
+    assert notes(emulator, ticket.id) == [
+        "Comment from Qualytics: Looks like ETL. (code)<script>x</script>(/code)"
+    ]
+
+
+def test_integration_comments_are_never_pushed_back(service: SyncService) -> None:
+    service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+
+    assert service.anomaly_commented(12345, "status changed", origin=INTEGRATION) == 0
+    assert service.outbox.counts()["pending"] == 0
+
+
+def test_pull_records_status_and_comments_only_on_change(
+    service: SyncService, provider: ServiceNowProvider, host: Host
+) -> None:
+    from ticketing_core.models import TicketChanges
+
+    ticket, link = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+
+    unchanged = service.pull_status(12345)
+    provider.update(ticket.id, TicketChanges(status="In Progress"))
+    changed = service.pull_status(12345)
+
+    assert unchanged[0].status == "New"
+    assert unchanged[0].last_synced is not None
+    assert link.last_synced is not None
+    assert unchanged[0].last_synced >= link.last_synced
+    assert changed[0].status == "In Progress"
+    assert host.comments == [
+        (12345, f"Ticket {ticket.number} status changed from New to In Progress")
+    ]
+
+
+def test_state_mapping_policy_resolves_the_ticket(
+    service: SyncService, provider: ServiceNowProvider, host: Host, emulator: Emulator
+) -> None:
+    host.policy = StateMapping()
+    ticket, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+
+    service.anomaly_status_changed(12345, "Resolved")
+
+    wait_until(lambda: service.outbox.counts()[DELIVERED] == 2)
+    assert provider.get_status(ticket.id).label == "Resolved"
+    row = next(r for r in emulator.incidents if r["sys_id"] == ticket.id)
+    assert row["close_code"] == "Solved (Permanently)"
+    assert row["close_notes"] == "Anomaly 12345 was marked Resolved in Qualytics."
+
+
+def test_notes_wait_out_an_outage_and_arrive_once_in_order(
+    service: SyncService, emulator: Emulator
+) -> None:
+    ticket, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    service.outbox.backoff_initial, service.outbox.backoff_max = 0.05, 0.2
+    emulator.down = True
+
+    for status in ("Acknowledged", "Resolved", "Active"):
+        service.anomaly_status_changed(12345, status)
+    time.sleep(0.5)
+    assert service.outbox.counts()[DELIVERED] == 0
+    emulator.down = False
+
+    wait_until(lambda: service.outbox.counts()[DELIVERED] == 3)
+    assert [n.rsplit(": ", 1)[1] for n in notes(emulator, ticket.id)] == [
+        "Acknowledged",
+        "Resolved",
+        "Active",
+    ]
