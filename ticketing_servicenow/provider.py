@@ -9,6 +9,7 @@ import httpx
 import stamina
 
 from ticketing_core.errors import InvalidInput, NotFound, ProviderUnavailable
+from ticketing_core.http import HttpTransport, ServiceDialect
 from ticketing_core.models import (
     Capabilities,
     Page,
@@ -19,11 +20,16 @@ from ticketing_core.models import (
     TicketStatus,
 )
 from ticketing_servicenow import mapping
-from ticketing_servicenow.client import ServiceNowClient, result_of
+from ticketing_servicenow.envelopes import error_reason, result_of
 
 INCIDENTS = "/api/now/table/incident"
 JOURNAL = "/api/now/table/sys_journal_field"
 # Display values for references (assigned_to's name) and raw values for codes, in one read.
+DIALECT = ServiceDialect(
+    "ServiceNow",
+    error_reason,
+    non_json_hint="a hibernating developer instance does this: wake it up and try again",
+)
 READ_PARAMS = {
     "sysparm_display_value": "all",
     "sysparm_exclude_reference_link": "true",
@@ -67,7 +73,7 @@ class ServiceNowProvider:
         self.api_url = api_url.rstrip("/")
         self.create_attempts = create_attempts
         self.close_code = close_code
-        self._client = ServiceNowClient(self.api_url, api_access_token, **client_options)
+        self._client = HttpTransport(self.api_url, api_access_token, DIALECT, **client_options)
 
     def __repr__(self) -> str:
         return f"ServiceNowProvider(api_url={self.api_url!r})"

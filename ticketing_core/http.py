@@ -1,15 +1,18 @@
-"""The one HTTP transport to a ServiceNow instance: auth, timeouts, retries, envelopes, errors.
+"""Building blocks for providers that speak HTTP: auth from a token, and one retrying transport.
 
-Everything that crosses the wire goes through :meth:`ServiceNowClient.request`, so retries and error
-mapping live here and nowhere else.
+:class:`HttpTransport` is the single place a provider's requests go through: a reused ``httpx.Client``
+with explicit timeouts, 429/503 retried with backoff honouring ``Retry-After`` (bounded), nothing else
+retried, and every failure mapped to :mod:`ticketing_core.errors` by :func:`raise_for_status`. A provider
+supplies only how to read its service's error body.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
+import attrs
 import httpx
 import stamina
 
@@ -26,7 +29,7 @@ from ticketing_core.errors import (
 
 log = logging.getLogger(__name__)
 
-# ServiceNow cancels transactions after 60 s; give up well before so we see our own timeout.
+# Hosted services cancel long transactions (ServiceNow at 60 s): give up well before.
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 RETRIED_STATUSES = frozenset({429, 503})
 
@@ -46,15 +49,26 @@ class BearerAuth(httpx.Auth):
 
 
 def auth_from_token(api_access_token: str) -> httpx.Auth:
-    """``username:password`` means Basic auth; anything else is a Bearer token (the seed's rule)."""
+    """``user:secret`` means Basic auth; anything else is a Bearer token."""
     username, sep, password = api_access_token.partition(":")
     if sep and username:
         return httpx.BasicAuth(username, password)
     return BearerAuth(api_access_token)
 
 
-class ServiceNowClient:
-    """An ``httpx.Client`` bound to one instance, reused across calls and thread-safe.
+@attrs.frozen
+class ServiceDialect:
+    """How one service words things: its name in messages and how to read its error bodies."""
+
+    name: str
+    error_reason: Callable[[httpx.Response], str]
+    """The service's own explanation from an error response (may fall back to the status line)."""
+    non_json_hint: str = ""
+    """Appended when a success answer is not JSON (e.g. a hibernating instance's HTML page)."""
+
+
+class HttpTransport:
+    """An ``httpx.Client`` bound to one service, reused across calls and thread-safe.
 
     429 and 503 are retried with exponential backoff, honouring ``Retry-After`` up to
     ``max_retry_wait`` seconds, at most ``max_attempts`` times in all; nothing else is retried.
@@ -62,27 +76,29 @@ class ServiceNowClient:
 
     def __init__(
         self,
-        api_url: str,
+        base_url: str,
         api_access_token: str,
+        dialect: ServiceDialect,
         *,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         max_attempts: int = 4,
         max_retry_wait: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.api_url = api_url.rstrip("/")
+        self.base_url = base_url.rstrip("/")
+        self.dialect = dialect
         self.max_attempts = max_attempts
         self.max_retry_wait = max_retry_wait
         self._http = httpx.Client(
-            base_url=self.api_url,
+            base_url=self.base_url,
             auth=auth_from_token(api_access_token),
             timeout=timeout,
-            headers={"Accept": "application/json", "User-Agent": "ticketing-servicenow"},
+            headers={"Accept": "application/json", "User-Agent": "ticketing"},
             transport=transport,
         )
 
     def __repr__(self) -> str:
-        return f"ServiceNowClient(api_url={self.api_url!r})"
+        return f"HttpTransport({self.dialect.name}, base_url={self.base_url!r})"
 
     def close(self) -> None:
         self._http.close()
@@ -93,9 +109,9 @@ class ServiceNowClient:
         path: str,
         *,
         params: Mapping[str, str | int] | None = None,
-        json: Mapping[str, Any] | None = None,
+        json: Any = None,
     ) -> httpx.Response:
-        """Send one request, retrying 429/503; return a 2xx JSON response or raise a ProviderError."""
+        """Send one request, retrying 429/503; return a readable 2xx or raise a ProviderError."""
         for attempt in stamina.retry_context(
             on=self._retry_backoff,
             attempts=self.max_attempts,
@@ -117,97 +133,77 @@ class ServiceNowClient:
         return True
 
     def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str | int] | None,
-        json: Mapping[str, Any] | None,
+        self, method: str, path: str, *, params: Mapping[str, str | int] | None, json: Any
     ) -> httpx.Response:
+        name = self.dialect.name
         try:
             response = self._http.request(method, path, params=params, json=json)
         except httpx.TimeoutException as exc:
             raise ProviderTimeout(
-                f"ServiceNow did not answer {method} {path} in time ({type(exc).__name__})"
+                f"{name} did not answer {method} {path} in time ({type(exc).__name__})"
             ) from None
         except httpx.TransportError as exc:
             raise ProviderUnavailable(
-                f"cannot reach ServiceNow at {self.api_url}: {type(exc).__name__}: {exc}"
+                f"cannot reach {name} at {self.base_url}: {type(exc).__name__}: {exc}"
             ) from None
         log.debug("%s %s -> %s", method, path, response.status_code)
-        raise_for_response(response)
+        raise_for_status(response, self.dialect)
         return response
 
 
-def raise_for_response(response: httpx.Response) -> None:
-    """Map a ServiceNow response to the error tree; return quietly for a readable 2xx."""
-    status = response.status_code
+def raise_for_status(response: httpx.Response, dialect: ServiceDialect) -> None:
+    """Map a response to the error tree; return quietly for a readable 2xx."""
+    status, name = response.status_code, dialect.name
     if status < 300:
-        if status != 204 and not _is_json(response):
+        if status != 204 and response.content and not is_json(response):
+            hint = f"; {dialect.non_json_hint}" if dialect.non_json_hint else ""
             raise UnexpectedResponse(
-                f"ServiceNow answered HTTP {status} with {_content_type(response)!r} instead of JSON; "
-                "a hibernating developer instance does this: wake it up and try again",
+                f"{name} answered HTTP {status} with {content_type(response)!r} instead of JSON"
+                + hint,
                 status_code=status,
             )
         return
-    reason = _error_reason(response)
-    retry_after = _retry_after(response)
+    reason = dialect.error_reason(response)
+    retry_after = retry_after_seconds(response)
     if status == 401:
-        raise AuthenticationFailed(
-            f"ServiceNow rejected the credentials: {reason}", status_code=401
-        )
+        raise AuthenticationFailed(f"{name} rejected the credentials: {reason}", status_code=401)
     if status == 403:
-        raise PermissionDenied(f"ServiceNow refused the operation: {reason}", status_code=403)
+        raise PermissionDenied(f"{name} refused the operation: {reason}", status_code=403)
     if status == 404:
-        raise NotFound(f"ServiceNow found no such record: {reason}", status_code=404)
+        raise NotFound(f"{name} found no such record: {reason}", status_code=404)
     if status == 429:
-        raise RateLimited(f"ServiceNow rate limit: {reason}", retry_after=retry_after)
+        raise RateLimited(f"{name} rate limit: {reason}", retry_after=retry_after)
     if status >= 500:
         raise ProviderUnavailable(
-            f"ServiceNow is unavailable: {reason}", retry_after=retry_after, status_code=status
+            f"{name} is unavailable: {reason}", retry_after=retry_after, status_code=status
         )
-    raise ProviderError(f"ServiceNow rejected the request: {reason}", status_code=status)
+    raise ProviderError(f"{name} rejected the request: {reason}", status_code=status)
 
 
-def result_of(response: httpx.Response) -> Any:
-    """The ``result`` of ServiceNow's success envelope."""
+def json_body(response: httpx.Response, service: str) -> Any:
     try:
-        body = response.json()
+        return response.json()
     except ValueError:
         raise UnexpectedResponse(
-            f"ServiceNow sent a body that is not JSON (HTTP {response.status_code})"
+            f"{service} sent a body that is not JSON (HTTP {response.status_code})"
         ) from None
-    if not isinstance(body, dict) or "result" not in body:
-        raise UnexpectedResponse("ServiceNow's response has no 'result' envelope")
-    return body["result"]
 
 
-def _error_reason(response: httpx.Response) -> str:
-    """``message: detail`` from ServiceNow's error envelope, or the HTTP reason phrase."""
-    reason = f"HTTP {response.status_code} {response.reason_phrase}".strip()
-    if not _is_json(response):
-        return reason
-    try:
-        error = response.json().get("error") or {}
-    except (ValueError, AttributeError):
-        return reason
-    message = str(error.get("message") or "").strip()
-    detail = str(error.get("detail") or "").strip()
-    text = ": ".join(part for part in (message, detail) if part)
-    return f"{text} ({reason})" if text else reason
+def status_line(response: httpx.Response) -> str:
+    return f"HTTP {response.status_code} {response.reason_phrase}".strip()
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after_seconds(response: httpx.Response) -> float | None:
     try:
         return max(0.0, float(response.headers["Retry-After"]))
     except (KeyError, ValueError):
         return None
 
 
-def _content_type(response: httpx.Response) -> str:
-    content_type: str = response.headers.get("Content-Type", "")
-    return content_type.split(";")[0].strip()
+def content_type(response: httpx.Response) -> str:
+    value: str = response.headers.get("Content-Type", "")
+    return value.split(";")[0].strip()
 
 
-def _is_json(response: httpx.Response) -> bool:
-    return _content_type(response).endswith("json")
+def is_json(response: httpx.Response) -> bool:
+    return content_type(response).endswith("json")

@@ -1,0 +1,40 @@
+"""The ServiceNow provider passes the conformance kit, against the emulator."""
+
+from __future__ import annotations
+
+import pytest
+from servicenow_emulator import DEFAULT_PASSWORD, Emulator
+
+from ticketing_core.testing import ProviderContract
+
+from ..conftest import ADMIN_TOKEN
+
+
+class ServiceNowFake:
+    """The kit's view of the ServiceNow emulator."""
+
+    def __init__(self, emulator: Emulator, url: str) -> None:
+        self.emulator = emulator
+        self.url = url
+        self.token = ADMIN_TOKEN
+        self.wrong_token = f"admin:not-{DEFAULT_PASSWORD}"
+
+    def seed(self, count: int, title: str) -> None:
+        self.emulator.seed_incidents(count, short_description=f"{title} {{i}}")
+
+    def fail_next(self, kind: str, *, count: int = 1, retry_after: float | None = None) -> None:
+        seconds = None if retry_after is None else int(retry_after)
+        self.emulator.add_fault(kind, count=count, retry_after=seconds)
+
+    def notes(self, ticket_id: str) -> list[str]:
+        journal = self.emulator.journal(ticket_id)
+        return [entry["value"] for entry in journal if entry["element"] == "work_notes"]
+
+
+class TestServiceNowContract(ProviderContract):
+    provider_name = "servicenow"
+    distribution = "ticketing"
+
+    @pytest.fixture
+    def service(self, emulator: Emulator, emulator_url: str) -> ServiceNowFake:
+        return ServiceNowFake(emulator, emulator_url)

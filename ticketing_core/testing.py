@@ -1,0 +1,255 @@
+"""The conformance kit: one test suite every provider must pass.
+
+A provider author subclasses :class:`ProviderContract` in a test module and supplies two fixtures: the
+provider's registered name, and a running fake of the service behind a :class:`FakeService` adapter::
+
+    from ticketing_core.testing import ProviderContract
+
+    class TestAcmeContract(ProviderContract):
+        provider_name = "acme"
+        distribution = "ticketing-acme"
+
+        @pytest.fixture
+        def service(self, acme_emulator):      # your fake, reset for each test
+            return AcmeFake(acme_emulator)      # implements FakeService
+
+Then ``pytest`` runs every check: discovery through the ``ticketing`` entry point, validate, search paging
+(page/size, total, pages, stable order), get and find, create (idempotent with a key where the
+provider says it supports keys), update, work notes, status, the error tree (bad credentials, not found,
+rate limited with a wait, unavailable, unreadable answers), and that secrets stay out of reprs and
+errors. The kit talks to the provider only through :mod:`ticketing_core.hookspecs`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar, Protocol
+
+import pytest
+
+from ticketing_core import errors
+from ticketing_core.hookspecs import Provider
+from ticketing_core.models import SearchQuery, TicketChanges, TicketDraft
+from ticketing_core.plugins import PluginRegistry
+
+DRAFT = TicketDraft(
+    title="Conformance: nulls in customer_email",
+    description="150 null values detected in customer_email",
+)
+
+
+class FakeService(Protocol):
+    """What the kit needs from a provider's fake service (an emulator), reset before each test."""
+
+    url: str
+    """Base URL to pass as ``api_url`` (plain HTTP is allowed for fakes)."""
+    token: str
+    """A valid ``api_access_token``."""
+    wrong_token: str
+    """A well-formed ``api_access_token`` the service rejects."""
+
+    def seed(self, count: int, title: str) -> None:
+        """Create ``count`` tickets whose title contains ``title``, directly in the service."""
+
+    def fail_next(self, kind: str, *, count: int = 1, retry_after: float | None = None) -> None:
+        """Make the next ``count`` requests fail: ``"429"``, ``"503"``, ``"500"`` or ``"html"``."""
+
+    def notes(self, ticket_id: str) -> list[str]:
+        """Texts of the ticket's internal notes as the service stores them, oldest first."""
+
+
+# (injected fault, error the provider must raise) -- the error tree every provider maps into.
+FAULTS = [
+    ("429", errors.RateLimited),
+    ("503", errors.ProviderUnavailable),
+    ("500", errors.ProviderUnavailable),
+    ("html", errors.UnexpectedResponse),
+]
+
+
+class ProviderContract:
+    """Subclass with ``provider_name``, ``distribution`` and a ``service`` fixture."""
+
+    provider_name: ClassVar[str]
+    distribution: ClassVar[str]
+    options: ClassVar[dict[str, Any]] = {}
+    """Extra provider options the fake needs (e.g. a project key)."""
+
+    @pytest.fixture
+    def service(self) -> FakeService:
+        raise NotImplementedError("the provider's test module provides the service fixture")
+
+    @pytest.fixture
+    def registry(self) -> PluginRegistry:
+        registry = PluginRegistry()
+        registry.load_entry_points()
+        return registry
+
+    @pytest.fixture
+    def provider(self, registry: PluginRegistry, service: FakeService) -> Iterator[Provider]:
+        provider = self.connect(registry, service, service.token)
+        yield provider
+        provider.close()
+
+    def connect(self, registry: PluginRegistry, service: FakeService, token: str) -> Provider:
+        return registry.connect(
+            self.provider_name,
+            api_url=service.url,
+            api_access_token=token,
+            allow_http=True,
+            **self.options,
+        )
+
+    # -- discovery ----------------------------------------------------------------------------------
+
+    def test_registered_through_its_entry_point(self, registry: PluginRegistry) -> None:
+        infos = {info.name: info for info in registry.providers()}
+        assert self.provider_name in infos, f"installed: {sorted(infos)}"
+        assert infos[self.provider_name].distribution == self.distribution
+        assert [f for f in registry.failures if f.name == self.provider_name] == []
+
+    def test_provider_satisfies_the_protocol(self, provider: Provider) -> None:
+        assert isinstance(provider, Provider)
+
+    # -- the operations ---------------------------------------------------------------------------
+
+    def test_validate_accepts_good_credentials(self, provider: Provider) -> None:
+        provider.validate()
+
+    def test_create_then_get_and_find(self, provider: Provider) -> None:
+        created = provider.create(DRAFT)
+
+        assert created.title == DRAFT.title
+        assert DRAFT.description in created.description
+        assert created.id
+        assert created.number
+        assert created.status
+        assert created.url
+        assert provider.get(created.id) == created
+        assert provider.find(created.number).id == created.id
+
+    def test_create_with_a_key_is_idempotent(
+        self, provider: Provider, service: FakeService
+    ) -> None:
+        if not provider.capabilities.idempotency_keys:
+            pytest.skip("the provider declares no idempotency-key support")
+        first = provider.create(DRAFT, idempotency_key="conformance-key-1")
+        again = provider.create(DRAFT, idempotency_key="conformance-key-1")
+        other = provider.create(DRAFT, idempotency_key="conformance-key-2")
+
+        assert again.id == first.id
+        assert other.id != first.id
+
+    def test_update_changes_the_given_fields_only(self, provider: Provider) -> None:
+        created = provider.create(DRAFT)
+
+        updated = provider.update(created.id, TicketChanges(title="Conformance: renamed"))
+
+        assert updated.title == "Conformance: renamed"
+        assert updated.description == created.description
+        assert provider.get(created.id).title == "Conformance: renamed"
+
+    def test_work_note_reaches_the_ticket(self, provider: Provider, service: FakeService) -> None:
+        created = provider.create(DRAFT)
+        before = time_before_now()
+
+        provider.add_work_note(created.id, "Conformance note")
+
+        assert service.notes(created.id)[-1].strip() == "Conformance note"
+        assert provider.has_work_note(created.id, "Conformance note", since=before)
+        assert not provider.has_work_note(created.id, "Another note", since=before)
+
+    def test_status_matches_the_ticket(self, provider: Provider) -> None:
+        created = provider.create(DRAFT)
+
+        status = provider.get_status(created.id)
+
+        assert status.label == created.status
+        assert status.code
+
+    def test_search_pages_are_complete_stable_and_disjoint(
+        self, provider: Provider, service: FakeService
+    ) -> None:
+        service.seed(25, "conformance paging")
+        service.seed(3, "something else")
+
+        pages = [
+            provider.search(SearchQuery(text="conformance paging", page=n, size=10))
+            for n in (1, 2, 3)
+        ]
+        again = provider.search(SearchQuery(text="conformance paging", page=1, size=10))
+
+        assert [p.total for p in pages] == [25, 25, 25]
+        assert [len(p.items) for p in pages] == [10, 10, 5]
+        assert [(p.page, p.size, p.pages) for p in pages] == [(1, 10, 3), (2, 10, 3), (3, 10, 3)]
+        ids = [t.id for p in pages for t in p.items]
+        assert len(set(ids)) == 25
+        assert [t.id for t in again.items] == [t.id for t in pages[0].items]
+
+    def test_search_beyond_the_last_page_is_empty(
+        self, provider: Provider, service: FakeService
+    ) -> None:
+        service.seed(3, "conformance short")
+
+        page = provider.search(SearchQuery(text="conformance short", page=5, size=10))
+
+        assert (page.items, page.total) == ((), 3)
+
+    # -- the error tree ---------------------------------------------------------------------------
+
+    def test_wrong_credentials_fail_authentication_without_the_secret(
+        self, registry: PluginRegistry, service: FakeService
+    ) -> None:
+        provider = self.connect(registry, service, service.wrong_token)
+
+        with pytest.raises(errors.AuthenticationFailed) as caught:
+            provider.validate()
+
+        secret = secret_part(service.wrong_token)
+        assert secret not in str(caught.value)
+        assert secret not in repr(provider)
+        assert secret_part(service.token) not in repr(
+            self.connect(registry, service, service.token)
+        )
+
+    def test_missing_ticket_is_not_found(self, provider: Provider) -> None:
+        created = provider.create(DRAFT)
+        missing = created.id[:-1] + ("0" if created.id[-1] != "0" else "1")
+
+        with pytest.raises(errors.NotFound):
+            provider.get(missing)
+        with pytest.raises(errors.NotFound):
+            provider.find("NOPE-404404")
+
+    def test_rate_limit_is_waited_out(self, provider: Provider, service: FakeService) -> None:
+        service.fail_next("429", count=1, retry_after=1)
+
+        started = time.monotonic()
+        provider.validate()
+
+        assert time.monotonic() - started >= 1.0
+
+    @pytest.mark.parametrize(("fault", "error"), FAULTS)
+    def test_persistent_faults_map_to_the_error_tree(
+        self, provider: Provider, service: FakeService, fault: str, error: type[Exception]
+    ) -> None:
+        service.fail_next(fault, count=20, retry_after=0)
+
+        with pytest.raises(error) as caught:
+            provider.validate()
+
+        if isinstance(caught.value, errors.RateLimited):
+            assert caught.value.retry_after == 0
+
+
+def secret_part(token: str) -> str:
+    """The part of a token that must never be shown (the password of ``user:password``)."""
+    return token.partition(":")[2] or token
+
+
+def time_before_now() -> Any:
+    from datetime import UTC, datetime, timedelta
+
+    # Services store times to the second: look from a little before now.
+    return datetime.now(UTC) - timedelta(seconds=2)
