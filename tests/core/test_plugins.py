@@ -109,3 +109,29 @@ def test_load_plugins_variable_restricts_loading() -> None:
     )
 
     assert result.stdout.strip() == "[]"
+
+
+def test_hook_register_providers() -> None:
+    registry = PluginRegistry()
+    registry.register(plugin_registering("one", "two"), "multi", ("multi-dist", "3.1"))
+
+    assert [(p.name, p.distribution, p.version) for p in registry.providers()] == [
+        ("one", "multi-dist", "3.1"),
+        ("two", "multi-dist", "3.1"),
+    ]
+    assert registry.factory("two") is ServiceNowProvider
+
+
+def test_hook_register_sync_policies() -> None:
+    @hookimpl
+    def register_sync_policies(register):  # type: ignore[no-untyped-def]
+        register(types.SimpleNamespace(name="quiet", on_status_change=None, on_comment=None))
+
+    registry = PluginRegistry()
+    registry.register(
+        types.SimpleNamespace(register_sync_policies=register_sync_policies), "quiet", ("q", "1")
+    )
+
+    assert registry.policy_names() == ["quiet", "state-mapping", "work-notes"]
+    assert registry.policy("work-notes").name == "work-notes"
+    assert registry.policy("quiet").name == "quiet"
