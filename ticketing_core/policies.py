@@ -16,7 +16,7 @@ from typing import Protocol
 import attrs
 
 from ticketing_core._markers import hookimpl
-from ticketing_core.models import Anomaly, TicketChanges
+from ticketing_core.models import Anomaly, Capabilities, TicketChanges
 
 DEFAULT_POLICY = "work-notes"
 
@@ -94,13 +94,20 @@ class Messages:
 
 
 class SyncPolicy(Protocol):
-    """Decides what each anomaly event does to a linked ticket. Must be pure: no I/O."""
+    """Decides what each anomaly event does to a linked ticket. Must be pure: no I/O.
+
+    ``capabilities`` are the ticket's provider's: a policy asks for nothing the provider cannot do.
+    """
 
     name: str
 
-    def on_status_change(self, change: StatusChange, messages: Messages) -> Sequence[Action]: ...
+    def on_status_change(
+        self, change: StatusChange, messages: Messages, capabilities: Capabilities
+    ) -> Sequence[Action]: ...
 
-    def on_comment(self, text: str, messages: Messages) -> Sequence[Action]: ...
+    def on_comment(
+        self, text: str, messages: Messages, capabilities: Capabilities
+    ) -> Sequence[Action]: ...
 
 
 class WorkNotesOnly:
@@ -108,10 +115,14 @@ class WorkNotesOnly:
 
     name = DEFAULT_POLICY
 
-    def on_status_change(self, change: StatusChange, messages: Messages) -> Sequence[Action]:
+    def on_status_change(
+        self, change: StatusChange, messages: Messages, capabilities: Capabilities
+    ) -> Sequence[Action]:
         return [AddWorkNote(messages.status_note(change))]
 
-    def on_comment(self, text: str, messages: Messages) -> Sequence[Action]:
+    def on_comment(
+        self, text: str, messages: Messages, capabilities: Capabilities
+    ) -> Sequence[Action]:
         return [AddWorkNote(messages.comment_note(text))]
 
 
@@ -120,24 +131,29 @@ class StateMapping:
     """Opt-in: like ``work-notes``, and resolving the anomaly resolves the ticket too.
 
     ``resolving`` anomaly statuses map to the canonical ticket status ``ticket_status``, with a
-    resolution text (ServiceNow's ``close_notes``; the provider adds its close code).
+    resolution text (ServiceNow's ``close_notes``; the provider adds its close code). With a provider
+    that cannot change states it falls back to notes only.
     """
 
     name = "state-mapping"
     resolving: frozenset[str] = frozenset({"Resolved"})
     ticket_status: str = "Resolved"
 
-    def on_status_change(self, change: StatusChange, messages: Messages) -> Sequence[Action]:
-        actions: list[Action] = [AddWorkNote(messages.status_note(change))]
-        if change.status in self.resolving:
+    def on_status_change(
+        self, change: StatusChange, messages: Messages, capabilities: Capabilities
+    ) -> Sequence[Action]:
+        actions = list(WorkNotesOnly().on_status_change(change, messages, capabilities))
+        if capabilities.state_changes and change.status in self.resolving:
             changes = TicketChanges(
                 status=self.ticket_status, resolution=messages.resolution(change)
             )
             actions.append(ChangeTicket(changes))
         return actions
 
-    def on_comment(self, text: str, messages: Messages) -> Sequence[Action]:
-        return WorkNotesOnly().on_comment(text, messages)
+    def on_comment(
+        self, text: str, messages: Messages, capabilities: Capabilities
+    ) -> Sequence[Action]:
+        return WorkNotesOnly().on_comment(text, messages, capabilities)
 
 
 @hookimpl

@@ -22,7 +22,14 @@ import sqlalchemy as sa
 
 from ticketing_core.errors import InvalidInput
 from ticketing_core.hookspecs import Provider
-from ticketing_core.models import Anomaly, Ticket, TicketChanges, TicketDraft, TicketLink
+from ticketing_core.models import (
+    Anomaly,
+    Capabilities,
+    Ticket,
+    TicketChanges,
+    TicketDraft,
+    TicketLink,
+)
 from ticketing_core.outbox import Dispatcher, NewEvent, Outbox, OutboxEvent
 from ticketing_core.policies import (
     Action,
@@ -112,8 +119,11 @@ class SyncService:
             external_id=str(anomaly.id),
             external_source=self.messages.product,
         )
-        key = idempotency_key or self._derived_key(anomaly, integration_id, draft)
-        ticket = self.provider_for(integration_id).create(draft, idempotency_key=key)
+        provider = self.provider_for(integration_id)
+        key = None
+        if provider.capabilities.idempotency_keys:
+            key = idempotency_key or self._derived_key(anomaly, integration_id, draft)
+        ticket = provider.create(draft, idempotency_key=key)
         return ticket, self._store_link(anomaly.id, integration_id, ticket)
 
     def link_ticket(
@@ -168,7 +178,9 @@ class SyncService:
         """Queue what each linked ticket's policy makes of the change; returns the events stored."""
         change = StatusChange(anomaly_id, status, changed_at or utcnow())
         return self._queue(
-            anomaly_id, lambda policy: policy.on_status_change(change, self.messages), conn
+            anomaly_id,
+            lambda policy, can: policy.on_status_change(change, self.messages, can),
+            conn,
         )
 
     def anomaly_commented(
@@ -179,7 +191,9 @@ class SyncService:
             return 0
         if not text.strip():
             raise InvalidInput("comment text must not be empty")
-        return self._queue(anomaly_id, lambda policy: policy.on_comment(text, self.messages), conn)
+        return self._queue(
+            anomaly_id, lambda policy, can: policy.on_comment(text, self.messages, can), conn
+        )
 
     def deliver(self, event: OutboxEvent) -> None:
         """Perform one outbox event against its ticket (the dispatcher's delivery function)."""
@@ -210,14 +224,17 @@ class SyncService:
     def _queue(
         self,
         anomaly_id: int,
-        actions_of: Callable[[SyncPolicy], Sequence[Action]],
+        actions_of: Callable[[SyncPolicy, Capabilities], Sequence[Action]],
         conn: sa.Connection | None,
     ) -> int:
         with self.database.begin(conn) as c:
             new_events = [
                 NewEvent(link.integration_id, link.ticket_id, action, anomaly_id)
                 for link in self.links.for_anomaly(anomaly_id, conn=c)
-                for action in actions_of(self.policy_for(link.integration_id))
+                for action in actions_of(
+                    self.policy_for(link.integration_id),
+                    self.provider_for(link.integration_id).capabilities,
+                )
             ]
             stored = self.outbox.enqueue(new_events, conn=c)
         if stored and self.dispatcher is not None:
