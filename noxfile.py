@@ -11,11 +11,14 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHON = "3.11"
 PROJECT = "-e.[cli,emulator,host,postgres]"
+# The Jira provider is its own distribution, installed beside the project like any third-party plugin.
+JIRA_PLUGIN = "-econtrib/jira[emulator]"
 
 
 def install(session: nox.Session, *groups: str) -> None:
     session.install(
         PROJECT,
+        JIRA_PLUGIN,
         *(dep for group in groups for dep in nox.project.dependency_groups(PYPROJECT, group)),
     )
 

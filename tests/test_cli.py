@@ -23,6 +23,7 @@ TICKETING = str(Path(sys.executable).parent / "ticketing")
 
 @pytest.fixture
 def run(emulator_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("TICKETING_PROVIDER", "servicenow")
     monkeypatch.setenv("TICKETING_URL", emulator_url)
     monkeypatch.setenv("TICKETING_TOKEN", ADMIN_TOKEN)
     runner = CliRunner()
@@ -39,13 +40,25 @@ def create_args(**overrides: str) -> list[str]:
     return [part for name, value in fields.items() for part in (f"--{name}", value)]
 
 
+def test_several_providers_need_an_explicit_choice(emulator_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TICKETING_PROVIDER"}
+    env |= {"TICKETING_URL": emulator_url, "TICKETING_TOKEN": ADMIN_TOKEN}
+
+    result = subprocess.run([TICKETING, "check", "--allow-http"], capture_output=True, text=True,
+                            env=env, check=False)  # fmt: skip
+
+    assert result.returncode == 2
+    assert "several providers are installed (jira, servicenow): pass --provider" in result.stderr
+
+
 def test_providers_lists_servicenow_from_its_entry_point() -> None:
     result = subprocess.run([TICKETING, "providers", "--json"], capture_output=True, text=True,
                             check=True)  # fmt: skip
 
-    assert {"name": "servicenow", "distribution": "ticketing", "version": "0.1.0"} in json.loads(
-        result.stdout
-    )
+    assert json.loads(result.stdout) == [
+        {"name": "jira", "distribution": "ticketing-jira", "version": "0.1.0"},
+        {"name": "servicenow", "distribution": "ticketing", "version": "0.1.0"},
+    ]
 
 
 def test_check_succeeds(run: Any) -> None:
@@ -67,7 +80,9 @@ def test_wrong_password_exits_3_with_one_line(run: Any, monkeypatch: pytest.Monk
 
 
 def test_http_url_is_refused_without_allow_http(emulator_url: str) -> None:
-    result = CliRunner().invoke(cli, ["check", "--url", emulator_url, "--token", ADMIN_TOKEN])
+    result = CliRunner().invoke(
+        cli, ["check", "--provider", "servicenow", "--url", emulator_url, "--token", ADMIN_TOKEN]
+    )
 
     assert result.exit_code == 2
     assert "refusing plain-HTTP" in result.stderr
@@ -76,7 +91,7 @@ def test_http_url_is_refused_without_allow_http(emulator_url: str) -> None:
 def test_missing_url_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TICKETING_URL", raising=False)
 
-    result = CliRunner().invoke(cli, ["check", "--token", ADMIN_TOKEN])
+    result = CliRunner().invoke(cli, ["check", "--provider", "servicenow", "--token", ADMIN_TOKEN])
 
     assert result.exit_code == 2
     assert "--url" in result.stderr
@@ -199,5 +214,5 @@ def test_unknown_provider_is_a_usage_error(emulator_url: str) -> None:
 
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: no ticketing provider named 'nope' is installed (installed: servicenow)"
+        "error: no ticketing provider named 'nope' is installed (installed: jira, servicenow)"
     )

@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from jira_emulator import (
     ADMIN_ACCOUNT_ID,
-    DEFAULT_ACCOUNTS,
-    DEFAULT_API_TOKEN,
     DEFAULT_EMAIL,
-    Account,
     JiraEmulator,
     Project,
     RunningEmulator,
-    run_in_thread,
     text_to_adf,
 )
 
-BEARER = "oauth-access-token"
-READER = Account("reader@example.com", "Rita Reader", "reader-token", read_only=True)
-JOHN = next(a for a in DEFAULT_ACCOUNTS if a.display_name == "John Doe")
+from .conftest import BEARER, JOHN, READER
+
 JSON_TYPE = "application/json;charset=UTF-8"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0000$")
 NOT_FOUND = {
@@ -37,26 +31,6 @@ UNAUTHENTICATED = {
     "errors": {},
 }
 INTERNAL = [{"key": "sd.public.comment", "value": {"internal": True}}]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RunningEmulator]:
-    emulator = JiraEmulator(accounts=[*DEFAULT_ACCOUNTS, READER], tokens={BEARER: JOHN.email})
-    with run_in_thread(emulator) as running:
-        yield running
-
-
-@pytest.fixture
-def emulator(server: RunningEmulator) -> JiraEmulator:
-    server.emulator.reset()
-    return server.emulator
-
-
-@pytest.fixture
-def client(server: RunningEmulator, emulator: JiraEmulator) -> Iterator[httpx.Client]:
-    auth = (DEFAULT_EMAIL, DEFAULT_API_TOKEN)
-    with httpx.Client(base_url=server.url, auth=auth, timeout=5) as http:
-        yield http
 
 
 def create(client: httpx.Client, **fields: Any) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,31 +17,11 @@ from jira_emulator import (
     DEFAULT_EMAIL,
     JiraEmulator,
     RunningEmulator,
-    run_in_thread,
 )
 
 MYSELF = "/rest/api/3/myself"
 ISSUE = "/rest/api/3/issue"
 NEW_ISSUE = {"fields": {"project": {"key": "DQ"}, "issuetype": {"name": "Task"}, "summary": "x"}}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RunningEmulator]:
-    with run_in_thread(JiraEmulator()) as running:
-        yield running
-
-
-@pytest.fixture
-def emulator(server: RunningEmulator) -> JiraEmulator:
-    server.emulator.reset()
-    return server.emulator
-
-
-@pytest.fixture
-def client(server: RunningEmulator, emulator: JiraEmulator) -> Iterator[httpx.Client]:
-    auth = (DEFAULT_EMAIL, DEFAULT_API_TOKEN)
-    with httpx.Client(base_url=server.url, auth=auth, timeout=5) as http:
-        yield http
 
 
 def test_429_with_retry_after_is_consumed(client: httpx.Client, emulator: JiraEmulator) -> None:

@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import pytest
 from jira_emulator import (
-    DEFAULT_API_TOKEN,
     DEFAULT_EMAIL,
     JiraEmulator,
     RunningEmulator,
@@ -39,22 +38,16 @@ CLOCK = TickingClock()
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningEmulator]:
+    """Replaces the shared server here: timestamps come from the ticking clock."""
     with run_in_thread(JiraEmulator(clock=CLOCK)) as running:
         yield running
 
 
 @pytest.fixture
-def emulator(server: RunningEmulator) -> JiraEmulator:
-    server.emulator.reset()
+def emulator(emulator: JiraEmulator) -> JiraEmulator:
+    """The shared fixture's reset, plus the clock back at START."""
     CLOCK.now = START
-    return server.emulator
-
-
-@pytest.fixture
-def client(server: RunningEmulator, emulator: JiraEmulator) -> Iterator[httpx.Client]:
-    auth = (DEFAULT_EMAIL, DEFAULT_API_TOKEN)
-    with httpx.Client(base_url=server.url, auth=auth, timeout=5) as http:
-        yield http
+    return emulator
 
 
 @pytest.fixture

@@ -1,0 +1,252 @@
+"""The Jira Cloud provider: the seven ticket operations on one project over REST API v3."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import stamina
+
+from ticketing_core.errors import (
+    InvalidInput,
+    NotFound,
+    ProviderError,
+    ProviderUnavailable,
+    UnexpectedResponse,
+)
+from ticketing_core.http import HttpTransport, ServiceDialect, json_body
+from ticketing_core.models import (
+    Capabilities,
+    Page,
+    SearchQuery,
+    Ticket,
+    TicketChanges,
+    TicketDraft,
+    TicketStatus,
+)
+from ticketing_jira import mapping
+from ticketing_jira.adf import adf_to_text, text_to_adf
+
+API = "/rest/api/3"
+ISSUES = f"{API}/issue"
+SEARCH = f"{API}/search/jql"
+DIALECT = ServiceDialect(
+    "Jira",
+    mapping.error_reason,
+    non_json_hint="Jira answered with a web page (maintenance or a proxy)",
+)
+READ_PARAMS = {"fields": ",".join(mapping.TICKET_FIELDS)}
+# On a service-desk project, comments without this property are shown to the customer.
+INTERNAL_COMMENT = [{"key": "sd.public.comment", "value": {"internal": True}}]
+CREATE_ATTEMPTS = 3
+COMMENT_PAGE_SIZE = 100
+_ISSUE_ID = re.compile(r"\d+")
+_ISSUE_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*-\d+")
+
+
+class JiraProvider:
+    """A :class:`ticketing_core.Provider` for one project of a Jira Cloud site.
+
+    ``api_access_token`` is ``email:api_token`` (Basic auth) or an OAuth bearer token. ``project``
+    is the project key, ``issue_type`` the name of the type new issues get. Other options go to
+    :class:`ticketing_core.http.HttpTransport` (``timeout``, ``max_attempts``, ``max_retry_wait``,
+    ``transport``).
+    """
+
+    name = "jira"
+    capabilities = Capabilities(
+        work_notes=True,  # internal comments on service-desk projects, plain comments otherwise
+        public_comments=True,
+        state_changes=True,
+        idempotency_keys=True,
+        inbound_webhooks=False,
+        field_choices={"priority": ("Highest", "High", "Medium", "Low", "Lowest")},
+    )
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        api_access_token: str,
+        project: str = "DQ",
+        issue_type: str = "Task",
+        **transport_options: Any,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.project = project
+        self.issue_type = issue_type
+        self._client = HttpTransport(self.api_url, api_access_token, DIALECT, **transport_options)
+        self._service_desk: bool | None = None  # read once; computing it twice is harmless
+
+    def __repr__(self) -> str:
+        return f"JiraProvider(api_url={self.api_url!r}, project={self.project!r})"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def validate(self) -> None:
+        self._client.request("GET", f"{API}/myself")
+
+    def search(self, query: SearchQuery) -> Page:
+        conditions = mapping.search_jql(self.project, query)
+        with _refused_input():
+            issues = self._issues_on_page(f"{conditions} {mapping.SEARCH_ORDER}", query)
+            count = self._json("POST", f"{API}/search/approximate-count", json={"jql": conditions})
+        items = tuple(mapping.to_ticket(issue, self.api_url) for issue in issues)
+        # The count is approximate (eventually consistent): never below what this page shows.
+        seen = query.offset + len(items) if items else 0
+        total = max(int(count.get("count") or 0), seen)
+        return Page(items=items, total=total, page=query.page, size=query.size)
+
+    def get(self, ticket_id: str) -> Ticket:
+        issue = self._json("GET", _issue_path(ticket_id), params=READ_PARAMS)
+        return mapping.to_ticket(issue, self.api_url)
+
+    def find(self, number: str) -> Ticket:
+        key = number.strip()
+        if not _ISSUE_KEY.fullmatch(key):
+            raise NotFound(f"{number!r} is not a Jira issue key (like DQ-12)")
+        issue = self._json("GET", f"{ISSUES}/{key}", params=READ_PARAMS)
+        return mapping.to_ticket(issue, self.api_url)
+
+    def create(self, draft: TicketDraft, *, idempotency_key: str | None = None) -> Ticket:
+        key_label = None if idempotency_key is None else mapping.idempotency_label(idempotency_key)
+        fields = mapping.draft_fields(
+            draft, project=self.project, issue_type=self.issue_type, key_label=key_label
+        )
+        if key_label is None:
+            return self._create(fields)
+        # Any failure after the POST left may have created the issue: look before posting again.
+        for attempt in stamina.retry_context(
+            on=ProviderUnavailable, attempts=CREATE_ATTEMPTS, timeout=None, wait_max=5.0
+        ):
+            with attempt:
+                existing = self._first_labelled(key_label)
+                return existing if existing is not None else self._create(fields)
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    def update(self, ticket_id: str, changes: TicketChanges) -> Ticket:
+        if changes.is_empty():
+            raise InvalidInput("no fields to update")
+        path = _issue_path(ticket_id)
+        with _refused_input():
+            # Found before writing anything, so an unreachable status changes nothing.
+            transition_id = (
+                None if changes.status is None else self._transition(ticket_id, changes.status)
+            )
+            if body := mapping.changes_body(changes):
+                self._client.request("PUT", path, json=body)
+            if changes.resolution:
+                self.add_work_note(ticket_id, changes.resolution)
+            if transition_id is not None:
+                self._client.request(
+                    "POST", f"{path}/transitions", json={"transition": {"id": transition_id}}
+                )
+        return self.get(ticket_id)
+
+    def add_work_note(self, ticket_id: str, text: str) -> None:
+        if not text.strip():
+            raise InvalidInput("a work note must not be empty")
+        body: dict[str, Any] = {"body": text_to_adf(text)}
+        if self._is_service_desk():
+            body["properties"] = INTERNAL_COMMENT
+        self._client.request("POST", f"{_issue_path(ticket_id)}/comment", json=body)
+
+    def has_work_note(self, ticket_id: str, text: str, *, since: datetime) -> bool:
+        since = since.astimezone(UTC)
+        for comment in self._comments_newest_first(ticket_id):
+            created = mapping.parse_time(comment.get("created"))
+            if created is not None and created < since:
+                return False  # every later comment is older still
+            if adf_to_text(comment.get("body")) == text:
+                return True
+        return False
+
+    def get_status(self, ticket_id: str) -> TicketStatus:
+        issue = self._json("GET", _issue_path(ticket_id), params={"fields": "status"})
+        return mapping.to_status(issue)
+
+    def _create(self, fields: dict[str, Any]) -> Ticket:
+        with _refused_input():
+            created = self._json("POST", ISSUES, json={"fields": fields})
+        if not created.get("id"):
+            raise UnexpectedResponse("Jira's answer to the create has no issue id")
+        return self.get(str(created["id"]))
+
+    def _first_labelled(self, label: str) -> Ticket | None:
+        jql = f"{mapping.labelled_jql(self.project, label)} {mapping.OLDEST_FIRST}"
+        # A short read, so GET (search posts because free text can make its JQL long).
+        params = READ_PARAMS | {"jql": jql, "maxResults": 1}
+        issues = self._json("GET", SEARCH, params=params).get("issues") or []
+        return mapping.to_ticket(issues[0], self.api_url) if issues else None
+
+    def _issues_on_page(self, jql: str, query: SearchQuery) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"jql": jql, "maxResults": query.size, "fields": ["id"]}
+        # Enhanced search pages by opaque token only: walk to the page reading ids, then read it.
+        for _ in range(query.page - 1):
+            skipped = self._json("POST", SEARCH, json=body)
+            token = skipped.get("nextPageToken")
+            if skipped.get("isLast") or not token:
+                return []
+            body["nextPageToken"] = token
+        page = self._json("POST", SEARCH, json=body | {"fields": list(mapping.TICKET_FIELDS)})
+        return list(page.get("issues") or [])
+
+    def _transition(self, ticket_id: str, status: str) -> str | None:
+        """The transition to ``status``; None if the issue is in it (workflows offer no loop)."""
+        path = f"{_issue_path(ticket_id)}/transitions"
+        transitions = self._json("GET", path).get("transitions") or []
+        transition_id = mapping.transition_to(transitions, status)
+        if transition_id is None and not mapping.is_status(self.get_status(ticket_id), status):
+            targets = [mapping.status_of(t.get("to") or {}).label for t in transitions]
+            raise InvalidInput(
+                f"Jira offers no transition of issue {ticket_id} to status {status!r} "
+                f"(available: {', '.join(map(repr, targets)) or 'none'})"
+            )
+        return transition_id
+
+    def _comments_newest_first(self, ticket_id: str) -> Iterator[dict[str, Any]]:
+        path = f"{_issue_path(ticket_id)}/comment"
+        start = 0
+        while True:
+            params = {"orderBy": "-created", "startAt": start, "maxResults": COMMENT_PAGE_SIZE}
+            page = self._json("GET", path, params=params)
+            comments = page.get("comments") or []
+            yield from comments
+            start += len(comments)
+            if not comments or start >= int(page.get("total") or 0):
+                return
+
+    def _is_service_desk(self) -> bool:
+        if self._service_desk is None:
+            project = self._json("GET", f"{API}/project/{quote(self.project, safe='')}")
+            self._service_desk = project.get("projectTypeKey") == "service_desk"
+        return self._service_desk
+
+    def _json(self, method: str, path: str, **options: Any) -> dict[str, Any]:
+        body = json_body(self._client.request(method, path, **options), "Jira")
+        if not isinstance(body, dict):
+            raise UnexpectedResponse(f"Jira answered {method} {path} with a {type(body).__name__}")
+        return body
+
+
+def _issue_path(ticket_id: str) -> str:
+    issue_id = ticket_id.strip()
+    if not _ISSUE_ID.fullmatch(issue_id):
+        raise InvalidInput(f"{ticket_id!r} is not a Jira issue id (a number, like 10042)")
+    return f"{ISSUES}/{issue_id}"
+
+
+@contextmanager
+def _refused_input() -> Iterator[None]:
+    """Jira answers 400 naming the fields or values it refuses: the caller's input is wrong."""
+    try:
+        yield
+    except ProviderError as exc:
+        if exc.status_code != 400:
+            raise
+        raise InvalidInput(exc.message) from None

@@ -1,0 +1,457 @@
+"""The Jira provider against the Jira emulator, over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from jira_emulator import DEFAULT_EMAIL, JiraEmulator, RunningEmulator, text_to_adf
+from ticketing_jira import JiraProvider
+from ticketing_jira import provider as provider_module
+
+from ticketing_core import errors
+from ticketing_core.models import SearchQuery, TicketChanges, TicketDraft
+
+from .conftest import BASIC_TOKEN, BEARER, JOHN
+
+DRAFT = TicketDraft(
+    title="Data Quality Anomaly - Missing values in customer_email",
+    description="150 null values detected\nin customer_email field",
+    priority="High",
+    urgency="2",
+    impact="2",
+    category="Data",
+    subcategory="Data Quality",
+    assigned_to="john.doe",
+    assignment_group="Data Engineering",
+    external_id="12345",
+    external_source="qualytics anomaly",
+)
+SEARCH = "/rest/api/3/search/jql"
+
+
+def connect(server: RunningEmulator, token: str = BASIC_TOKEN, **options: object) -> JiraProvider:
+    return JiraProvider(api_url=server.url, api_access_token=token, **options)  # type: ignore[arg-type]
+
+
+def calls(emulator: JiraEmulator) -> list[tuple[str, str]]:
+    return [(r["method"], r["path"]) for r in emulator.requests]
+
+
+# ---- credentials -------------------------------------------------------------------------------
+
+
+def test_validate_with_email_and_api_token(provider: JiraProvider, emulator: JiraEmulator) -> None:
+    provider.validate()
+
+    assert calls(emulator) == [("GET", "/rest/api/3/myself")]
+
+
+def test_bearer_token_acts_as_its_account(server: RunningEmulator, emulator: JiraEmulator) -> None:
+    jira = connect(server, BEARER)
+
+    jira.validate()
+    jira.create(TicketDraft(title="by John", description=""))
+
+    assert emulator.issues[0]["reporter"] == JOHN.account_id
+
+
+@pytest.mark.parametrize("token", [f"{DEFAULT_EMAIL}:wrong-secret-token", "unknown-bearer-token"])
+def test_rejected_credentials_are_401_without_the_secret(
+    server: RunningEmulator, emulator: JiraEmulator, token: str
+) -> None:
+    jira = connect(server, token)
+
+    with pytest.raises(errors.AuthenticationFailed) as caught:
+        jira.validate()
+
+    secret = token.partition(":")[2] or token
+    assert "You are not authenticated" in str(caught.value)
+    assert secret not in str(caught.value)
+    assert secret not in repr(jira)
+
+
+def test_repr_shows_only_url_and_project(server: RunningEmulator) -> None:
+    assert repr(connect(server, project="SD")) == (
+        f"JiraProvider(api_url={server.url!r}, project='SD')"
+    )
+
+
+def test_unknown_option_is_a_type_error(server: RunningEmulator) -> None:
+    with pytest.raises(TypeError):
+        connect(server, colour="blue")
+
+
+# ---- create, get, find -------------------------------------------------------------------------
+
+
+def test_create_returns_the_issue_as_stored(
+    provider: JiraProvider, emulator: JiraEmulator, server: RunningEmulator
+) -> None:
+    ticket = provider.create(DRAFT)
+
+    assert (ticket.id, ticket.number) == ("10000", "DQ-1")
+    assert ticket.title == DRAFT.title
+    assert ticket.description == DRAFT.description
+    assert (ticket.status, ticket.priority, ticket.assigned_to) == ("To Do", "High", None)
+    assert ticket.url == f"{server.url}/browse/DQ-1"
+    assert ticket.created_at is not None
+    assert ticket.created_at.tzinfo == UTC
+    assert abs(ticket.created_at - datetime.now(UTC)) < timedelta(seconds=5)
+    assert ticket.extras == {
+        "status_category": "new",
+        "labels": "qualytics_anomaly-12345,Data,Data_Quality",
+    }
+    stored = emulator.issues[0]
+    assert stored["description"] == text_to_adf(DRAFT.description)
+    assert (stored["issuetype"], stored["assignee"]) == ("Task", None)
+
+
+def test_create_without_priority_or_description_takes_jira_defaults(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    ticket = provider.create(TicketDraft(title="Bare", description=""))
+
+    assert (ticket.priority, ticket.description, ticket.extras["labels"]) == ("Medium", "", "")
+    assert emulator.issues[0]["description"] is None
+
+
+def test_create_in_a_service_desk_project(server: RunningEmulator, emulator: JiraEmulator) -> None:
+    jira = connect(server, project="SD", issue_type="[System] Incident")
+
+    ticket = jira.create(DRAFT)
+
+    assert (ticket.number, ticket.status) == ("SD-1", "Waiting for support")
+    assert emulator.issues[0]["issuetype"] == "[System] Incident"
+
+
+def test_get_and_find_read_the_same_ticket(provider: JiraProvider) -> None:
+    created = provider.create(DRAFT)
+
+    assert provider.get(created.id) == created
+    assert provider.find("DQ-1") == created
+    assert provider.find(" dq-1 ").id == created.id
+
+
+def test_missing_or_malformed_references(provider: JiraProvider) -> None:
+    provider.create(DRAFT)
+
+    with pytest.raises(errors.NotFound):
+        provider.get("10001")
+    with pytest.raises(errors.NotFound):
+        provider.find("DQ-2")
+    with pytest.raises(errors.NotFound, match="not a Jira issue key"):
+        provider.find("../myself")
+    with pytest.raises(errors.InvalidInput, match="not a Jira issue id"):
+        provider.get("DQ-1")  # a key: the CLI then falls back to find
+
+
+def test_field_errors_are_invalid_input_naming_the_field(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    with pytest.raises(errors.InvalidInput, match="priority: The priority selected is invalid"):
+        provider.create(TicketDraft(title="t", description="d", priority="Urgent"))
+    with pytest.raises(errors.InvalidInput, match="issuetype"):
+        provider.create(TicketDraft(title="t", description="d", fields={"issuetype": "x"}))
+
+    assert emulator.issues == []
+
+
+# ---- idempotent create -------------------------------------------------------------------------
+
+
+def test_create_with_a_key_is_idempotent(provider: JiraProvider, emulator: JiraEmulator) -> None:
+    first = provider.create(DRAFT, idempotency_key="anomaly 12345 create")
+    again = provider.create(DRAFT, idempotency_key="anomaly 12345 create")
+
+    assert again == first
+    assert len(emulator.issues) == 1
+    assert emulator.issues[0]["labels"][0] == "ticketing-key-anomaly_12345_create"
+
+
+def test_the_same_key_in_another_project_is_another_issue(
+    provider: JiraProvider, server: RunningEmulator
+) -> None:
+    desk = connect(server, project="SD", issue_type="[System] Incident")
+
+    assert provider.create(DRAFT, idempotency_key="k").number == "DQ-1"
+    assert desk.create(DRAFT, idempotency_key="k").number == "SD-1"
+
+
+def test_lost_create_answer_is_looked_up_instead_of_posting_twice(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    emulator.add_fault("drop_after_commit", method="POST")
+
+    ticket = provider.create(DRAFT, idempotency_key="key-after-504")
+
+    assert [issue["id"] for issue in emulator.issues] == [ticket.id]
+    assert calls(emulator) == [
+        ("GET", SEARCH),
+        ("POST", "/rest/api/3/issue"),
+        ("GET", SEARCH),
+    ]
+
+
+def test_overlong_idempotency_key_is_refused(provider: JiraProvider) -> None:
+    with pytest.raises(errors.InvalidInput, match="idempotency key"):
+        provider.create(DRAFT, idempotency_key="k" * 250)
+
+
+# ---- search ------------------------------------------------------------------------------------
+
+
+def test_search_filters_by_text_status_and_priority(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    emulator.seed_issues(2, summary="nulls in email {i}", priority="High")
+    emulator.seed_issues(1, summary="nulls in phone", priority="Low", status="In Progress")
+    emulator.seed_issues(1, summary="other", project="SD")
+
+    def numbers(
+        text: str | None = None, status: str | None = None, priority: str | None = None
+    ) -> list[str]:
+        page = provider.search(SearchQuery(text=text, status=status, priority=priority))
+        assert page.total == len(page.items)
+        return [ticket.number for ticket in page.items]
+
+    assert numbers() == ["DQ-3", "DQ-2", "DQ-1"]
+    assert numbers(text="nulls in email") == ["DQ-2", "DQ-1"]
+    assert numbers(status="in progress") == numbers(status="3") == ["DQ-3"]
+    assert numbers(priority="High") == numbers(priority="2") == ["DQ-2", "DQ-1"]
+    assert numbers(text="nulls", status="To Do", priority="Low") == []
+
+
+def test_search_text_with_quotes_and_backslashes(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    emulator.seed_issues(1, summary='path "C:\\data" is empty')
+    emulator.seed_issues(1, summary="unrelated")
+
+    page = provider.search(SearchQuery(text='"C:\\data"'))
+
+    assert [t.title for t in page.items] == ['path "C:\\data" is empty']
+
+
+def test_search_walks_to_the_page_reading_ids_only(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    emulator.seed_issues(7, summary="paged {i}")
+
+    page = provider.search(SearchQuery(page=3, size=3))
+
+    assert [t.number for t in page.items] == ["DQ-1"]
+    assert (page.total, page.pages) == (7, 3)
+    searches = [r for r in emulator.requests if r["path"] == SEARCH]
+    assert len(searches) == 3  # two pages skipped, then the page itself
+
+
+def test_unknown_status_in_a_search_is_invalid_input(provider: JiraProvider) -> None:
+    with pytest.raises(errors.InvalidInput, match="'Parked' does not exist"):
+        provider.search(SearchQuery(status="Parked"))
+
+
+# ---- update and status ---------------------------------------------------------------------------
+
+
+def test_update_changes_given_fields_and_keeps_labels(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    created = provider.create(DRAFT, idempotency_key="k1")
+
+    updated = provider.update(
+        created.id,
+        TicketChanges(
+            title="Renamed", description="New\ntext", priority="Lowest", category="Pipelines"
+        ),
+    )
+
+    assert (updated.title, updated.description, updated.priority) == (
+        "Renamed",
+        "New\ntext",
+        "Lowest",
+    )
+    assert updated.extras["labels"].split(",") == [
+        "ticketing-key-k1",
+        "qualytics_anomaly-12345",
+        "Data",
+        "Data_Quality",
+        "Pipelines",
+    ]
+    assert provider.get(created.id) == updated
+
+
+def test_update_with_only_unmapped_fields_sends_nothing(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    created = provider.create(DRAFT)
+    before = len(emulator.requests)
+
+    assert provider.update(created.id, TicketChanges(assigned_to="jane")) == created
+    assert [r["method"] for r in emulator.requests[before:]] == ["GET"]
+
+
+def test_empty_changes_are_refused(provider: JiraProvider) -> None:
+    created = provider.create(DRAFT)
+
+    with pytest.raises(errors.InvalidInput, match="no fields"):
+        provider.update(created.id, TicketChanges())
+
+
+def test_bad_field_in_update_is_invalid_input(provider: JiraProvider) -> None:
+    created = provider.create(DRAFT)
+
+    with pytest.raises(errors.InvalidInput, match="priority"):
+        provider.update(created.id, TicketChanges(priority="Bogus"))
+
+
+@pytest.mark.parametrize("status", ["In Progress", "in progress", "3"])
+def test_status_change_by_name_or_id(provider: JiraProvider, status: str) -> None:
+    created = provider.create(DRAFT)
+
+    updated = provider.update(created.id, TicketChanges(status=status))
+
+    assert updated.status == "In Progress"
+    assert updated.extras["status_category"] == "indeterminate"
+    assert provider.get_status(created.id).code == "3"
+
+
+def test_resolution_is_an_internal_comment_before_the_transition(
+    server: RunningEmulator, emulator: JiraEmulator
+) -> None:
+    desk = connect(server, project="SD", issue_type="[System] Incident")
+    created = desk.create(DRAFT)
+
+    resolved = desk.update(
+        created.id, TicketChanges(status="Resolved", resolution="Fixed upstream")
+    )
+
+    assert resolved.status == "Resolved"
+    [note] = emulator.comments(created.id)
+    assert (note["text"], note["internal"], note["jsdPublic"]) == ("Fixed upstream", True, False)
+    writes = [path for method, path in calls(emulator) if method == "POST"]
+    assert writes[-2:] == [
+        f"/rest/api/3/issue/{created.id}/comment",
+        f"/rest/api/3/issue/{created.id}/transitions",
+    ]
+
+
+def test_status_already_reached_is_left_alone(provider: JiraProvider) -> None:
+    created = provider.create(DRAFT)
+
+    assert provider.update(created.id, TicketChanges(status="to do")).status == "To Do"
+
+
+def test_status_without_a_transition_lists_the_available_ones_and_changes_nothing(
+    provider: JiraProvider,
+) -> None:
+    created = provider.create(DRAFT)
+
+    with pytest.raises(errors.InvalidInput, match="available: 'In Progress', 'Done'"):
+        provider.update(created.id, TicketChanges(title="Renamed", status="Resolved"))
+
+    assert provider.get(created.id) == created
+
+
+def test_get_status_reads_only_the_status(provider: JiraProvider, emulator: JiraEmulator) -> None:
+    created = provider.create(DRAFT)
+
+    status = provider.get_status(created.id)
+
+    assert (status.code, status.label) == ("10000", "To Do")
+    assert emulator.requests[-1]["query"] == "fields=status"
+
+
+# ---- work notes --------------------------------------------------------------------------------
+
+
+def test_work_note_is_a_plain_comment_outside_a_service_desk(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    created = provider.create(DRAFT)
+
+    provider.add_work_note(created.id, "Investigating\nwith the data team")
+
+    [comment] = emulator.comments(created.id)
+    assert comment["text"] == "Investigating\nwith the data team"
+    assert comment["body"] == text_to_adf("Investigating\nwith the data team")
+    assert (comment["properties"], comment["internal"]) == ([], False)
+
+
+def test_work_note_is_internal_in_a_service_desk_project_checked_once(
+    server: RunningEmulator, emulator: JiraEmulator
+) -> None:
+    desk = connect(server, project="SD", issue_type="[System] Incident")
+    created = desk.create(DRAFT)
+
+    desk.add_work_note(created.id, "first")
+    desk.add_work_note(created.id, "second")
+
+    stored = emulator.comments(created.id)
+    assert [(c["text"], c["internal"], c["jsdPublic"]) for c in stored] == [
+        ("first", True, False),
+        ("second", True, False),
+    ]
+    assert calls(emulator).count(("GET", "/rest/api/3/project/SD")) == 1
+
+
+def test_blank_work_note_is_refused(provider: JiraProvider) -> None:
+    created = provider.create(DRAFT)
+
+    with pytest.raises(errors.InvalidInput, match="must not be empty"):
+        provider.add_work_note(created.id, "  ")
+
+
+def test_has_work_note_matches_exact_text_since_a_time(
+    provider: JiraProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(provider_module, "COMMENT_PAGE_SIZE", 2)  # make it walk pages
+    created = provider.create(DRAFT)
+    before = datetime.now(UTC) - timedelta(seconds=2)
+    provider.add_work_note(created.id, "oldest\nnote")
+    for n in range(4):
+        provider.add_work_note(created.id, f"note {n}")
+
+    assert provider.has_work_note(created.id, "oldest\nnote", since=before)
+    assert not provider.has_work_note(created.id, "oldest", since=before)
+    assert not provider.has_work_note(created.id, "note 9", since=before)
+    assert not provider.has_work_note(
+        created.id, "note 3", since=datetime.now(UTC) + timedelta(seconds=5)
+    )
+
+
+# ---- the service failing -----------------------------------------------------------------------
+
+
+def test_rate_limit_is_waited_out(provider: JiraProvider, emulator: JiraEmulator) -> None:
+    emulator.add_fault("429", count=2, retry_after=1)
+
+    started = time.monotonic()
+    provider.validate()
+
+    assert time.monotonic() - started >= 2.0
+    assert [r["status"] for r in emulator.requests] == [429, 429, 200]
+
+
+def test_maintenance_page_is_an_unexpected_response(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    emulator.add_fault("html")
+
+    with pytest.raises(errors.UnexpectedResponse, match="maintenance or a proxy"):
+        provider.validate()
+
+
+def test_timeout_is_reported_as_such(server: RunningEmulator, emulator: JiraEmulator) -> None:
+    emulator.add_fault("timeout", seconds=1)
+
+    with pytest.raises(errors.ProviderTimeout):
+        connect(server, timeout=0.2).validate()
+
+
+def test_server_error_carries_jira_message(provider: JiraProvider, emulator: JiraEmulator) -> None:
+    emulator.add_fault("500")
+
+    with pytest.raises(errors.ProviderUnavailable, match=r"injected fault\) \(HTTP 500 "):
+        provider.validate()
