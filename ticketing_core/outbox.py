@@ -227,11 +227,11 @@ class Outbox:
         query = sa.select(events.c.id).order_by(events.c.id).limit(limit)
         if status is not None:
             query = query.where(events.c.status == status)
-        with self.database.begin() as conn:
+        with self.database.read() as conn:
             return self._load(conn, list(conn.execute(query).scalars()))
 
     def counts(self) -> dict[str, int]:
-        with self.database.begin() as conn:
+        with self.database.read() as conn:
             rows = conn.execute(
                 sa.select(events.c.status, sa.func.count()).group_by(events.c.status)
             )

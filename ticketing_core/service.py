@@ -61,9 +61,16 @@ class ProviderPool:
 
     def __call__(self, integration_id: int) -> Provider:
         with self._lock:
-            if integration_id not in self._providers:
-                self._providers[integration_id] = self._connect(integration_id)
-            return self._providers[integration_id]
+            provider = self._providers.get(integration_id)
+        if provider is not None:
+            return provider
+        # Built outside the lock: connecting may read the host's database.
+        built = self._connect(integration_id)
+        with self._lock:
+            provider = self._providers.setdefault(integration_id, built)
+        if provider is not built:
+            built.close()
+        return provider
 
     def forget(self, integration_id: int) -> None:
         with self._lock:
@@ -237,7 +244,9 @@ class SyncService:
                 )
             ]
             stored = self.outbox.enqueue(new_events, conn=c)
-        if stored and self.dispatcher is not None:
+        # In the caller's transaction the events are visible only once it commits: the caller
+        # wakes the dispatcher then (else it finds them at its next poll).
+        if stored and conn is None and self.dispatcher is not None:
             self.dispatcher.wake()
         return stored
 

@@ -19,6 +19,7 @@ from ticketing_core.models import TicketLink
 SCHEMA_VERSION = 1
 
 metadata = sa.MetaData()
+_READ_ONLY = "ticketing_read_only"
 
 
 class UtcDateTime(sa.TypeDecorator[datetime]):
@@ -115,6 +116,21 @@ class Database:
         with self.engine.begin() as own:
             yield own
 
+    @contextmanager
+    def read(self, conn: sa.Connection | None = None) -> Iterator[sa.Connection]:
+        """The caller's ``conn`` if given, else a read-only transaction.
+
+        On SQLite a read-only transaction never waits for a writer (WAL readers don't), so lookups
+        made while another connection holds the write lock cannot deadlock.
+        """
+        if conn is not None:
+            yield conn
+            return
+        with self.engine.connect() as conn:
+            conn.execution_options(**{_READ_ONLY: True})
+            with conn.begin():
+                yield conn
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -131,9 +147,10 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _begin_immediate(conn: sa.Connection) -> None:
-    # Take the write lock up front: a read-then-write transaction that upgrades later fails at once
-    # (SQLITE_BUSY) when another connection wrote meanwhile, instead of waiting its turn.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writers take the write lock up front: a read-then-write transaction that upgrades later fails
+    # at once (SQLITE_BUSY) when another connection wrote meanwhile, instead of waiting its turn.
+    read_only = conn.get_execution_options().get(_READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class LinkStore:
@@ -178,7 +195,7 @@ class LinkStore:
             return found
 
     def for_anomaly(self, anomaly_id: int, conn: sa.Connection | None = None) -> list[TicketLink]:
-        with self.database.begin(conn) as c:
+        with self.database.read(conn) as c:
             rows = c.execute(
                 sa.select(links).where(links.c.anomaly_id == anomaly_id).order_by(links.c.id)
             )

@@ -1,0 +1,328 @@
+"""The seed's REST API as a FastAPI app over :class:`~ticketing_host.runtime.HostRuntime`.
+
+Routes stay thin: they resolve ids, convert bodies to core records and call the store or the sync
+service. Every failure becomes a status code in one place, :data:`ERROR_STATUS`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+from typing import Annotated, cast
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ticketing_core.errors import (
+    AuthenticationFailed,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    TicketingError,
+)
+from ticketing_core.hookspecs import Provider
+from ticketing_core.models import MAX_PAGE_SIZE, SearchQuery
+from ticketing_core.plugins import check_api_url
+from ticketing_core.store import utcnow
+
+from .db import (
+    MAX_ANOMALY_ID,
+    MAX_INTEGRATION_ID,
+    DuplicateRecord,
+    HostStore,
+    IntegrationRecord,
+    UnknownRecord,
+    token_hash,
+)
+from .runtime import HostRuntime, Settings
+from .schemas import (
+    AnomalyIn,
+    AnomalyOut,
+    CommentIn,
+    CommentOut,
+    IntegrationIn,
+    IntegrationOut,
+    LinkRequest,
+    PageOut,
+    StatusIn,
+    TicketLinkOut,
+    TicketRequest,
+    TicketResult,
+)
+
+
+class Rejected(ValueError):
+    """The request is well-formed but cannot be served as asked (HTTP 400)."""
+
+
+# First match wins, so subclasses come before their bases.
+ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (Rejected, 400),
+    (UnknownRecord, 404),
+    (DuplicateRecord, 409),
+    (InvalidInput, 422),
+    (sa.exc.DataError, 422),  # a value the database cannot store (PostgreSQL: a NUL character)
+    (NotFound, 404),
+    (TicketingError, 502),  # the provider failed or refused; its reason is the detail
+)
+# Errors that mean the user's URL or credentials are wrong, not that the service failed.
+UNUSABLE_CONNECTION = (InvalidInput, AuthenticationFailed, PermissionDenied, NotFound)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The host API; its lifespan starts and stops the background delivery of syncs."""
+    runtime = HostRuntime(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runtime.start()
+        try:
+            yield
+        finally:
+            runtime.stop()
+
+    app = FastAPI(title="ticketing host", version=version("ticketing"), lifespan=lifespan)
+    app.state.runtime = runtime
+    app.include_router(api)
+    for error, _status in ERROR_STATUS:
+        app.add_exception_handler(error, error_response)
+    app.add_exception_handler(RequestValidationError, validation_error_response)
+    return app
+
+
+def runtime_of(app: FastAPI) -> HostRuntime:
+    return cast(HostRuntime, app.state.runtime)
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+async def error_response(_: Request, exc: Exception) -> JSONResponse:
+    status = next(code for kind, code in ERROR_STATUS if isinstance(exc, kind))
+    # A database error's text carries the SQL and its parameters; the driver's reason alone does not.
+    detail = str(exc.orig) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+async def validation_error_response(_: Request, exc: Exception) -> JSONResponse:
+    errors = cast(RequestValidationError, exc).errors()
+    # FastAPI echoes each rejected input; a rejected body may hold an access token, so keep only these.
+    details = [{key: error[key] for key in ("type", "loc", "msg")} for error in errors]
+    return JSONResponse({"detail": jsonable_encoder(details)}, status_code=422)
+
+
+def invalid_fields(problems: dict[str, str]) -> RequestValidationError:
+    """A 422 in FastAPI's own shape, for body fields checked against what is installed."""
+    return RequestValidationError(
+        [
+            {"type": "value_error", "loc": ("body", name), "msg": msg}
+            for name, msg in problems.items()
+        ]
+    )
+
+
+def check_choice(name: str, value: str, allowed: Iterable[str]) -> None:
+    choices = sorted(allowed)
+    if value not in choices:
+        raise invalid_fields({name: f"{value!r} is not one of: {', '.join(choices) or 'none'}"})
+
+
+def check_field_choices(provider: Provider, values: dict[str, str]) -> None:
+    choices = provider.capabilities.field_choices
+    problems = {
+        name: f"{value!r} is not one of: {', '.join(choices[name])}"
+        for name, value in values.items()
+        if name in choices and value not in choices[name]
+    }
+    if problems:
+        raise invalid_fields(problems)
+
+
+# -- dependencies ----------------------------------------------------------------------------------
+
+
+def get_runtime(request: Request) -> HostRuntime:
+    return runtime_of(request.app)
+
+
+Runtime = Annotated[HostRuntime, Depends(get_runtime)]
+AnomalyId = Annotated[int, Path(ge=1, le=MAX_ANOMALY_ID)]
+IntegrationId = Annotated[int, Path(ge=1, le=MAX_INTEGRATION_ID)]
+bearer = HTTPBearer(auto_error=False, description="The host's API token.")
+
+
+def require_token(
+    runtime: Runtime,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    presented = token_hash(credentials.credentials) if credentials is not None else ""
+    # Hashes of equal length compared in constant time: no timing hint about the token.
+    if not any(hmac.compare_digest(presented, known) for known in runtime.accepted_token_hashes()):
+        raise HTTPException(
+            401, "missing or invalid API token", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+def resolve_integration(store: HostStore, integration_id: int | None) -> IntegrationRecord:
+    """The given integration, else the only one there is."""
+    if integration_id is not None:
+        return store.integration(integration_id)
+    found = store.integrations()
+    if not found:
+        raise UnknownRecord(
+            "no ticketing integration exists: create one with POST /api/integrations"
+        )
+    if len(found) > 1:
+        raise Rejected("several integrations: pass integration_id")
+    return found[0]
+
+
+api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+
+# -- integrations ----------------------------------------------------------------------------------
+
+
+@api.post("/integrations", status_code=201)
+def create_integration(body: IntegrationIn, runtime: Runtime) -> IntegrationOut:
+    """Connect a ticketing instance; the credentials are checked before anything is stored."""
+    check_choice("type", body.type, (info.name for info in runtime.registry.providers()))
+    check_choice("sync_policy", body.sync_policy, runtime.registry.policy_names())
+    token = body.api_access_token.get_secret_value()
+    try:
+        api_url = check_api_url(body.api_url, allow_http=runtime.settings.allow_http)
+        provider = runtime.connect(body.type, api_url, token)
+        try:
+            provider.validate()
+        finally:
+            provider.close()
+    except UNUSABLE_CONNECTION as exc:
+        raise Rejected(str(exc)) from None
+    integration = runtime.store.add_integration(
+        type=body.type, api_url=api_url, api_access_token=token, sync_policy=body.sync_policy
+    )
+    runtime.pool(integration.id)  # connected now, outside any transaction (see HostRuntime.start)
+    return IntegrationOut.of(integration)
+
+
+@api.get("/integrations")
+def list_integrations(runtime: Runtime) -> list[IntegrationOut]:
+    return [IntegrationOut.of(integration) for integration in runtime.store.integrations()]
+
+
+@api.get("/integrations/ticketing/tickets/search")
+def search_tickets(
+    runtime: Runtime,
+    query: str | None = None,
+    status: str | None = None,
+    priority: str | None = None,
+    size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
+    page: Annotated[int, Query(ge=1)] = 1,
+    integration_id: Annotated[int | None, Query(ge=1, le=MAX_INTEGRATION_ID)] = None,
+) -> PageOut:
+    """Search the tickets of an integration (the only one when ``integration_id`` is omitted)."""
+    integration = resolve_integration(runtime.store, integration_id)
+    search = SearchQuery(text=query, status=status, priority=priority, page=page, size=size)
+    found = runtime.pool(integration.id).search(search)
+    return PageOut.of(found)
+
+
+@api.get("/integrations/{integration_id}")
+def get_integration(integration_id: IntegrationId, runtime: Runtime) -> IntegrationOut:
+    return IntegrationOut.of(runtime.store.integration(integration_id))
+
+
+@api.delete("/integrations/{integration_id}", status_code=204)
+def delete_integration(integration_id: IntegrationId, runtime: Runtime) -> None:
+    """Delete an integration and its ticket links; the tickets themselves stay."""
+    runtime.store.delete_integration(integration_id)
+    runtime.pool.forget(integration_id)
+
+
+# -- tickets of anomalies --------------------------------------------------------------------------
+
+
+@api.post("/integrations/ticketing/anomalies/{anomaly_id}/tickets")
+def create_ticket(
+    anomaly_id: AnomalyId,
+    body: TicketRequest,
+    runtime: Runtime,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> TicketResult:
+    """Create a ticket describing the anomaly and link it; a retried request makes no second one."""
+    anomaly = runtime.store.anomaly(anomaly_id).anomaly
+    integration = resolve_integration(runtime.store, body.integration_id)
+    check_field_choices(runtime.pool(integration.id), body.choice_fields())
+    ticket, link = runtime.service.create_ticket(
+        anomaly, integration.id, body.to_draft(), idempotency_key=idempotency_key
+    )
+    return TicketResult.of(
+        ticket, link, f"Ticket {ticket.number} created and linked to anomaly {anomaly_id}"
+    )
+
+
+@api.post("/integrations/ticketing/anomalies/{anomaly_id}/links")
+def link_ticket(anomaly_id: AnomalyId, body: LinkRequest, runtime: Runtime) -> TicketResult:
+    """Link an existing ticket, by id or number, to the anomaly."""
+    anomaly = runtime.store.anomaly(anomaly_id).anomaly
+    integration = resolve_integration(runtime.store, body.integration_id)
+    ticket, link = runtime.service.link_ticket(
+        anomaly, integration.id, ticket_id=body.ticket_id, ticket_number=body.ticket_number
+    )
+    return TicketResult.of(ticket, link, f"Ticket {ticket.number} linked to anomaly {anomaly_id}")
+
+
+@api.get("/anomalies/{anomaly_id}/ticket-links")
+def ticket_links(anomaly_id: AnomalyId, runtime: Runtime) -> list[TicketLinkOut]:
+    """The anomaly's links as last recorded (no call to any provider)."""
+    runtime.store.anomaly(anomaly_id)
+    return TicketLinkOut.of_all(runtime.service.links.for_anomaly(anomaly_id))
+
+
+@api.post("/anomalies/{anomaly_id}/ticket-links/sync")
+def sync_ticket_links(anomaly_id: AnomalyId, runtime: Runtime) -> list[TicketLinkOut]:
+    """Read each linked ticket's status now; a changed one is noted as an anomaly comment."""
+    runtime.store.anomaly(anomaly_id)
+    return TicketLinkOut.of_all(runtime.service.pull_status(anomaly_id))
+
+
+# -- anomalies -------------------------------------------------------------------------------------
+
+
+@api.post("/anomalies", status_code=201)
+def create_anomaly(body: AnomalyIn, runtime: Runtime) -> AnomalyOut:
+    entry = runtime.store.add_anomaly(body.to_anomaly(), assign_id=body.id is None)
+    return AnomalyOut.of(entry)
+
+
+@api.get("/anomalies/{anomaly_id}")
+def get_anomaly(anomaly_id: AnomalyId, runtime: Runtime) -> AnomalyOut:
+    return AnomalyOut.of(runtime.store.anomaly(anomaly_id))
+
+
+@api.put("/anomalies/{anomaly_id}")
+def change_anomaly_status(anomaly_id: AnomalyId, body: StatusIn, runtime: Runtime) -> AnomalyOut:
+    """Change the status; linked tickets get a work note in the background (not their state)."""
+    now = utcnow()
+    with runtime.transaction() as conn:
+        previous = runtime.store.set_status(anomaly_id, body.status, now, conn)
+        if previous != body.status:
+            runtime.service.anomaly_status_changed(
+                anomaly_id, body.status, changed_at=now, conn=conn
+            )
+        entry = runtime.store.anomaly(anomaly_id, conn)
+    return AnomalyOut.of(entry)
+
+
+@api.post("/anomalies/{anomaly_id}/comments", status_code=201)
+def add_comment(anomaly_id: AnomalyId, body: CommentIn, runtime: Runtime) -> CommentOut:
+    """Comment on the anomaly; linked tickets get it as a work note in the background."""
+    with runtime.transaction() as conn:
+        comment = runtime.store.add_comment(anomaly_id, body.message, conn=conn)
+        runtime.service.anomaly_commented(anomaly_id, body.message, conn=conn)
+    return CommentOut.of(comment)

@@ -1,0 +1,257 @@
+"""The host's own tables (integrations, anomalies, their comments, API tokens) and their store.
+
+They live beside ticketing_core's tables in the same database, under their own schema version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+import attrs
+import sqlalchemy as sa
+
+from ticketing_core.models import Anomaly, FailedCheck
+from ticketing_core.policies import DEFAULT_POLICY
+from ticketing_core.service import USER
+from ticketing_core.store import Database, LinkStore, UtcDateTime, utcnow
+
+SCHEMA_VERSION = 1
+MAX_ANOMALY_ID = 2**63 - 1  # BigInteger
+MAX_INTEGRATION_ID = 2**31 - 1  # Integer
+TYPE_LENGTH = 64
+
+host_metadata = sa.MetaData()
+
+integrations = sa.Table(
+    "integrations",
+    host_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("type", sa.String(TYPE_LENGTH), nullable=False),
+    sa.Column("api_url", sa.Text, nullable=False),
+    sa.Column("api_access_token", sa.Text, nullable=False),
+    sa.Column("sync_policy", sa.String(64), nullable=False, default=DEFAULT_POLICY),
+    sa.Column("connected", sa.Boolean, nullable=False, default=True),
+    sa.Column("status", sa.String(32), nullable=False, default="idle"),
+    sa.Column("created", UtcDateTime, nullable=False),
+)
+
+anomalies = sa.Table(
+    "anomalies",
+    host_metadata,
+    # Ids come from the caller or from max(id) + 1, never from a sequence a caller's id could collide with.
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("type", sa.String(TYPE_LENGTH), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("datastore", sa.Text),
+    sa.Column("container", sa.Text),
+    sa.Column("field", sa.Text),
+    sa.Column("failed_checks", sa.JSON, nullable=False),
+    sa.Column("created", UtcDateTime, nullable=False),
+    sa.Column("updated", UtcDateTime, nullable=False),
+)
+
+anomaly_comments = sa.Table(
+    "anomaly_comments",
+    host_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "anomaly_id", sa.BigInteger, sa.ForeignKey("anomalies.id"), nullable=False, index=True
+    ),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("origin", sa.String(16), nullable=False),
+    sa.Column("created", UtcDateTime, nullable=False),
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    host_metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),
+    sa.Column("created", UtcDateTime, nullable=False),
+)
+
+
+class UnknownRecord(LookupError):
+    """No integration or anomaly with the id the caller gave."""
+
+
+class DuplicateRecord(ValueError):
+    """A record with the caller's id exists already."""
+
+
+@attrs.frozen
+class IntegrationRecord:
+    """A stored integration; the access token stays out of ``repr``."""
+
+    id: int
+    type: str
+    api_url: str
+    api_access_token: str = attrs.field(repr=False)
+    sync_policy: str
+    connected: bool
+    status: str
+    created: datetime
+
+
+@attrs.frozen
+class Comment:
+    """A comment on an anomaly, by a user or by the integration (the pull's status notes)."""
+
+    id: int
+    anomaly_id: int
+    message: str
+    origin: str
+    created: datetime
+
+
+@attrs.frozen
+class AnomalyEntry:
+    """An anomaly as the host stores it: the core record plus its times and comments."""
+
+    anomaly: Anomaly
+    created: datetime
+    updated: datetime
+    comments: tuple[Comment, ...] = ()
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class HostStore:
+    """Reads and writes the host tables; ``conn`` joins the caller's transaction."""
+
+    def __init__(self, database: Database) -> None:
+        database.migrate(host_metadata, component="ticketing_host", version=SCHEMA_VERSION)
+        self.database = database
+
+    # -- integrations ------------------------------------------------------------------------------
+
+    def add_integration(
+        self, *, type: str, api_url: str, api_access_token: str, sync_policy: str
+    ) -> IntegrationRecord:
+        with self.database.begin() as conn:
+            row = conn.execute(
+                integrations.insert()
+                .values(
+                    type=type,
+                    api_url=api_url,
+                    api_access_token=api_access_token,
+                    sync_policy=sync_policy,
+                    created=utcnow(),
+                )
+                .returning(*integrations.c)
+            ).mappings()
+            return IntegrationRecord(**row.one())
+
+    def integrations(self) -> list[IntegrationRecord]:
+        with self.database.read() as conn:
+            rows = conn.execute(sa.select(integrations).order_by(integrations.c.id)).mappings()
+            return [IntegrationRecord(**row) for row in rows]
+
+    def integration(
+        self, integration_id: int, conn: sa.Connection | None = None
+    ) -> IntegrationRecord:
+        with self.database.read(conn) as c:
+            row = (
+                c.execute(sa.select(integrations).where(integrations.c.id == integration_id))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise UnknownRecord(f"integration {integration_id} does not exist")
+        return IntegrationRecord(**row)
+
+    def delete_integration(self, integration_id: int) -> None:
+        """Delete an integration and its ticket links."""
+        with self.database.begin() as conn:
+            self.integration(integration_id, conn)
+            LinkStore(self.database).delete_for_integration(integration_id, conn)
+            conn.execute(integrations.delete().where(integrations.c.id == integration_id))
+
+    # -- anomalies ---------------------------------------------------------------------------------
+
+    def add_anomaly(self, anomaly: Anomaly, *, assign_id: bool) -> AnomalyEntry:
+        """Store ``anomaly``; with ``assign_id`` its id is ignored and the next free one is used."""
+        now = utcnow()
+        with self.database.begin() as conn:
+            anomaly_id = (
+                conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.max(anomalies.c.id), 0) + 1)
+                ).scalar_one()
+                if assign_id
+                else anomaly.id
+            )
+            values = attrs.asdict(attrs.evolve(anomaly, id=anomaly_id))  # checks become dicts
+            try:
+                conn.execute(anomalies.insert().values(**values, created=now, updated=now))
+            except sa.exc.IntegrityError:
+                raise DuplicateRecord(f"anomaly {anomaly_id} already exists") from None
+            return self.anomaly(anomaly_id, conn)
+
+    def anomaly(self, anomaly_id: int, conn: sa.Connection | None = None) -> AnomalyEntry:
+        with self.database.read(conn) as c:
+            row = c.execute(sa.select(anomalies).where(anomalies.c.id == anomaly_id)).mappings()
+            found = row.first()
+            if found is None:
+                raise UnknownRecord(f"anomaly {anomaly_id} does not exist")
+            comments = c.execute(
+                sa.select(anomaly_comments)
+                .where(anomaly_comments.c.anomaly_id == anomaly_id)
+                .order_by(anomaly_comments.c.id)
+            ).mappings()
+            return AnomalyEntry(
+                anomaly=_anomaly(found),
+                created=found["created"],
+                updated=found["updated"],
+                comments=tuple(Comment(**comment) for comment in comments),
+            )
+
+    def set_status(self, anomaly_id: int, status: str, at: datetime, conn: sa.Connection) -> str:
+        """Change an anomaly's status; returns the status it had."""
+        previous = self.anomaly(anomaly_id, conn).anomaly.status
+        conn.execute(
+            anomalies.update().where(anomalies.c.id == anomaly_id).values(status=status, updated=at)
+        )
+        return previous
+
+    def add_comment(
+        self,
+        anomaly_id: int,
+        message: str,
+        *,
+        origin: str = USER,
+        conn: sa.Connection | None = None,
+    ) -> Comment:
+        with self.database.begin(conn) as c:
+            self.anomaly(anomaly_id, c)
+            row = c.execute(
+                anomaly_comments.insert()
+                .values(anomaly_id=anomaly_id, message=message, origin=origin, created=utcnow())
+                .returning(*anomaly_comments.c)
+            ).mappings()
+            return Comment(**row.one())
+
+    # -- API tokens --------------------------------------------------------------------------------
+
+    def add_token_hash(self, digest: str) -> None:
+        with self.database.begin() as conn:
+            conn.execute(api_tokens.insert().values(token_sha256=digest, created=utcnow()))
+
+    def token_hashes(self) -> list[str]:
+        with self.database.read() as conn:
+            return list(conn.execute(sa.select(api_tokens.c.token_sha256)).scalars())
+
+
+def _anomaly(row: sa.RowMapping) -> Anomaly:
+    return Anomaly(
+        id=row["id"],
+        type=row["type"],
+        status=row["status"],
+        description=row["description"],
+        failed_checks=tuple(FailedCheck(**check) for check in row["failed_checks"]),
+        datastore=row["datastore"],
+        container=row["container"],
+        field=row["field"],
+    )

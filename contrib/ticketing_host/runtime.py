@@ -1,0 +1,123 @@
+"""The host's wiring: database, plugins, connected providers, sync service and its dispatcher."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import attrs
+import sqlalchemy as sa
+
+from ticketing_core.hookspecs import Provider
+from ticketing_core.outbox import Outbox, ThreadedDispatcher
+from ticketing_core.plugins import default_registry
+from ticketing_core.policies import Messages, SyncPolicy
+from ticketing_core.service import INTEGRATION, ProviderPool, SyncService
+from ticketing_core.store import Database
+
+from .db import HostStore, token_hash
+
+
+@attrs.frozen
+class Settings:
+    """How one host process runs. ``database`` is a SQLite path or a ``postgresql://`` URL.
+
+    With ``api_token`` set, it is the only token the API accepts; else the hashes stored in
+    ``api_tokens`` are.
+    """
+
+    database: str
+    public_url: str
+    product: str = "Qualytics"
+    allow_http: bool = False
+    api_token: str | None = attrs.field(default=None, repr=False)
+    concurrency: int = 8
+    max_attempts: int = 15
+    lease_seconds: float = 30.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    poll_interval: float = 0.5
+
+
+class HostRuntime:
+    """Everything the API needs, built once per process; ``start``/``stop`` run the dispatcher."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.database = Database(settings.database)
+        self.store = HostStore(self.database)
+        self.registry = default_registry()
+        self.pool = ProviderPool(self._connect_stored)
+        outbox = Outbox(
+            self.database,
+            max_attempts=settings.max_attempts,
+            lease_seconds=settings.lease_seconds,
+            backoff_initial=settings.backoff_initial,
+            backoff_max=settings.backoff_max,
+        )
+        self.service = SyncService(
+            self.database,
+            provider_for=self.pool,
+            policy_for=self._policy,
+            comment_on_anomaly=self._comment_from_integration,
+            messages=Messages(product=settings.product, public_url=settings.public_url),
+            outbox=outbox,
+        )
+        # The dispatcher delivers through the service, so it is attached once the service exists.
+        self.dispatcher = ThreadedDispatcher(
+            outbox,
+            self.service.deliver,
+            concurrency=settings.concurrency,
+            poll_interval=settings.poll_interval,
+        )
+        self.service.dispatcher = self.dispatcher
+
+    def connect(self, type: str, api_url: str, api_access_token: str) -> Provider:
+        """A provider of ``type`` for one instance (no network I/O)."""
+        return self.registry.connect(
+            type,
+            api_url=api_url,
+            api_access_token=api_access_token,
+            allow_http=self.settings.allow_http,
+        )
+
+    def ensure_api_token(self) -> str | None:
+        """Make an API token when none is configured or stored; returns it (only its hash is kept)."""
+        if self.settings.api_token is not None or self.store.token_hashes():
+            return None
+        token = secrets.token_urlsafe(32)
+        self.store.add_token_hash(token_hash(token))
+        return token
+
+    def accepted_token_hashes(self) -> list[str]:
+        if self.settings.api_token is not None:
+            return [token_hash(self.settings.api_token)]
+        return self.store.token_hashes()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """A host transaction whose queued deliveries start as soon as it commits."""
+        with self.database.begin() as conn:
+            yield conn
+        # Events queued in this transaction are visible now: deliver them without waiting for a poll.
+        self.dispatcher.wake()
+
+    def start(self) -> None:
+        self.service.start()
+
+    def stop(self) -> None:
+        self.service.stop()
+        self.pool.close()
+        self.database.dispose()
+
+    def _connect_stored(self, integration_id: int) -> Provider:
+        integration = self.store.integration(integration_id)
+        return self.connect(integration.type, integration.api_url, integration.api_access_token)
+
+    def _policy(self, integration_id: int) -> SyncPolicy:
+        integration = self.store.integration(integration_id)
+        return self.registry.policy(integration.sync_policy)
+
+    def _comment_from_integration(self, anomaly_id: int, text: str) -> None:
+        self.store.add_comment(anomaly_id, text, origin=INTEGRATION)

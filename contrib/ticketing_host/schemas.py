@@ -1,0 +1,257 @@
+"""The HTTP edge: request and response bodies, converted to and from the core's records.
+
+Shapes are the seed's. Request bodies are strict (unknown keys are errors); responses are built from
+``ticketing_core.converters.unstructure`` so the ticket and link shapes are the core's canonical ones.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    model_validator,
+)
+
+from ticketing_core.converters import unstructure
+from ticketing_core.models import Anomaly, FailedCheck, Page, Ticket, TicketDraft, TicketLink
+from ticketing_core.policies import DEFAULT_POLICY
+
+from .db import (
+    MAX_ANOMALY_ID,
+    MAX_INTEGRATION_ID,
+    TYPE_LENGTH,
+    AnomalyEntry,
+    Comment,
+    IntegrationRecord,
+)
+
+AnomalyStatus = Literal["Active", "Acknowledged", "Resolved", "Invalid", "Duplicate", "Discarded"]
+Reference = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+IntegrationIdField = Annotated[int, Field(ge=1, le=MAX_INTEGRATION_ID)]
+INTEGRATION_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- integrations ----------------------------------------------------------------------------------
+
+
+class IntegrationIn(Body):
+    type: str
+    api_url: str
+    api_access_token: SecretStr
+    sync_policy: str = DEFAULT_POLICY
+
+
+class IntegrationOut(BaseModel):
+    id: int
+    type: str
+    category: Literal["ticketing"] = "ticketing"
+    api_url: str
+    connected: bool
+    status: str
+    created: str
+
+    @classmethod
+    def of(cls, integration: IntegrationRecord) -> Self:
+        # Field by field: the record holds the access token, which no response may carry.
+        return cls(
+            id=integration.id,
+            type=integration.type,
+            api_url=integration.api_url,
+            connected=integration.connected,
+            status=integration.status,
+            created=integration.created.strftime(INTEGRATION_TIME_FORMAT),
+        )
+
+
+# -- tickets ---------------------------------------------------------------------------------------
+
+
+class TicketOut(BaseModel):
+    ticket_id: str
+    ticket_number: str
+    title: str
+    description: str
+    status: str
+    priority: str | None
+    urgency: str | None
+    impact: str | None
+    category: str | None
+    subcategory: str | None
+    created_at: str | None
+    updated_at: str | None
+    assigned_to: str | None
+    url: str | None
+
+
+class PageOut(BaseModel):
+    items: list[TicketOut]
+    total: int
+    page: int
+    size: int
+    pages: int
+
+    @classmethod
+    def of(cls, page: Page) -> Self:
+        return cls.model_validate(unstructure(page))
+
+
+class TicketRequest(Body):
+    model_config = ConfigDict(coerce_numbers_to_str=True)  # merged with Body's: "2" or 2
+
+    title: str
+    description: str
+    priority: str
+    urgency: str
+    impact: str
+    category: str | None = None
+    subcategory: str | None = None
+    assigned_to: str | None = None
+    assigned_group: str | None = Field(
+        default=None, validation_alias=AliasChoices("assigned_group", "assignment_group")
+    )
+    integration_id: IntegrationIdField | None = None
+
+    def choice_fields(self) -> dict[str, str]:
+        """The enumerated fields, checked against the provider's ``field_choices``."""
+        return {"priority": self.priority, "urgency": self.urgency, "impact": self.impact}
+
+    def to_draft(self) -> TicketDraft:
+        return TicketDraft(
+            title=self.title,
+            description=self.description,
+            priority=self.priority,
+            urgency=self.urgency,
+            impact=self.impact,
+            category=self.category,
+            subcategory=self.subcategory,
+            assigned_to=self.assigned_to,
+            assignment_group=self.assigned_group,
+        )
+
+
+class LinkRequest(Body):
+    ticket_id: Reference | None = None
+    ticket_number: Reference | None = None
+    integration_id: IntegrationIdField | None = None
+
+    @model_validator(mode="after")
+    def one_reference(self) -> Self:
+        if (self.ticket_id is None) == (self.ticket_number is None):
+            raise ValueError("give exactly one of ticket_id and ticket_number")
+        return self
+
+
+class TicketResult(BaseModel):
+    ticket: TicketOut
+    anomaly_id: int
+    integration_id: int
+    message: str
+
+    @classmethod
+    def of(cls, ticket: Ticket, link: TicketLink, message: str) -> Self:
+        return cls(
+            ticket=TicketOut.model_validate(unstructure(ticket)),
+            anomaly_id=link.anomaly_id,
+            integration_id=link.integration_id,
+            message=message,
+        )
+
+
+class TicketLinkOut(BaseModel):
+    id: int
+    anomaly_id: int
+    integration_id: int
+    ticket_id: str
+    ticket_number: str
+    ticket_url: str | None
+    status: str | None
+    last_synced: str | None
+    ticket_metadata: dict[str, Any] | None
+    created: str
+
+    @classmethod
+    def of_all(cls, links: list[TicketLink]) -> list[Self]:
+        return [cls.model_validate(data) for data in unstructure(links)]
+
+
+# -- anomalies -------------------------------------------------------------------------------------
+
+
+class FailedCheckModel(Body):
+    rule: str
+    field: str | None = None
+    description: str | None = None
+
+
+class AnomalyIn(Body):
+    id: int | None = Field(
+        default=None, ge=1, le=MAX_ANOMALY_ID, description="Chosen by the server when omitted."
+    )
+    type: str = Field(max_length=TYPE_LENGTH)
+    status: AnomalyStatus
+    description: str = ""
+    datastore: str | None = None
+    container: str | None = None
+    field: str | None = None
+    failed_checks: list[FailedCheckModel] = []
+
+    def to_anomaly(self) -> Anomaly:
+        return Anomaly(
+            id=self.id or 0,
+            type=self.type,
+            status=self.status,
+            description=self.description,
+            failed_checks=tuple(FailedCheck(**check.model_dump()) for check in self.failed_checks),
+            datastore=self.datastore,
+            container=self.container,
+            field=self.field,
+        )
+
+
+class StatusIn(Body):
+    status: AnomalyStatus
+
+
+class CommentIn(Body):
+    message: str
+
+
+class CommentOut(BaseModel):
+    id: int
+    message: str
+    origin: Literal["user", "integration"]
+    created: str
+
+    @classmethod
+    def of(cls, comment: Comment) -> Self:
+        return cls.model_validate(unstructure(comment))
+
+
+class AnomalyOut(BaseModel):
+    id: int
+    type: str
+    status: str
+    description: str
+    datastore: str | None
+    container: str | None
+    field: str | None
+    failed_checks: list[FailedCheckModel]
+    created: str
+    updated: str
+    comments: list[CommentOut]
+
+    @classmethod
+    def of(cls, entry: AnomalyEntry) -> Self:
+        data = unstructure(entry)
+        anomaly = data.pop("anomaly")
+        return cls.model_validate({**anomaly, **data})

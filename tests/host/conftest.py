@@ -1,0 +1,164 @@
+"""A running host (uvicorn in a thread, SQLite in tmp_path) in front of the ServiceNow emulator."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import httpx
+import pytest
+from fastapi import FastAPI
+from servicenow_emulator import Emulator
+from ticketing_host.app import create_app, runtime_of
+from ticketing_host.runtime import HostRuntime, Settings
+from ticketing_host.server import serve_in_thread
+
+from ..conftest import ADMIN_TOKEN
+
+T = TypeVar("T")
+
+API_TOKEN = "host-api-token-for-tests"
+PUBLIC_URL = "https://qualytics.example"
+ANOMALY_ID = 12345
+ANOMALY = {
+    "id": ANOMALY_ID,
+    "type": "Record",
+    "status": "Active",
+    "description": "150 null values in customer_email",
+    "datastore": "warehouse",
+    "container": "customers",
+    "field": "customer_email",
+    "failed_checks": [
+        {"rule": "not_null", "field": "customer_email", "description": "must not be null"}
+    ],
+}
+TICKET_REQUEST = {
+    "title": "Data Quality Anomaly - Missing values in customer_email",
+    "description": "150 null values detected in customer_email field",
+    "priority": "2",
+    "urgency": "2",
+    "impact": "2",
+    "category": "Data",
+    "subcategory": "Data Quality",
+    "assigned_to": "john.doe",
+    "assigned_group": "Data Engineering",
+}
+SEED_TICKET_KEYS = [
+    "ticket_id", "ticket_number", "title", "description", "status", "priority", "urgency", "impact",
+    "category", "subcategory", "created_at", "updated_at", "assigned_to", "url",
+]  # fmt: skip
+SEED_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
+
+
+@attrs.frozen
+class Host:
+    """A served host app and an authenticated client for it."""
+
+    url: str
+    app: FastAPI
+    api: httpx.Client
+
+    @property
+    def runtime(self) -> HostRuntime:
+        return runtime_of(self.app)
+
+
+StartHost = Callable[..., Host]
+
+
+@pytest.fixture
+def start_host(tmp_path: Path) -> Iterator[StartHost]:
+    """Start a host; keyword arguments override its Settings. Everything stops after the test."""
+    with ExitStack() as stack:
+
+        def start(**overrides: Any) -> Host:
+            settings = Settings(
+                database=str(tmp_path / "host.db"),
+                public_url=PUBLIC_URL,
+                allow_http=True,
+                api_token=API_TOKEN,
+            )
+            app = create_app(attrs.evolve(settings, **overrides))
+            running = stack.enter_context(serve_in_thread(app))
+            api = stack.enter_context(
+                httpx.Client(
+                    base_url=running.url,
+                    headers={"Authorization": f"Bearer {API_TOKEN}"},
+                    timeout=30,
+                )
+            )
+            return Host(running.url, app, api)
+
+        yield start
+
+
+@pytest.fixture
+def host(start_host: StartHost, emulator: Emulator) -> Host:
+    return start_host()
+
+
+@pytest.fixture
+def integration(host: Host, emulator_url: str) -> dict[str, Any]:
+    return create_integration(host, emulator_url)
+
+
+@pytest.fixture
+def anomaly(host: Host) -> dict[str, Any]:
+    created: dict[str, Any] = ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
+    return created
+
+
+@pytest.fixture
+def ticket(host: Host, integration: dict[str, Any], anomaly: dict[str, Any]) -> dict[str, Any]:
+    """A ticket created from the anomaly: the create endpoint's whole response."""
+    result: dict[str, Any] = ok(host.api.post(tickets_path(), json=TICKET_REQUEST))
+    return result
+
+
+def create_integration(host: Host, api_url: str, token: str = ADMIN_TOKEN) -> dict[str, Any]:
+    body = {"type": "servicenow", "api_url": api_url, "api_access_token": token}
+    created: dict[str, Any] = ok(host.api.post("/api/integrations", json=body), 201)
+    return created
+
+
+def tickets_path(anomaly_id: int = ANOMALY_ID) -> str:
+    return f"/api/integrations/ticketing/anomalies/{anomaly_id}/tickets"
+
+
+def links_path(anomaly_id: int = ANOMALY_ID) -> str:
+    return f"/api/integrations/ticketing/anomalies/{anomaly_id}/links"
+
+
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    """The JSON body of a response that must have ``status``."""
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+def work_notes(emulator: Emulator, sys_id: str) -> list[str]:
+    return [e["value"] for e in emulator.journal(sys_id) if e["element"] == "work_notes"]
+
+
+def incident(emulator: Emulator, sys_id: str) -> dict[str, str]:
+    return next(row for row in emulator.incidents if row["sys_id"] == sys_id)
+
+
+def wait_until(produce: Callable[[], T], timeout: float = 10.0) -> T:
+    """Poll ``produce`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := produce()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {value!r} after {timeout} s")
+        time.sleep(0.02)
+    return value
+
+
+def settled(host: Host) -> dict[str, int]:
+    """The outbox counts, once nothing is pending any more."""
+    outbox = host.runtime.service.outbox
+    wait_until(lambda: outbox.counts()["pending"] == 0)
+    return outbox.counts()

@@ -1,0 +1,119 @@
+"""``ticketing demo`` and ``ticketing serve``, reached through the ``ticketing`` command line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from click.testing import CliRunner
+
+from ticketing_core.cli import cli
+
+# The console script installed beside this interpreter, as an operator would run it.
+TICKETING = str(Path(sys.executable).parent / "ticketing")
+TOKEN_LINE = "Generated API token (shown once, only its hash is stored): "
+
+
+def test_demo_runs_every_flow_offline_and_shows_the_work_notes() -> None:
+    result = CliRunner().invoke(cli, ["demo"])
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "Ticket INC0010001 created and linked to anomaly 12345" in lines
+    assert "Ticket INC0010002 linked to anomaly 12345" in lines
+    assert "Background sync: 4 work notes delivered, 0 failed" in lines
+    assert any(line.startswith("Pulled INC0010002: In Progress") for line in lines)
+    assert "  [integration] Ticket INC0010002 status changed from New to In Progress" in lines
+    notes = lines[lines.index("Work notes on INC0010002 in ServiceNow:") :]
+    assert (
+        notes[1]
+        == "  Linked to Qualytics anomaly 12345: https://qualytics.example.com/anomalies/12345"
+    )
+    assert notes[2].endswith("] Qualytics Anomaly Status: Acknowledged")
+    assert notes[3].startswith("  Comment from Qualytics: Investigating with data team.")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"ticketing serve did not listen on {port}") from None
+            time.sleep(0.05)
+
+
+@contextmanager
+def serving(
+    database: Path, port: int, api_token: str | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """``ticketing serve`` on ``port``, with TICKETING_API_TOKEN only if given, until the block ends."""
+    env = {k: v for k, v in os.environ.items() if k != "TICKETING_API_TOKEN"}
+    if api_token is not None:
+        env["TICKETING_API_TOKEN"] = api_token
+    command = [TICKETING, "serve", "--port", str(port), "--database", str(database)]
+    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True) as process:  # fmt: skip
+        try:
+            wait_for_port(port, process)
+            yield process
+        finally:
+            process.terminate()
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    """Terminate the server; returns everything it wrote on stderr since the last read."""
+    process.terminate()
+    return process.communicate(timeout=20)[1]
+
+
+def statuses(port: int, *tokens: str) -> list[int]:
+    """The status of ``GET /api/integrations`` with each bearer token."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        return [
+            client.get(
+                "/api/integrations", headers={"Authorization": f"Bearer {token}"}
+            ).status_code
+            for token in tokens
+        ]
+
+
+def test_serve_generates_a_token_once_and_accepts_it(tmp_path: Path) -> None:
+    database, port = tmp_path / "serve.db", free_port()
+
+    with serving(database, port) as first:
+        # Printed before the server starts, so the line is there once the port is open.
+        line = first.stderr.readline() if first.stderr else ""
+        token = line.strip().removeprefix(TOKEN_LINE)
+        with_generated = statuses(port, token, "guess")
+        stop(first)
+    with serving(database, port) as second:
+        again = stop(second)
+    with serving(database, port, api_token="from-the-environment") as third:
+        with_environment = statuses(port, "from-the-environment", token)
+        configured = stop(third)
+
+    assert line.startswith(TOKEN_LINE)
+    assert len(token) > 30
+    assert with_generated == [200, 401]
+    assert "generated earlier is in use" in again
+    assert token not in again
+    assert with_environment == [200, 401]
+    assert "taken from TICKETING_API_TOKEN" in configured
+    assert "from-the-environment" not in configured

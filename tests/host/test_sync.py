@@ -1,0 +1,155 @@
+"""Status changes and comments pushed as work notes; the manual pull. Over real HTTP."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from servicenow_emulator import Emulator
+
+from ticketing_core.models import TicketChanges
+from ticketing_servicenow import ServiceNowProvider
+
+from .conftest import (
+    ANOMALY,
+    TICKET_REQUEST,
+    Host,
+    StartHost,
+    create_integration,
+    incident,
+    links_path,
+    ok,
+    settled,
+    tickets_path,
+    wait_until,
+    work_notes,
+)
+
+STATUS_NOTE = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\] Qualytics Anomaly Status: Acknowledged"
+
+
+@pytest.fixture
+def linked(host: Host, emulator: Emulator, ticket: dict[str, Any]) -> list[str]:
+    """The sys_ids of two tickets linked to the anomaly: one created from it, one linked."""
+    [row] = emulator.seed_incidents(1)
+    ok(host.api.post(links_path(), json={"ticket_id": row["sys_id"]}))
+    return [ticket["ticket"]["ticket_id"], row["sys_id"]]
+
+
+def notes_after_linking(emulator: Emulator, sys_id: str) -> list[str]:
+    return [note for note in work_notes(emulator, sys_id) if not note.startswith("Linked to")]
+
+
+def delivered_note(emulator: Emulator, sys_id: str) -> str:
+    """The one work note the outbox delivered to the ticket, once it is there."""
+    [note] = wait_until(lambda: notes_after_linking(emulator, sys_id))
+    return note
+
+
+def test_a_status_change_is_a_work_note_on_every_linked_ticket(
+    host: Host, emulator: Emulator, linked: list[str]
+) -> None:
+    changed = ok(host.api.put("/api/anomalies/12345", json={"status": "Acknowledged"}))
+
+    assert changed["status"] == "Acknowledged"
+    for sys_id in linked:
+        assert re.fullmatch(STATUS_NOTE, delivered_note(emulator, sys_id))
+        assert incident(emulator, sys_id)["state"] == "1"
+    assert settled(host) == {"pending": 0, "delivered": 2, "dead": 0}
+
+
+def test_the_same_status_again_notes_nothing(host: Host, linked: list[str]) -> None:
+    ok(host.api.put("/api/anomalies/12345", json={"status": "Active"}))
+
+    assert host.runtime.service.outbox.counts()["pending"] == 0
+    assert settled(host)["delivered"] == 0
+
+
+@pytest.mark.parametrize("status", ["Closed", "acknowledged", None, 3])
+def test_an_unknown_status_is_422_and_changes_nothing(
+    host: Host, anomaly: dict[str, Any], status: object
+) -> None:
+    response = host.api.put("/api/anomalies/12345", json={"status": status})
+
+    assert response.status_code == 422
+    assert [error["loc"] for error in response.json()["detail"]] == [["body", "status"]]
+    assert ok(host.api.get("/api/anomalies/12345"))["status"] == "Active"
+
+
+def test_a_comment_is_a_work_note_with_code_tags_neutralised(
+    host: Host, emulator: Emulator, linked: list[str]
+) -> None:
+    message = "ETL issue, see [code]<img src=x onerror=alert(1)>[/code]"
+    neutralised = "ETL issue, see (code)<img src=x onerror=alert(1)>(/code)"
+
+    comment = ok(host.api.post("/api/anomalies/12345/comments", json={"message": message}), 201)
+
+    assert list(comment) == ["id", "message", "origin", "created"]
+    assert (comment["message"], comment["origin"]) == (message, "user")
+    for sys_id in linked:
+        assert delivered_note(emulator, sys_id) == f"Comment from Qualytics: {neutralised}"
+    assert ok(host.api.get("/api/anomalies/12345"))["comments"] == [comment]
+
+
+def test_a_blank_comment_is_422_and_stores_nothing(host: Host, linked: list[str]) -> None:
+    response = host.api.post("/api/anomalies/12345/comments", json={"message": "  "})
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": "comment text must not be empty"}
+    assert ok(host.api.get("/api/anomalies/12345"))["comments"] == []
+
+
+def test_pulling_records_status_and_comments_only_on_a_change(
+    host: Host, emulator: Emulator, provider: ServiceNowProvider, linked: list[str]
+) -> None:
+    created_id, other_id = linked
+    before = ok(host.api.get("/api/anomalies/12345/ticket-links"))
+
+    unchanged = ok(host.api.post("/api/anomalies/12345/ticket-links/sync"))
+    provider.update(other_id, TicketChanges(status="In Progress"))
+    pulled = ok(host.api.post("/api/anomalies/12345/ticket-links/sync"))
+
+    assert [link["status"] for link in unchanged] == ["New", "New"]
+    assert all(a["last_synced"] >= b["last_synced"] for a, b in zip(unchanged, before, strict=True))
+    assert [link["status"] for link in pulled] == ["New", "In Progress"]
+    assert pulled == ok(host.api.get("/api/anomalies/12345/ticket-links"))
+    anomaly = ok(host.api.get("/api/anomalies/12345"))
+    assert anomaly["status"] == "Active"
+    [comment] = anomaly["comments"]
+    assert comment["origin"] == "integration"
+    assert (
+        comment["message"]
+        == f"Ticket {pulled[1]['ticket_number']} status changed from New to In Progress"
+    )
+    # The integration's own comment is never pushed back to a ticket: no echo.
+    assert host.runtime.service.outbox.entries() == []
+    assert notes_after_linking(emulator, created_id) == []
+    assert notes_after_linking(emulator, other_id) == []
+
+
+def test_a_failing_pull_is_502(host: Host, emulator: Emulator, linked: list[str]) -> None:
+    emulator.add_fault("502")
+
+    response = host.api.post("/api/anomalies/12345/ticket-links/sync")
+
+    assert response.status_code == 502
+    assert "ServiceNow is unavailable: Bad Gateway" in response.json()["detail"]
+
+
+def test_pulling_for_an_unknown_anomaly_is_404(host: Host) -> None:
+    assert host.api.post("/api/anomalies/999/ticket-links/sync").status_code == 404
+
+
+def test_a_host_pushes_to_tickets_of_integrations_another_process_made(
+    start_host: StartHost, emulator: Emulator, emulator_url: str
+) -> None:
+    other = start_host()  # shares the database; started before the integration existed
+    first = start_host()
+    create_integration(first, emulator_url)
+    ok(first.api.post("/api/anomalies", json=ANOMALY), 201)
+    sys_id = ok(first.api.post(tickets_path(), json=TICKET_REQUEST))["ticket"]["ticket_id"]
+
+    ok(other.api.put("/api/anomalies/12345", json={"status": "Acknowledged"}, timeout=5))
+
+    assert re.fullmatch(STATUS_NOTE, delivered_note(emulator, sys_id))
