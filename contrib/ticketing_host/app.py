@@ -133,10 +133,15 @@ def check_choice(name: str, value: str, allowed: Iterable[str]) -> None:
         raise invalid_fields({name: f"{value!r} is not one of: {', '.join(choices) or 'none'}"})
 
 
-def check_field_choices(provider: Provider, values: dict[str, str]) -> None:
+def check_field_choices(provider: Provider, values: dict[str, str | None]) -> None:
+    """Enumerated fields the provider has must be given, and be one of its choices."""
     choices = provider.capabilities.field_choices
     problems = {
-        name: f"{value!r} is not one of: {', '.join(choices[name])}"
+        name: (
+            f"{value!r} is not one of: {', '.join(choices[name])}"
+            if value is not None
+            else f"required by this provider: one of {', '.join(choices[name])}"
+        )
         for name, value in values.items()
         if name in choices and value not in choices[name]
     }

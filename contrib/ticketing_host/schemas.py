@@ -111,8 +111,9 @@ class TicketRequest(Body):
     title: str
     description: str
     priority: str
-    urgency: str
-    impact: str
+    # Required where the provider has them (its field_choices), e.g. ServiceNow; Jira has neither.
+    urgency: str | None = None
+    impact: str | None = None
     category: str | None = None
     subcategory: str | None = None
     assigned_to: str | None = None
@@ -121,7 +122,7 @@ class TicketRequest(Body):
     )
     integration_id: IntegrationIdField | None = None
 
-    def choice_fields(self) -> dict[str, str]:
+    def choice_fields(self) -> dict[str, str | None]:
         """The enumerated fields, checked against the provider's ``field_choices``."""
         return {"priority": self.priority, "urgency": self.urgency, "impact": self.impact}
 

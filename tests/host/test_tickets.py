@@ -196,6 +196,21 @@ def test_choices_outside_the_providers_are_422_naming_each_field(
     assert emulator.incidents == []
 
 
+def test_fields_the_provider_has_are_required(
+    host: Host, emulator: Emulator, integration: dict[str, Any], anomaly: dict[str, Any]
+) -> None:
+    request = {k: v for k, v in TICKET_REQUEST.items() if k != "urgency"}
+
+    response = host.api.post(tickets_path(), json=request)
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {"type": "value_error", "loc": ["body", "urgency"],
+         "msg": "required by this provider: one of 1, 2, 3"},
+    ]  # fmt: skip
+    assert emulator.incidents == []
+
+
 @pytest.mark.parametrize(
     "change",
     [

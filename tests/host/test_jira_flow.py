@@ -1,0 +1,99 @@
+"""The seed's whole flow through the reference service with a Jira integration (type "jira")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from jira_emulator import DEFAULT_API_TOKEN, DEFAULT_EMAIL, JiraEmulator, run_in_thread
+from jira_emulator.server import RunningEmulator
+from ticketing_jira import JiraProvider
+
+from ticketing_core.models import TicketChanges
+
+from .conftest import ANOMALY, ANOMALY_ID, Host, StartHost, links_path, ok, settled, tickets_path
+
+JIRA_TOKEN = f"{DEFAULT_EMAIL}:{DEFAULT_API_TOKEN}"
+
+
+@pytest.fixture(scope="module")
+def jira_server() -> Iterator[RunningEmulator]:
+    with run_in_thread(JiraEmulator()) as running:
+        yield running
+
+
+@pytest.fixture
+def jira(jira_server: RunningEmulator) -> JiraEmulator:
+    jira_server.emulator.reset()
+    return jira_server.emulator
+
+
+@pytest.fixture
+def jira_host(start_host: StartHost, jira: JiraEmulator, jira_server: RunningEmulator) -> Host:
+    host = start_host()
+    body = {"type": "jira", "api_url": jira_server.url, "api_access_token": JIRA_TOKEN}
+    integration = ok(host.api.post("/api/integrations", json=body), 201)
+    assert (integration["type"], integration["connected"]) == ("jira", True)
+    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
+    return host
+
+
+def comments(jira: JiraEmulator, key: str) -> list[str]:
+    return [comment["text"] for comment in jira.comments(key)]
+
+
+def test_seed_flow_against_jira(
+    jira_host: Host, jira: JiraEmulator, jira_server: RunningEmulator
+) -> None:
+    api = jira_host.api
+    request = {"title": "Nulls in customer_email", "description": "150 nulls", "priority": "High"}
+
+    created: dict[str, Any] = ok(api.post(tickets_path(), json=request))
+    ticket = created["ticket"]
+    assert ticket["ticket_number"].startswith("DQ-")
+    assert "## Qualytics Anomaly Linked" in ticket["description"]
+    assert f"https://qualytics.example/anomalies/{ANOMALY_ID}" in ticket["description"]
+    assert (
+        created["message"]
+        == f"Ticket {ticket['ticket_number']} created and linked to anomaly 12345"
+    )
+
+    (other,) = jira.seed_issues(1, summary="Nightly load failed")
+    linked = ok(api.post(links_path(), json={"ticket_number": other["key"]}))
+    assert linked["message"] == f"Ticket {other['key']} linked to anomaly 12345"
+
+    ok(api.put(f"/api/anomalies/{ANOMALY_ID}", json={"status": "Acknowledged"}))
+    ok(api.post(f"/api/anomalies/{ANOMALY_ID}/comments", json={"message": "ETL issue"}), 201)
+    assert settled(jira_host)["dead"] == 0
+
+    for key in (ticket["ticket_number"], other["key"]):
+        notes = comments(jira, key)
+        assert any(n.endswith("Qualytics Anomaly Status: Acknowledged") for n in notes), notes
+        assert "Comment from Qualytics: ETL issue" in notes
+    assert comments(jira, other["key"])[0].startswith("Linked to Qualytics anomaly 12345")
+
+    agent = JiraProvider(api_url=jira_server.url, api_access_token=JIRA_TOKEN)
+    agent.update(other["id"], TicketChanges(status="In Progress"))
+    agent.close()
+    links = ok(api.post(f"/api/anomalies/{ANOMALY_ID}/ticket-links/sync"))
+
+    assert {link["ticket_number"]: link["status"] for link in links} == {
+        ticket["ticket_number"]: "To Do",
+        other["key"]: "In Progress",
+    }
+    anomaly = ok(api.get(f"/api/anomalies/{ANOMALY_ID}"))
+    assert anomaly["status"] == "Acknowledged"
+    assert anomaly["comments"][-1]["message"] == (
+        f"Ticket {other['key']} status changed from To Do to In Progress"
+    )
+
+
+def test_jira_priorities_are_checked_against_the_providers_choices(jira_host: Host) -> None:
+    request = {"title": "t", "description": "d", "priority": "2"}
+
+    response = jira_host.api.post(tickets_path(), json=request)
+
+    assert response.status_code == 422
+    assert "priority" in response.text
+    assert "Highest" in response.text
