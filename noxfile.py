@@ -57,3 +57,10 @@ def bench(session: nox.Session) -> None:
     """Time 100 status work notes through the outbox at 50 ms latency against the sequential floor."""
     install(session)
     session.run("python", "benchmarks/bench_outbox.py")
+
+
+@nox.session(python=PYTHON, default=False)
+def demo(session: nox.Session) -> None:
+    """Run the seed's whole flow offline against the bundled ServiceNow emulator."""
+    install(session)
+    session.run("ticketing", "demo")

@@ -6,8 +6,10 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
+from ticketing_localserver import serve_forever
+
 from .app import DEFAULT_PASSWORD, DEFAULT_USERS, Emulator, User
-from .server import bind_socket, make_server, socket_url
+from .server import make_config
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -17,9 +19,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         emulator = _build_emulator(args)
     except ValueError as error:  # e.g. a token naming an unknown user
         parser.error(str(error))
-    sock = bind_socket(args.host, args.port)
-    print(f"ServiceNow emulator at {socket_url(sock)} - {_credentials_hint(args)}", flush=True)
-    make_server(emulator).run(sockets=[sock])
+    announce = f"ServiceNow emulator at {{url}} - {_credentials_hint(args)}"
+    serve_forever(make_config(emulator), args.host, args.port, announce)
 
 
 def _build_emulator(args: argparse.Namespace) -> Emulator:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from ticketing_localserver import serve_forever
+
 from .app import DEFAULT_API_TOKEN, DEFAULT_EMAIL, JiraEmulator
-from .server import bind_socket, make_server, socket_url
+from .server import make_config
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -14,13 +16,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     emulator = JiraEmulator(latency_ms=args.latency_ms)
     if args.seed:
         emulator.seed_issues(args.seed)
-    sock = bind_socket(args.host, args.port)
     # The default credential is emulator-only, so printing it is a convenience, not a leak.
-    print(
-        f"Jira emulator at {socket_url(sock)} - Basic auth {DEFAULT_EMAIL}:{DEFAULT_API_TOKEN}",
-        flush=True,
-    )
-    make_server(emulator).run(sockets=[sock])
+    announce = f"Jira emulator at {{url}} - Basic auth {DEFAULT_EMAIL}:{DEFAULT_API_TOKEN}"
+    serve_forever(make_config(emulator), args.host, args.port, announce)
 
 
 def _parser() -> argparse.ArgumentParser:
