@@ -201,7 +201,7 @@ def create_integration(body: IntegrationIn, runtime: Runtime) -> IntegrationOut:
     token = body.api_access_token.get_secret_value()
     try:
         api_url = check_api_url(body.api_url, allow_http=runtime.settings.allow_http)
-        provider = runtime.connect(body.type, api_url, token)
+        provider = runtime.connect(body.type, api_url, token, body.options)
         try:
             provider.validate()
         finally:
@@ -209,7 +209,11 @@ def create_integration(body: IntegrationIn, runtime: Runtime) -> IntegrationOut:
     except UNUSABLE_CONNECTION as exc:
         raise Rejected(str(exc)) from None
     integration = runtime.store.add_integration(
-        type=body.type, api_url=api_url, api_access_token=token, sync_policy=body.sync_policy
+        type=body.type,
+        api_url=api_url,
+        api_access_token=token,
+        sync_policy=body.sync_policy,
+        options=body.options,
     )
     runtime.pool(integration.id)  # connected now, outside any transaction (see HostRuntime.start)
     return IntegrationOut.of(integration)

@@ -6,7 +6,9 @@ They live beside ticketing_core's tables in the same database, under their own s
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 import attrs
 import sqlalchemy as sa
@@ -31,6 +33,7 @@ integrations = sa.Table(
     sa.Column("api_url", sa.Text, nullable=False),
     sa.Column("api_access_token", sa.Text, nullable=False),
     sa.Column("sync_policy", sa.String(64), nullable=False, default=DEFAULT_POLICY),
+    sa.Column("options", sa.JSON, nullable=False, default=dict),  # provider keyword settings
     sa.Column("connected", sa.Boolean, nullable=False, default=True),
     sa.Column("status", sa.String(32), nullable=False, default="idle"),
     sa.Column("created", UtcDateTime, nullable=False),
@@ -89,6 +92,7 @@ class IntegrationRecord:
     api_url: str
     api_access_token: str = attrs.field(repr=False)
     sync_policy: str
+    options: Mapping[str, Any]
     connected: bool
     status: str
     created: datetime
@@ -129,7 +133,13 @@ class HostStore:
     # -- integrations ------------------------------------------------------------------------------
 
     def add_integration(
-        self, *, type: str, api_url: str, api_access_token: str, sync_policy: str
+        self,
+        *,
+        type: str,
+        api_url: str,
+        api_access_token: str,
+        sync_policy: str,
+        options: Mapping[str, Any],
     ) -> IntegrationRecord:
         with self.database.begin() as conn:
             row = conn.execute(
@@ -139,6 +149,7 @@ class HostStore:
                     api_url=api_url,
                     api_access_token=api_access_token,
                     sync_policy=sync_policy,
+                    options=dict(options),
                     created=utcnow(),
                 )
                 .returning(*integrations.c)

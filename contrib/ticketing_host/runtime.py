@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import attrs
 import sqlalchemy as sa
 
+from ticketing_core.errors import InvalidInput
 from ticketing_core.hookspecs import Provider
 from ticketing_core.outbox import Outbox, ThreadedDispatcher
 from ticketing_core.plugins import default_registry
@@ -73,14 +75,20 @@ class HostRuntime:
         )
         self.service.dispatcher = self.dispatcher
 
-    def connect(self, type: str, api_url: str, api_access_token: str) -> Provider:
+    def connect(
+        self, type: str, api_url: str, api_access_token: str, options: Mapping[str, Any]
+    ) -> Provider:
         """A provider of ``type`` for one instance (no network I/O)."""
-        return self.registry.connect(
-            type,
-            api_url=api_url,
-            api_access_token=api_access_token,
-            allow_http=self.settings.allow_http,
-        )
+        try:
+            return self.registry.connect(
+                type,
+                api_url=api_url,
+                api_access_token=api_access_token,
+                allow_http=self.settings.allow_http,
+                **options,
+            )
+        except TypeError as exc:  # the factory's own word on an option it does not take
+            raise InvalidInput(f"options: {type} does not accept them ({exc})") from None
 
     def ensure_api_token(self) -> str | None:
         """Make an API token when none is configured or stored; returns it (only its hash is kept)."""
@@ -113,7 +121,12 @@ class HostRuntime:
 
     def _connect_stored(self, integration_id: int) -> Provider:
         integration = self.store.integration(integration_id)
-        return self.connect(integration.type, integration.api_url, integration.api_access_token)
+        return self.connect(
+            integration.type,
+            integration.api_url,
+            integration.api_access_token,
+            integration.options,
+        )
 
     def _policy(self, integration_id: int) -> SyncPolicy:
         integration = self.store.integration(integration_id)

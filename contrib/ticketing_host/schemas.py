@@ -49,6 +49,8 @@ class IntegrationIn(Body):
     api_url: str
     api_access_token: SecretStr
     sync_policy: str = DEFAULT_POLICY
+    # Provider settings passed to its factory, e.g. {"project": "OPS"} for Jira.
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
 class IntegrationOut(BaseModel):

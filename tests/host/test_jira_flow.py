@@ -97,3 +97,34 @@ def test_jira_priorities_are_checked_against_the_providers_choices(jira_host: Ho
     assert response.status_code == 422
     assert "priority" in response.text
     assert "Highest" in response.text
+
+
+def test_integration_options_reach_the_provider(
+    start_host: StartHost, jira: JiraEmulator, jira_server: RunningEmulator
+) -> None:
+    host = start_host()
+    body = {"type": "jira", "api_url": jira_server.url, "api_access_token": JIRA_TOKEN}
+    ok(host.api.post("/api/integrations", json=body | {"options": {"project": "SD"}}), 201)
+    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
+
+    created = ok(host.api.post(tickets_path(), json={"title": "t", "description": "d",
+                                                     "priority": "High"}))  # fmt: skip
+    ok(host.api.put(f"/api/anomalies/{ANOMALY_ID}", json={"status": "Acknowledged"}))
+    settled(host)
+
+    key = created["ticket"]["ticket_number"]
+    assert key.startswith("SD-")
+    assert [c["internal"] for c in jira.comments(key)] == [True]  # a service desk: internal notes
+
+
+def test_unknown_integration_options_are_refused(
+    start_host: StartHost, jira: JiraEmulator, jira_server: RunningEmulator
+) -> None:
+    host = start_host()
+    body = {"type": "jira", "api_url": jira_server.url, "api_access_token": JIRA_TOKEN}
+
+    response = host.api.post("/api/integrations", json=body | {"options": {"colour": "red"}})
+
+    assert response.status_code == 400
+    assert "colour" in response.json()["detail"]
+    assert ok(host.api.get("/api/integrations")) == []

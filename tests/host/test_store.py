@@ -58,6 +58,7 @@ def test_an_integration_keeps_its_token_out_of_repr_and_takes_its_links_along(
         api_url="https://x",
         api_access_token="u:s3cret",
         sync_policy="work-notes",
+        options={},
     )
     links = LinkStore(database)
     links.add(anomaly_id=1, integration_id=integration.id, ticket_id="abc", ticket_number="INC1",
