@@ -6,10 +6,8 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
-from ticketing_localserver import serve_forever
-
 from .app import DEFAULT_PASSWORD, DEFAULT_USERS, Emulator, User
-from .server import make_config
+from .server import SERVER
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -19,8 +17,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         emulator = _build_emulator(args)
     except ValueError as error:  # e.g. a token naming an unknown user
         parser.error(str(error))
-    announce = f"ServiceNow emulator at {{url}} - {_credentials_hint(args)}"
-    serve_forever(make_config(emulator), args.host, args.port, announce)
+    SERVER.serve_forever(emulator, args, _credentials_hint(args))
 
 
 def _build_emulator(args: argparse.Namespace) -> Emulator:
@@ -41,12 +38,7 @@ def _build_emulator(args: argparse.Namespace) -> Emulator:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="servicenow-emulator", description="Serve an emulated ServiceNow Table API."
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
-    parser.add_argument("--latency-ms", type=int, default=0, help="added to every /api request")
+    parser = SERVER.parser("Serve an emulated ServiceNow Table API.", port=8080, api_path="/api")
     parser.add_argument(
         "--user",
         type=_credential,

@@ -8,15 +8,10 @@ Python or over HTTP under ``/__emulator/``.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import hmac
 import json
-import threading
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -25,8 +20,15 @@ from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
+from ticketing_localserver.emulation import (
+    EmulatedService,
+    ServiceError,
+    authenticate,
+    int_param,
+    json_response,
+)
 
 from .query import TEXT_QUERY, Resolver, parse
 
@@ -34,7 +36,6 @@ ADMIN_SYS_ID = "6816f79cc0a8016401c5a33be04be441"  # admin's sys_id on every rea
 DEFAULT_PASSWORD = "admin-password"  # noqa: S105 - the emulator's documented dev credential
 DEFAULT_LIMIT = 10000
 TIMESTAMP = "%Y-%m-%d %H:%M:%S"
-FAULT_KINDS = ("429", "html", "timeout", "drop_after_commit")  # plus any "5xx" status
 
 _WRITE_VERBS = {"POST": "Insert", "PATCH": "Update", "PUT": "Update", "DELETE": "Delete"}
 _ID_NAMESPACE = uuid.UUID("3b1c2f8e-6d4a-4f0e-9a53-5e6f7a8b9c0d")
@@ -75,16 +76,6 @@ class Group:
             object.__setattr__(self, "sys_id", _stable_id("sys_user_group", self.name))
 
 
-@dataclass(frozen=True)
-class Fault:
-    """One queued fault, consumed by the next /api request whose method matches."""
-
-    kind: str  # "429", any "5xx", "html", "timeout" or "drop_after_commit"
-    method: str | None = None  # None: any method
-    retry_after: int | None = None  # seconds, sent as Retry-After
-    seconds: float = 1.0  # how long "timeout" stalls before answering normally
-
-
 DEFAULT_USERS = (
     User("admin", "System Administrator", DEFAULT_PASSWORD, sys_id=ADMIN_SYS_ID),
     User("john.doe", "John Doe"),
@@ -98,7 +89,7 @@ DEFAULT_GROUPS = (
 )
 
 
-class ApiError(Exception):
+class ApiError(ServiceError):
     """An answer in ServiceNow's error envelope; raised anywhere below a request handler."""
 
     def __init__(
@@ -116,7 +107,7 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "detail": self.detail}, "status": "failure"}
 
     def response(self) -> Response:
-        return _json(self.body(), status=self.status, headers=self.headers)
+        return json_response(self.body(), status=self.status, headers=self.headers)
 
 
 class _Unauthenticated(ApiError):
@@ -131,6 +122,28 @@ class _Unauthenticated(ApiError):
     def body(self) -> dict[str, Any]:
         # Key order as in the real capture, for byte-level comparisons.
         return {"error": {"detail": self.detail, "message": self.message}, "status": "failure"}
+
+
+class _FaultAnswers:
+    """The instance's answers to injected failures."""
+
+    html_page = _HIBERNATING_PAGE
+
+    def down(self) -> ApiError:
+        return ApiError(503, "Service Unavailable", "The instance is down (emulator)")
+
+    def rate_limited(self, headers: dict[str, str]) -> ApiError:
+        detail = "The maximum number of requests for this user was exceeded (emulator)"
+        return ApiError(429, "Too many requests", detail, headers)
+
+    def server_error(self, status: int, headers: dict[str, str]) -> ApiError:
+        return ApiError(status, HTTPStatus(status).phrase, "Injected fault (emulator)", headers)
+
+    def lost(self) -> ApiError:
+        return ApiError(504, "Gateway Timeout", "The response was lost (emulator)")
+
+    def bad_control(self, error: Exception) -> ApiError:
+        return ApiError(400, "Invalid emulator control request", repr(error))
 
 
 # ---- tables -------------------------------------------------------------------------------
@@ -272,7 +285,7 @@ class _View:
         )
 
 
-class Emulator:
+class Emulator(EmulatedService):
     """The emulated instance: tables, users, faults and the ASGI ``app`` serving them.
 
     Safe to drive from another thread while uvicorn serves ``app``: state sits behind one lock.
@@ -289,17 +302,14 @@ class Emulator:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         """``tokens`` maps bearer tokens to user names; ``clock`` returns UTC datetimes."""
+        super().__init__(_FaultAnswers(), latency_ms)
         self._users = {user.user_name: user for user in (DEFAULT_USERS if users is None else users)}
         self._groups = tuple(DEFAULT_GROUPS if groups is None else groups)
         self._tokens = dict(tokens or {})
         if unknown := set(self._tokens.values()) - set(self._users):
             raise ValueError(f"tokens name unknown users: {sorted(unknown)}")
         self._number_start = number_start
-        self._initial_latency_ms = latency_ms
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._lock = threading.RLock()
-        self.latency_ms = latency_ms
-        self.down = False
         self.reset()
         self.app = Starlette(routes=self._routes())
 
@@ -308,6 +318,7 @@ class Emulator:
     def reset(self) -> None:
         """Forget incidents, journal, faults and the request log; restore latency and ``down``."""
         with self._lock:
+            super().reset()
             now = self._now()
             self._tables: dict[str, dict[str, dict[str, str]]] = {
                 "incident": {},
@@ -316,27 +327,7 @@ class Emulator:
                 "sys_journal_field": {},
             }
             self._journal_by_doc: dict[str, list[dict[str, str]]] = {}
-            self._faults: list[Fault] = []
-            self._requests: deque[dict[str, Any]] = deque(maxlen=10000)
             self._next_number = self._number_start
-            self.latency_ms = self._initial_latency_ms
-            self.down = False
-
-    def add_fault(
-        self,
-        kind: str,
-        *,
-        count: int = 1,
-        method: str | None = None,
-        retry_after: int | None = None,
-        seconds: float = 1.0,
-    ) -> None:
-        """Queue ``count`` faults of ``kind`` for the next /api requests (of ``method`` only)."""
-        if kind not in FAULT_KINDS and not _is_server_error(kind):
-            raise ValueError(f"unknown fault kind {kind!r}")
-        fault = Fault(kind, method.upper() if method else None, retry_after, seconds)
-        with self._lock:
-            self._faults.extend([fault] * count)
 
     @property
     def incidents(self) -> list[dict[str, str]]:
@@ -348,12 +339,6 @@ class Emulator:
         """The sys_journal_field rows of one incident, oldest first."""
         with self._lock:
             return [dict(entry) for entry in self._journal_by_doc.get(sys_id, [])]
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        """The /api request log: method, path, query and status (never headers)."""
-        with self._lock:
-            return list(self._requests)
 
     def seed_incidents(self, n: int, *, user: str = "admin", **fields: str) -> list[dict[str, str]]:
         """Create ``n`` incidents as ``user``; ``{i}`` in a value becomes the 1-based index."""
@@ -372,101 +357,38 @@ class Emulator:
                 "journal_entries": len(self._tables["sys_journal_field"]),
                 "users": len(self._tables["sys_user"]),
                 "groups": len(self._tables["sys_user_group"]),
-                "pending_faults": len(self._faults),
-                "requests": len(self._requests),
-                "latency_ms": self.latency_ms,
-                "down": self.down,
+                **super().stats(),
             }
 
     # ---- routing --------------------------------------------------------------------------
 
     def _routes(self) -> list[Route]:
-        control: list[tuple[str, str, Callable[[dict[str, Any], Request], Any]]] = [
-            ("/__emulator/state", "GET", lambda _body, _request: self.stats()),
-            ("/__emulator/faults", "POST", self._control_faults),
-            ("/__emulator/latency", "POST", self._control_latency),
-            ("/__emulator/down", "POST", self._control_down),
-            ("/__emulator/reset", "POST", self._control_reset),
-            ("/__emulator/requests", "GET", lambda _body, _request: self.requests),
-            (
-                "/__emulator/journal/{sys_id}",
-                "GET",
-                lambda _body, request: self.journal(request.path_params["sys_id"]),
-            ),
-        ]
+        api = self.api_endpoint(self._dispatch)
+        journal = self.control_endpoint(
+            lambda _body, request: self.journal(request.path_params["sys_id"])
+        )
         return [
-            Route("/api/now/table/{table}", self._api, methods=["GET", "POST"]),
+            Route("/api/now/table/{table}", api, methods=["GET", "POST"]),
             Route(
-                "/api/now/table/{table}/{sys_id}",
-                self._api,
-                methods=["GET", "PATCH", "PUT", "DELETE"],
+                "/api/now/table/{table}/{sys_id}", api, methods=["GET", "PATCH", "PUT", "DELETE"]
             ),
-            *(Route(path, _control_endpoint(handler), methods=[m]) for path, m, handler in control),
+            *self.control_routes(),
+            Route("/__emulator/journal/{sys_id}", journal, methods=["GET"]),
         ]
 
-    async def _api(self, request: Request) -> Response:
-        try:
-            response = await self._serve(request)
-        except ApiError as error:
-            response = error.response()
-        with self._lock:
-            self._requests.append(
-                {
-                    "method": request.method,
-                    "path": request.url.path,
-                    "query": request.url.query,
-                    "status": response.status_code,
-                }
-            )
-        return response
-
-    async def _serve(self, request: Request) -> Response:
-        if self.latency_ms:
-            # Awaited, not slept, so concurrent requests overlap as they do on a real instance.
-            await asyncio.sleep(self.latency_ms / 1000)
-        if self.down:
-            raise ApiError(503, "Service Unavailable", "The instance is down (emulator)")
-        fault = self._take_fault(request.method)
-        if fault is not None and fault.kind not in ("timeout", "drop_after_commit"):
-            return _fault_response(fault)
-        if fault is not None and fault.kind == "timeout":
-            await asyncio.sleep(fault.seconds)
-        response = await self._dispatch(request, self._authenticate(request))
-        if fault is not None and fault.kind == "drop_after_commit":
-            # The write is committed; only the answer is lost, as behind a timing-out proxy.
-            raise ApiError(504, "Gateway Timeout", "The response was lost (emulator)")
-        return response
-
-    def _take_fault(self, method: str) -> Fault | None:
-        with self._lock:
-            for index, fault in enumerate(self._faults):
-                if fault.method in (None, method):
-                    return self._faults.pop(index)
-        return None
-
-    def _authenticate(self, request: Request) -> User:
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        user: User | None = None
-        if scheme.lower() == "basic":
-            user = self._basic_user(credentials.strip())
-        elif scheme.lower() == "bearer":
-            user = self._users.get(self._tokens.get(credentials.strip(), ""))
-        if user is None:
-            raise _Unauthenticated()
-        return user
-
-    def _basic_user(self, credentials: str) -> User | None:
-        try:
-            decoded = base64.b64decode(credentials, validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        name, _, password = decoded.partition(":")
+    def _basic_user(self, name: str, password: str) -> User | None:
         user = self._users.get(name)
         if user is None or user.password is None:
             return None
         return user if hmac.compare_digest(user.password, password) else None
 
-    async def _dispatch(self, request: Request, user: User) -> Response:
+    async def _dispatch(self, request: Request) -> Response:
+        user = authenticate(
+            request,
+            basic=self._basic_user,
+            bearer=lambda token: self._users.get(self._tokens.get(token, "")),
+            refused=_Unauthenticated,
+        )
         name = request.path_params["table"]
         table = _TABLES.get(name)
         if table is None:
@@ -485,7 +407,9 @@ class Emulator:
                 return self._list(name, request, view)
             row = self._insert(body, user)
             location = f"{view.base}/api/now/table/{name}/{row['sys_id']}"
-            return _json({"result": self._render(name, row, view)}, 201, {"Location": location})
+            return json_response(
+                {"result": self._render(name, row, view)}, 201, {"Location": location}
+            )
 
     def _on_record(
         self, name: str, sys_id: str, method: str, body: Mapping[str, Any], user: User, view: _View
@@ -500,21 +424,21 @@ class Emulator:
             return Response(status_code=204)
         if method != "GET":
             self._apply(row, body, user, is_new=False)
-        return _json({"result": self._render(name, row, view)})
+        return json_response({"result": self._render(name, row, view)})
 
     def _list(self, name: str, request: Request, view: _View) -> Response:
         params = request.query_params
         rows = parse(params.get("sysparm_query", "")).apply(
             self._tables[name].values(), self._resolver(name)
         )
-        limit = _int_param(params.get("sysparm_limit"), DEFAULT_LIMIT, minimum=1)
-        offset = _int_param(params.get("sysparm_offset"), 0, minimum=0)
+        limit = int_param(params.get("sysparm_limit"), DEFAULT_LIMIT, minimum=1)
+        offset = int_param(params.get("sysparm_offset"), 0, minimum=0)
         headers = {
             "X-Total-Count": str(len(rows)),
             "Link": _link_header(request, len(rows), limit, offset),
         }
         page = [self._render(name, row, view) for row in rows[offset : offset + limit]]
-        return _json({"result": page}, headers=headers)
+        return json_response({"result": page}, headers=headers)
 
     # ---- writes ---------------------------------------------------------------------------
 
@@ -682,81 +606,8 @@ class Emulator:
     def _now(self) -> str:
         return self._clock().strftime(TIMESTAMP)
 
-    # ---- control endpoints ----------------------------------------------------------------
-
-    def _control_faults(self, body: dict[str, Any], _request: Request) -> dict[str, Any]:
-        retry_after, method = body.get("retry_after"), body.get("method")
-        self.add_fault(
-            str(body["kind"]),
-            count=int(body.get("count", 1)),
-            method=None if method is None else str(method),
-            retry_after=None if retry_after is None else int(retry_after),
-            seconds=float(body.get("seconds", 1.0)),
-        )
-        return self.stats()
-
-    def _control_latency(self, body: dict[str, Any], _request: Request) -> dict[str, Any]:
-        self.latency_ms = int(body["ms"])
-        return self.stats()
-
-    def _control_down(self, body: dict[str, Any], _request: Request) -> dict[str, Any]:
-        if not isinstance(body["down"], bool):
-            raise TypeError("down must be true or false")
-        self.down = body["down"]
-        return self.stats()
-
-    def _control_reset(self, _body: dict[str, Any], _request: Request) -> dict[str, Any]:
-        self.reset()
-        return self.stats()
-
 
 # ---- helpers --------------------------------------------------------------------------------
-
-
-class _JsonResponse(JSONResponse):
-    media_type = "application/json;charset=UTF-8"  # exactly what the instance sends
-
-
-def _json(content: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return _JsonResponse(content, status_code=status, headers=dict(headers or {}))
-
-
-def _control_endpoint(
-    handler: Callable[[dict[str, Any], Request], Any],
-) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a control handler: JSON in (empty body allowed), JSON out, bad input -> 400."""
-
-    async def endpoint(request: Request) -> Response:
-        try:
-            raw = await request.body()
-            body = json.loads(raw) if raw.strip() else {}
-            if not isinstance(body, dict):
-                raise TypeError("the body must be a JSON object")
-            return _json(handler(body, request))
-        except (ValueError, TypeError, KeyError) as error:
-            return ApiError(400, "Invalid emulator control request", repr(error)).response()
-
-    return endpoint
-
-
-def _is_server_error(kind: str) -> bool:
-    try:
-        return 500 <= HTTPStatus(int(kind)) < 600
-    except ValueError:
-        return False
-
-
-def _fault_response(fault: Fault) -> Response:
-    if fault.kind == "html":
-        return HTMLResponse(_HIBERNATING_PAGE)
-    status = int(fault.kind)
-    headers = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
-    if status == 429:
-        headers.setdefault("Retry-After", "1")
-        detail = "The maximum number of requests for this user was exceeded (emulator)"
-        return ApiError(429, "Too many requests", detail, headers).response()
-    phrase = HTTPStatus(status).phrase
-    return ApiError(status, phrase, "Injected fault (emulator)", headers).response()
 
 
 async def _read_object(request: Request) -> dict[str, Any]:
@@ -804,14 +655,6 @@ def _link_header(request: Request, total: int, limit: int, offset: int) -> str:
         links.append(link("next", offset + limit))
     links.append(link("last", (total - 1) // limit * limit if total else 0))
     return ",".join(links)
-
-
-def _int_param(value: str | None, default: int, *, minimum: int) -> int:
-    try:
-        number = int(value or "")
-    except ValueError:
-        return default
-    return number if number >= minimum else default
 
 
 def _coerce(value: Any) -> str:

@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI
 from servicenow_emulator import Emulator
 from ticketing_host.app import create_app, runtime_of
+from ticketing_host.demo import ANOMALY, ANOMALY_ID, TICKET_REQUEST  # the seed's example payloads
 from ticketing_host.runtime import HostRuntime, Settings
 from ticketing_host.server import serve_in_thread
 
@@ -23,30 +24,6 @@ T = TypeVar("T")
 
 API_TOKEN = "host-api-token-for-tests"
 PUBLIC_URL = "https://qualytics.example"
-ANOMALY_ID = 12345
-ANOMALY = {
-    "id": ANOMALY_ID,
-    "type": "Record",
-    "status": "Active",
-    "description": "150 null values in customer_email",
-    "datastore": "warehouse",
-    "container": "customers",
-    "field": "customer_email",
-    "failed_checks": [
-        {"rule": "not_null", "field": "customer_email", "description": "must not be null"}
-    ],
-}
-TICKET_REQUEST = {
-    "title": "Data Quality Anomaly - Missing values in customer_email",
-    "description": "150 null values detected in customer_email field",
-    "priority": "2",
-    "urgency": "2",
-    "impact": "2",
-    "category": "Data",
-    "subcategory": "Data Quality",
-    "assigned_to": "john.doe",
-    "assigned_group": "Data Engineering",
-}
 SEED_TICKET_KEYS = [
     "ticket_id", "ticket_number", "title", "description", "status", "priority", "urgency", "impact",
     "category", "subcategory", "created_at", "updated_at", "assigned_to", "url",

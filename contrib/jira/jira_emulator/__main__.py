@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ticketing_localserver import serve_forever
-
 from .app import DEFAULT_API_TOKEN, DEFAULT_EMAIL, JiraEmulator
-from .server import make_config
+from .server import SERVER
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -17,17 +15,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.seed:
         emulator.seed_issues(args.seed)
     # The default credential is emulator-only, so printing it is a convenience, not a leak.
-    announce = f"Jira emulator at {{url}} - Basic auth {DEFAULT_EMAIL}:{DEFAULT_API_TOKEN}"
-    serve_forever(make_config(emulator), args.host, args.port, announce)
+    SERVER.serve_forever(emulator, args, f"Basic auth {DEFAULT_EMAIL}:{DEFAULT_API_TOKEN}")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jira-emulator", description="Serve an emulated Jira Cloud REST API (v3)."
+    parser = SERVER.parser(
+        "Serve an emulated Jira Cloud REST API (v3).", port=8090, api_path="/rest"
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8090, help="0 picks a free port")
-    parser.add_argument("--latency-ms", type=int, default=0, help="added to every /rest request")
     parser.add_argument("--seed", type=int, default=0, help="create N issues in DQ at start")
     return parser
 

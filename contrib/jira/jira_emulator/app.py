@@ -8,25 +8,30 @@ responses) can be queued from Python or over HTTP under ``/__emulator/``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
 import hashlib
 import hmac
 import json
-import threading
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from http import HTTPStatus
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
+from ticketing_localserver.emulation import (
+    EmulatedService,
+    ServiceError,
+    authenticate,
+    int_param,
+    json_response,
+)
 
 from .adf import adf_to_text, is_document, text_to_adf
 from .jql import JqlError, Schema, Search, compile_query
@@ -34,7 +39,6 @@ from .jql import JqlError, Schema, Search, compile_query
 ADMIN_ACCOUNT_ID = "5f8a1c2b3d4e5f60718293a4"
 DEFAULT_EMAIL = "admin@example.com"
 DEFAULT_API_TOKEN = "jira-api-token"  # noqa: S105 - the emulator's documented dev credential
-FAULT_KINDS = ("429", "html", "timeout", "drop_after_commit")  # plus any "5xx" status
 SD_PUBLIC_COMMENT = "sd.public.comment"
 
 _EXPAND = "renderedFields,names,schema,operations,editmeta,changelog,versionedRepresentations"
@@ -165,17 +169,7 @@ DEFAULT_PROJECTS = (
 )
 
 
-@dataclass(frozen=True)
-class Fault:
-    """One queued fault, consumed by the next /rest request whose method matches."""
-
-    kind: str  # "429", any "5xx", "html", "timeout" or "drop_after_commit"
-    method: str | None = None  # None: any method
-    retry_after: int | None = None  # seconds, sent as Retry-After
-    seconds: float = 1.0  # how long "timeout" stalls before answering normally
-
-
-class ApiError(Exception):
+class ApiError(ServiceError):
     """An answer in Jira's error envelope; raised anywhere below a request handler."""
 
     def __init__(
@@ -191,7 +185,7 @@ class ApiError(Exception):
 
     def response(self) -> Response:
         body = {"errorMessages": self.messages, "errors": self.errors}
-        return _json(body, status=self.status, headers=self.headers)
+        return json_response(body, status=self.status, headers=self.headers)
 
 
 def _unauthenticated() -> ApiError:
@@ -204,6 +198,28 @@ def _unauthenticated() -> ApiError:
 
 def _issue_not_found() -> ApiError:
     return ApiError(404, ["Issue does not exist or you do not have permission to see it."])
+
+
+class _FaultAnswers:
+    """The site's answers to injected failures."""
+
+    html_page = _MAINTENANCE_PAGE
+
+    def down(self) -> ApiError:
+        return ApiError(503, ["Service Unavailable (emulator: the site is down)"])
+
+    def rate_limited(self, headers: dict[str, str]) -> ApiError:
+        return ApiError(429, ["Rate limit exceeded."], headers=headers)
+
+    def server_error(self, status: int, headers: dict[str, str]) -> ApiError:
+        message = f"{HTTPStatus(status).phrase} (emulator: injected fault)"
+        return ApiError(status, [message], headers=headers)
+
+    def lost(self) -> ApiError:
+        return ApiError(504, ["Gateway Timeout (emulator: the response was lost)"])
+
+    def bad_control(self, error: Exception) -> ApiError:
+        return ApiError(400, [f"Invalid emulator control request: {error!r}"])
 
 
 # ---- stored state ---------------------------------------------------------------------------
@@ -268,7 +284,7 @@ _ALL_FIELDS = (
 )  # fmt: skip
 
 
-class JiraEmulator:
+class JiraEmulator(EmulatedService):
     """The emulated site: projects, issues, accounts, faults and the ASGI ``app`` serving them.
 
     Safe to drive from another thread while uvicorn serves ``app``: state sits behind one lock.
@@ -284,6 +300,7 @@ class JiraEmulator:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         """``tokens`` maps bearer tokens to account emails; ``clock`` returns UTC datetimes."""
+        super().__init__(_FaultAnswers(), latency_ms)
         self._accounts = {a.email.casefold(): a for a in (accounts or DEFAULT_ACCOUNTS)}
         self._tokens = {token: email.casefold() for token, email in (tokens or {}).items()}
         if unknown := set(self._tokens.values()) - set(self._accounts):
@@ -293,11 +310,7 @@ class JiraEmulator:
             p.key.upper(): p if p.id else dataclasses.replace(p, id=str(10000 + index))
             for index, p in enumerate(configured)
         }
-        self._initial_latency_ms = latency_ms
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._lock = threading.RLock()
-        self.latency_ms = latency_ms
-        self.down = False
         self.reset()
         self.app = Starlette(routes=self._routes())
 
@@ -306,31 +319,12 @@ class JiraEmulator:
     def reset(self) -> None:
         """Forget issues, comments, faults and the request log; restore latency and ``down``."""
         with self._lock:
+            super().reset()
             self._issues: dict[str, _Issue] = {}  # by id, in creation order
             self._ids_by_key: dict[str, str] = {}
             self._key_counters = dict.fromkeys(self._projects, 0)
             self._next_issue_id = 10000
             self._next_comment_id = 10000
-            self._faults: list[Fault] = []
-            self._requests: deque[dict[str, Any]] = deque(maxlen=10000)
-            self.latency_ms = self._initial_latency_ms
-            self.down = False
-
-    def add_fault(
-        self,
-        kind: str,
-        *,
-        count: int = 1,
-        method: str | None = None,
-        retry_after: int | None = None,
-        seconds: float = 1.0,
-    ) -> None:
-        """Queue ``count`` faults of ``kind`` for the next /rest requests (of ``method`` only)."""
-        if kind not in FAULT_KINDS and not _is_server_error(kind):
-            raise ValueError(f"unknown fault kind {kind!r}")
-        fault = Fault(kind, method.upper() if method else None, retry_after, seconds)
-        with self._lock:
-            self._faults.extend([fault] * count)
 
     @property
     def issues(self) -> list[dict[str, Any]]:
@@ -345,12 +339,6 @@ class JiraEmulator:
             if issue is None:
                 raise KeyError(issue_id_or_key)
             return [_stored_comment(comment) for comment in issue.comments]
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        """The /rest request log: method, path, query and status (never headers)."""
-        with self._lock:
-            return list(self._requests)
 
     def seed_issues(self, n: int, project: str = "DQ", **fields: Any) -> list[dict[str, Any]]:
         """Create ``n`` issues as the first account; ``{i}`` in a string becomes the 1-based index.
@@ -381,10 +369,7 @@ class JiraEmulator:
                 "comments": sum(len(issue.comments) for issue in self._issues.values()),
                 "accounts": len(self._accounts),
                 "projects": len(self._projects),
-                "pending_faults": len(self._faults),
-                "requests": len(self._requests),
-                "latency_ms": self.latency_ms,
-                "down": self.down,
+                **super().stats(),
             }
 
     def _seed_fields(self, project: Project, values: dict[str, Any]) -> dict[str, Any]:
@@ -424,88 +409,31 @@ class JiraEmulator:
             ("/rest/api/3/search/jql", "POST", self._search_post, None),
             ("/rest/api/3/search/approximate-count", "POST", self._approximate_count, None),
         ]
-        control: list[tuple[str, str, Callable[[dict[str, Any]], Any]]] = [
-            ("/__emulator/state", "GET", lambda _body: self.stats()),
-            ("/__emulator/faults", "POST", self._control_faults),
-            ("/__emulator/latency", "POST", self._control_latency),
-            ("/__emulator/down", "POST", self._control_down),
-            ("/__emulator/reset", "POST", self._control_reset),
-            ("/__emulator/requests", "GET", lambda _body: self.requests),
-        ]
         return [
-            *(Route(path, self._endpoint(h, action), methods=[m]) for path, m, h, action in api),
-            *(Route(path, _control_endpoint(h), methods=[m]) for path, m, h in control),
+            *(
+                Route(path, self.api_endpoint(partial(self._answer, h, action)), methods=[m])
+                for path, m, h, action in api
+            ),
+            *self.control_routes(),
         ]
 
-    def _endpoint(
-        self, handler: _Handler, write_action: str | None
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                response = await self._serve(request, handler, write_action)
-            except ApiError as error:
-                response = error.response()
-            with self._lock:
-                self._requests.append(
-                    {
-                        "method": request.method,
-                        "path": request.url.path,
-                        "query": request.url.query,
-                        "status": response.status_code,
-                    }
-                )
-            return response
-
-        return endpoint
-
-    async def _serve(
-        self, request: Request, handler: _Handler, write_action: str | None
+    async def _answer(
+        self, handler: _Handler, write_action: str | None, request: Request
     ) -> Response:
-        if self.latency_ms:
-            # Awaited, not slept, so concurrent requests overlap as they do on a real site.
-            await asyncio.sleep(self.latency_ms / 1000)
-        if self.down:
-            raise ApiError(503, ["Service Unavailable (emulator: the site is down)"])
-        fault = self._take_fault(request.method)
-        if fault is not None and fault.kind not in ("timeout", "drop_after_commit"):
-            return _fault_response(fault)
-        if fault is not None and fault.kind == "timeout":
-            await asyncio.sleep(fault.seconds)
-        account = self._authenticate(request)
+        """Authenticate, refuse writes to read-only accounts, run ``handler`` under the lock."""
+        account = authenticate(
+            request,
+            basic=self._basic_account,
+            bearer=lambda token: self._accounts.get(self._tokens.get(token, "")),
+            refused=_unauthenticated,
+        )
         if write_action is not None and account.read_only:
             raise ApiError(403, [f"You do not have permission to {write_action}."])
         body = await _read_object(request) if request.method in ("POST", "PUT") else {}
         with self._lock:
-            response = handler(_Call(request, account, body))
-        if fault is not None and fault.kind == "drop_after_commit":
-            # The write is committed; only the answer is lost, as behind a timing-out proxy.
-            raise ApiError(504, ["Gateway Timeout (emulator: the response was lost)"])
-        return response
+            return handler(_Call(request, account, body))
 
-    def _take_fault(self, method: str) -> Fault | None:
-        with self._lock:
-            for index, fault in enumerate(self._faults):
-                if fault.method in (None, method):
-                    return self._faults.pop(index)
-        return None
-
-    def _authenticate(self, request: Request) -> Account:
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        account: Account | None = None
-        if scheme.lower() == "basic":
-            account = self._basic_account(credentials.strip())
-        elif scheme.lower() == "bearer":
-            account = self._accounts.get(self._tokens.get(credentials.strip(), ""))
-        if account is None:
-            raise _unauthenticated()
-        return account
-
-    def _basic_account(self, credentials: str) -> Account | None:
-        try:
-            decoded = base64.b64decode(credentials, validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        email, _, token = decoded.partition(":")
+    def _basic_account(self, email: str, token: str) -> Account | None:
         account = self._accounts.get(email.casefold())
         if account is None or account.api_token is None:
             return None
@@ -515,14 +443,14 @@ class JiraEmulator:
 
     def _myself(self, call: _Call) -> Response:
         me = _user_json(call.account, call.base)
-        return _json({**me, "locale": "en_US"})
+        return json_response({**me, "locale": "en_US"})
 
     def _get_project(self, call: _Call) -> Response:
         wanted = call.request.path_params["project"]
         project = self._project(wanted)
         if project is None:
             raise ApiError(404, [f"No project could be found with key '{wanted}'."])
-        return _json(
+        return json_response(
             {
                 "expand": "description,lead,issueTypes,url,projectKeys,permissions,insight",
                 **_project_json(project, call.base),
@@ -536,8 +464,8 @@ class JiraEmulator:
 
     def _service_desks(self, call: _Call) -> Response:
         desks = [p for p in self._projects.values() if p.service_desk_id is not None]
-        start = _int_param(call.param("start"), 0, minimum=0)
-        limit = _int_param(call.param("limit"), 50, minimum=1)
+        start = int_param(call.param("start"), 0, minimum=0)
+        limit = int_param(call.param("limit"), 50, minimum=1)
         page = desks[start : start + limit]
         url = f"{call.base}/rest/servicedeskapi/servicedesk"
         values = [
@@ -550,7 +478,7 @@ class JiraEmulator:
             }
             for p in page
         ]
-        return _json(
+        return json_response(
             {
                 "_expands": [],
                 "size": len(values),
@@ -568,7 +496,7 @@ class JiraEmulator:
         fields = call.body.get("fields")
         issue = self._create_issue(fields if isinstance(fields, dict) else {}, call.account)
         body = {"id": issue.id, "key": issue.key, "self": _issue_url(issue, call.base)}
-        return _json(body, status=201)
+        return json_response(body, status=201)
 
     def _create_issue(self, fields: Mapping[str, Any], creator: Account) -> _Issue:
         errors: dict[str, str] = {}
@@ -609,7 +537,7 @@ class JiraEmulator:
     def _get_issue(self, call: _Call) -> Response:
         issue = self._issue(call)
         selected = _select_fields(call.request.query_params.getlist("fields"), default="*all")
-        return _json(_issue_json(issue, call.base, selected))
+        return json_response(_issue_json(issue, call.base, selected))
 
     def _edit(self, call: _Call) -> Response:
         issue = self._issue(call)
@@ -728,7 +656,7 @@ class JiraEmulator:
             }
             for transition_id, status in _transition_targets(issue)
         ]
-        return _json({"expand": "transitions", "transitions": transitions})
+        return json_response({"expand": "transitions", "transitions": transitions})
 
     def _transition(self, call: _Call) -> Response:
         issue = self._issue(call)
@@ -769,7 +697,7 @@ class JiraEmulator:
         if not isinstance(visibility, dict):
             visibility = None
         comment = self._append_comment(issue, body, call.account, visibility, properties)
-        return _json(_comment_json(issue, comment, call.base, _expands(call)), status=201)
+        return json_response(_comment_json(issue, comment, call.base, _expands(call)), status=201)
 
     def _append_comment(
         self,
@@ -805,12 +733,12 @@ class JiraEmulator:
 
     def _list_comments(self, call: _Call) -> Response:
         issue = self._issue(call)
-        start = _int_param(call.param("startAt"), 0, minimum=0)
-        limit = _int_param(call.param("maxResults"), _COMMENT_LIMIT, minimum=0)
+        start = int_param(call.param("startAt"), 0, minimum=0)
+        limit = int_param(call.param("maxResults"), _COMMENT_LIMIT, minimum=0)
         ordered = issue.comments[::-1] if call.param("orderBy") == "-created" else issue.comments
         page = ordered[start : start + limit]
         expands = _expands(call)
-        return _json(
+        return json_response(
             {
                 "startAt": start,
                 "maxResults": limit,
@@ -857,7 +785,7 @@ class JiraEmulator:
         selected = _select_fields(fields, default="id")
         # Like Jira, pages of ids (or keys) may be far larger than pages of full issues.
         cap = _ID_SEARCH_LIMIT if selected <= {"id", "key"} else _SEARCH_LIMIT
-        limit = min(_int_param(max_results, _DEFAULT_SEARCH, minimum=1), cap)
+        limit = min(int_param(max_results, _DEFAULT_SEARCH, minimum=1), cap)
         offset = _decode_page_token(token, jql) if token else 0
         matched = search.select(self._rows())
         page = [row["_issue"] for row in matched[offset : offset + limit]]
@@ -866,11 +794,11 @@ class JiraEmulator:
         if not is_last:
             body["nextPageToken"] = _page_token(offset + limit, jql)
         body["isLast"] = is_last
-        return _json(body)
+        return json_response(body)
 
     def _approximate_count(self, call: _Call) -> Response:
         search = self._compile(str(call.body.get("jql") or ""), call.account)
-        return _json({"count": len(search.select(self._rows()))})
+        return json_response({"count": len(search.select(self._rows()))})
 
     def _compile(self, jql: str, account: Account) -> Search:
         try:
@@ -944,33 +872,6 @@ class JiraEmulator:
         # Jira keeps milliseconds; truncating here keeps JQL comparisons and output consistent.
         now = self._clock()
         return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-    # ---- control endpoints ----------------------------------------------------------------
-
-    def _control_faults(self, body: dict[str, Any]) -> dict[str, Any]:
-        retry_after, method = body.get("retry_after"), body.get("method")
-        self.add_fault(
-            str(body["kind"]),
-            count=int(body.get("count", 1)),
-            method=None if method is None else str(method),
-            retry_after=None if retry_after is None else int(retry_after),
-            seconds=float(body.get("seconds", 1.0)),
-        )
-        return self.stats()
-
-    def _control_latency(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.latency_ms = int(body["ms"])
-        return self.stats()
-
-    def _control_down(self, body: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(body["down"], bool):
-            raise TypeError("down must be true or false")
-        self.down = body["down"]
-        return self.stats()
-
-    def _control_reset(self, _body: dict[str, Any]) -> dict[str, Any]:
-        self.reset()
-        return self.stats()
 
 
 # ---- rendering ------------------------------------------------------------------------------
@@ -1185,51 +1086,6 @@ def _row(issue: _Issue) -> dict[str, Any]:
 # ---- helpers --------------------------------------------------------------------------------
 
 
-class _JsonResponse(JSONResponse):
-    media_type = "application/json;charset=UTF-8"  # exactly what Jira Cloud sends
-
-
-def _json(content: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return _JsonResponse(content, status_code=status, headers=dict(headers or {}))
-
-
-def _control_endpoint(
-    handler: Callable[[dict[str, Any]], Any],
-) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a control handler: JSON in (empty body allowed), JSON out, bad input -> 400."""
-
-    async def endpoint(request: Request) -> Response:
-        try:
-            raw = await request.body()
-            body = json.loads(raw) if raw.strip() else {}
-            if not isinstance(body, dict):
-                raise TypeError("the body must be a JSON object")
-            return _json(handler(body))
-        except (ValueError, TypeError, KeyError) as error:
-            return ApiError(400, [f"Invalid emulator control request: {error!r}"]).response()
-
-    return endpoint
-
-
-def _is_server_error(kind: str) -> bool:
-    try:
-        return 500 <= HTTPStatus(int(kind)) < 600
-    except ValueError:
-        return False
-
-
-def _fault_response(fault: Fault) -> Response:
-    if fault.kind == "html":
-        return HTMLResponse(_MAINTENANCE_PAGE)
-    status = int(fault.kind)
-    headers = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
-    if status == 429:
-        headers.setdefault("Retry-After", "1")
-        return ApiError(429, ["Rate limit exceeded."], headers=headers).response()
-    message = f"{HTTPStatus(status).phrase} (emulator: injected fault)"
-    return ApiError(status, [message], headers=headers).response()
-
-
 async def _read_object(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
@@ -1239,14 +1095,6 @@ async def _read_object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, [_BAD_PAYLOAD])
     return body
-
-
-def _int_param(value: str | None, default: int, *, minimum: int) -> int:
-    try:
-        number = int(value or "")
-    except ValueError:
-        return default
-    return number if number >= minimum else default
 
 
 def _numbered(value: Any, index: int) -> Any:
