@@ -1,0 +1,60 @@
+"""``ticketing outbox list|retry`` on a real database file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from ticketing_core import errors
+from ticketing_core.cli import cli
+from ticketing_core.outbox import DEAD, PENDING, NewEvent, Outbox
+from ticketing_core.policies import AddWorkNote
+from ticketing_core.store import Database
+
+
+def outbox_with_one_dead_event(path: Path) -> Outbox:
+    outbox = Outbox(Database(str(path)))
+    outbox.enqueue([NewEvent(1, "ticket-a", AddWorkNote("note a"), anomaly_id=7),
+                    NewEvent(1, "ticket-b", AddWorkNote("note b"), anomaly_id=7)])  # fmt: skip
+    dead = outbox.claim(1)[0]
+    outbox.failed(dead, errors.AuthenticationFailed("ServiceNow rejected the credentials"))
+    return outbox
+
+
+def test_list_shows_events_and_their_errors(tmp_path: Path) -> None:
+    outbox_with_one_dead_event(tmp_path / "t.db")
+
+    table = CliRunner().invoke(cli, ["outbox", "list", "--database", str(tmp_path / "t.db")])
+    dead = CliRunner().invoke(
+        cli, ["outbox", "list", "--database", str(tmp_path / "t.db"), "--status", "dead", "--json"]
+    )
+
+    assert table.exit_code == 0, table.output
+    assert table.output.splitlines()[0].split()[:4] == ["ID", "STATUS", "ATTEMPTS", "TICKET"]
+    assert "work note: note b" in table.output
+    assert [(e["ticket_id"], e["status"], e["attempts"]) for e in json.loads(dead.output)] == [
+        ("ticket-a", "dead", 1)
+    ]
+    assert json.loads(dead.output)[0]["last_error"].startswith("AuthenticationFailed:")
+
+
+def test_retry_puts_dead_events_back_in_line(tmp_path: Path) -> None:
+    outbox = outbox_with_one_dead_event(tmp_path / "t.db")
+    (dead,) = outbox.entries(status=DEAD)
+
+    result = CliRunner().invoke(
+        cli, ["outbox", "retry", "--database", str(tmp_path / "t.db"), str(dead.id)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "1 dead event(s) queued for delivery again"
+    assert outbox.counts()[PENDING] == 2
+
+
+def test_retry_needs_ids_or_all(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["outbox", "retry", "--database", str(tmp_path / "t.db")])
+
+    assert result.exit_code == 2
+    assert "give event ids or --all" in result.stderr
