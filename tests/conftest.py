@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -14,6 +16,8 @@ from servicenow_emulator.server import RunningEmulator, run_in_thread
 
 from ticketing_core.store import Database, engine_url
 from ticketing_servicenow import ServiceNowProvider
+
+T = TypeVar("T")
 
 ADMIN_TOKEN = "admin:admin-password"
 BEARER_TOKEN = "bearer-token-value"
@@ -107,3 +111,13 @@ def database(database_url: str) -> Iterator[Database]:
     db = Database(database_url)
     yield db
     db.dispose()
+
+
+def wait_until(produce: Callable[[], T], timeout: float = 10.0) -> T:
+    """Poll ``produce`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := produce()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {value!r} after {timeout} s")
+        time.sleep(0.02)
+    return value

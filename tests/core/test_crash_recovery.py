@@ -6,27 +6,31 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from servicenow_emulator import Emulator
 
 from ticketing_core.models import Anomaly, TicketDraft
 from ticketing_core.outbox import DELIVERED, Outbox
-from ticketing_core.policies import WorkNotesOnly
+from ticketing_core.policies import AddWorkNote, WorkNotesOnly
 from ticketing_core.service import SyncService
 from ticketing_core.store import Database
 from ticketing_servicenow import ServiceNowProvider
+
+from ..conftest import wait_until
 
 ROOT = Path(__file__).parents[2]
 STATUSES = ("Acknowledged", "Resolved", "Active", "Invalid")
 
 
-def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
+def first_notes_failed(outbox: Outbox) -> bool:
+    """Each ticket's first note was tried and failed at least once: the worker is retrying."""
+    firsts = [
+        event
+        for event in outbox.entries()
+        if isinstance(event.action, AddWorkNote) and event.action.text.endswith(STATUSES[0])
+    ]
+    return bool(firsts) and all(event.attempts >= 1 for event in firsts)
 
 
 def start_worker(database_url: str, api_url: str) -> subprocess.Popen[str]:
@@ -59,8 +63,7 @@ def test_killed_worker_loses_nothing_and_duplicates_nothing(
         for status in STATUSES:
             service.anomaly_status_changed(anomaly_id, status)
     first = start_worker(database_url, emulator_url)
-    wait_until(lambda: all(e.attempts >= 1 for e in outbox.entries() if e.status != DELIVERED
-                           and e.action.text.endswith("Acknowledged")))  # type: ignore[union-attr]  # fmt: skip
+    wait_until(lambda: first_notes_failed(outbox), timeout=30)
 
     # It comes back while the worker's retries are in flight; the worker dies before any answer.
     emulator.down = False
@@ -72,7 +75,7 @@ def test_killed_worker_loses_nothing_and_duplicates_nothing(
 
     second = start_worker(database_url, emulator_url)
     try:
-        wait_until(lambda: outbox.counts()[DELIVERED] == 2 * len(STATUSES))
+        wait_until(lambda: outbox.counts()[DELIVERED] == 2 * len(STATUSES), timeout=30)
     finally:
         second.terminate()
         second.wait()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -24,16 +23,11 @@ from ticketing_core.outbox import (
 from ticketing_core.policies import AddWorkNote, ChangeTicket
 from ticketing_core.store import Database
 
+from ..conftest import wait_until
+
 
 def note(ticket: str, text: str) -> NewEvent:
     return NewEvent(integration_id=1, ticket_id=ticket, action=AddWorkNote(text), anomaly_id=7)
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def test_actions_round_trip_through_the_database(database: Database) -> None:

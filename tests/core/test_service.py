@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -15,6 +15,8 @@ from ticketing_core.policies import Messages, StateMapping, SyncPolicy, WorkNote
 from ticketing_core.service import INTEGRATION, SyncService
 from ticketing_core.store import Database
 from ticketing_servicenow import ServiceNowProvider
+
+from ..conftest import wait_until
 
 INTEGRATION_ID = 34
 ANOMALY = Anomaly(
@@ -59,13 +61,6 @@ def service(database: Database, provider: ServiceNowProvider, host: Host) -> Ite
     sync.start()
     yield sync
     sync.stop()
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def notes(emulator: Emulator, sys_id: str) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,7 +17,7 @@ from ticketing_host.demo import ANOMALY, ANOMALY_ID, TICKET_REQUEST  # the seed'
 from ticketing_host.runtime import HostRuntime, Settings
 from ticketing_host.server import serve_in_thread
 
-from ..conftest import ADMIN_TOKEN
+from ..conftest import ADMIN_TOKEN, wait_until
 
 T = TypeVar("T")
 
@@ -122,16 +121,6 @@ def work_notes(emulator: Emulator, sys_id: str) -> list[str]:
 
 def incident(emulator: Emulator, sys_id: str) -> dict[str, str]:
     return next(row for row in emulator.incidents if row["sys_id"] == sys_id)
-
-
-def wait_until(produce: Callable[[], T], timeout: float = 10.0) -> T:
-    """Poll ``produce`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (value := produce()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {value!r} after {timeout} s")
-        time.sleep(0.02)
-    return value
 
 
 def settled(host: Host) -> dict[str, int]:
