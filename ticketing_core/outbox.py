@@ -3,11 +3,13 @@
 An event is one :mod:`~ticketing_core.policies` action for one ticket. Delivery guarantees:
 
 - nothing is lost: events live in the database until delivered or parked as dead;
-- at most one event per ticket is in flight, and a ticket's events are delivered in insertion order;
+- at most one event per ticket is in flight, and a ticket's events are delivered in insertion order
+  (a dead event holds back the later events of its ticket until it is retried);
 - a worker claims an event with a lease that it renews while delivering, so events held by a killed
   process become claimable again shortly after it dies;
-- a re-claimed event may have been delivered just before the crash: the deliverer is told
-  (``event.claims > 1``) so it can check the ticket before acting again;
+- an event whose earlier attempt may have landed (its worker died mid-call, or the call timed out or
+  lost its answer) is marked ``in_doubt``, with the time of that attempt, so the deliverer can check
+  the ticket before acting again; an attempt the service refused (429, 503) leaves no doubt;
 - retryable failures back off exponentially (or by the service's ``Retry-After``); after
   ``max_attempts`` failures, or at once for a failure retrying cannot fix, the event is parked as dead,
   listed and retryable.
@@ -31,7 +33,8 @@ import cattrs
 import sqlalchemy as sa
 from cattrs.strategies import configure_tagged_union
 
-from ticketing_core.errors import ProviderError
+from ticketing_core.errors import ProviderError, ProviderTimeout, ProviderUnavailable
+from ticketing_core.http import RETRIED_STATUSES
 from ticketing_core.policies import Action, AddWorkNote, ChangeTicket
 from ticketing_core.store import Database, UtcDateTime, metadata, utcnow
 
@@ -52,6 +55,10 @@ events = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, default=PENDING),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("claims", sa.Integer, nullable=False, default=0),
+    # Set when the last failure may have happened after the service acted (timeout, lost answer).
+    sa.Column("ambiguous", sa.Boolean, nullable=False, default=False),
+    sa.Column("claimed_at", UtcDateTime),
+    sa.Column("previous_claimed_at", UtcDateTime),
     sa.Column("next_attempt_at", UtcDateTime, nullable=False),
     sa.Column("lease_until", UtcDateTime),
     sa.Column("last_error", sa.Text),
@@ -59,6 +66,7 @@ events = sa.Table(
     sa.Column("delivered_at", UtcDateTime),
     sa.Index("ix_sync_outbox_due", "status", "next_attempt_at"),
     sa.Index("ix_sync_outbox_ordering", "ordering_key", "status", "id"),
+    sqlite_autoincrement=True,  # ids are never reused, so a listing's ids stay meaningful
 )
 
 _actions = cattrs.Converter()
@@ -77,10 +85,22 @@ class OutboxEvent:
     status: str
     attempts: int
     claims: int
+    ambiguous: bool
+    previous_claimed_at: datetime | None
     last_error: str | None
     created: datetime
     next_attempt_at: datetime
     delivered_at: datetime | None
+
+    @property
+    def in_doubt(self) -> bool:
+        """Whether an earlier attempt may have reached the service (see the module docstring).
+
+        Every claim but this one should have ended in a recorded failure; one that did not was
+        cut short by a dying worker.
+        """
+        unsettled_claims = self.claims - 1 - self.attempts
+        return unsettled_claims > 0 or self.ambiguous
 
 
 @attrs.frozen
@@ -124,6 +144,7 @@ class Outbox:
                 "status": PENDING,
                 "attempts": 0,
                 "claims": 0,
+                "ambiguous": False,
                 "next_attempt_at": now,
                 "created": now,
             }
@@ -138,9 +159,13 @@ class Outbox:
         """Lease up to ``limit`` due events, each the oldest undelivered one of its ticket."""
         now = utcnow()
         earlier = events.alias("earlier")
+        # Dead events count: a ticket's later events wait until its dead one is retried.
         oldest_of_ticket = (
             sa.select(sa.func.min(earlier.c.id))
-            .where(earlier.c.ordering_key == events.c.ordering_key, earlier.c.status == PENDING)
+            .where(
+                earlier.c.ordering_key == events.c.ordering_key,
+                earlier.c.status.in_((PENDING, DEAD)),
+            )
             .scalar_subquery()
         )
         free = sa.or_(events.c.lease_until.is_(None), events.c.lease_until < now)
@@ -164,7 +189,12 @@ class Outbox:
                 won = conn.execute(
                     events.update()
                     .where(events.c.id == event_id, events.c.status == PENDING, free)
-                    .values(lease_until=now + self.lease, claims=events.c.claims + 1)
+                    .values(
+                        lease_until=now + self.lease,
+                        claims=events.c.claims + 1,
+                        previous_claimed_at=events.c.claimed_at,  # SET reads the old value
+                        claimed_at=now,
+                    )
                 ).rowcount
                 if won:
                     claimed.append(event_id)
@@ -200,6 +230,7 @@ class Outbox:
                 .values(
                     status=status,
                     attempts=attempts,
+                    ambiguous=is_ambiguous(error),
                     last_error=f"{type(error).__name__}: {error}"[:2000],
                     next_attempt_at=utcnow() + self._backoff(attempts, error),
                     lease_until=None,
@@ -247,6 +278,19 @@ class Outbox:
         return [_event(row) for row in rows]
 
 
+def is_ambiguous(error: BaseException) -> bool:
+    """Whether the service may have acted although the call failed.
+
+    A timeout or a dropped connection may come after the write; 429 and 503 are refusals, and
+    a non-JSON page comes from something in front of the service.
+    """
+    if isinstance(error, ProviderTimeout):
+        return True
+    if isinstance(error, ProviderUnavailable):
+        return error.status_code not in RETRIED_STATUSES
+    return False
+
+
 def _event(row: sa.RowMapping) -> OutboxEvent:
     return OutboxEvent(
         id=row["id"],
@@ -257,6 +301,8 @@ def _event(row: sa.RowMapping) -> OutboxEvent:
         status=row["status"],
         attempts=row["attempts"],
         claims=row["claims"],
+        ambiguous=row["ambiguous"],
+        previous_claimed_at=row["previous_claimed_at"],
         last_error=row["last_error"],
         created=row["created"],
         next_attempt_at=row["next_attempt_at"],

@@ -77,7 +77,7 @@ class Messages:
         return "\n\n---\n\n" + "\n".join(lines)
 
     def status_note(self, change: StatusChange) -> str:
-        at = change.changed_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        at = as_utc(change.changed_at).strftime("%Y-%m-%d %H:%M:%S")
         return f"[{at} UTC] {self.product} Anomaly Status: {change.status}"
 
     def comment_note(self, text: str) -> str:
@@ -91,6 +91,11 @@ class Messages:
 
     def status_pulled(self, ticket_number: str, old: str | None, new: str) -> str:
         return f"Ticket {ticket_number} status changed from {old or 'unknown'} to {new}"
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A naive datetime is taken as UTC (as the store does), never as the machine's local time."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class SyncPolicy(Protocol):

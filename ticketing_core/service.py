@@ -207,10 +207,10 @@ class SyncService:
         provider = self.provider_for(event.integration_id)
         action = event.action
         if isinstance(action, AddWorkNote):
-            # A re-claimed event may have landed before its worker died: look before adding again.
-            if event.claims > 1 and provider.has_work_note(
-                event.ticket_id, action.text, since=event.created
-            ):
+            # An earlier attempt may have landed: look before adding the note again. Events of a
+            # ticket go one at a time, so a match since that attempt can only be this note.
+            since = event.previous_claimed_at or event.created
+            if event.in_doubt and provider.has_work_note(event.ticket_id, action.text, since=since):
                 return
             provider.add_work_note(event.ticket_id, action.text)
         elif isinstance(action, ChangeTicket):

@@ -192,3 +192,54 @@ def test_claiming_nothing_is_harmless(database: Database, bad_limit: int) -> Non
     outbox.enqueue([note("t", "x")])
 
     assert outbox.claim(bad_limit) == []
+
+
+def test_a_dead_event_holds_back_its_tickets_later_events(database: Database) -> None:
+    outbox = Outbox(database)
+    outbox.enqueue([note("t", "first"), note("t", "second"), note("u", "other")])
+    first, other = outbox.claim(5)
+    outbox.failed(first, errors.NotFound("gone"))
+    outbox.delivered(other.id)
+
+    assert outbox.claim(5) == []
+    outbox.retry()
+    assert [e.action.text for e in outbox.claim(5)] == ["first"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("error", "in_doubt"),
+    [
+        (errors.ProviderTimeout("no answer"), True),
+        (errors.ProviderUnavailable("lost answer", status_code=504), True),
+        (errors.ProviderUnavailable("connection reset"), True),
+        (errors.ProviderUnavailable("down", status_code=503), False),
+        (errors.RateLimited("slow down", retry_after=0), False),
+        (errors.UnexpectedResponse("an HTML page"), False),
+    ],
+)
+def test_only_failures_after_which_the_call_may_have_landed_leave_doubt(
+    database: Database, error: Exception, in_doubt: bool
+) -> None:
+    outbox = Outbox(database, backoff_initial=0.0)
+    outbox.enqueue([note("t", "x")])
+    (first,) = outbox.claim(1)
+    outbox.failed(first, error)
+    time.sleep(0.01)
+
+    (again,) = outbox.claim(1)
+
+    assert not first.in_doubt
+    assert again.in_doubt is in_doubt
+    assert again.previous_claimed_at is not None
+    assert again.previous_claimed_at <= again.next_attempt_at
+
+
+def test_a_claim_its_worker_never_settled_leaves_doubt(database: Database) -> None:
+    outbox = Outbox(database, lease_seconds=0.1)
+    outbox.enqueue([note("t", "x")])
+    outbox.claim(1)  # the worker dies here
+    time.sleep(0.2)
+
+    (again,) = outbox.claim(1)
+
+    assert again.in_doubt

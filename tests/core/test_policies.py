@@ -23,6 +23,12 @@ def test_status_note_is_the_seeds_exact_text_in_utc() -> None:
     assert note == "[2024-01-15 10:30:00 UTC] Qualytics Anomaly Status: Acknowledged"
 
 
+def test_a_naive_change_time_is_taken_as_utc() -> None:
+    note = Messages().status_note(StatusChange(1, "Acknowledged", AT.replace(tzinfo=None)))
+
+    assert note == "[2024-01-15 10:30:00 UTC] Qualytics Anomaly Status: Acknowledged"
+
+
 def test_product_name_is_the_hosts() -> None:
     messages = Messages(product="Acme DQ", public_url="https://dq.acme.test/")
 

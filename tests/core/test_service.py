@@ -212,3 +212,32 @@ def test_notes_wait_out_an_outage_and_arrive_once_in_order(
         "Resolved",
         "Active",
     ]
+
+
+def test_identical_notes_are_both_delivered_even_after_a_refused_attempt(
+    service: SyncService, emulator: Emulator
+) -> None:
+    ticket, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    service.outbox.backoff_initial = 0.05
+    service.anomaly_commented(12345, "+1")
+    wait_until(lambda: service.outbox.counts()[DELIVERED] == 1)
+    emulator.add_fault("503", count=5, method="PATCH", retry_after=0)
+
+    service.anomaly_commented(12345, "+1")
+
+    wait_until(lambda: service.outbox.counts()[DELIVERED] == 2)
+    assert notes(emulator, ticket.id) == ["Comment from Qualytics: +1"] * 2
+
+
+def test_a_note_whose_answer_was_lost_is_not_added_twice(
+    service: SyncService, emulator: Emulator
+) -> None:
+    ticket, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    service.outbox.backoff_initial = 0.05
+    emulator.add_fault("drop_after_commit", count=1, method="PATCH")
+
+    service.anomaly_commented(12345, "Looks like ETL")
+
+    wait_until(lambda: service.outbox.counts()[DELIVERED] == 1)
+    assert notes(emulator, ticket.id) == ["Comment from Qualytics: Looks like ETL"]
+    assert service.outbox.entries()[0].attempts == 1
