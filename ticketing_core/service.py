@@ -20,7 +20,7 @@ from datetime import datetime
 import attrs
 import sqlalchemy as sa
 
-from ticketing_core.errors import InvalidInput
+from ticketing_core.errors import InvalidInput, ProviderError
 from ticketing_core.hookspecs import Provider
 from ticketing_core.models import (
     Anomaly,
@@ -160,16 +160,29 @@ class SyncService:
     def pull_status(self, anomaly_id: int) -> list[TicketLink]:
         """Read each linked ticket's status; record it, and comment on the anomaly when it changed.
 
-        The anomaly's own status never changes.
+        The anomaly's own status never changes. A ticket that cannot be read keeps its last known
+        status while the others are refreshed; only when none can be read is the error raised.
         """
-        for link in self.links.for_anomaly(anomaly_id):
-            status = self.provider_for(link.integration_id).get_status(link.ticket_id)
-            self.links.record_status(link.id, status.label, utcnow())
+        links = self.links.for_anomaly(anomaly_id)
+        failures: list[ProviderError] = []
+        for link in links:
+            try:
+                status = self.provider_for(link.integration_id).get_status(link.ticket_id)
+            except ProviderError as exc:
+                log.warning(
+                    "cannot pull %s for anomaly %s: %s", link.ticket_number, anomaly_id, exc
+                )
+                failures.append(exc)
+                continue
             if status.label != link.status:
+                # Comment before recording: a crash in between repeats the comment, never loses it.
                 self.comment_on_anomaly(
                     anomaly_id,
                     self.messages.status_pulled(link.ticket_number, link.status, status.label),
                 )
+            self.links.record_status(link.id, status.label, utcnow())
+        if links and len(failures) == len(links):
+            raise failures[0]
         return self.links.for_anomaly(anomaly_id)
 
     # -- flows that only queue ------------------------------------------------------------------

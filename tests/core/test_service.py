@@ -241,3 +241,30 @@ def test_a_note_whose_answer_was_lost_is_not_added_twice(
     wait_until(lambda: service.outbox.counts()[DELIVERED] == 1)
     assert notes(emulator, ticket.id) == ["Comment from Qualytics: Looks like ETL"]
     assert service.outbox.entries()[0].attempts == 1
+
+
+def test_pull_refreshes_the_readable_tickets_when_one_is_gone(
+    service: SyncService, provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    from ticketing_core import errors
+    from ticketing_core.models import TicketChanges
+
+    first, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    gone = provider.create(TicketDraft(title="deleted later", description="d"))
+    service.link_ticket(ANOMALY, INTEGRATION_ID, ticket_id=gone.id)
+    provider.update(first.id, TicketChanges(status="On Hold"))
+    import httpx
+
+    httpx.delete(
+        f"{provider.api_url}/api/now/table/incident/{gone.id}", auth=("admin", "admin-password")
+    ).raise_for_status()
+
+    links = service.pull_status(12345)
+
+    assert {link.ticket_number: link.status for link in links} == {
+        first.number: "On Hold",
+        gone.number: "New",
+    }
+    emulator.add_fault("500", count=2)
+    with pytest.raises(errors.ProviderUnavailable):
+        service.pull_status(12345)
