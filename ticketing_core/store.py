@@ -61,6 +61,7 @@ links = sa.Table(
     sa.Column("ticket_metadata", sa.JSON),
     sa.Column("created", UtcDateTime, nullable=False),
     sa.UniqueConstraint("anomaly_id", "integration_id", "ticket_id", name="uq_link_ticket"),
+    sqlite_autoincrement=True,
 )
 
 
@@ -177,19 +178,22 @@ class LinkStore:
             if existing is not None:
                 return existing
             now = utcnow()
-            c.execute(
-                links.insert().values(
-                    anomaly_id=anomaly_id,
-                    integration_id=integration_id,
-                    ticket_id=ticket_id,
-                    ticket_number=ticket_number,
-                    ticket_url=ticket_url,
-                    status=status,
-                    last_synced=now,
-                    ticket_metadata=dict(ticket_metadata) if ticket_metadata else None,
-                    created=now,
-                )
+            insert = links.insert().values(
+                anomaly_id=anomaly_id,
+                integration_id=integration_id,
+                ticket_id=ticket_id,
+                ticket_number=ticket_number,
+                ticket_url=ticket_url,
+                status=status,
+                last_synced=now,
+                ticket_metadata=dict(ticket_metadata) if ticket_metadata else None,
+                created=now,
             )
+            try:
+                with c.begin_nested():  # a savepoint: losing a race must not undo the caller's work
+                    c.execute(insert)
+            except sa.exc.IntegrityError:
+                pass  # a concurrent request stored the same link first: return that one
             found = self._find(c, anomaly_id, integration_id, ticket_id)
             assert found is not None
             return found

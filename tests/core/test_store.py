@@ -87,3 +87,15 @@ def test_a_failed_transaction_keeps_what_was_stored(database: Database) -> None:
         pass
 
     assert store.for_anomaly(12345) == [kept]
+
+
+def test_racing_adds_of_one_link_all_return_it(database: Database) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = LinkStore(database)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: add(store, ticket_id="raced"), range(16)))
+
+    assert len({link.id for link in results}) == 1
+    assert len(store.for_anomaly(12345)) == 1
