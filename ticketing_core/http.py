@@ -18,6 +18,7 @@ import stamina
 
 from ticketing_core.errors import (
     AuthenticationFailed,
+    InvalidInput,
     NotFound,
     PermissionDenied,
     ProviderError,
@@ -50,6 +51,9 @@ class BearerAuth(httpx.Auth):
 
 def auth_from_token(api_access_token: str) -> httpx.Auth:
     """``user:secret`` means Basic auth; anything else is a Bearer token."""
+    if not api_access_token or any(char.isspace() for char in api_access_token):
+        # Checked here, not by httpx, whose header error would quote the token.
+        raise InvalidInput("the access token must not be empty or contain spaces or line breaks")
     username, sep, password = api_access_token.partition(":")
     if sep and username:
         return httpx.BasicAuth(username, password)
@@ -143,8 +147,9 @@ class HttpTransport:
                 f"{name} did not answer {method} {path} in time ({type(exc).__name__})"
             ) from None
         except httpx.TransportError as exc:
+            # Only the exception's type: a protocol error's text can quote request headers.
             raise ProviderUnavailable(
-                f"cannot reach {name} at {self.base_url}: {type(exc).__name__}: {exc}"
+                f"cannot reach {name} at {self.base_url}: {type(exc).__name__}"
             ) from None
         log.debug("%s %s -> %s", method, path, response.status_code)
         raise_for_status(response, self.dialect)

@@ -180,9 +180,15 @@ class PluginRegistry:
 
 def check_api_url(api_url: str, *, allow_http: bool) -> str:
     """Return the URL without a trailing slash, refusing plain HTTP unless allowed."""
-    parts = urlsplit(api_url.strip())
-    if parts.scheme not in ("https", "http") or not parts.netloc:
-        raise InvalidInput(f"api_url must be an absolute https:// URL, got {api_url!r}")
+    try:
+        parts = urlsplit(api_url.strip())
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a bad port or bracket; urlsplit says which
+        parts, port_ok = None, False
+    if parts is None or not port_ok or parts.scheme not in ("https", "http") or not parts.hostname:
+        raise InvalidInput(
+            "api_url must be an absolute https:// URL with a host name (and a valid port, if any)"
+        )
     if parts.username or parts.password:
         raise InvalidInput("api_url must not contain credentials; pass them as the access token")
     if parts.scheme == "http" and not allow_http:

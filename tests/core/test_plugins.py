@@ -89,11 +89,16 @@ def test_check_pending_catches_misspelled_hooks() -> None:
         ("http://x.example", "refusing plain-HTTP"),
         ("x.service-now.com", "absolute https:// URL"),
         ("https://admin:pw@x.example", "must not contain credentials"),
+        ("http://[::1", "absolute https:// URL"),
+        ("https://x.example:abc", "valid port"),
+        ("ftp://bob:hunter2@x.example", "absolute https:// URL"),
     ],
 )
 def test_api_urls_are_checked(url: str, message: str) -> None:
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidInput, match=message) as caught:
         check_api_url(url, allow_http=False)
+
+    assert "hunter2" not in str(caught.value)
 
 
 def test_plain_http_is_allowed_on_request_and_trailing_slash_dropped() -> None:
@@ -135,3 +140,13 @@ def test_hook_register_sync_policies() -> None:
     assert registry.policy_names() == ["quiet", "state-mapping", "work-notes"]
     assert registry.policy("work-notes").name == "work-notes"
     assert registry.policy("quiet").name == "quiet"
+
+
+@pytest.mark.parametrize("token", ["", "MySecretBearer ", "user:pass\nword"])
+def test_malformed_tokens_are_refused_without_being_echoed(token: str) -> None:
+    from ticketing_core.http import auth_from_token
+
+    with pytest.raises(InvalidInput, match="must not be empty or contain spaces") as caught:
+        auth_from_token(token)
+
+    assert token.strip() == "" or token.strip() not in str(caught.value)
