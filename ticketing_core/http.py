@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Generator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import httpx
@@ -29,6 +29,7 @@ from ticketing_core.errors import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Hosted services cancel long transactions (ServiceNow at 60 s): give up well before.
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -154,6 +155,23 @@ class HttpTransport:
         log.debug("%s %s -> %s", method, path, response.status_code)
         raise_for_status(response, self.dialect)
         return response
+
+
+def create_once(
+    find_existing: Callable[[], T | None], post: Callable[[], T], *, attempts: int = 3
+) -> T:
+    """Create through ``post`` at most once, as identified by a key ``find_existing`` looks up.
+
+    Every attempt looks first: any failure after a POST left (timeout, lost answer, 5xx) may have
+    created the record, so a retry must find it rather than post again.
+    """
+    for attempt in stamina.retry_context(
+        on=ProviderUnavailable, attempts=attempts, timeout=None, wait_max=5.0
+    ):
+        with attempt:
+            existing = find_existing()
+            return existing if existing is not None else post()
+    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
 def raise_for_status(response: httpx.Response, dialect: ServiceDialect) -> None:

@@ -6,10 +6,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import stamina
 
-from ticketing_core.errors import InvalidInput, NotFound, ProviderUnavailable
-from ticketing_core.http import HttpTransport, ServiceDialect
+from ticketing_core.errors import InvalidInput, NotFound
+from ticketing_core.http import HttpTransport, ServiceDialect, create_once
 from ticketing_core.models import (
     Capabilities,
     Page,
@@ -124,16 +123,12 @@ class ServiceNowProvider:
                 f"idempotency key is {len(idempotency_key)} characters; "
                 f"ServiceNow's correlation_id holds at most {mapping.CORRELATION_ID_MAX_LENGTH}"
             )
-        # Any failure after the POST left may have created the incident: look before posting again.
-        for attempt in stamina.retry_context(
-            on=ProviderUnavailable, attempts=self.create_attempts, timeout=None, wait_max=5.0
-        ):
-            with attempt:
-                existing = self._first_where(
-                    f"correlation_id={mapping.escape_query_value(idempotency_key)}"
-                )
-                return existing if existing is not None else self._post(payload)
-        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+        condition = f"correlation_id={mapping.escape_query_value(idempotency_key)}"
+        return create_once(
+            lambda: self._first_where(condition),
+            lambda: self._post(payload),
+            attempts=self.create_attempts,
+        )
 
     def update(self, ticket_id: str, changes: TicketChanges) -> Ticket:
         if changes.is_empty():

@@ -9,16 +9,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-import stamina
-
 from ticketing_core.errors import (
     InvalidInput,
     NotFound,
     ProviderError,
-    ProviderUnavailable,
     UnexpectedResponse,
 )
-from ticketing_core.http import HttpTransport, ServiceDialect, json_body
+from ticketing_core.http import HttpTransport, ServiceDialect, create_once, json_body
 from ticketing_core.models import (
     Capabilities,
     Page,
@@ -120,14 +117,11 @@ class JiraProvider:
         )
         if key_label is None:
             return self._create(fields)
-        # Any failure after the POST left may have created the issue: look before posting again.
-        for attempt in stamina.retry_context(
-            on=ProviderUnavailable, attempts=CREATE_ATTEMPTS, timeout=None, wait_max=5.0
-        ):
-            with attempt:
-                existing = self._first_labelled(key_label)
-                return existing if existing is not None else self._create(fields)
-        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+        return create_once(
+            lambda: self._first_labelled(key_label),
+            lambda: self._create(fields),
+            attempts=CREATE_ATTEMPTS,
+        )
 
     def update(self, ticket_id: str, changes: TicketChanges) -> Ticket:
         if changes.is_empty():
