@@ -128,3 +128,21 @@ def test_unknown_integration_options_are_refused(
     assert response.status_code == 400
     assert "colour" in response.json()["detail"]
     assert ok(host.api.get("/api/integrations")) == []
+
+
+def test_state_mapping_resolves_jira_issues_too(
+    start_host: StartHost, jira: JiraEmulator, jira_server: RunningEmulator
+) -> None:
+    host = start_host()
+    body = {"type": "jira", "api_url": jira_server.url, "api_access_token": JIRA_TOKEN,
+            "sync_policy": "state-mapping"}  # fmt: skip
+    ok(host.api.post("/api/integrations", json=body), 201)
+    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
+    created = ok(host.api.post(tickets_path(), json={"title": "t", "description": "d",
+                                                     "priority": "High"}))  # fmt: skip
+
+    ok(host.api.put(f"/api/anomalies/{ANOMALY_ID}", json={"status": "Resolved"}))
+
+    assert settled(host)["dead"] == 0
+    key = created["ticket"]["ticket_number"]
+    assert next(i for i in jira.issues if i["key"] == key)["status"] == "Done"

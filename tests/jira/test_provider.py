@@ -317,7 +317,7 @@ def test_status_change_by_name_or_id(provider: JiraProvider, status: str) -> Non
     assert provider.get_status(created.id).code == "3"
 
 
-def test_resolution_is_an_internal_comment_before_the_transition(
+def test_resolution_is_an_internal_comment_after_the_transition(
     server: RunningEmulator, emulator: JiraEmulator
 ) -> None:
     desk = connect(server, project="SD", issue_type="[System] Incident")
@@ -332,8 +332,8 @@ def test_resolution_is_an_internal_comment_before_the_transition(
     assert (note["text"], note["internal"], note["jsdPublic"]) == ("Fixed upstream", True, False)
     writes = [path for method, path in calls(emulator) if method == "POST"]
     assert writes[-2:] == [
-        f"/rest/api/3/issue/{created.id}/comment",
         f"/rest/api/3/issue/{created.id}/transitions",
+        f"/rest/api/3/issue/{created.id}/comment",
     ]
 
 
@@ -349,7 +349,7 @@ def test_status_without_a_transition_lists_the_available_ones_and_changes_nothin
     created = provider.create(DRAFT)
 
     with pytest.raises(errors.InvalidInput, match="available: 'In Progress', 'Done'"):
-        provider.update(created.id, TicketChanges(title="Renamed", status="Resolved"))
+        provider.update(created.id, TicketChanges(title="Renamed", status="Waiting for support"))
 
     assert provider.get(created.id) == created
 
@@ -455,3 +455,19 @@ def test_server_error_carries_jira_message(provider: JiraProvider, emulator: Jir
 
     with pytest.raises(errors.ProviderUnavailable, match=r"injected fault\) \(HTTP 500 "):
         provider.validate()
+
+
+def test_canonical_resolved_reaches_a_done_status_with_one_resolution_comment(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    issue = provider.create(TicketDraft(title="t", description="d"))
+    resolve = TicketChanges(status="Resolved", resolution="Anomaly 1 was marked Resolved.")
+    emulator.add_fault("500", count=1, method="POST")  # the transition fails once
+
+    with pytest.raises(errors.ProviderUnavailable):
+        provider.update(issue.id, resolve)
+    resolved = provider.update(issue.id, resolve)
+
+    assert resolved.status == "Done"
+    assert resolved.extras["status_category"] == "done"
+    assert [c["text"] for c in emulator.comments(issue.id)] == ["Anomaly 1 was marked Resolved."]

@@ -173,12 +173,30 @@ def is_status(status: TicketStatus, wanted: str) -> bool:
     return wanted.strip().casefold() in (status.label.casefold(), status.code.casefold())
 
 
+# Canonical labels for a finished ticket (ServiceNow's among them). Jira workflows name their own
+# final statuses freely, so these mean "any status of the done category" when none matches by name.
+FINISHED = frozenset({"resolved", "closed", "done"})
+
+
+def means_finished(wanted: str) -> bool:
+    return wanted.strip().casefold() in FINISHED
+
+
 def transition_to(transitions: Iterable[Mapping[str, Any]], status: str) -> str | None:
     """The id of the transition that leads to ``status``, if the workflow offers one."""
+    transitions = list(transitions)
     for transition in transitions:
         if is_status(status_of(transition.get("to") or {}), status):
             return str(transition["id"])
+    if means_finished(status):
+        for transition in transitions:
+            if category_of(transition.get("to") or {}) == "done":
+                return str(transition["id"])
     return None
+
+
+def category_of(status: Mapping[str, Any]) -> str:
+    return str((status.get("statusCategory") or {}).get("key") or "")
 
 
 # ---- errors -----------------------------------------------------------------------------------

@@ -134,12 +134,13 @@ class JiraProvider:
             )
             if body := mapping.changes_body(changes):
                 self._client.request("PUT", path, json=body)
-            if changes.resolution:
-                self.add_work_note(ticket_id, changes.resolution)
             if transition_id is not None:
                 self._client.request(
                     "POST", f"{path}/transitions", json={"transition": {"id": transition_id}}
                 )
+            # Last: a retry after a failed transition must not post the resolution twice.
+            if changes.resolution:
+                self.add_work_note(ticket_id, changes.resolution)
         return self.get(ticket_id)
 
     def add_work_note(self, ticket_id: str, text: str) -> None:
@@ -195,13 +196,20 @@ class JiraProvider:
         path = f"{_issue_path(ticket_id)}/transitions"
         transitions = self._json("GET", path).get("transitions") or []
         transition_id = mapping.transition_to(transitions, status)
-        if transition_id is None and not mapping.is_status(self.get_status(ticket_id), status):
+        if transition_id is None and not self._is_in(ticket_id, status):
             targets = [mapping.status_of(t.get("to") or {}).label for t in transitions]
             raise InvalidInput(
                 f"Jira offers no transition of issue {ticket_id} to status {status!r} "
                 f"(available: {', '.join(map(repr, targets)) or 'none'})"
             )
         return transition_id
+
+    def _is_in(self, ticket_id: str, status: str) -> bool:
+        fields = self._json("GET", _issue_path(ticket_id), params={"fields": "status"})["fields"]
+        current = fields.get("status") or {}
+        if mapping.means_finished(status) and mapping.category_of(current) == "done":
+            return True
+        return mapping.is_status(mapping.status_of(current), status)
 
     def _comments_newest_first(self, ticket_id: str) -> Iterator[dict[str, Any]]:
         path = f"{_issue_path(ticket_id)}/comment"
