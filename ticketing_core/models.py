@@ -157,7 +157,9 @@ class Capabilities:
     """What a provider supports, so hosts and policies adapt instead of assuming one service.
 
     ``field_choices`` lists the accepted codes of enumerated fields (e.g. ``priority``) so hosts can
-    reject bad input before calling the service; a field not listed is free text.
+    reject bad input before calling the service; a field not listed is free text. ``user_options``
+    names the factory options a user may set per connection (e.g. Jira's ``project``); hosts refuse
+    any other, since the rest (timeouts, transports) are the host's own business.
     """
 
     work_notes: bool = True
@@ -166,6 +168,7 @@ class Capabilities:
     idempotency_keys: bool = True
     inbound_webhooks: bool = False
     field_choices: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    user_options: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -254,6 +254,14 @@ class Outbox:
                 query.values(status=PENDING, attempts=0, next_attempt_at=utcnow())
             ).rowcount
 
+    def discard_for_integration(self, integration_id: int, conn: sa.Connection) -> None:
+        """Drop an integration's undelivered events (it is being deleted); delivered ones stay."""
+        conn.execute(
+            events.delete().where(
+                events.c.integration_id == integration_id, events.c.status != DELIVERED
+            )
+        )
+
     def entries(self, status: str | None = None, limit: int = 100) -> list[OutboxEvent]:
         query = sa.select(events.c.id).order_by(events.c.id).limit(limit)
         if status is not None:

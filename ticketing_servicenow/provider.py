@@ -56,8 +56,9 @@ class ServiceNowProvider:
             "priority": ("1", "2", "3", "4", "5"),
             "urgency": ("1", "2", "3"),
             "impact": ("1", "2", "3"),
-            "status": tuple(mapping.STATE_LABELS),
+            "status": (*mapping.STATE_LABELS, *mapping.STATE_LABELS.values()),
         },
+        user_options=("close_code",),
     )
 
     def __init__(

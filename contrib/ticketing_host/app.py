@@ -7,7 +7,7 @@ service. Every failure becomes a status code in one place, :data:`ERROR_STATUS`.
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from typing import Annotated, cast
@@ -68,6 +68,7 @@ ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (DuplicateRecord, 409),
     (InvalidInput, 422),
     (sa.exc.DataError, 422),  # a value the database cannot store (PostgreSQL: a NUL character)
+    (UnicodeEncodeError, 422),  # text with an unpaired surrogate cannot be stored or sent
     (NotFound, 404),
     (TicketingError, 502),  # the provider failed or refused; its reason is the detail
 )
@@ -117,11 +118,11 @@ async def validation_error_response(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": jsonable_encoder(details)}, status_code=422)
 
 
-def invalid_fields(problems: dict[str, str]) -> RequestValidationError:
-    """A 422 in FastAPI's own shape, for body fields checked against what is installed."""
+def invalid_fields(problems: dict[str, str], where: str = "body") -> RequestValidationError:
+    """A 422 in FastAPI's own shape, for fields checked against what is installed."""
     return RequestValidationError(
         [
-            {"type": "value_error", "loc": ("body", name), "msg": msg}
+            {"type": "value_error", "loc": (where, name), "msg": msg}
             for name, msg in problems.items()
         ]
     )
@@ -133,7 +134,9 @@ def check_choice(name: str, value: str, allowed: Iterable[str]) -> None:
         raise invalid_fields({name: f"{value!r} is not one of: {', '.join(choices) or 'none'}"})
 
 
-def check_field_choices(provider: Provider, values: dict[str, str | None]) -> None:
+def check_field_choices(
+    provider: Provider, values: Mapping[str, str | None], where: str = "body"
+) -> None:
     """Enumerated fields the provider has must be given, and be one of its choices."""
     choices = provider.capabilities.field_choices
     problems = {
@@ -146,7 +149,7 @@ def check_field_choices(provider: Provider, values: dict[str, str | None]) -> No
         if name in choices and value not in choices[name]
     }
     if problems:
-        raise invalid_fields(problems)
+        raise invalid_fields(problems, where)
 
 
 # -- dependencies ----------------------------------------------------------------------------------
@@ -236,8 +239,11 @@ def search_tickets(
 ) -> PageOut:
     """Search the tickets of an integration (the only one when ``integration_id`` is omitted)."""
     integration = resolve_integration(runtime.store, integration_id)
+    provider = runtime.pool(integration.id)
+    filters = {name: value for name, value in (("status", status), ("priority", priority)) if value}
+    check_field_choices(provider, filters, where="query")
     search = SearchQuery(text=query, status=status, priority=priority, page=page, size=size)
-    found = runtime.pool(integration.id).search(search)
+    found = provider.search(search)
     return PageOut.of(found)
 
 

@@ -14,6 +14,7 @@ import attrs
 import sqlalchemy as sa
 
 from ticketing_core.models import Anomaly, FailedCheck
+from ticketing_core.outbox import Outbox
 from ticketing_core.policies import DEFAULT_POLICY
 from ticketing_core.service import USER
 from ticketing_core.store import Database, LinkStore, UtcDateTime, utcnow
@@ -37,6 +38,7 @@ integrations = sa.Table(
     sa.Column("connected", sa.Boolean, nullable=False, default=True),
     sa.Column("status", sa.String(32), nullable=False, default="idle"),
     sa.Column("created", UtcDateTime, nullable=False),
+    sqlite_autoincrement=True,  # a deleted integration's id is never given to another
 )
 
 anomalies = sa.Table(
@@ -175,10 +177,11 @@ class HostStore:
         return IntegrationRecord(**row)
 
     def delete_integration(self, integration_id: int) -> None:
-        """Delete an integration and its ticket links."""
+        """Delete an integration, its ticket links and its undelivered syncs."""
         with self.database.begin() as conn:
             self.integration(integration_id, conn)
             LinkStore(self.database).delete_for_integration(integration_id, conn)
+            Outbox(self.database).discard_for_integration(integration_id, conn)
             conn.execute(integrations.delete().where(integrations.c.id == integration_id))
 
     # -- anomalies ---------------------------------------------------------------------------------
@@ -187,19 +190,20 @@ class HostStore:
         """Store ``anomaly``; with ``assign_id`` its id is ignored and the next free one is used."""
         now = utcnow()
         with self.database.begin() as conn:
-            anomaly_id = (
-                conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.max(anomalies.c.id), 0) + 1)
-                ).scalar_one()
-                if assign_id
-                else anomaly.id
-            )
+            anomaly_id = self._next_anomaly_id(conn) if assign_id else anomaly.id
             values = attrs.asdict(attrs.evolve(anomaly, id=anomaly_id))  # checks become dicts
             try:
                 conn.execute(anomalies.insert().values(**values, created=now, updated=now))
             except sa.exc.IntegrityError:
                 raise DuplicateRecord(f"anomaly {anomaly_id} already exists") from None
             return self.anomaly(anomaly_id, conn)
+
+    @staticmethod
+    def _next_anomaly_id(conn: sa.Connection) -> int:
+        highest = conn.execute(sa.select(sa.func.max(anomalies.c.id))).scalar_one() or 0
+        if highest >= MAX_ANOMALY_ID:
+            raise DuplicateRecord("no anomaly id is left above the highest one: give an id")
+        return int(highest) + 1
 
     def anomaly(self, anomaly_id: int, conn: sa.Connection | None = None) -> AnomalyEntry:
         with self.database.read(conn) as c:

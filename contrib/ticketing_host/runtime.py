@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from typing import Any
 import attrs
 import sqlalchemy as sa
 
-from ticketing_core.errors import InvalidInput
+from ticketing_core.errors import InvalidInput, TicketingError
 from ticketing_core.hookspecs import Provider
 from ticketing_core.outbox import Outbox, ThreadedDispatcher
 from ticketing_core.plugins import default_registry
@@ -78,17 +79,29 @@ class HostRuntime:
     def connect(
         self, type: str, api_url: str, api_access_token: str, options: Mapping[str, Any]
     ) -> Provider:
-        """A provider of ``type`` for one instance (no network I/O)."""
+        """A provider of ``type`` for one instance (no network I/O).
+
+        ``options`` come from users, so only those the provider lists as ``user_options`` pass.
+        """
         try:
-            return self.registry.connect(
+            provider = self.registry.connect(
                 type,
                 api_url=api_url,
                 api_access_token=api_access_token,
                 allow_http=self.settings.allow_http,
                 **options,
             )
-        except TypeError as exc:  # the factory's own word on an option it does not take
-            raise InvalidInput(f"options: {type} does not accept them ({exc})") from None
+        except TicketingError:
+            raise
+        except Exception as exc:
+            # Building a provider does no I/O, so any other failure is the options' fault.
+            raise InvalidInput(f"options: {type} cannot use them: {exc}") from None
+        if unknown := sorted(set(options) - set(provider.capabilities.user_options)):
+            with contextlib.suppress(Exception):  # built with bad options, it may not even close
+                provider.close()
+            allowed = ", ".join(provider.capabilities.user_options) or "none"
+            raise InvalidInput(f"options: {type} cannot use them: {unknown} (allowed: {allowed})")
+        return provider
 
     def ensure_api_token(self) -> str | None:
         """Make an API token when none is configured or stored; returns it (only its hash is kept)."""

@@ -107,3 +107,12 @@ def test_an_id_out_of_range_is_422_naming_it(host: Host, path: str, loc: list[st
 
     assert response.status_code == 422
     assert [error["loc"] for error in response.json()["detail"]] == [loc]
+
+
+def test_no_id_left_above_the_highest_is_409_and_nothing_is_stored(host: Host) -> None:
+    ok(host.api.post("/api/anomalies", json=ANOMALY | {"id": 2**63 - 1}), 201)
+
+    response = host.api.post("/api/anomalies", json={k: v for k, v in ANOMALY.items() if k != "id"})
+
+    assert response.status_code == 409
+    assert "give an id" in response.json()["detail"]

@@ -176,3 +176,57 @@ def test_bearer_token_credentials_work_too(host: Host, emulator_url: str) -> Non
     created = create_integration(host, emulator_url, token=BEARER_TOKEN)
 
     assert created["connected"] is True
+
+
+@pytest.mark.parametrize(
+    "options", [{"transport": "x"}, {"timeout": "abc"}, {"colour": "red"}, {"max_attempts": "z"}]
+)
+def test_options_a_provider_cannot_use_are_400(
+    host: Host, emulator_url: str, options: dict[str, str]
+) -> None:
+    body = {"type": "servicenow", "api_url": emulator_url, "api_access_token": ADMIN_TOKEN}
+
+    response = host.api.post("/api/integrations", json=body | {"options": options})
+
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("options: servicenow cannot use them")
+    assert ok(host.api.get("/api/integrations")) == []
+
+
+@pytest.mark.parametrize("api_url", ["http://[::1", "http://127.0.0.1:abc", "ftp://x"])
+def test_malformed_urls_are_400(host: Host, api_url: str) -> None:
+    body = {"type": "servicenow", "api_url": api_url, "api_access_token": ADMIN_TOKEN}
+
+    response = host.api.post("/api/integrations", json=body)
+
+    assert response.status_code == 400
+    assert "api_url must be an absolute https:// URL" in response.json()["detail"]
+
+
+def test_a_token_with_a_line_break_is_400_and_not_echoed(host: Host, emulator_url: str) -> None:
+    body = {"type": "servicenow", "api_url": emulator_url, "api_access_token": "Secret\ntoken"}
+
+    response = host.api.post("/api/integrations", json=body)
+
+    assert response.status_code == 400
+    assert "Secret" not in response.text
+
+
+def test_deleting_an_integration_drops_its_queued_syncs_and_its_id_is_not_reused(
+    host: Host, emulator: Emulator, emulator_url: str
+) -> None:
+    first = create_integration(host, emulator_url)
+    ok(host.api.post("/api/anomalies", json={"id": 5, "type": "Record", "status": "Active",
+                                             "description": "d", "failed_checks": []}), 201)  # fmt: skip
+    path = "/api/integrations/ticketing/anomalies/5/tickets"
+    ok(host.api.post(path, json={"title": "t", "description": "d", "priority": "3",
+                                 "urgency": "3", "impact": "3"}))  # fmt: skip
+    emulator.down = True
+    ok(host.api.put("/api/anomalies/5", json={"status": "Acknowledged"}))
+
+    assert host.api.delete(f"/api/integrations/{first['id']}").status_code == 204
+    emulator.down = False
+    second = create_integration(host, emulator_url)
+
+    assert second["id"] != first["id"]
+    assert host.runtime.service.outbox.counts() == {"pending": 0, "delivered": 0, "dead": 0}

@@ -128,8 +128,10 @@ def test_pulling_records_status_and_comments_only_on_a_change(
     assert notes_after_linking(emulator, other_id) == []
 
 
-def test_a_failing_pull_is_502(host: Host, emulator: Emulator, linked: list[str]) -> None:
-    emulator.add_fault("502")
+def test_a_pull_that_reads_no_ticket_is_502(
+    host: Host, emulator: Emulator, linked: list[str]
+) -> None:
+    emulator.add_fault("502", count=len(linked))
 
     response = host.api.post("/api/anomalies/12345/ticket-links/sync")
 

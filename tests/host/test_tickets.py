@@ -333,3 +333,44 @@ def test_ticket_links_are_listed_in_the_seed_shape(
 
 def test_ticket_links_of_an_unknown_anomaly_are_404(host: Host) -> None:
     assert host.api.get("/api/anomalies/999/ticket-links").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "message"),
+    [
+        (
+            {"status": "Bogus"},
+            "status",
+            "'Bogus' is not one of: 1, 2, 3, 6, 7, 8, New, In Progress",
+        ),
+        ({"priority": "9"}, "priority", "'9' is not one of: 1, 2, 3, 4, 5"),
+    ],
+)
+def test_search_filters_outside_the_providers_choices_are_422(
+    host: Host, integration: dict[str, Any], params: dict[str, str], field: str, message: str
+) -> None:
+    response = host.api.get("/api/integrations/ticketing/tickets/search", params=params)
+
+    assert response.status_code == 422
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == ["query", field]
+    assert detail["msg"].startswith(message)
+
+
+def test_search_accepts_status_labels_and_codes(
+    host: Host, integration: dict[str, Any], ticket: dict[str, Any]
+) -> None:
+    for status in ("New", "1"):
+        page = ok(host.api.get("/api/integrations/ticketing/tickets/search",
+                               params={"status": status}))  # fmt: skip
+        assert page["total"] == 1
+
+
+def test_unpaired_surrogates_are_422_not_500(host: Host, anomaly: dict[str, Any]) -> None:
+    response = host.api.post(
+        f"/api/anomalies/{ANOMALY_ID}/comments",
+        content=b'{"message": "bad \\ud800 text"}',
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 422

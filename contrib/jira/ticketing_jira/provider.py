@@ -62,6 +62,7 @@ class JiraProvider:
         idempotency_keys=True,
         inbound_webhooks=False,
         field_choices={"priority": ("Highest", "High", "Medium", "Low", "Lowest")},
+        user_options=("project", "issue_type"),
     )
 
     def __init__(
