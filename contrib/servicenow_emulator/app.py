@@ -380,7 +380,8 @@ class Emulator(EmulatedService):
         user = self._users.get(name)
         if user is None or user.password is None:
             return None
-        return user if hmac.compare_digest(user.password, password) else None
+        # Bytes: compare_digest refuses non-ASCII str, and a password may be anything.
+        return user if hmac.compare_digest(user.password.encode(), password.encode()) else None
 
     async def _dispatch(self, request: Request) -> Response:
         user = authenticate(

@@ -537,3 +537,9 @@ def test_malformed_body_is_400(client: httpx.Client, body: bytes) -> None:
     error = response.json()["error"]
     assert error["message"] == "Exception while reading request"
     assert error["detail"]
+
+
+def test_non_ascii_passwords_are_refused_not_crashed_on(server: RunningEmulator) -> None:
+    response = httpx.get(f"{server.url}/api/now/table/incident", auth=("admin", "pässwörd"))
+
+    assert response.status_code == 401

@@ -45,7 +45,7 @@ def calls(emulator: JiraEmulator) -> list[tuple[str, str]]:
 def test_validate_with_email_and_api_token(provider: JiraProvider, emulator: JiraEmulator) -> None:
     provider.validate()
 
-    assert calls(emulator) == [("GET", "/rest/api/3/myself")]
+    assert calls(emulator) == [("GET", "/rest/api/3/myself"), ("GET", "/rest/api/3/project/DQ")]
 
 
 def test_bearer_token_acts_as_its_account(server: RunningEmulator, emulator: JiraEmulator) -> None:
@@ -431,7 +431,7 @@ def test_rate_limit_is_waited_out(provider: JiraProvider, emulator: JiraEmulator
     provider.validate()
 
     assert time.monotonic() - started >= 2.0
-    assert [r["status"] for r in emulator.requests] == [429, 429, 200]
+    assert [r["status"] for r in emulator.requests] == [429, 429, 200, 200]
 
 
 def test_maintenance_page_is_an_unexpected_response(
@@ -471,3 +471,8 @@ def test_canonical_resolved_reaches_a_done_status_with_one_resolution_comment(
     assert resolved.status == "Done"
     assert resolved.extras["status_category"] == "done"
     assert [c["text"] for c in emulator.comments(issue.id)] == ["Anomaly 1 was marked Resolved."]
+
+
+def test_validate_refuses_a_project_that_does_not_exist(server: RunningEmulator) -> None:
+    with pytest.raises(errors.NotFound, match="No project could be found with key 'NOPE'"):
+        connect(server, project="NOPE").validate()

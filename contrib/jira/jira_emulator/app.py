@@ -437,7 +437,8 @@ class JiraEmulator(EmulatedService):
         account = self._accounts.get(email.casefold())
         if account is None or account.api_token is None:
             return None
-        return account if hmac.compare_digest(account.api_token, token) else None
+        # Bytes: compare_digest refuses non-ASCII str, and a token may be anything.
+        return account if hmac.compare_digest(account.api_token.encode(), token.encode()) else None
 
     # ---- site metadata --------------------------------------------------------------------
 

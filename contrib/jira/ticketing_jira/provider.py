@@ -88,6 +88,8 @@ class JiraProvider:
 
     def validate(self) -> None:
         self._client.request("GET", f"{API}/myself")
+        # The credentials work; the project must exist too, or every create would fail later.
+        self._client.request("GET", f"{API}/project/{quote(self.project, safe='')}")
 
     def search(self, query: SearchQuery) -> Page:
         conditions = mapping.search_jql(self.project, query)
