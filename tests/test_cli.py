@@ -216,3 +216,10 @@ def test_unknown_provider_is_a_usage_error(emulator_url: str) -> None:
     assert result.stderr.strip() == (
         "error: no ticketing provider named 'nope' is installed (installed: jira, servicenow)"
     )
+
+
+def test_an_empty_note_is_a_usage_error(run: Any) -> None:
+    result = run("note", "INC0010001", "   ")
+
+    assert result.exit_code == 2
+    assert "a work note must not be empty" in result.stderr

@@ -58,3 +58,23 @@ def test_retry_needs_ids_or_all(tmp_path: Path) -> None:
 
     assert result.exit_code == 2
     assert "give event ids or --all" in result.stderr
+
+
+def test_a_missing_database_file_is_a_usage_error_and_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+
+    result = CliRunner().invoke(cli, ["outbox", "list", "--database", str(missing)])
+
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: no database file at '{missing}': pass --database"
+    assert not missing.exists()
+
+
+def test_an_unreachable_database_is_one_line_not_a_traceback() -> None:
+    result = CliRunner().invoke(
+        cli, ["outbox", "list", "--database", "postgresql://nobody@127.0.0.1:1/none"]
+    )
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: cannot open the database: OperationalError")
+    assert result.stderr.count("\n") == 1

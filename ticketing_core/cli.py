@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, TypeVar
 
 try:
@@ -273,6 +274,8 @@ def update(
 def note(provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
          ticket: str, text: str) -> None:  # fmt: skip
     """Add an internal work note to a ticket."""
+    if not text.strip():
+        raise click.BadParameter("a work note must not be empty", param_hint="TEXT")
     with connected(provider, url, token, allow_http) as client:
         on_ticket(client, ticket, lambda ticket_id: client.add_work_note(ticket_id, text))
     click.echo(json.dumps({"noted": True}) if as_json else f"Work note added to {ticket}")
@@ -308,14 +311,26 @@ def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def open_outbox(database: str) -> Any:
+    """The outbox of an existing database (a mistyped path must not create an empty one)."""
     try:
+        import sqlalchemy as sa
+
         from ticketing_core.outbox import Outbox
         from ticketing_core.store import Database
     except ImportError:
         raise errors.PluginError(
             "the outbox needs its extra: pip install 'ticketing[sync]'"
         ) from None
-    return Outbox(Database(database))
+    if "://" not in database and not Path(database).is_file():
+        raise errors.InvalidInput(f"no database file at {database!r}: pass --database")
+    try:
+        return Outbox(Database(database))
+    except (sa.exc.SQLAlchemyError, ImportError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        first_line = str(reason).strip().splitlines()[0] if str(reason).strip() else ""
+        raise errors.InvalidInput(
+            f"cannot open the database: {type(reason).__name__}: {first_line}"
+        ) from None
 
 
 @outbox.command("list")
@@ -343,7 +358,7 @@ def outbox_list(database: str, status: str | None, limit: int, as_json: bool) ->
 
 @outbox.command("retry")
 @database_option
-@click.argument("event_ids", nargs=-1, type=int)
+@click.argument("event_ids", nargs=-1, type=click.IntRange(1, 2**63 - 1))
 @click.option("--all", "retry_all", is_flag=True, help="Retry every dead event.")
 def outbox_retry(database: str, event_ids: tuple[int, ...], retry_all: bool) -> None:
     """Put dead events back in line for delivery."""

@@ -15,7 +15,7 @@ TOKEN_VARIABLE = "TICKETING_API_TOKEN"  # noqa: S105 - a variable's name, not a 
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--database",
     envvar="TICKETING_DATABASE",
@@ -36,6 +36,7 @@ def serve(
     host: str, port: int, database: str, public_url: str | None, allow_http: bool, product: str
 ) -> None:
     """Run the host API and its background sync. The API token comes from TICKETING_API_TOKEN."""
+    import sqlalchemy as sa
     import uvicorn
 
     from .app import create_app, runtime_of
@@ -48,8 +49,12 @@ def serve(
         allow_http=allow_http,
         api_token=os.environ.get(TOKEN_VARIABLE) or None,
     )
-    app = create_app(settings)
-    generated = runtime_of(app).ensure_api_token()
+    try:
+        app = create_app(settings)
+        generated = runtime_of(app).ensure_api_token()
+    except sa.exc.SQLAlchemyError as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise click.ClickException(f"cannot open the database {database!r}: {reason}") from None
     click.echo(token_notice(settings.api_token is not None, generated), err=True)
     uvicorn.run(app, host=host, port=port)
 
