@@ -116,19 +116,26 @@ class SyncPolicy(Protocol):
 
 
 class WorkNotesOnly:
-    """The seed's policy: status changes and comments become work notes; ticket state is untouched."""
+    """The seed's policy: status changes and comments become work notes; ticket state is untouched.
+
+    A provider with neither internal notes nor comments gets nothing.
+    """
 
     name = DEFAULT_POLICY
 
     def on_status_change(
         self, change: StatusChange, messages: Messages, capabilities: Capabilities
     ) -> Sequence[Action]:
-        return [AddWorkNote(messages.status_note(change))]
+        return _notes(capabilities, messages.status_note(change))
 
     def on_comment(
         self, text: str, messages: Messages, capabilities: Capabilities
     ) -> Sequence[Action]:
-        return [AddWorkNote(messages.comment_note(text))]
+        return _notes(capabilities, messages.comment_note(text))
+
+
+def _notes(capabilities: Capabilities, text: str) -> list[Action]:
+    return [AddWorkNote(text)] if capabilities.work_notes or capabilities.public_comments else []
 
 
 @attrs.frozen

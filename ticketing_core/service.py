@@ -20,7 +20,7 @@ from datetime import datetime
 import attrs
 import sqlalchemy as sa
 
-from ticketing_core.errors import InvalidInput, ProviderError
+from ticketing_core.errors import InvalidInput, ProviderError, TicketingError
 from ticketing_core.hookspecs import Provider
 from ticketing_core.models import (
     Anomaly,
@@ -252,8 +252,7 @@ class SyncService:
                 NewEvent(link.integration_id, link.ticket_id, action, anomaly_id)
                 for link in self.links.for_anomaly(anomaly_id, conn=c)
                 for action in actions_of(
-                    self.policy_for(link.integration_id),
-                    self.provider_for(link.integration_id).capabilities,
+                    self.policy_for(link.integration_id), self._capabilities(link.integration_id)
                 )
             ]
             stored = self.outbox.enqueue(new_events, conn=c)
@@ -262,6 +261,17 @@ class SyncService:
         if stored and conn is None and self.dispatcher is not None:
             self.dispatcher.wake()
         return stored
+
+    def _capabilities(self, integration_id: int) -> Capabilities:
+        # Queuing must not depend on the provider being usable now: if it cannot even be built,
+        # assume the defaults and let delivery report the problem (the event ends up dead, listed).
+        try:
+            return self.provider_for(integration_id).capabilities
+        except TicketingError as exc:
+            log.warning(
+                "integration %s: %s; queuing with default capabilities", integration_id, exc
+            )
+            return Capabilities()
 
     def _store_link(self, anomaly_id: int, integration_id: int, ticket: Ticket) -> TicketLink:
         return self.links.add(

@@ -73,3 +73,10 @@ def test_state_mapping_adapts_to_providers_without_state_changes() -> None:
     actions = StateMapping().on_status_change(change, Messages(), CANNOT_CHANGE_STATE)
 
     assert actions == [AddWorkNote(Messages().status_note(change))]
+
+
+def test_a_provider_without_notes_or_comments_gets_no_note_actions() -> None:
+    mute = Capabilities(work_notes=False, public_comments=False)
+
+    assert WorkNotesOnly().on_comment("hi", Messages(), mute) == []
+    assert WorkNotesOnly().on_status_change(StatusChange(1, "Active", AT), Messages(), mute) == []

@@ -268,3 +268,18 @@ def test_pull_refreshes_the_readable_tickets_when_one_is_gone(
     emulator.add_fault("500", count=2)
     with pytest.raises(errors.ProviderUnavailable):
         service.pull_status(12345)
+
+
+def test_queuing_does_not_need_a_usable_provider(database: Database, host: Host) -> None:
+    from ticketing_core.errors import PluginError
+    from ticketing_core.store import LinkStore
+
+    def unusable(integration_id: int) -> ServiceNowProvider:
+        raise PluginError("no ticketing provider named 'gone' is installed")
+
+    LinkStore(database).add(anomaly_id=1, integration_id=9, ticket_id="t", ticket_number="T-1",
+                            ticket_url=None, status="New")  # fmt: skip
+    sync = SyncService(database, provider_for=unusable, policy_for=lambda _: host.policy,
+                       comment_on_anomaly=lambda *_: None)  # fmt: skip
+
+    assert sync.anomaly_status_changed(1, "Acknowledged") == 1
