@@ -14,13 +14,20 @@ under the entry-point group ``ticketing``::
     def register_providers(register):
         register("acme", AcmeProvider)
 
-There is one hook, :func:`register_providers`, in the manner of simonw/llm's ``register_models``: a plugin
-never touches core structures, it hands a factory to ``register``. Everything else a provider does goes
-through the typed :class:`Provider` interface below, because the operations are called on one connected
-instance (with its URL, credentials and HTTP client), not broadcast to every plugin as hooks are.
+There are two hooks, in the manner of simonw/llm's ``register_models``: a plugin never touches core
+structures, it hands what it ships to ``register``. :func:`register_providers` adds provider types;
+:func:`register_sync_policies` adds sync policies. Everything else a provider does goes through the
+typed :class:`Provider` interface below, because the operations are called on one connected instance
+(with its URL, credentials and HTTP client), not broadcast to every plugin as hooks are.
 
 Why a factory and not an instance: a host connects to many instances of one provider type (one per
 integration), each with its own credentials, so it needs to build providers on demand.
+
+What else a provider author uses: :mod:`ticketing_core.models` (the records, and
+:class:`~ticketing_core.models.Capabilities`, what a provider declares it supports),
+:mod:`ticketing_core.errors` (the only exceptions a provider raises), :mod:`ticketing_core.http`
+(a retrying HTTP transport with the error mapping done) and :mod:`ticketing_core.testing` (the
+conformance kit every provider must pass). docs/writing-a-provider.md is the guided tour.
 
 Stability: hooks change only by gaining arguments (implementations may accept fewer than the spec);
 :class:`Provider` methods change only by gaining optional keyword arguments.
@@ -94,10 +101,11 @@ class Provider(Protocol):
         """Add an internal note (visible to agents, not to the requester) to the ticket."""
 
     def has_work_note(self, ticket_id: str, text: str, *, since: datetime) -> bool:
-        """Whether a note with exactly ``text`` was added to the ticket at or after ``since``.
+        """Whether a note with exactly ``text`` (as :meth:`add_work_note` stores it) was added to the
+        ticket at or after ``since``.
 
-        The outbox asks before re-delivering a note whose earlier delivery may have succeeded
-        (the process died mid-call), so that a note is never added twice.
+        The outbox asks before re-delivering a note whose earlier attempt may have landed (its worker
+        died mid-call, or the call timed out), so that a note is never added twice.
         """
 
     def get_status(self, ticket_id: str) -> TicketStatus:
@@ -113,7 +121,8 @@ class ProviderFactory(Protocol):
     ``api_url`` is the instance's base URL (``https://acme.service-now.com``). ``api_access_token`` is
     the credential as the user gave it; each provider documents its forms (ServiceNow:
     ``username:password`` for Basic auth, anything else a Bearer token). ``options`` are
-    provider-specific keyword settings (timeouts, retry bounds); unknown ones should raise ``TypeError``.
+    provider-specific keyword settings (timeouts, retry bounds, a project); unknown ones raise
+    ``TypeError``, and those a user may set are listed in ``Capabilities.user_options``.
     Building must not do network I/O: hosts call :meth:`Provider.validate` when they want a check.
     """
 
