@@ -8,8 +8,9 @@ An event is one :mod:`~ticketing_core.policies` action for one ticket. Delivery 
 - a worker claims an event with a lease that it renews while delivering, so events held by a killed
   process become claimable again shortly after it dies;
 - an event whose earlier attempt may have landed (its worker died mid-call, or the call timed out or
-  lost its answer) is marked ``in_doubt``, with the time of that attempt, so the deliverer can check
-  the ticket before acting again; an attempt the service refused (429, 503) leaves no doubt;
+  lost its answer) is marked ``in_doubt`` until delivered, with the time of its first claim, so the
+  deliverer can check the ticket before acting again; an attempt the service refused (429, 503)
+  adds no doubt;
 - retryable failures back off exponentially (or by the service's ``Retry-After``); after
   ``max_attempts`` failures, or at once for a failure retrying cannot fix, the event is parked as dead,
   listed and retryable.
@@ -55,10 +56,10 @@ events = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, default=PENDING),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("claims", sa.Integer, nullable=False, default=0),
-    # Set when the last failure may have happened after the service acted (timeout, lost answer).
+    # Set, and kept, once a failure may have come after the service acted (timeout, lost answer).
     sa.Column("ambiguous", sa.Boolean, nullable=False, default=False),
-    sa.Column("claimed_at", UtcDateTime),
-    sa.Column("previous_claimed_at", UtcDateTime),
+    # The ticket's earlier events were all settled by then: anything of ours it has since is this one.
+    sa.Column("first_claimed_at", UtcDateTime),
     sa.Column("next_attempt_at", UtcDateTime, nullable=False),
     sa.Column("lease_until", UtcDateTime),
     sa.Column("last_error", sa.Text),
@@ -86,7 +87,7 @@ class OutboxEvent:
     attempts: int
     claims: int
     ambiguous: bool
-    previous_claimed_at: datetime | None
+    first_claimed_at: datetime | None
     last_error: str | None
     created: datetime
     next_attempt_at: datetime
@@ -192,8 +193,7 @@ class Outbox:
                     .values(
                         lease_until=now + self.lease,
                         claims=events.c.claims + 1,
-                        previous_claimed_at=events.c.claimed_at,  # SET reads the old value
-                        claimed_at=now,
+                        first_claimed_at=sa.func.coalesce(events.c.first_claimed_at, now),
                     )
                 ).rowcount
                 if won:
@@ -230,7 +230,7 @@ class Outbox:
                 .values(
                     status=status,
                     attempts=attempts,
-                    ambiguous=is_ambiguous(error),
+                    ambiguous=sa.true() if is_ambiguous(error) else events.c.ambiguous,
                     last_error=f"{type(error).__name__}: {error}"[:2000],
                     next_attempt_at=utcnow() + self._backoff(attempts, error),
                     lease_until=None,
@@ -310,7 +310,7 @@ def _event(row: sa.RowMapping) -> OutboxEvent:
         attempts=row["attempts"],
         claims=row["claims"],
         ambiguous=row["ambiguous"],
-        previous_claimed_at=row["previous_claimed_at"],
+        first_claimed_at=row["first_claimed_at"],
         last_error=row["last_error"],
         created=row["created"],
         next_attempt_at=row["next_attempt_at"],

@@ -221,8 +221,8 @@ class SyncService:
         action = event.action
         if isinstance(action, AddWorkNote):
             # An earlier attempt may have landed: look before adding the note again. Events of a
-            # ticket go one at a time, so a match since that attempt can only be this note.
-            since = event.previous_claimed_at or event.created
+            # ticket go one at a time, so a match since its first claim can only be this note.
+            since = event.first_claimed_at or event.created
             if event.in_doubt and provider.has_work_note(event.ticket_id, action.text, since=since):
                 return
             provider.add_work_note(event.ticket_id, action.text)

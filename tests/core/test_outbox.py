@@ -230,8 +230,7 @@ def test_only_failures_after_which_the_call_may_have_landed_leave_doubt(
 
     assert not first.in_doubt
     assert again.in_doubt is in_doubt
-    assert again.previous_claimed_at is not None
-    assert again.previous_claimed_at <= again.next_attempt_at
+    assert again.first_claimed_at == first.first_claimed_at
 
 
 def test_a_claim_its_worker_never_settled_leaves_doubt(database: Database) -> None:
@@ -243,3 +242,29 @@ def test_a_claim_its_worker_never_settled_leaves_doubt(database: Database) -> No
     (again,) = outbox.claim(1)
 
     assert again.in_doubt
+
+
+def test_doubt_stays_until_delivery_and_dates_from_the_first_claim(database: Database) -> None:
+    outbox = Outbox(database, backoff_initial=0.0)
+    outbox.enqueue([note("t", "x")])
+    (first,) = outbox.claim(1)
+    outbox.failed(first, errors.ProviderTimeout("no answer"))  # may have landed
+    (second,) = outbox.claim(1)
+    outbox.failed(second, errors.ProviderUnavailable("down", status_code=503))  # refused
+
+    (third,) = outbox.claim(1)
+
+    assert third.in_doubt
+    assert third.first_claimed_at == first.first_claimed_at
+
+
+def test_outbox_ids_are_never_reused(database: Database) -> None:
+    outbox = Outbox(database)
+    outbox.enqueue([note("t", "x")])
+    (event,) = outbox.claim(1)
+    with database.begin() as conn:
+        outbox.discard_for_integration(1, conn)
+
+    outbox.enqueue([note("t", "y")])
+
+    assert outbox.entries()[0].id > event.id

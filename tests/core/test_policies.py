@@ -1,4 +1,8 @@
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
 
 from ticketing_core.models import Anomaly, Capabilities, FailedCheck, TicketChanges
 from ticketing_core.policies import (
@@ -23,6 +27,17 @@ def test_status_note_is_the_seeds_exact_text_in_utc() -> None:
     assert note == "[2024-01-15 10:30:00 UTC] Qualytics Anomaly Status: Acknowledged"
 
 
+@pytest.fixture
+def far_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run in a time zone five hours behind UTC, so local-time mistakes show."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("far_from_utc")
 def test_a_naive_change_time_is_taken_as_utc() -> None:
     note = Messages().status_note(StatusChange(1, "Acknowledged", AT.replace(tzinfo=None)))
 
