@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -64,10 +64,19 @@ SECRET_HEADERS = ("authorization", "cookie", "set-cookie")
 @pytest.fixture(scope="module")
 def vcr_config() -> dict[str, object]:
     return {
-        "filter_headers": list(SECRET_HEADERS),
+        "filter_headers": list(SECRET_HEADERS),  # request headers only
+        "before_record_response": without_cookies,
         "match_on": ["method", "path", "query", "body"],
         "decode_compressed_response": True,
     }
+
+
+def without_cookies(response: dict[str, Any]) -> dict[str, Any]:
+    """A response with its session cookies dropped (vcrpy filters only request headers)."""
+    headers = response["headers"]
+    for name in [name for name in headers if name.lower() == "set-cookie"]:
+        del headers[name]
+    return response
 
 
 @pytest.fixture

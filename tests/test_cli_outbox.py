@@ -76,5 +76,16 @@ def test_an_unreachable_database_is_one_line_not_a_traceback() -> None:
     )
 
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: cannot open the database: OperationalError")
+    assert result.stderr.startswith("error: cannot open the database postgresql+psycopg://nobody@")
+    assert ": OperationalError: connection failed" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_database_errors_hide_the_password() -> None:
+    result = CliRunner().invoke(
+        cli, ["outbox", "list", "--database", "postgresql://postgres:S3cretPW@127.0.0.1:1/x"]
+    )
+
+    assert result.exit_code == 2
+    assert "S3cretPW" not in result.output
+    assert "postgres:***@127.0.0.1:1/x" in result.stderr

@@ -313,10 +313,8 @@ def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
 def open_outbox(database: str) -> Any:
     """The outbox of an existing database (a mistyped path must not create an empty one)."""
     try:
-        import sqlalchemy as sa
-
         from ticketing_core.outbox import Outbox
-        from ticketing_core.store import Database
+        from ticketing_core.store import OPEN_ERRORS, Database, open_error
     except ImportError:
         raise errors.PluginError(
             "the outbox needs its extra: pip install 'ticketing[sync]'"
@@ -325,18 +323,14 @@ def open_outbox(database: str) -> Any:
         raise errors.InvalidInput(f"no database file at {database!r}: pass --database")
     try:
         return Outbox(Database(database))
-    except (sa.exc.SQLAlchemyError, ImportError) as exc:
-        reason = getattr(exc, "orig", None) or exc
-        first_line = str(reason).strip().splitlines()[0] if str(reason).strip() else ""
-        raise errors.InvalidInput(
-            f"cannot open the database: {type(reason).__name__}: {first_line}"
-        ) from None
+    except OPEN_ERRORS as exc:
+        raise errors.InvalidInput(open_error(database, exc)) from None
 
 
 @outbox.command("list")
 @database_option
 @click.option("--status", type=click.Choice(["pending", "delivered", "dead"]))
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def outbox_list(database: str, status: str | None, limit: int, as_json: bool) -> None:
     """List outbox events, oldest first."""

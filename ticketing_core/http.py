@@ -55,6 +55,10 @@ def auth_from_token(api_access_token: str) -> httpx.Auth:
     if not api_access_token or any(char.isspace() for char in api_access_token):
         # Checked here, not by httpx, whose header error would quote the token.
         raise InvalidInput("the access token must not be empty or contain spaces or line breaks")
+    try:
+        api_access_token.encode()
+    except UnicodeEncodeError:  # e.g. undecodable bytes from a command line
+        raise InvalidInput("the access token is not valid text (UTF-8)") from None
     username, sep, password = api_access_token.partition(":")
     if sep and username:
         return httpx.BasicAuth(username, password)

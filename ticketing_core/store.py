@@ -136,6 +136,21 @@ class Database:
         self.engine.dispose()
 
 
+# What opening a database can raise for a bad URL, a missing driver or an unreachable server.
+OPEN_ERRORS = (sa.exc.SQLAlchemyError, ValueError, ImportError)
+
+
+def open_error(url_or_path: str, error: BaseException) -> str:
+    """One line saying why ``url_or_path`` could not be opened, with any password hidden."""
+    try:
+        shown = sa.make_url(engine_url(url_or_path)).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        shown = "the given URL"
+    reason = getattr(error, "orig", None) or error
+    detail = " ".join(str(reason).split())  # drivers' messages span lines
+    return f"cannot open the database {shown}: {type(reason).__name__}: {detail}"[:500]
+
+
 def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the worker write while the API reads; busy_timeout waits instead of failing.
     # Transactions are begun by _begin_immediate, not by the driver.

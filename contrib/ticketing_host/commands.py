@@ -36,8 +36,9 @@ def serve(
     host: str, port: int, database: str, public_url: str | None, allow_http: bool, product: str
 ) -> None:
     """Run the host API and its background sync. The API token comes from TICKETING_API_TOKEN."""
-    import sqlalchemy as sa
     import uvicorn
+
+    from ticketing_core.store import OPEN_ERRORS, open_error
 
     from .app import create_app, runtime_of
     from .runtime import Settings
@@ -52,9 +53,8 @@ def serve(
     try:
         app = create_app(settings)
         generated = runtime_of(app).ensure_api_token()
-    except sa.exc.SQLAlchemyError as exc:
-        reason = getattr(exc, "orig", None) or exc
-        raise click.ClickException(f"cannot open the database {database!r}: {reason}") from None
+    except OPEN_ERRORS as exc:
+        raise click.ClickException(open_error(database, exc)) from None
     click.echo(token_notice(settings.api_token is not None, generated), err=True)
     uvicorn.run(app, host=host, port=port)
 

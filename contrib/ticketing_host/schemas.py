@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictStr,
     StringConstraints,
     model_validator,
 )
@@ -50,7 +51,7 @@ class IntegrationIn(Body):
     api_access_token: SecretStr
     sync_policy: str = DEFAULT_POLICY
     # Provider settings passed to its factory, e.g. {"project": "OPS"} for Jira.
-    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    options: dict[str, StrictStr] = Field(default_factory=dict)
 
 
 class IntegrationOut(BaseModel):

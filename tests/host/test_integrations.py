@@ -230,3 +230,12 @@ def test_deleting_an_integration_drops_its_queued_syncs_and_its_id_is_not_reused
 
     assert second["id"] != first["id"]
     assert host.runtime.service.outbox.counts() == {"pending": 0, "delivered": 0, "dead": 0}
+
+
+def test_options_must_be_text(host: Host, emulator_url: str) -> None:
+    body = {"type": "servicenow", "api_url": emulator_url, "api_access_token": ADMIN_TOKEN}
+
+    response = host.api.post("/api/integrations", json=body | {"options": {"close_code": 5}})
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "options", "close_code"]

@@ -84,3 +84,11 @@ def test_cassettes_hold_no_secret() -> None:
             assert secret not in text, f"{cassette.name} contains {secret!r}"
         for header in SECRET_HEADERS:
             assert f"\n      {header}:" not in text.lower(), f"{cassette.name} keeps {header}"
+
+
+def test_session_cookies_are_not_recorded() -> None:
+    from ..conftest import without_cookies
+
+    response = {"headers": {"Set-Cookie": ["JSESSIONID=SESSION-SECRET"], "Server": ["ServiceNow"]}}
+
+    assert without_cookies(response)["headers"] == {"Server": ["ServiceNow"]}
