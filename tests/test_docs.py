@@ -51,3 +51,17 @@ def test_every_hook_has_a_test(hook: str) -> None:
 def test_every_provider_method_is_documented(method: str) -> None:
     assert inspect.getdoc(getattr(Provider, method)), f"Provider.{method} needs a docstring"
     assert f"`{method}(" in GUIDE, f"docs/writing-a-provider.md must describe Provider.{method}"
+
+
+@pytest.mark.parametrize("method", ["on_status_change", "on_comment"])
+def test_sync_policy_methods_are_in_the_guide_with_their_exact_signatures(method: str) -> None:
+    from ticketing_core.policies import SyncPolicy
+
+    signature = inspect.signature(getattr(SyncPolicy, method))
+    parameters = ", ".join(
+        "self" if p.name == "self" else f"{p.name}: {p.annotation}"
+        for p in signature.parameters.values()
+    )
+    documented = f"def {method}({parameters}) -> {signature.return_annotation}"
+
+    assert documented in GUIDE, f"docs/writing-a-provider.md must show `{documented}`"
