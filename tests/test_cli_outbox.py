@@ -89,3 +89,20 @@ def test_database_errors_hide_the_password() -> None:
     assert result.exit_code == 2
     assert "S3cretPW" not in result.output
     assert "postgres:***@127.0.0.1:1/x" in result.stderr
+
+
+def test_discarding_a_dead_event_unblocks_its_ticket(tmp_path: Path) -> None:
+    outbox = Outbox(Database(str(tmp_path / "t.db")))
+    outbox.enqueue(
+        [NewEvent(1, "gone", AddWorkNote("first")), NewEvent(1, "gone", AddWorkNote("next"))]
+    )
+    (dead,) = outbox.claim(5)
+    outbox.failed(dead, errors.NotFound("No Record found"))
+    assert outbox.claim(5) == []
+
+    result = CliRunner().invoke(
+        cli, ["outbox", "discard", "--database", str(tmp_path / "t.db"), str(dead.id)]
+    )
+
+    assert result.output.strip() == "1 dead event(s) discarded"
+    assert [e.action for e in outbox.claim(5)] == [AddWorkNote("next")]

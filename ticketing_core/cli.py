@@ -363,6 +363,16 @@ def outbox_retry(database: str, event_ids: tuple[int, ...], retry_all: bool) -> 
     click.echo(f"{count} dead event(s) queued for delivery again")
 
 
+@outbox.command("discard")
+@database_option
+@click.argument("event_ids", nargs=-1, required=True, type=click.IntRange(1, 2**63 - 1))
+def outbox_discard(database: str, event_ids: tuple[int, ...]) -> None:
+    """Drop dead events that can never be delivered, so their ticket's later events can go."""
+    with reported_errors():
+        count = open_outbox(database).discard(list(event_ids))
+    click.echo(f"{count} dead event(s) discarded")
+
+
 def add_plugin_commands(group: click.Group) -> None:
     """Commands other distributions add through the ``ticketing.commands`` entry points."""
     for entry_point in entry_points(group="ticketing.commands"):

@@ -254,6 +254,13 @@ class Outbox:
                 query.values(status=PENDING, attempts=0, next_attempt_at=utcnow())
             ).rowcount
 
+    def discard(self, event_ids: Sequence[int]) -> int:
+        """Drop dead events that can never succeed (their ticket is gone), unblocking later ones."""
+        with self.database.begin() as conn:
+            return conn.execute(
+                events.delete().where(events.c.id.in_(event_ids), events.c.status == DEAD)
+            ).rowcount
+
     def discard_for_integration(self, integration_id: int, conn: sa.Connection) -> None:
         """Drop an integration's undelivered events (it is being deleted); delivered ones stay."""
         conn.execute(
