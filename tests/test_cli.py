@@ -223,3 +223,18 @@ def test_an_empty_note_is_a_usage_error(run: Any) -> None:
 
     assert result.exit_code == 2
     assert "a work note must not be empty" in result.stderr
+
+
+def test_an_invalid_operation_on_an_id_reports_the_refusal_not_not_found() -> None:
+    from ticketing_core import errors
+    from ticketing_core.cli import on_ticket
+
+    class Tracker:
+        def find(self, number: str) -> Any:
+            raise errors.NotFound(f"no ticket numbered {number!r}")
+
+    def update(ticket_id: str) -> None:
+        raise errors.InvalidInput("no transition to status 'Nonexistent'")
+
+    with pytest.raises(errors.InvalidInput, match="no transition"):
+        on_ticket(Tracker(), "10000", update)  # type: ignore[arg-type]

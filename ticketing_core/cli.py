@@ -104,11 +104,21 @@ def _only_provider() -> str:
 
 
 def on_ticket(client: Provider, reference: str, operation: Callable[[str], T]) -> T:
-    """Run ``operation`` on a ticket given by id or, failing that, by its number."""
+    """Run ``operation`` on a ticket given by id or, failing that, by its number.
+
+    When the id was refused as invalid and no ticket has that number either, the refusal is the
+    error worth reporting (it may be about the operation, not the id).
+    """
     try:
         return operation(reference)
-    except (errors.NotFound, errors.InvalidInput):
+    except errors.NotFound:
         return operation(client.find(reference).id)
+    except errors.InvalidInput as refused:
+        try:
+            ticket = client.find(reference)
+        except errors.NotFound:
+            raise refused from None
+        return operation(ticket.id)
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Any], str]) -> None:
