@@ -54,9 +54,10 @@ def record(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
-    """Time 100 status work notes through the outbox at 50 ms latency against the sequential floor."""
+    """Time the outbox (100 work notes, 50 ms) and a sequential workload beside plain httpx (20 ms)."""
     install(session)
     session.run("python", "benchmarks/bench_outbox.py")
+    session.run("python", "benchmarks/bench_sequential.py", *session.posargs)
 
 
 @nox.session(python=PYTHON, default=False)

@@ -33,8 +33,8 @@ def one_round(url: str, emulator: Emulator, database_path: Path) -> float:
     provider = ServiceNowProvider(api_url=url, api_access_token=EMULATOR_LOGIN)
     service = SyncService(
         database,
-        provider_for=lambda _: provider,
-        policy_for=lambda _: WorkNotesOnly(),
+        provider_for=lambda _id, _conn: provider,
+        policy_for=lambda _id, _conn: WorkNotesOnly(),
         comment_on_anomaly=lambda *_: None,
     )
     for anomaly_id, row in enumerate(emulator.seed_incidents(NOTES), start=1):

@@ -238,3 +238,16 @@ def test_an_invalid_operation_on_an_id_reports_the_refusal_not_not_found() -> No
 
     with pytest.raises(errors.InvalidInput, match="no transition"):
         on_ticket(Tracker(), "10000", update)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fault", ["503_after_commit", "close_after_commit"])
+def test_a_create_committed_then_failed_makes_one_incident(
+    run: Any, emulator: Emulator, fault: str
+) -> None:
+    emulator.add_fault(fault, method="POST")
+
+    result = run("create", "--json", *create_args())
+
+    assert result.exit_code == 0, result.output
+    [row] = emulator.incidents
+    assert json.loads(result.output)["ticket_id"] == row["sys_id"]

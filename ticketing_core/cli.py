@@ -244,7 +244,8 @@ def create(
     with connected(provider, url, token, allow_http) as client:
         draft = TicketDraft(**fields)  # type: ignore[arg-type]
         try:
-            created = client.create(draft, idempotency_key=key)
+            # A key the user gives may have been sent before: look for its ticket first.
+            created = client.create(draft, idempotency_key=key, retrying=bool(idempotency_key))
         except errors.ProviderUnavailable:
             click.echo(f"note: retry with --idempotency-key {key} to avoid a duplicate", err=True)
             raise

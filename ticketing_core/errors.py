@@ -14,6 +14,11 @@ provider it talks to::
         ├── ProviderUnavailable     down, overloaded or unreachable (5xx, network); retry later
         │   └── ProviderTimeout         no answer in time; the call may or may not have happened
         └── UnexpectedResponse      an answer we cannot read (e.g. HTML from a hibernating instance)
+    Conflict                    the request clashes with an earlier one (a reused idempotency key)
+
+``ProviderError.may_have_landed`` tells whether a failed write may still have taken effect: a
+timeout, a dropped connection or a 5xx can come after the service committed; a 4xx (429 included)
+or a connection that was never made cannot. Whoever repeats a write must look first when it is true.
 
 Messages name the cause and never carry a secret: providers build them from status codes and the
 service's own error text, never from request headers or URLs with credentials.
@@ -34,14 +39,21 @@ class PluginError(TicketingError):
     """A provider is unknown, ambiguous, or its plugin failed to load."""
 
 
+class Conflict(TicketingError):
+    """The request clashes with an earlier one: an idempotency key reused for a different request,
+    or the same request still being carried out by another caller (retry shortly)."""
+
+
 class ProviderError(TicketingError):
     """The provider's service refused or failed the call.
 
     ``status_code`` is the HTTP status when there was one; ``retryable`` tells a background worker
-    whether trying again later can succeed.
+    whether trying again later can succeed; ``may_have_landed`` whether a failed write may have taken
+    effect all the same (see the module docstring).
     """
 
     retryable = False
+    may_have_landed = False
 
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
@@ -74,15 +86,24 @@ class RateLimited(ProviderError):
 
 
 class ProviderUnavailable(ProviderError):
-    """The service is down, overloaded or unreachable; try again later."""
+    """The service is down, overloaded or unreachable; try again later.
+
+    ``sent=False`` says the request never left (no connection could be made), so nothing happened.
+    """
 
     retryable = True
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, status_code: int | None = None
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status_code: int | None = None,
+        sent: bool = True,
     ) -> None:
         super().__init__(message, status_code=status_code)
         self.retry_after = retry_after
+        self.may_have_landed = sent
 
 
 class ProviderTimeout(ProviderUnavailable):
@@ -90,6 +111,10 @@ class ProviderTimeout(ProviderUnavailable):
 
 
 class UnexpectedResponse(ProviderError):
-    """The service answered with something we cannot read (wrong content type, broken envelope)."""
+    """The service answered with something we cannot read (wrong content type, broken envelope).
+
+    A write answered so may have been stored (a proxy's page after the instance committed).
+    """
 
     retryable = True
+    may_have_landed = True

@@ -36,7 +36,6 @@ Stability: hooks change only by gaining arguments (implementations may accept fe
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ticketing_core._markers import hookspec
@@ -59,10 +58,16 @@ class Provider(Protocol):
     """One connection to one ticketing instance.
 
     Every method talks to the service; failures raise the matching
-    :class:`ticketing_core.errors.ProviderError` subclass, never a transport exception. Transient
-    failures (rate limits, 503) are retried inside the provider within a bounded time before raising.
+    :class:`ticketing_core.errors.ProviderError` subclass, never a transport exception.
     Implementations must be safe to call from several threads at once, and must keep credentials out of
     ``repr()``, logs and error messages.
+
+    **Repeat safety.** Any write can be committed by the service and then answered with a 503, a
+    timeout or a dropped connection. Each write below says whether repeating it is safe and how; a
+    failure that may have come after the service acted has ``may_have_landed`` set. Providers built
+    on :class:`ticketing_core.http.HttpTransport` get the retry policy (reads and idempotent writes
+    retried, other writes re-sent only after a refusal such as 429) and honour the caller's
+    :func:`ticketing_core.http.call_budget` (attempts and one deadline); others must do the same.
     """
 
     capabilities: Capabilities
@@ -84,28 +89,51 @@ class Provider(Protocol):
     def find(self, number: str) -> Ticket:
         """Return the ticket with this human-facing number (e.g. ``INC0010042``, ``DQ-12``)."""
 
-    def create(self, draft: TicketDraft, *, idempotency_key: str | None = None) -> Ticket:
+    def create(
+        self, draft: TicketDraft, *, idempotency_key: str | None = None, retrying: bool = False
+    ) -> Ticket:
         """Create a ticket and return it as the service stored it.
 
-        With ``idempotency_key``, calling ``create`` again with the same key (after a timeout, a crash,
-        a 5xx) returns the ticket the first call made instead of making a second one.
+        Repeat safety: keyed. With ``idempotency_key`` (stored with the ticket, e.g. ServiceNow's
+        ``correlation_id``) one call makes at most one ticket and, on the happy path, sends one
+        write: only after a failure that may have landed does it look the key up, and it sends again
+        only if the key is absent. ``retrying=True`` says an earlier call with this key may have
+        reached the service (the caller crashed or gave up): the key is looked up first and the
+        ticket found is returned. A key the service cannot store or query safely raises
+        ``InvalidInput``. Without a key the create is sent again only after a refusal (429).
         """
 
     def update(self, ticket_id: str, changes: TicketChanges) -> Ticket:
         """Apply ``changes`` and return the ticket as the service stored it.
 
-        Services may adjust written values (ServiceNow recomputes priority); the result tells.
+        Repeat safety: idempotent. Setting fields twice leaves the ticket as setting them once, so
+        it may be retried after any failure. Services may adjust written values (ServiceNow
+        recomputes priority); the result tells.
         """
 
-    def add_work_note(self, ticket_id: str, text: str) -> None:
-        """Add an internal note (visible to agents, not to the requester) to the ticket."""
+    def add_work_note(
+        self, ticket_id: str, text: str, *, idempotency_key: str | None = None
+    ) -> None:
+        """Add an internal note (visible to agents, not to the requester) to the ticket.
 
-    def has_work_note(self, ticket_id: str, text: str, *, since: datetime) -> bool:
-        """Whether a note with exactly ``text`` (as :meth:`add_work_note` stores it) was added to the
-        ticket at or after ``since``.
+        Repeat safety: keyed, checked by the caller. The note is never sent twice by one call: a
+        failure that may have landed raises, and before trying again the caller asks
+        :meth:`has_work_note`. ``text`` is stored exactly as given (no marker is added); a provider
+        that can keep ``idempotency_key`` beside the note (Jira: a comment property) does so.
+        """
 
-        The outbox asks before re-delivering a note whose earlier attempt may have landed (its worker
-        died mid-call, or the call timed out), so that a note is never added twice.
+    def has_work_note(
+        self, ticket_id: str, text: str, *, idempotency_key: str, identical_before: int
+    ) -> bool:
+        """Whether the note that ``add_work_note(ticket_id, text, idempotency_key=...)`` adds is
+        on the ticket, without comparing clocks.
+
+        ``identical_before`` is how many notes with exactly this ``text`` the caller added to the
+        ticket before this one (the outbox counts them). A provider that stored the key looks for
+        it; one that could not (ServiceNow, whose journal holds only text) counts the notes with
+        this text and answers whether there are more than ``identical_before``. Needs only the
+        rights :meth:`add_work_note` needs (ServiceNow: read on the incident, not on
+        ``sys_journal_field``).
         """
 
     def get_status(self, ticket_id: str) -> TicketStatus:

@@ -1,15 +1,32 @@
 """Building blocks for providers that speak HTTP: auth from a token, and one retrying transport.
 
-:class:`HttpTransport` is the single place a provider's requests go through: a reused ``httpx.Client``
-with explicit timeouts, 429/503 retried with backoff honouring ``Retry-After`` (bounded), nothing else
-retried, and every failure mapped to :mod:`ticketing_core.errors` by :func:`raise_for_status`. A provider
-supplies only how to read its service's error body.
+:class:`HttpTransport` is the single place a provider's requests go through: a reused ``httpx.Client``,
+retries decided by what the request is, one deadline over all of its attempts and reads, and every
+failure mapped to :mod:`ticketing_core.errors` by :func:`raise_for_status`. A provider supplies only
+how to read its service's error body.
+
+Retry policy, by request kind:
+
+- a refusal that proves nothing happened (429, or a connection that could not be made) is retried
+  for every request;
+- reads and idempotent writes (GET, PUT, DELETE, or a write the provider marks ``idempotent``) are
+  also retried after 502/503/504, timeouts and dropped connections;
+- any other write (a POST, a journal PATCH) is never re-sent after a failure that may have come after
+  the service acted: it raises, with ``may_have_landed`` set, and whoever holds its idempotency key
+  looks before trying again (:func:`create_once`, the outbox).
+
+How hard to try is the call site's choice, through :func:`call_budget`: interactive calls (the host
+API, the CLI) get one total deadline (default 20 s) across all retries; background delivery makes a
+single attempt and lets the outbox back off.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from collections.abc import Callable, Generator, Mapping
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import attrs
@@ -33,7 +50,48 @@ T = TypeVar("T")
 
 # Hosted services cancel long transactions (ServiceNow at 60 s): give up well before.
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-RETRIED_STATUSES = frozenset({429, 503})
+DEFAULT_DEADLINE = 20.0  # seconds for one interactive call, all attempts and reads included
+DEFAULT_ATTEMPTS = 4
+# Answers after which a read or an idempotent write is worth sending again.
+RETRIED_STATUSES = frozenset({429, 502, 503, 504})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+@attrs.frozen
+class Budget:
+    """How hard the calls in a :func:`call_budget` block try: attempts per request, and a
+    deadline (``time.monotonic()`` value) shared by every request in the block."""
+
+    attempts: int
+    deadline: float
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+_budget: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("budget", default=None)
+
+
+@contextmanager
+def call_budget(*, deadline: float | None = None, attempts: int | None = None) -> Iterator[Budget]:
+    """Bound the provider calls made inside the block: at most ``attempts`` sends per request and
+    ``deadline`` seconds for all of them together.
+
+    Blocks nest: an inner block can only tighten the outer one, and one that names nothing joins
+    it (or starts one with the defaults when there is none).
+    """
+    outer = _budget.get()
+    if outer is None:
+        outer = Budget(DEFAULT_ATTEMPTS, time.monotonic() + (deadline or DEFAULT_DEADLINE))
+    budget = Budget(
+        min(outer.attempts, attempts or outer.attempts),
+        min(outer.deadline, time.monotonic() + deadline) if deadline else outer.deadline,
+    )
+    token = _budget.set(budget)
+    try:
+        yield budget
+    finally:
+        _budget.reset(token)
 
 
 class BearerAuth(httpx.Auth):
@@ -79,8 +137,10 @@ class ServiceDialect:
 class HttpTransport:
     """An ``httpx.Client`` bound to one service, reused across calls and thread-safe.
 
-    429 and 503 are retried with exponential backoff, honouring ``Retry-After`` up to
-    ``max_retry_wait`` seconds, at most ``max_attempts`` times in all; nothing else is retried.
+    Retries follow the module's policy, with exponential backoff honouring ``Retry-After`` up to
+    ``max_retry_wait`` seconds; ``deadline`` and ``max_attempts`` apply where no
+    :func:`call_budget` is active. ``timeout`` bounds each connect and read; the deadline bounds
+    the whole call, a slowly dribbling answer included.
     """
 
     def __init__(
@@ -90,18 +150,21 @@ class HttpTransport:
         dialect: ServiceDialect,
         *,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        max_attempts: int = 4,
+        deadline: float = DEFAULT_DEADLINE,
+        max_attempts: int = DEFAULT_ATTEMPTS,
         max_retry_wait: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.dialect = dialect
+        self.deadline = deadline
         self.max_attempts = max_attempts
         self.max_retry_wait = max_retry_wait
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self._http = httpx.Client(
             base_url=self.base_url,
             auth=auth_from_token(api_access_token),
-            timeout=timeout,
+            timeout=self._timeout,
             headers={"Accept": "application/json", "User-Agent": "ticketing"},
             transport=transport,
         )
@@ -119,34 +182,60 @@ class HttpTransport:
         *,
         params: Mapping[str, str | int] | None = None,
         json: Any = None,
+        idempotent: bool | None = None,
     ) -> httpx.Response:
-        """Send one request, retrying 429/503; return a readable 2xx or raise a ProviderError."""
-        for attempt in stamina.retry_context(
-            on=self._retry_backoff,
-            attempts=self.max_attempts,
-            timeout=None,
-            wait_initial=0.5,
-            wait_max=self.max_retry_wait,
-        ):
-            with attempt:
-                return self._send(method, path, params=params, json=json)
+        """Send one request under the retry policy; return a readable 2xx or raise a ProviderError.
+
+        ``idempotent`` marks a write that may be repeated safely (a PATCH setting fields); by
+        default only GET, HEAD, OPTIONS, PUT and DELETE are.
+        """
+        repeatable = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        with call_budget(deadline=self.deadline, attempts=self.max_attempts) as budget:
+            for attempt in stamina.retry_context(
+                on=lambda exc: self._retry_wait(exc, repeatable, budget),
+                attempts=budget.attempts,
+                timeout=None,  # the budget's deadline bounds waits and sends together
+                wait_initial=0.5,
+                wait_max=self.max_retry_wait,
+            ):
+                with attempt:
+                    return self._send(method, path, params, json, budget)
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
-    def _retry_backoff(self, exc: Exception) -> bool | float:
-        if not isinstance(exc, RateLimited | ProviderUnavailable):
+    def _retry_wait(self, exc: Exception, repeatable: bool, budget: Budget) -> bool | float:
+        """Whether (and after how long) to send again: False, True (backoff) or seconds."""
+        if not _worth_repeating(exc, repeatable):
             return False
-        if exc.status_code not in RETRIED_STATUSES:
-            return False
-        if exc.retry_after is not None:
-            return min(exc.retry_after, self.max_retry_wait)
-        return True
+        wait = min(getattr(exc, "retry_after", None) or 0.0, self.max_retry_wait)
+        if wait >= budget.remaining():
+            return False  # the service asks us to wait past the deadline: give up now
+        return wait or True
 
     def _send(
-        self, method: str, path: str, *, params: Mapping[str, str | int] | None, json: Any
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str | int] | None,
+        json: Any,
+        budget: Budget,
     ) -> httpx.Response:
         name = self.dialect.name
+        remaining = budget.remaining()
+        if remaining <= 0:
+            raise ProviderTimeout(f"{name} did not answer {method} {path} before the deadline")
+        request = self._http.build_request(
+            method, path, params=params, json=json, timeout=self._bounded_timeout(remaining)
+        )
         try:
-            response = self._http.request(method, path, params=params, json=json)
+            response = self._http.send(request, stream=True)
+            try:
+                content = b"".join(self._chunks(response, budget, f"{method} {path}"))
+            finally:
+                response.close()
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise ProviderUnavailable(
+                f"cannot reach {name} at {self.base_url}: {type(exc).__name__}", sent=False
+            ) from None
         except httpx.TimeoutException as exc:
             raise ProviderTimeout(
                 f"{name} did not answer {method} {path} in time ({type(exc).__name__})"
@@ -154,28 +243,77 @@ class HttpTransport:
         except httpx.TransportError as exc:
             # Only the exception's type: a protocol error's text can quote request headers.
             raise ProviderUnavailable(
-                f"cannot reach {name} at {self.base_url}: {type(exc).__name__}"
+                f"lost the connection to {name} at {self.base_url}: {type(exc).__name__}"
             ) from None
+        # A complete response built from the raw bytes: httpx decodes them on first access.
+        response = httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=content,
+            request=request,
+            extensions=response.extensions,
+        )
         log.debug("%s %s -> %s", method, path, response.status_code)
         raise_for_status(response, self.dialect)
         return response
 
+    def _bounded_timeout(self, remaining: float) -> httpx.Timeout:
+        def bound(limit: float | None) -> float:
+            return remaining if limit is None else min(limit, remaining)
+
+        t = self._timeout
+        return httpx.Timeout(
+            connect=bound(t.connect), read=bound(t.read), write=bound(t.write), pool=bound(t.pool)
+        )
+
+    def _chunks(self, response: httpx.Response, budget: Budget, what: str) -> Iterator[bytes]:
+        for chunk in response.iter_raw():
+            yield chunk
+            if budget.remaining() <= 0:
+                raise ProviderTimeout(
+                    f"{self.dialect.name} was still sending its answer to {what} at the deadline"
+                )
+
+
+def _worth_repeating(exc: Exception, repeatable: bool) -> bool:
+    if isinstance(exc, RateLimited):
+        return True  # a refusal: nothing happened
+    if not isinstance(exc, ProviderUnavailable):
+        return False
+    if not exc.may_have_landed:
+        return True  # the request never left
+    # A 500 is a bug on the other side, not a passing state.
+    return repeatable and (exc.status_code is None or exc.status_code in RETRIED_STATUSES)
+
 
 def create_once(
-    find_existing: Callable[[], T | None], post: Callable[[], T], *, attempts: int = 3
+    find_existing: Callable[[], T | None], post: Callable[[], T], *, retrying: bool = False
 ) -> T:
     """Create through ``post`` at most once, as identified by a key ``find_existing`` looks up.
 
-    Every attempt looks first: any failure after a POST left (timeout, lost answer, 5xx) may have
-    created the record, so a retry must find it rather than post again.
+    The happy path is one ``post``. After a failure that may have landed the key is looked up.
+    If the service answered (a 5xx), it has finished with the request, so an absent key means
+    nothing was made and ``post`` is sent again, as often as the active :func:`call_budget`
+    allows. Without an answer (a timeout, a dropped connection) the request may still be running
+    there and a lookup proves nothing yet: the failure is raised for the caller to retry later with
+    ``retrying``, which says an earlier call with this key may have reached the service, so the
+    key is looked up first.
     """
-    for attempt in stamina.retry_context(
-        on=ProviderUnavailable, attempts=attempts, timeout=None, wait_max=5.0
-    ):
-        with attempt:
-            existing = find_existing()
-            return existing if existing is not None else post()
-    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+    with call_budget() as budget:
+        if retrying and (existing := find_existing()) is not None:
+            return existing
+        for round_left in reversed(range(budget.attempts)):
+            try:
+                return post()
+            except ProviderError as exc:
+                if not exc.may_have_landed or round_left == 0 or budget.remaining() <= 0:
+                    raise
+                log.info("create may have landed (%s); looking for its key", exc)
+                if (existing := find_existing()) is not None:
+                    return existing
+                if exc.status_code is None:
+                    raise
+    raise AssertionError("unreachable: the last round re-raises")  # pragma: no cover
 
 
 def raise_for_status(response: httpx.Response, dialect: ServiceDialect) -> None:

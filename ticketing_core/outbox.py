@@ -1,19 +1,31 @@
 """The durable outbox: ticket actions stored before the host call returns, delivered by a worker.
 
-An event is one :mod:`~ticketing_core.policies` action for one ticket. Delivery guarantees:
+An event is one :mod:`~ticketing_core.policies` action for one ticket. The table is the record; a
+dispatcher's wake-up, a poll or a task-queue message only says "look for due events".
+
+Delivery = claim (a lease with a fencing token) -> one attempt -> settle (only with that token):
 
 - nothing is lost: events live in the database until delivered or parked as dead;
-- at most one event per ticket is in flight, and a ticket's events are delivered in insertion order
-  (a dead event holds back the later events of its ticket until it is retried);
-- a worker claims an event with a lease that it renews while delivering, so events held by a killed
-  process become claimable again shortly after it dies;
-- an event whose earlier attempt may have landed (its worker died mid-call, or the call timed out or
-  lost its answer) is marked ``in_doubt`` until delivered, with the time of its first claim, so the
-  deliverer can check the ticket before acting again; an attempt the service refused (429, 503)
-  adds no doubt;
+- at most one event per ticket is in flight, and a ticket's events are delivered in the order their
+  transactions committed (on PostgreSQL, enqueuing takes a per-ticket lock, so ids follow commit order);
+  a dead event holds back the later events of its ticket until it is retried or discarded;
+- leases are renewed while delivering and measured on the database's clock; a worker whose lease
+  expired can neither renew nor settle (its token no longer matches), so it cannot undo another
+  worker's delivery;
+- an event whose earlier attempt may have landed (its worker died, or the call failed after the
+  request left: a timeout, a dropped connection, a 5xx) is *in doubt*: it is not attempted again
+  until ``doubt_seconds`` have passed (the service finishes or cancels a request by then:
+  ServiceNow's transaction quota is 60 s), and then the deliverer asks the ticket whether it landed
+  before acting again. For notes the question is keyed and counts notes with the same text against
+  :data:`note_tally`, what this outbox delivered to that ticket before; no clocks are compared;
 - retryable failures back off exponentially (or by the service's ``Retry-After``); after
   ``max_attempts`` failures, or at once for a failure retrying cannot fix, the event is parked as dead,
-  listed and retryable.
+  listed and retryable;
+- delivered events are pruned after ``retention``; the tally they leave behind is kept.
+
+At-least-once attempts plus keyed writes give an exactly-once effect, assuming a worker does not
+stall for longer than ``lease_seconds + doubt_seconds`` between confirming its claim and sending,
+and that nobody else writes a note with exactly the same text on the same ticket.
 
 The :class:`Dispatcher` protocol is the seam for other executors (a Dramatiq actor, say): the
 in-process :class:`ThreadedDispatcher` is the embedded default.
@@ -21,9 +33,13 @@ in-process :class:`ThreadedDispatcher` is the embedded default.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
+import secrets
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -34,14 +50,14 @@ import cattrs
 import sqlalchemy as sa
 from cattrs.strategies import configure_tagged_union
 
-from ticketing_core.errors import ProviderError, ProviderTimeout, ProviderUnavailable
-from ticketing_core.http import RETRIED_STATUSES
+from ticketing_core.errors import ProviderError, TicketingError
 from ticketing_core.policies import Action, AddWorkNote, ChangeTicket
-from ticketing_core.store import Database, UtcDateTime, metadata, utcnow
+from ticketing_core.store import Database, UtcDateTime, metadata
 
 log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+_ORDER_LOCK = 0x6F726472  # "ordr": namespace of the per-ticket PostgreSQL advisory locks
 
 events = sa.Table(
     "sync_outbox",
@@ -56,11 +72,12 @@ events = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, default=PENDING),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("claims", sa.Integer, nullable=False, default=0),
-    # Set, and kept, once a failure may have come after the service acted (timeout, lost answer).
+    # In doubt: an attempt may have landed; cleared once a check of the ticket says it did not.
     sa.Column("ambiguous", sa.Boolean, nullable=False, default=False),
-    # The ticket's earlier events were all settled by then: anything of ours it has since is this one.
-    sa.Column("first_claimed_at", UtcDateTime),
+    sa.Column("claim_token", sa.String(32)),  # the fencing token of the current claim
+    sa.Column("claimed_at", UtcDateTime),
     sa.Column("next_attempt_at", UtcDateTime, nullable=False),
+    # Kept after it expires until the claim is settled: an expired lease is an unsettled claim.
     sa.Column("lease_until", UtcDateTime),
     sa.Column("last_error", sa.Text),
     sa.Column("created", UtcDateTime, nullable=False),
@@ -70,13 +87,23 @@ events = sa.Table(
     sqlite_autoincrement=True,  # ids are never reused, so a listing's ids stay meaningful
 )
 
+note_tally = sa.Table(
+    "sync_note_tally",
+    metadata,
+    # How many notes of each text this outbox delivered to each ticket, kept when events are pruned:
+    # what tells an identical earlier note from this one on a ticket whose journal holds text only.
+    sa.Column("ordering_key", sa.String(200), primary_key=True),
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("delivered", sa.Integer, nullable=False),
+)
+
 _actions = cattrs.Converter()
 configure_tagged_union(Action, _actions, tag_name="type")
 
 
 @attrs.frozen
 class OutboxEvent:
-    """One stored action for one ticket, with its delivery state."""
+    """One stored action for one ticket, with its delivery state as of its claim."""
 
     id: int
     integration_id: int
@@ -86,22 +113,17 @@ class OutboxEvent:
     status: str
     attempts: int
     claims: int
-    ambiguous: bool
-    first_claimed_at: datetime | None
+    in_doubt: bool
+    """Whether an earlier attempt may have reached the service (see the module docstring)."""
     last_error: str | None
     created: datetime
     next_attempt_at: datetime
     delivered_at: datetime | None
-
-    @property
-    def in_doubt(self) -> bool:
-        """Whether an earlier attempt may have reached the service (see the module docstring).
-
-        Every claim but this one should have ended in a recorded failure; one that did not was
-        cut short by a dying worker.
-        """
-        unsettled_claims = self.claims - 1 - self.attempts
-        return unsettled_claims > 0 or self.ambiguous
+    claim_token: str | None = attrs.field(default=None, repr=False)
+    identical_before: int = 0
+    """For a note: how many notes with its text this outbox delivered to the ticket before it."""
+    idempotency_key: str = ""
+    """Unique to this event in this installation: what keyed writes of it carry."""
 
 
 @attrs.frozen
@@ -114,6 +136,10 @@ class NewEvent:
     anomaly_id: int | None = None
 
 
+class LeaseLost(TicketingError):
+    """This worker's claim on an event expired and may be another's now: it must not act on it."""
+
+
 class Outbox:
     """Stores, claims and settles events. Safe across threads and processes sharing the database."""
 
@@ -123,42 +149,53 @@ class Outbox:
         *,
         max_attempts: int = 15,
         lease_seconds: float = 30.0,
+        doubt_seconds: float = 60.0,
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
+        retention: timedelta = timedelta(days=7),
     ) -> None:
         self.database = database
         self.max_attempts = max_attempts
         self.lease = timedelta(seconds=lease_seconds)
+        self.doubt = timedelta(seconds=doubt_seconds)
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.retention = retention
 
     def enqueue(self, new_events: Iterable[NewEvent], conn: sa.Connection | None = None) -> int:
         """Store events (in the caller's transaction when ``conn`` is given); return how many."""
-        now = utcnow()
-        rows = [
-            {
-                "integration_id": event.integration_id,
-                "ticket_id": event.ticket_id,
-                "ordering_key": f"{event.integration_id}:{event.ticket_id}",
-                "anomaly_id": event.anomaly_id,
-                "action": _actions.unstructure(event.action, Action),
-                "status": PENDING,
-                "attempts": 0,
-                "claims": 0,
-                "ambiguous": False,
-                "next_attempt_at": now,
-                "created": now,
-            }
-            for event in new_events
-        ]
-        if rows:
-            with self.database.begin(conn) as c:
-                c.execute(events.insert(), rows)
+        new_events = list(new_events)
+        if not new_events:
+            return 0
+        with self.database.begin(conn) as c:
+            now = self.database.now(c)
+            rows = [_row(event, now) for event in new_events]
+            self._lock_tickets(
+                c, {_ordering_key(e.integration_id, e.ticket_id) for e in new_events}
+            )
+            c.execute(events.insert(), rows)
         return len(rows)
 
-    def claim(self, limit: int) -> list[OutboxEvent]:
-        """Lease up to ``limit`` due events, each the oldest undelivered one of its ticket."""
-        now = utcnow()
+    def _lock_tickets(self, conn: sa.Connection, ordering_keys: set[str]) -> None:
+        """Hold each ticket's lock until the caller commits, so its ids follow commit order.
+
+        Without it two transactions can take ids 5 and 6 and commit 6 first; a worker would then
+        deliver 6 before 5 exists for it. Sorted, so two transactions never wait on each other.
+        SQLite needs nothing: its writers go one at a time.
+        """
+        if not self.database.is_postgresql:
+            return
+        for key in sorted(ordering_keys):
+            conn.execute(
+                sa.select(sa.func.pg_advisory_xact_lock(_ORDER_LOCK, sa.func.hashtext(key)))
+            )
+
+    def claim(self, limit: int, fits: Callable[[int], bool] | None = None) -> list[OutboxEvent]:
+        """Lease up to ``limit`` due events, each the oldest undelivered one of its ticket.
+
+        ``fits(integration_id)`` may decline an event (its integration has enough in flight); it is
+        asked once per event about to be leased.
+        """
         earlier = events.alias("earlier")
         # Dead events count: a ticket's later events wait until its dead one is retried.
         oldest_of_ticket = (
@@ -169,74 +206,150 @@ class Outbox:
             )
             .scalar_subquery()
         )
-        free = sa.or_(events.c.lease_until.is_(None), events.c.lease_until < now)
         with self.database.begin() as conn:
+            now = self.database.now(conn)
+            # An unsettled claim (its worker died) also waits out the doubt window.
+            settled = sa.or_(
+                events.c.lease_until.is_(None), events.c.lease_until <= now - self.doubt
+            )
             candidates = conn.execute(
-                sa.select(events.c.id)
+                sa.select(events.c.id, events.c.integration_id)
                 .where(
                     events.c.status == PENDING,
                     events.c.next_attempt_at <= now,
-                    free,
+                    settled,
                     events.c.id == oldest_of_ticket,
                 )
                 .order_by(events.c.id)
-                .limit(limit)
+                .limit(limit if fits is None else limit * 3)  # room for events ``fits`` declines
                 # PostgreSQL: racing workers skip each other's rows; SQLite serialises writers.
                 .with_for_update(skip_locked=True, of=events)
-            ).scalars()
+            ).all()
             claimed: list[int] = []
-            for event_id in list(candidates):
-                # Conditional update: of two workers racing for one event, exactly one wins.
-                won = conn.execute(
-                    events.update()
-                    .where(events.c.id == event_id, events.c.status == PENDING, free)
-                    .values(
-                        lease_until=now + self.lease,
-                        claims=events.c.claims + 1,
-                        first_claimed_at=sa.func.coalesce(events.c.first_claimed_at, now),
-                    )
-                ).rowcount
-                if won:
+            for event_id, integration_id in candidates:
+                if len(claimed) == limit:
+                    break
+                if fits is not None and not fits(integration_id):
+                    continue
+                if self._lease(conn, event_id, now, settled):
                     claimed.append(event_id)
             return self._load(conn, claimed)
 
-    def renew(self, event_ids: Sequence[int]) -> None:
-        """Extend the leases of events still being delivered."""
-        if event_ids:
-            with self.database.begin() as conn:
+    def _lease(
+        self, conn: sa.Connection, event_id: int, now: datetime, settled: sa.ColumnElement[bool]
+    ) -> bool:
+        # Conditional update: of two workers racing for one event, exactly one wins. SET reads the
+        # row as it was: a lease still there belongs to a claim nobody settled.
+        return bool(
+            conn.execute(
+                events.update()
+                .where(events.c.id == event_id, events.c.status == PENDING, settled)
+                .values(
+                    lease_until=now + self.lease,
+                    claims=events.c.claims + 1,
+                    claim_token=secrets.token_hex(16),
+                    claimed_at=now,
+                    ambiguous=sa.or_(events.c.ambiguous, events.c.lease_until.is_not(None)),
+                )
+            ).rowcount
+        )
+
+    def renew(self, claimed: Sequence[OutboxEvent]) -> int:
+        """Extend the leases still held by these claims; returns how many were."""
+        tokens = [event.claim_token for event in claimed if event.claim_token]
+        if not tokens:
+            return 0
+        with self.database.begin() as conn:
+            return int(
                 conn.execute(
                     events.update()
-                    .where(events.c.id.in_(event_ids), events.c.status == PENDING)
-                    .values(lease_until=utcnow() + self.lease)
-                )
-
-    def delivered(self, event_id: int) -> None:
-        with self.database.begin() as conn:
-            conn.execute(
-                events.update()
-                .where(events.c.id == event_id)
-                .values(status=DELIVERED, delivered_at=utcnow(), lease_until=None, last_error=None)
+                    .where(events.c.claim_token.in_(tokens), events.c.status == PENDING)
+                    .values(lease_until=self.database.now(conn) + self.lease)
+                ).rowcount
             )
 
-    def failed(self, event: OutboxEvent, error: BaseException) -> str:
-        """Record a failed delivery: back off and retry, or park as dead. Returns the new status."""
-        attempts = event.attempts + 1
-        retryable = isinstance(error, ProviderError) and error.retryable
-        status = PENDING if retryable and attempts < self.max_attempts else DEAD
+    def hold(self, event: OutboxEvent, *, doubt_resolved: bool = False) -> None:
+        """Confirm the claim just before acting (and record that a check found the action absent).
+
+        Raises :class:`LeaseLost` when the claim is no longer this worker's.
+        """
+        values: dict[str, object] = {}
+        if doubt_resolved:
+            values["ambiguous"] = False
         with self.database.begin() as conn:
-            conn.execute(
-                events.update()
-                .where(events.c.id == event.id)
-                .values(
-                    status=status,
-                    attempts=attempts,
-                    ambiguous=sa.true() if is_ambiguous(error) else events.c.ambiguous,
-                    last_error=f"{type(error).__name__}: {error}"[:2000],
-                    next_attempt_at=utcnow() + self._backoff(attempts, error),
+            held = conn.execute(
+                self._fenced(event).values(
+                    lease_until=self.database.now(conn) + self.lease, **values
+                )
+            ).rowcount
+        if not held:
+            raise LeaseLost(
+                f"outbox event {event.id}: the lease expired; another worker may hold it"
+            )
+
+    def delivered(self, event: OutboxEvent) -> bool:
+        """Settle a delivered event; False when the claim was lost (the settle changes nothing)."""
+        with self.database.begin() as conn:
+            now = self.database.now(conn)
+            settled = conn.execute(
+                self._fenced(event).values(
+                    status=DELIVERED,
+                    delivered_at=now,
                     lease_until=None,
+                    claim_token=None,
+                    last_error=None,
                 )
+            ).rowcount
+            if settled and isinstance(event.action, AddWorkNote):
+                self._count_note(conn, event)
+            return bool(settled)
+
+    @staticmethod
+    def _count_note(conn: sa.Connection, event: OutboxEvent) -> None:
+        assert isinstance(event.action, AddWorkNote)
+        key = (_ordering_key(event.integration_id, event.ticket_id), _digest(event.action.text))
+        match = sa.and_(note_tally.c.ordering_key == key[0], note_tally.c.digest == key[1])
+        bumped = conn.execute(
+            note_tally.update().where(match).values(delivered=note_tally.c.delivered + 1)
+        ).rowcount
+        if not bumped:  # the first of its text: one worker per ticket, so no insert race
+            conn.execute(
+                note_tally.insert().values(ordering_key=key[0], digest=key[1], delivered=1)
             )
-        return status
+
+    def failed(self, event: OutboxEvent, error: BaseException) -> str | None:
+        """Record a failed attempt: back off and retry, or park as dead.
+
+        Returns the new status, or None when the claim was lost (nothing is recorded).
+        """
+        retryable = isinstance(error, ProviderError) and error.retryable
+        landed = may_have_landed(error)
+        attempts = event.attempts + 1  # exact: nobody else settles while this claim holds
+        status = PENDING if retryable and attempts < self.max_attempts else DEAD
+        delay = self._backoff(attempts, error)
+        if landed:
+            delay = max(delay, self.doubt)
+        with self.database.begin() as conn:
+            settled = conn.execute(
+                self._fenced(event).values(
+                    status=status,
+                    attempts=events.c.attempts + 1,
+                    ambiguous=sa.true() if landed else events.c.ambiguous,
+                    last_error=f"{type(error).__name__}: {error}"[:2000],
+                    next_attempt_at=self.database.now(conn) + delay,
+                    lease_until=None,
+                    claim_token=None,
+                )
+            ).rowcount
+        return status if settled else None
+
+    @staticmethod
+    def _fenced(event: OutboxEvent) -> sa.Update:
+        return events.update().where(
+            events.c.id == event.id,
+            events.c.claim_token == event.claim_token,
+            events.c.status == PENDING,
+        )
 
     def _backoff(self, attempts: int, error: BaseException) -> timedelta:
         exponential = min(self.backoff_max, self.backoff_initial * 2 ** (attempts - 1))
@@ -245,21 +358,29 @@ class Outbox:
         return timedelta(seconds=max(jittered, min(float(asked), self.backoff_max)))
 
     def retry(self, event_ids: Sequence[int] | None = None) -> int:
-        """Put dead events (all, or those given) back in line; returns how many."""
+        """Put dead events (all, or those given) back in line with fresh attempts; returns how many.
+
+        Doubt is kept: an event that may have landed is checked before it is sent again.
+        """
         query = events.update().where(events.c.status == DEAD)
         if event_ids is not None:
             query = query.where(events.c.id.in_(event_ids))
         with self.database.begin() as conn:
-            return conn.execute(
-                query.values(status=PENDING, attempts=0, next_attempt_at=utcnow())
-            ).rowcount
+            now = self.database.now(conn)
+            return int(
+                conn.execute(
+                    query.values(status=PENDING, attempts=0, next_attempt_at=now, lease_until=None)
+                ).rowcount
+            )
 
     def discard(self, event_ids: Sequence[int]) -> int:
         """Drop dead events that can never succeed (their ticket is gone), unblocking later ones."""
         with self.database.begin() as conn:
-            return conn.execute(
-                events.delete().where(events.c.id.in_(event_ids), events.c.status == DEAD)
-            ).rowcount
+            return int(
+                conn.execute(
+                    events.delete().where(events.c.id.in_(event_ids), events.c.status == DEAD)
+                ).rowcount
+            )
 
     def discard_for_integration(self, integration_id: int, conn: sa.Connection) -> None:
         """Drop an integration's undelivered events (it is being deleted); delivered ones stay."""
@@ -268,13 +389,29 @@ class Outbox:
                 events.c.integration_id == integration_id, events.c.status != DELIVERED
             )
         )
+        conn.execute(
+            note_tally.delete().where(note_tally.c.ordering_key.startswith(f"{integration_id}:"))
+        )
+
+    def prune(self) -> int:
+        """Delete events delivered longer than ``retention`` ago; returns how many."""
+        with self.database.begin() as conn:
+            cutoff = self.database.now(conn) - self.retention
+            return int(
+                conn.execute(
+                    events.delete().where(
+                        events.c.status == DELIVERED, events.c.delivered_at < cutoff
+                    )
+                ).rowcount
+            )
 
     def entries(self, status: str | None = None, limit: int = 100) -> list[OutboxEvent]:
-        query = sa.select(events.c.id).order_by(events.c.id).limit(limit)
+        """Events newest first, all or those with ``status``."""
+        query = sa.select(events.c.id).order_by(events.c.id.desc()).limit(limit)
         if status is not None:
             query = query.where(events.c.status == status)
         with self.database.read() as conn:
-            return self._load(conn, list(conn.execute(query).scalars()))
+            return self._load(conn, list(conn.execute(query).scalars()))[::-1]
 
     def counts(self) -> dict[str, int]:
         with self.database.read() as conn:
@@ -283,30 +420,64 @@ class Outbox:
             )
             return {PENDING: 0, DELIVERED: 0, DEAD: 0} | {status: n for status, n in rows}
 
-    @staticmethod
-    def _load(conn: sa.Connection, event_ids: Sequence[int]) -> list[OutboxEvent]:
+    def _load(self, conn: sa.Connection, event_ids: Sequence[int]) -> list[OutboxEvent]:
         if not event_ids:
             return []
         rows = conn.execute(
             sa.select(events).where(events.c.id.in_(event_ids)).order_by(events.c.id)
         ).mappings()
-        return [_event(row) for row in rows]
+        loaded = [_event(row, self.database.installation_id) for row in rows]
+        return [self._with_tally(conn, event) for event in loaded]
+
+    @staticmethod
+    def _with_tally(conn: sa.Connection, event: OutboxEvent) -> OutboxEvent:
+        if not isinstance(event.action, AddWorkNote):
+            return event
+        delivered = conn.execute(
+            sa.select(note_tally.c.delivered).where(
+                note_tally.c.ordering_key == _ordering_key(event.integration_id, event.ticket_id),
+                note_tally.c.digest == _digest(event.action.text),
+            )
+        ).scalar()
+        return attrs.evolve(event, identical_before=delivered or 0)
 
 
-def is_ambiguous(error: BaseException) -> bool:
-    """Whether the service may have acted although the call failed.
+def may_have_landed(error: BaseException) -> bool:
+    """Whether the service may have acted although the attempt failed.
 
-    A timeout or a dropped connection may come after the write; 429 and 503 are refusals, and
-    a non-JSON page comes from something in front of the service.
+    A provider says so on its errors; our own refusals (bad input) come before any request; any
+    other exception is a bug that may have struck after the request left.
     """
-    if isinstance(error, ProviderTimeout):
-        return True
-    if isinstance(error, ProviderUnavailable):
-        return error.status_code not in RETRIED_STATUSES
-    return False
+    if isinstance(error, ProviderError):
+        return error.may_have_landed
+    return not isinstance(error, TicketingError)
 
 
-def _event(row: sa.RowMapping) -> OutboxEvent:
+def _ordering_key(integration_id: int, ticket_id: str) -> str:
+    return f"{integration_id}:{ticket_id}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _row(event: NewEvent, now: datetime) -> dict[str, object]:
+    return {
+        "integration_id": event.integration_id,
+        "ticket_id": event.ticket_id,
+        "ordering_key": _ordering_key(event.integration_id, event.ticket_id),
+        "anomaly_id": event.anomaly_id,
+        "action": _actions.unstructure(event.action, Action),
+        "status": PENDING,
+        "attempts": 0,
+        "claims": 0,
+        "ambiguous": False,
+        "next_attempt_at": now,
+        "created": now,
+    }
+
+
+def _event(row: sa.RowMapping, installation_id: str) -> OutboxEvent:
     return OutboxEvent(
         id=row["id"],
         integration_id=row["integration_id"],
@@ -316,12 +487,13 @@ def _event(row: sa.RowMapping) -> OutboxEvent:
         status=row["status"],
         attempts=row["attempts"],
         claims=row["claims"],
-        ambiguous=row["ambiguous"],
-        first_claimed_at=row["first_claimed_at"],
+        in_doubt=row["ambiguous"],
         last_error=row["last_error"],
         created=row["created"],
         next_attempt_at=row["next_attempt_at"],
         delivered_at=row["delivered_at"],
+        claim_token=row["claim_token"],
+        idempotency_key=f"{installation_id}-outbox-{row['id']}",
     )
 
 
@@ -342,7 +514,12 @@ class Dispatcher(Protocol):
 
 
 class ThreadedDispatcher:
-    """In-process delivery with at most ``concurrency`` deliveries at once."""
+    """In-process delivery with at most ``concurrency`` deliveries at once.
+
+    One integration gets at most ``per_integration`` of them (default three quarters), so a slow or
+    down instance cannot hold every slot while another integration's events wait. ``prune`` runs
+    every ``prune_interval`` seconds (default: the outbox's own pruning).
+    """
 
     def __init__(
         self,
@@ -350,21 +527,29 @@ class ThreadedDispatcher:
         deliver: Deliver,
         *,
         concurrency: int = 8,
+        per_integration: int | None = None,
         poll_interval: float = 0.5,
+        prune: Callable[[], object] | None = None,
+        prune_interval: float = 600.0,
     ) -> None:
         self.outbox = outbox
         self.deliver = deliver
         self.concurrency = concurrency
+        self.per_integration = per_integration or max(1, concurrency * 3 // 4)
         self.poll_interval = poll_interval
+        self.prune = prune or outbox.prune
+        self.prune_interval = prune_interval
         self._wakeup = threading.Event()
-        self._stopping = threading.Event()
-        self._in_flight: set[int] = set()
-        self._lock = threading.Lock()
+        self._stopping = threading.Event()  # claim nothing more
+        self._halted = threading.Event()  # and stop renewing: the loop ends
+        self._in_flight: dict[int, OutboxEvent] = {}
+        self._idle = threading.Condition()
         self._pool: ThreadPoolExecutor | None = None
         self._loop: threading.Thread | None = None
 
     def start(self) -> None:
         self._stopping.clear()
+        self._halted.clear()
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="ticketing-deliver")
         self._loop = threading.Thread(target=self._run, name="ticketing-outbox", daemon=True)
         self._loop.start()
@@ -373,33 +558,53 @@ class ThreadedDispatcher:
         self._wakeup.set()
 
     def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop claiming and wait up to ``timeout`` for deliveries in flight, renewing their leases
+        meanwhile. Returns by then; a delivery still running settles when it ends (its call has
+        its own deadline) or, if the process exits first, is taken over after its lease."""
         self._stopping.set()
         self._wakeup.set()
+        with self._idle:
+            self._idle.wait_for(lambda: not self._in_flight, timeout)
+        self._halted.set()
+        self._wakeup.set()
         if self._loop is not None:
-            self._loop.join(timeout)
+            self._loop.join(self.poll_interval)
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
-        last_renewal = utcnow()
-        while not self._stopping.is_set():
+        last_renewal = last_prune = float("-inf")
+        while not self._halted.is_set():
             try:
-                self._dispatch_due()
-                if utcnow() - last_renewal > self.outbox.lease / 3:
+                if not self._stopping.is_set():
+                    self._dispatch_due()
+                if time.monotonic() - last_renewal > self.outbox.lease.total_seconds() / 3:
                     self.outbox.renew(self._snapshot())
-                    last_renewal = utcnow()
+                    last_renewal = time.monotonic()
+                if time.monotonic() - last_prune > self.prune_interval:
+                    last_prune = time.monotonic()
+                    self.prune()
             except Exception:
                 log.exception("outbox dispatch failed; retrying after the poll interval")
             self._wakeup.wait(self.poll_interval)
             self._wakeup.clear()
 
     def _dispatch_due(self) -> None:
-        free = self.concurrency - len(self._snapshot())
+        in_flight = self._snapshot()
+        free = self.concurrency - len(in_flight)
         if free <= 0 or self._pool is None:
             return
-        for event in self.outbox.claim(free):
-            with self._lock:
-                self._in_flight.add(event.id)
+        busy = Counter(event.integration_id for event in in_flight)
+
+        def fits(integration_id: int) -> bool:
+            if busy[integration_id] >= self.per_integration:
+                return False
+            busy[integration_id] += 1
+            return True
+
+        for event in self.outbox.claim(free, fits):
+            with self._idle:
+                self._in_flight[event.id] = event
             self._pool.submit(self._deliver_one, event)
 
     def _deliver_one(self, event: OutboxEvent) -> None:
@@ -407,17 +612,19 @@ class ThreadedDispatcher:
             self.deliver(event)
         except Exception as exc:
             status = self.outbox.failed(event, exc)
-            log.warning("outbox event %s failed (%s): %s", event.id, status, exc)
+            log.warning("outbox event %s failed (%s): %s", event.id, status or "lease lost", exc)
         else:
-            self.outbox.delivered(event.id)
+            if not self.outbox.delivered(event):
+                log.warning("outbox event %s: delivered after its lease was lost", event.id)
         finally:
-            with self._lock:
-                self._in_flight.discard(event.id)
+            with self._idle:
+                self._in_flight.pop(event.id, None)
+                self._idle.notify_all()
             self._wakeup.set()
 
-    def _snapshot(self) -> list[int]:
-        with self._lock:
-            return list(self._in_flight)
+    def _snapshot(self) -> list[OutboxEvent]:
+        with self._idle:
+            return list(self._in_flight.values())
 
 
 def describe(action: Action) -> str:

@@ -57,6 +57,10 @@ class Messages:
     def anomaly_url(self, anomaly_id: int) -> str:
         return f"{self.public_url.rstrip('/')}/anomalies/{anomaly_id}"
 
+    def anomaly_heading(self, anomaly_id: int) -> str:
+        """How the block starts, whatever the anomaly's state: what tells it is already there."""
+        return f"## {self.product} Anomaly Linked\n\n- Anomaly ID: {anomaly_id}\n"
+
     def anomaly_block(self, anomaly: Anomaly) -> str:
         """Appended to a ticket's description when it is created from or linked to an anomaly."""
         checks = "; ".join(
@@ -66,15 +70,12 @@ class Messages:
             for check in anomaly.failed_checks
         )
         lines = [
-            f"## {self.product} Anomaly Linked",
-            "",
-            f"- Anomaly ID: {anomaly.id}",
             f"- Status: {anomaly.status}",
             f"- Type: {anomaly.type}",
             f"- Failed checks: {checks or 'none'}",
             f"- Link: {self.anomaly_url(anomaly.id)}",
         ]
-        return "\n\n---\n\n" + "\n".join(lines)
+        return "\n\n---\n\n" + self.anomaly_heading(anomaly.id) + "\n".join(lines)
 
     def status_note(self, change: StatusChange) -> str:
         at = as_utc(change.changed_at).strftime("%Y-%m-%d %H:%M:%S")

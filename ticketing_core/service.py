@@ -1,8 +1,10 @@
 """The seed's flows as one provider-agnostic service a host application calls.
 
-Creating and linking talk to the provider while the host waits (the host's response carries the ticket).
-Status changes and comments only write outbox events, in the host's transaction when it passes one, and
-return; the dispatcher delivers them. The manual pull reads each linked ticket's status.
+Creating and linking talk to the provider while the host waits (the host's response carries the ticket),
+within one deadline, and each runs once per key (:mod:`ticketing_core.once`): concurrent or retried
+identical requests get the first one's ticket. Status changes, comments and the linkage note only write
+outbox events, in the host's transaction when it passes one, and return; the dispatcher delivers them,
+one attempt per claim. The manual pull reads each linked ticket's status.
 
 What the integration itself writes on an anomaly (the pull's comments) has ``origin=INTEGRATION`` and is
 never pushed back to a ticket, so no echo loop can start.
@@ -14,14 +16,16 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import attrs
 import sqlalchemy as sa
 
 from ticketing_core.errors import InvalidInput, ProviderError, TicketingError
 from ticketing_core.hookspecs import Provider
+from ticketing_core.http import DEFAULT_DEADLINE, call_budget
 from ticketing_core.models import (
     Anomaly,
     Capabilities,
@@ -30,6 +34,7 @@ from ticketing_core.models import (
     TicketDraft,
     TicketLink,
 )
+from ticketing_core.once import KeyedRequests
 from ticketing_core.outbox import Dispatcher, NewEvent, Outbox, OutboxEvent
 from ticketing_core.policies import (
     Action,
@@ -46,8 +51,9 @@ log = logging.getLogger(__name__)
 USER = "user"
 INTEGRATION = "integration"
 
-ProviderFor = Callable[[int], Provider]
-PolicyFor = Callable[[int], SyncPolicy]
+# Both take the caller's open transaction, if any, so a lookup never checks out a second connection.
+ProviderFor = Callable[[int, sa.Connection | None], Provider]
+PolicyFor = Callable[[int, sa.Connection | None], SyncPolicy]
 CommentOnAnomaly = Callable[[int, str], None]
 
 
@@ -59,13 +65,13 @@ class ProviderPool:
         self._providers: dict[int, Provider] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, integration_id: int) -> Provider:
+    def __call__(self, integration_id: int, conn: sa.Connection | None = None) -> Provider:
         with self._lock:
             provider = self._providers.get(integration_id)
         if provider is not None:
             return provider
         # Built outside the lock: connecting may read the host's database.
-        built = self._connect(integration_id)
+        built = self._connect(integration_id, conn)
         with self._lock:
             provider = self._providers.setdefault(integration_id, built)
         if provider is not built:
@@ -87,8 +93,10 @@ class ProviderPool:
 class SyncService:
     """The integration's flows over a link store, an outbox and the host's providers.
 
-    ``provider_for`` and ``policy_for`` map an integration id to its connected provider and its sync
-    policy; ``comment_on_anomaly`` records a comment on the host's anomaly (used by the pull).
+    ``provider_for`` and ``policy_for`` map an integration id (and the caller's transaction, if
+    any) to its connected provider and its sync policy; ``comment_on_anomaly`` records a comment on
+    the host's anomaly (used by the pull). ``interactive_deadline`` bounds each flow the host waits
+    for; ``delivery_deadline`` each delivery attempt (keep it below the outbox's lease).
     """
 
     database: Database
@@ -100,10 +108,14 @@ class SyncService:
         default=attrs.Factory(lambda self: Outbox(self.database), takes_self=True)
     )
     dispatcher: Dispatcher | None = None
+    interactive_deadline: float = DEFAULT_DEADLINE
+    delivery_deadline: float = 20.0
     links: LinkStore = attrs.field(init=False)
+    requests: KeyedRequests = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.links = LinkStore(self.database)
+        self.requests = KeyedRequests(self.database)
 
     # -- flows the host waits for --------------------------------------------------------------
 
@@ -117,21 +129,35 @@ class SyncService:
     ) -> tuple[Ticket, TicketLink]:
         """Create a ticket describing the anomaly and link it.
 
-        Without ``idempotency_key`` one is derived from the anomaly, integration and draft, so the same
-        request retried (after a timeout, say) returns the first ticket instead of making another.
+        The request runs once per key: ``idempotency_key``, or without one the request itself
+        (anomaly, integration and draft, not the anomaly's changing state). Retried or concurrent
+        identical requests return the first ticket; a key reused for a different request raises
+        :class:`~ticketing_core.errors.Conflict`.
         """
-        draft = attrs.evolve(
+        fingerprint = _fingerprint(
+            {"anomaly": anomaly.id, "integration": integration_id, "draft": attrs.asdict(draft)}
+        )
+        scope = f"create:{idempotency_key or fingerprint}"
+        provider = self.provider_for(integration_id, None)
+        full_draft = attrs.evolve(
             draft,
             description=draft.description + self.messages.anomaly_block(anomaly),
             external_id=str(anomaly.id),
             external_source=self.messages.product,
         )
-        provider = self.provider_for(integration_id)
-        key = None
-        if provider.capabilities.idempotency_keys:
-            key = idempotency_key or self._derived_key(anomaly, integration_id, draft)
-        ticket = provider.create(draft, idempotency_key=key)
-        return ticket, self._store_link(anomaly.id, integration_id, ticket)
+        key = self._provider_key(scope) if provider.capabilities.idempotency_keys else None
+
+        def create(retrying: bool) -> Ticket:
+            return provider.create(full_draft, idempotency_key=key, retrying=retrying)
+
+        def record(ticket: Ticket, conn: sa.Connection) -> Mapping[str, Any]:
+            link = self._store_link(anomaly.id, integration_id, ticket, conn)
+            return {"ticket_id": ticket.id, "link_id": link.id}
+
+        with call_budget(deadline=self.interactive_deadline):
+            outcome = self.requests.run(scope, fingerprint, create, record=record)
+            ticket, result = outcome
+            return ticket or provider.get(result["ticket_id"]), self._link(result)
 
     def link_ticket(
         self,
@@ -141,21 +167,36 @@ class SyncService:
         ticket_id: str | None = None,
         ticket_number: str | None = None,
     ) -> tuple[Ticket, TicketLink]:
-        """Link an existing ticket: append the anomaly block, add a work note, store the link.
+        """Link an existing ticket: append the anomaly block, queue a linkage note, store the link.
 
-        Linking the same ticket again changes nothing and returns the existing link.
+        Once per ticket and anomaly, however many requests race: linking the same ticket again
+        changes nothing and returns the existing link.
         """
-        provider = self.provider_for(integration_id)
-        ticket = self._existing_ticket(provider, ticket_id, ticket_number)
-        block = self.messages.anomaly_block(anomaly)
-        already = {link.ticket_id for link in self.links.for_anomaly(anomaly.id)}
-        if ticket.id not in already:
-            if block not in ticket.description:
-                ticket = provider.update(
-                    ticket.id, TicketChanges(description=ticket.description + block)
-                )
-            provider.add_work_note(ticket.id, self.messages.link_note(anomaly))
-        return ticket, self._store_link(anomaly.id, integration_id, ticket)
+        provider = self.provider_for(integration_id, None)
+        heading = self.messages.anomaly_heading(anomaly.id)
+
+        def append_block(retrying: bool) -> Ticket:
+            current = provider.get(ticket.id) if retrying else ticket
+            if heading in current.description:
+                return current
+            description = current.description + self.messages.anomaly_block(anomaly)
+            return provider.update(current.id, TicketChanges(description=description))
+
+        def record(linked: Ticket, conn: sa.Connection) -> Mapping[str, Any]:
+            link = self.links.find(anomaly.id, integration_id, linked.id, conn)
+            if link is None:
+                link = self._store_link(anomaly.id, integration_id, linked, conn)
+                note = AddWorkNote(self.messages.link_note(anomaly))
+                self.outbox.enqueue([NewEvent(integration_id, linked.id, note, anomaly.id)], conn)
+            return {"ticket_id": linked.id, "link_id": link.id}
+
+        with call_budget(deadline=self.interactive_deadline):
+            ticket = self._existing_ticket(provider, ticket_id, ticket_number)
+            scope = f"link:{integration_id}:{anomaly.id}:{ticket.id}"
+            outcome = self.requests.run(scope, _fingerprint(scope), append_block, record=record)
+            linked, result = outcome
+            self._wake()
+            return linked or provider.get(ticket.id), self._link(result)
 
     def pull_status(self, anomaly_id: int) -> list[TicketLink]:
         """Read each linked ticket's status; record it, and comment on the anomaly when it changed.
@@ -167,7 +208,9 @@ class SyncService:
         failures: list[ProviderError] = []
         for link in links:
             try:
-                status = self.provider_for(link.integration_id).get_status(link.ticket_id)
+                with call_budget(deadline=self.interactive_deadline):
+                    provider = self.provider_for(link.integration_id, None)
+                    status = provider.get_status(link.ticket_id)
             except ProviderError as exc:
                 log.warning(
                     "cannot pull %s for anomaly %s: %s", link.ticket_number, anomaly_id, exc
@@ -216,18 +259,30 @@ class SyncService:
         )
 
     def deliver(self, event: OutboxEvent) -> None:
-        """Perform one outbox event against its ticket (the dispatcher's delivery function)."""
-        provider = self.provider_for(event.integration_id)
+        """Perform one outbox event against its ticket: one attempt, the outbox backs off.
+
+        A note in doubt is looked for first (keyed, clock-free); the claim is confirmed just
+        before a note is sent, so a worker that lost its lease sends nothing.
+        """
+        provider = self.provider_for(event.integration_id, None)
         action = event.action
-        if isinstance(action, AddWorkNote):
-            # An earlier attempt may have landed: look before adding the note again. Events of a
-            # ticket go one at a time, so a match since its first claim can only be this note.
-            since = event.first_claimed_at or event.created
-            if event.in_doubt and provider.has_work_note(event.ticket_id, action.text, since=since):
-                return
-            provider.add_work_note(event.ticket_id, action.text)
-        elif isinstance(action, ChangeTicket):
-            provider.update(event.ticket_id, action.changes)
+        with call_budget(attempts=1, deadline=self.delivery_deadline):
+            if isinstance(action, AddWorkNote):
+                key = event.idempotency_key
+                if event.in_doubt and provider.has_work_note(
+                    event.ticket_id, action.text, idempotency_key=key,
+                    identical_before=event.identical_before,
+                ):  # fmt: skip
+                    return
+                self.outbox.hold(event, doubt_resolved=event.in_doubt)
+                provider.add_work_note(event.ticket_id, action.text, idempotency_key=key)
+            elif isinstance(action, ChangeTicket):
+                provider.update(event.ticket_id, action.changes)  # idempotent: no check needed
+
+    def prune(self) -> None:
+        """Forget delivered events and finished request keys past their retention."""
+        self.outbox.prune()
+        self.requests.prune()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -252,28 +307,35 @@ class SyncService:
                 NewEvent(link.integration_id, link.ticket_id, action, anomaly_id)
                 for link in self.links.for_anomaly(anomaly_id, conn=c)
                 for action in actions_of(
-                    self.policy_for(link.integration_id), self._capabilities(link.integration_id)
+                    self.policy_for(link.integration_id, c),
+                    self._capabilities(link.integration_id, c),
                 )
             ]
             stored = self.outbox.enqueue(new_events, conn=c)
         # In the caller's transaction the events are visible only once it commits: the caller
         # wakes the dispatcher then (else it finds them at its next poll).
-        if stored and conn is None and self.dispatcher is not None:
-            self.dispatcher.wake()
+        if stored and conn is None:
+            self._wake()
         return stored
 
-    def _capabilities(self, integration_id: int) -> Capabilities:
+    def _wake(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    def _capabilities(self, integration_id: int, conn: sa.Connection) -> Capabilities:
         # Queuing must not depend on the provider being usable now: if it cannot even be built,
         # assume the defaults and let delivery report the problem (the event ends up dead, listed).
         try:
-            return self.provider_for(integration_id).capabilities
+            return self.provider_for(integration_id, conn).capabilities
         except TicketingError as exc:
             log.warning(
                 "integration %s: %s; queuing with default capabilities", integration_id, exc
             )
             return Capabilities()
 
-    def _store_link(self, anomaly_id: int, integration_id: int, ticket: Ticket) -> TicketLink:
+    def _store_link(
+        self, anomaly_id: int, integration_id: int, ticket: Ticket, conn: sa.Connection
+    ) -> TicketLink:
         return self.links.add(
             anomaly_id=anomaly_id,
             integration_id=integration_id,
@@ -281,7 +343,19 @@ class SyncService:
             ticket_number=ticket.number,
             ticket_url=ticket.url,
             status=ticket.status,
+            conn=conn,
         )
+
+    def _link(self, result: Mapping[str, Any]) -> TicketLink:
+        link = self.links.get(int(result["link_id"]))
+        if link is None:  # its integration was deleted meanwhile
+            raise InvalidInput("the ticket's integration was deleted while it was being linked")
+        return link
+
+    def _provider_key(self, scope: str) -> str:
+        """The key a provider stores: this installation's id and a digest of the request's key,
+        so two installations never share one, and any key is safe inside a provider's query."""
+        return f"{self.database.installation_id}-{_fingerprint(scope)[:32]}"
 
     @staticmethod
     def _existing_ticket(
@@ -293,7 +367,7 @@ class SyncService:
             return provider.find(ticket_number)
         raise InvalidInput("give ticket_id or ticket_number of the ticket to link")
 
-    def _derived_key(self, anomaly: Anomaly, integration_id: int, draft: TicketDraft) -> str:
-        fingerprint = json.dumps(attrs.asdict(draft), sort_keys=True, default=str)
-        digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:32]
-        return f"{self.messages.product}-{integration_id}-{anomaly.id}-{digest}"[:100]
+
+def _fingerprint(value: object) -> str:
+    canonical = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()

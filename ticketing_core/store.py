@@ -1,22 +1,33 @@
 """Persistence: one SQLAlchemy Core schema for SQLite (the embedded default) and PostgreSQL.
 
 ``Database("links.db")`` or ``Database("postgresql://user@host/db")``: the same code runs on both. Tables
-are created on first use; ``schema_version`` records what this code created so later versions can
-migrate forward.
+are created on first use, under a lock so that several processes starting at once on a fresh database
+do not collide; ``schema_version`` records what this code created and older schemas are upgraded
+forward. ``installation`` holds one random id that scopes this installation's idempotency keys.
+
+Nothing here checks out a second pooled connection while a caller's transaction is open: every
+method takes the caller's ``conn``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import secrets
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
 
 from ticketing_core.models import TicketLink
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Connections per process: above the host's worker threads (anyio's 40) plus its deliveries, so a
+# request never waits for a connection another request holds while waiting itself.
+POOL_SIZE, MAX_OVERFLOW = 10, 50
+_MIGRATION_LOCK = 0x7469636B  # "tick": one PostgreSQL advisory lock id for all migrations
+Upgrade = Callable[[sa.Connection], None]
 
 metadata = sa.MetaData()
 _READ_ONLY = "ticketing_read_only"
@@ -65,6 +76,14 @@ links = sa.Table(
 )
 
 
+installation = sa.Table(
+    "installation",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("created", UtcDateTime, nullable=False),
+)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -83,23 +102,43 @@ class Database:
 
     def __init__(self, url_or_path: str) -> None:
         self.url = engine_url(url_or_path)
-        self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+        pooled = not self.url.startswith("sqlite://") or ":memory:" not in self.url
+        sizes = {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW} if pooled else {}
+        self.engine = sa.create_engine(self.url, pool_pre_ping=True, **sizes)
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _tune_sqlite)
             sa.event.listen(self.engine, "begin", _begin_immediate)
-        self.migrate(metadata, component="ticketing_core", version=SCHEMA_VERSION)
+        self.migrate(
+            metadata, component="ticketing_core", version=SCHEMA_VERSION, upgrades=CORE_UPGRADES
+        )
 
     def __repr__(self) -> str:
         return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"
 
-    def migrate(self, schema: sa.MetaData, *, component: str, version: int) -> None:
-        """Create ``schema``'s missing tables and record ``version`` for ``component``."""
-        schema.create_all(self.engine, checkfirst=True)
-        metadata.create_all(self.engine, tables=[schema_version], checkfirst=True)
-        with self.begin() as conn:
-            current = conn.execute(
-                sa.select(schema_version.c.version).where(schema_version.c.component == component)
-            ).scalar()
+    @property
+    def is_postgresql(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def migrate(
+        self,
+        schema: sa.MetaData,
+        *,
+        component: str,
+        version: int,
+        upgrades: Mapping[int, Upgrade] | None = None,
+    ) -> None:
+        """Create ``schema``'s missing tables and bring ``component`` to ``version``.
+
+        ``upgrades[n]`` turns version ``n`` into ``n + 1``. One process at a time: PostgreSQL
+        through an advisory lock, SQLite through its write lock.
+        """
+        with self.engine.begin() as conn:
+            if self.is_postgresql:
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
+            current = self._schema_version(conn, component)
+            for step in range(current or version, version):
+                (upgrades or {})[step](conn)
+            schema.create_all(conn, checkfirst=True)
             if current is None:
                 conn.execute(schema_version.insert().values(component=component, version=version))
             elif current > version:
@@ -107,6 +146,39 @@ class Database:
                     f"the database holds {component} schema {current}, newer than this code's "
                     f"{version}: upgrade ticketing"
                 )
+            elif current < version:
+                conn.execute(
+                    schema_version.update()
+                    .where(schema_version.c.component == component)
+                    .values(version=version)
+                )
+            if schema is metadata and conn.execute(sa.select(installation.c.id)).first() is None:
+                conn.execute(
+                    installation.insert().values(id=secrets.token_hex(8), created=utcnow())
+                )
+
+    @staticmethod
+    def _schema_version(conn: sa.Connection, component: str) -> int | None:
+        metadata.create_all(conn, tables=[schema_version], checkfirst=True)
+        return conn.execute(
+            sa.select(schema_version.c.version).where(schema_version.c.component == component)
+        ).scalar()
+
+    @cached_property
+    def installation_id(self) -> str:
+        """This installation's random id (16 hex digits), made when its database was."""
+        with self.read() as conn:
+            return str(conn.execute(sa.select(installation.c.id)).scalar_one())
+
+    def now(self, conn: sa.Connection) -> datetime:
+        """The database's clock: one time for every process sharing it, whatever their clocks say.
+
+        SQLite lives on one machine, whose clock all its processes share.
+        """
+        if not self.is_postgresql:
+            return utcnow()
+        moment: datetime = conn.execute(sa.select(sa.func.statement_timestamp())).scalar_one()
+        return moment.astimezone(UTC)
 
     @contextmanager
     def begin(self, conn: sa.Connection | None = None) -> Iterator[sa.Connection]:
@@ -189,7 +261,7 @@ class LinkStore:
     ) -> TicketLink:
         """Store a link, or return the existing one for the same anomaly, integration and ticket."""
         with self.database.begin(conn) as c:
-            existing = self._find(c, anomaly_id, integration_id, ticket_id)
+            existing = self.find(anomaly_id, integration_id, ticket_id, c)
             if existing is not None:
                 return existing
             now = utcnow()
@@ -209,9 +281,14 @@ class LinkStore:
                     c.execute(insert)
             except sa.exc.IntegrityError:
                 pass  # a concurrent request stored the same link first: return that one
-            found = self._find(c, anomaly_id, integration_id, ticket_id)
+            found = self.find(anomaly_id, integration_id, ticket_id, c)
             assert found is not None
             return found
+
+    def get(self, link_id: int) -> TicketLink | None:
+        with self.database.read() as c:
+            row = c.execute(sa.select(links).where(links.c.id == link_id)).mappings().first()
+        return _link(row) if row is not None else None
 
     def for_anomaly(self, anomaly_id: int, conn: sa.Connection | None = None) -> list[TicketLink]:
         with self.database.read(conn) as c:
@@ -231,23 +308,47 @@ class LinkStore:
     def delete_for_integration(self, integration_id: int, conn: sa.Connection) -> None:
         conn.execute(links.delete().where(links.c.integration_id == integration_id))
 
-    @staticmethod
-    def _find(
-        conn: sa.Connection, anomaly_id: int, integration_id: int, ticket_id: str
+    def find(
+        self,
+        anomaly_id: int,
+        integration_id: int,
+        ticket_id: str,
+        conn: sa.Connection | None = None,
     ) -> TicketLink | None:
-        row = (
-            conn.execute(
-                sa.select(links).where(
-                    links.c.anomaly_id == anomaly_id,
-                    links.c.integration_id == integration_id,
-                    links.c.ticket_id == ticket_id,
+        with self.database.read(conn) as c:
+            row = (
+                c.execute(
+                    sa.select(links).where(
+                        links.c.anomaly_id == anomaly_id,
+                        links.c.integration_id == integration_id,
+                        links.c.ticket_id == ticket_id,
+                    )
                 )
+                .mappings()
+                .first()
             )
-            .mappings()
-            .first()
-        )
         return _link(row) if row is not None else None
 
 
 def _link(row: sa.RowMapping) -> TicketLink:
     return TicketLink(**dict(row))
+
+
+def _outbox_v2(conn: sa.Connection) -> None:
+    """Schema 1 to 2: fenced claims replace the claim-count and clock bookkeeping of doubt.
+
+    An event claimed more often than it failed was cut short by a dying worker: it stays in doubt.
+    """
+    if not sa.inspect(conn).has_table("sync_outbox"):
+        return
+    timestamp = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+    for statement in (
+        "ALTER TABLE sync_outbox ADD COLUMN claim_token VARCHAR(32)",
+        f"ALTER TABLE sync_outbox ADD COLUMN claimed_at {timestamp}",
+        "UPDATE sync_outbox SET ambiguous = true WHERE claims > attempts AND status = 'pending'",
+        "ALTER TABLE sync_outbox DROP COLUMN first_claimed_at",
+    ):
+        conn.exec_driver_sql(statement)
+
+
+CORE_UPGRADES: Mapping[int, Upgrade] = {1: _outbox_v2}

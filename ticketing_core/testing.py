@@ -14,10 +14,17 @@ provider's registered name, and a running fake of the service behind a :class:`F
             return AcmeFake(acme_emulator)      # implements FakeService
 
 Then ``pytest`` runs every check: discovery through the ``ticketing`` entry point, validate, search paging
-(page/size, total, pages, stable order), get and find, create (idempotent with a key where the
-provider says it supports keys), update, work notes, status, the error tree (bad credentials, not found,
-rate limited with a wait, unavailable, unreadable answers), and that secrets stay out of reprs and
-errors. The kit talks to the provider only through :mod:`ticketing_core.hookspecs`.
+(page/size, total, pages, stable order), get and find, create (with a key where the provider says it
+supports keys: ``retrying=True`` finds the first ticket, and a create answered with a failure after the
+service committed it still makes one ticket), update, work notes (found by key or by counting identical
+texts, never by clock; one answered with a failure after commit is not sent again), status, the error
+tree (bad credentials, not found, rate limited with a wait, unavailable, unreadable answers), and that
+secrets stay out of reprs and errors. The kit talks to the provider only through
+:mod:`ticketing_core.hookspecs`.
+
+The repeat-safety checks fail one write *after* the service committed it, which the fake targets by
+HTTP method: set ``create_method`` and ``note_method`` on the subclass if the provider's create or
+``add_work_note`` is not a POST.
 """
 
 from __future__ import annotations
@@ -52,8 +59,20 @@ class FakeService(Protocol):
     def seed(self, count: int, title: str) -> None:
         """Create ``count`` tickets whose title contains ``title``, directly in the service."""
 
-    def fail_next(self, kind: str, *, count: int = 1, retry_after: float | None = None) -> None:
-        """Make the next ``count`` requests fail: ``"429"``, ``"503"``, ``"500"`` or ``"html"``."""
+    def fail_next(
+        self,
+        kind: str,
+        *,
+        count: int = 1,
+        retry_after: float | None = None,
+        method: str | None = None,
+    ) -> None:
+        """Make the next ``count`` requests (of HTTP ``method`` only, when given) fail.
+
+        Kinds the kit uses: ``"429"``, ``"503"``, ``"500"`` and ``"html"`` answer without acting;
+        ``"503_after_commit"`` carries the request out, then answers 503; ``"close_after_commit"``
+        carries it out, then closes the connection without an answer.
+        """
 
     def notes(self, ticket_id: str) -> list[str]:
         """Texts of the ticket's internal notes as the service stores them, oldest first."""
@@ -66,6 +85,8 @@ FAULTS = [
     ("500", errors.ProviderUnavailable),
     ("html", errors.UnexpectedResponse),
 ]
+# Faults that come after the service carried the write out: the write stands, its answer is lost.
+AFTER_COMMIT_FAULTS = ["503_after_commit", "close_after_commit"]
 
 
 class ProviderContract:
@@ -75,6 +96,10 @@ class ProviderContract:
     distribution: ClassVar[str]
     options: ClassVar[dict[str, Any]] = {}
     """Extra provider options the fake needs (e.g. a project key)."""
+    create_method: ClassVar[str] = "POST"
+    """The HTTP method of the request that makes a ticket, failed after commit by the kit."""
+    note_method: ClassVar[str] = "POST"
+    """The HTTP method of the request that adds a work note (a PATCH of a journal field, say)."""
 
     @pytest.fixture
     def service(self) -> FakeService:
@@ -129,17 +154,32 @@ class ProviderContract:
         assert provider.get(created.id) == created
         assert provider.find(created.number).id == created.id
 
-    def test_create_with_a_key_is_idempotent(
-        self, provider: Provider, service: FakeService
-    ) -> None:
+    def test_create_with_a_key_is_idempotent(self, provider: Provider) -> None:
         if not provider.capabilities.idempotency_keys:
             pytest.skip("the provider declares no idempotency-key support")
         first = provider.create(DRAFT, idempotency_key="conformance-key-1")
-        again = provider.create(DRAFT, idempotency_key="conformance-key-1")
+        again = provider.create(DRAFT, idempotency_key="conformance-key-1", retrying=True)
         other = provider.create(DRAFT, idempotency_key="conformance-key-2")
 
         assert again.id == first.id
         assert other.id != first.id
+
+    @pytest.mark.parametrize("fault", AFTER_COMMIT_FAULTS)
+    def test_keyed_create_failed_after_commit_makes_one_ticket(
+        self, provider: Provider, service: FakeService, fault: str
+    ) -> None:
+        if not provider.capabilities.idempotency_keys:
+            pytest.skip("the provider declares no idempotency-key support")
+        draft = TicketDraft(title="Conformance keyed create", description="answer lost")
+        service.fail_next(fault, method=self.create_method)
+
+        created = provider.create(draft, idempotency_key="conformance-lost-1")
+        again = provider.create(draft, idempotency_key="conformance-lost-1", retrying=True)
+
+        assert again.id == created.id
+        found = provider.search(SearchQuery(text="Conformance keyed create"))
+        assert [t.id for t in found.items] == [created.id]
+        assert found.total == 1
 
     def test_update_changes_the_given_fields_only(self, provider: Provider) -> None:
         created = provider.create(DRAFT)
@@ -152,13 +192,50 @@ class ProviderContract:
 
     def test_work_note_reaches_the_ticket(self, provider: Provider, service: FakeService) -> None:
         created = provider.create(DRAFT)
-        before = time_before_now()
 
-        provider.add_work_note(created.id, "Conformance note")
+        provider.add_work_note(created.id, "Conformance note", idempotency_key="conformance-note-1")
 
         assert service.notes(created.id)[-1].strip() == "Conformance note"
-        assert provider.has_work_note(created.id, "Conformance note", since=before)
-        assert not provider.has_work_note(created.id, "Another note", since=before)
+        assert provider.has_work_note(
+            created.id, "Conformance note", idempotency_key="conformance-note-1", identical_before=0
+        )
+        assert not provider.has_work_note(
+            created.id, "Another note", idempotency_key="conformance-note-2", identical_before=0
+        )
+
+    def test_identical_work_notes_are_told_apart(
+        self, provider: Provider, service: FakeService
+    ) -> None:
+        created = provider.create(DRAFT)
+        for key in ("conformance-same-1", "conformance-same-2"):
+            provider.add_work_note(created.id, "Same note", idempotency_key=key)
+
+        assert note_count(service, created.id, "Same note") == 2
+        # The second note, one identical note added before it: landed.
+        assert provider.has_work_note(
+            created.id, "Same note", idempotency_key="conformance-same-2", identical_before=1
+        )
+        # A third, two added before it: not on the ticket yet.
+        assert not provider.has_work_note(
+            created.id, "Same note", idempotency_key="conformance-same-3", identical_before=2
+        )
+
+    @pytest.mark.parametrize("fault", AFTER_COMMIT_FAULTS)
+    def test_work_note_failed_after_commit_is_sent_once(
+        self, provider: Provider, service: FakeService, fault: str
+    ) -> None:
+        created = provider.create(DRAFT)
+        service.fail_next(fault, method=self.note_method)
+
+        with pytest.raises(errors.ProviderError) as caught:
+            provider.add_work_note(created.id, "Lost answer", idempotency_key="conformance-lost-2")
+
+        assert caught.value.may_have_landed
+        # The provider must not send it again: the caller asks has_work_note first.
+        assert note_count(service, created.id, "Lost answer") == 1
+        assert provider.has_work_note(
+            created.id, "Lost answer", idempotency_key="conformance-lost-2", identical_before=0
+        )
 
     def test_status_matches_the_ticket(self, provider: Provider) -> None:
         created = provider.create(DRAFT)
@@ -248,8 +325,6 @@ def secret_part(token: str) -> str:
     return token.partition(":")[2] or token
 
 
-def time_before_now() -> Any:
-    from datetime import UTC, datetime, timedelta
-
-    # Services store times to the second: look from a little before now.
-    return datetime.now(UTC) - timedelta(seconds=2)
+def note_count(service: FakeService, ticket_id: str, text: str) -> int:
+    """How many of the ticket's notes, as the service stores them, have exactly ``text``."""
+    return [note.strip() for note in service.notes(ticket_id)].count(text)

@@ -193,6 +193,18 @@ def search_query(query: SearchQuery) -> str:
 _JOURNAL_CODE_TAG = re.compile(r"\[\s*(/?)\s*code\s*\]", re.IGNORECASE)
 
 
+def count_journal_entries(journal: str, text: str) -> int:
+    """How many entries of a journal field's display value hold exactly ``text``.
+
+    The display value lists entries newest first, each a header line ``<when> - <who> (<label>)``
+    followed by the text and a blank line; when and label follow the user's locale and format.
+    """
+    entry = re.compile(
+        r"^[^\n]* - [^\n]* \([^()\n]+\)\n" + re.escape(text) + r"(?:\n\n|\n?\Z)", re.M
+    )
+    return len(entry.findall(journal))
+
+
 def journal_safe(text: str) -> str:
     """Neutralise ``[code]`` tags: the journal renders text between them as raw HTML."""
     return _JOURNAL_CODE_TAG.sub(r"(\1code)", text)

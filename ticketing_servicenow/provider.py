@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
 from typing import Any
 
 import httpx
@@ -22,7 +22,8 @@ from ticketing_servicenow import mapping
 from ticketing_servicenow.envelopes import error_reason, result_of
 
 INCIDENTS = "/api/now/table/incident"
-JOURNAL = "/api/now/table/sys_journal_field"
+# Characters that cannot change an encoded query; correlation_id holds 100 of them.
+_SAFE_KEY = re.compile(r"[A-Za-z0-9._:@-]+")
 # Display values for references (assigned_to's name) and raw values for codes, in one read.
 DIALECT = ServiceDialect(
     "ServiceNow",
@@ -40,9 +41,14 @@ class ServiceNowProvider:
     """A :class:`ticketing_core.Provider` for one ServiceNow instance.
 
     ``api_access_token`` is ``username:password`` (Basic auth) or a bearer token. Options:
-    ``timeout`` (seconds or ``httpx.Timeout``), ``max_attempts`` and ``max_retry_wait`` for 429/503
-    retries, ``create_attempts`` for idempotent creates, ``close_code`` written with a resolution
+    ``timeout`` (seconds or ``httpx.Timeout``, per connect and read), ``deadline`` (seconds for a
+    whole call where the caller sets no :func:`~ticketing_core.http.call_budget`),
+    ``max_attempts`` and ``max_retry_wait`` for retries, ``close_code`` written with a resolution
     (most instances require one to resolve), ``transport`` (an httpx transport, for tests).
+
+    Keyed creates store the key in ``correlation_id``. Work notes carry no marker: whether one
+    landed is told by counting its text in the incident's ``work_notes`` journal, read through
+    display values, which an integration user with incident rights alone may do.
     """
 
     name = "servicenow"
@@ -66,12 +72,10 @@ class ServiceNowProvider:
         *,
         api_url: str,
         api_access_token: str,
-        create_attempts: int = 3,
         close_code: str = mapping.DEFAULT_CLOSE_CODE,
         **client_options: Any,
     ) -> None:
         self.api_url = api_url.rstrip("/")
-        self.create_attempts = create_attempts
         self.close_code = close_code
         self._client = HttpTransport(self.api_url, api_access_token, DIALECT, **client_options)
 
@@ -115,20 +119,15 @@ class ServiceNowProvider:
             raise NotFound(f"ServiceNow has no incident numbered {number!r}", status_code=None)
         return found
 
-    def create(self, draft: TicketDraft, *, idempotency_key: str | None = None) -> Ticket:
+    def create(
+        self, draft: TicketDraft, *, idempotency_key: str | None = None, retrying: bool = False
+    ) -> Ticket:
         payload = mapping.draft_payload(draft, idempotency_key)
         if idempotency_key is None:
             return self._post(payload)
-        if len(idempotency_key) > mapping.CORRELATION_ID_MAX_LENGTH:
-            raise InvalidInput(
-                f"idempotency key is {len(idempotency_key)} characters; "
-                f"ServiceNow's correlation_id holds at most {mapping.CORRELATION_ID_MAX_LENGTH}"
-            )
-        condition = f"correlation_id={mapping.escape_query_value(idempotency_key)}"
+        condition = f"correlation_id={_checked_key(idempotency_key)}"
         return create_once(
-            lambda: self._first_where(condition),
-            lambda: self._post(payload),
-            attempts=self.create_attempts,
+            lambda: self._first_where(condition), lambda: self._post(payload), retrying=retrying
         )
 
     def update(self, ticket_id: str, changes: TicketChanges) -> Ticket:
@@ -139,10 +138,14 @@ class ServiceNowProvider:
             self._record(ticket_id),
             params=READ_PARAMS,
             json=mapping.changes_payload(changes, close_code=self.close_code),
+            idempotent=True,  # fields only: setting them twice is setting them once
         )
         return mapping.to_ticket(result_of(response), self.api_url)
 
-    def add_work_note(self, ticket_id: str, text: str) -> None:
+    def add_work_note(
+        self, ticket_id: str, text: str, *, idempotency_key: str | None = None
+    ) -> None:
+        # The journal keeps text only, so the key cannot travel; has_work_note counts instead.
         if not text.strip():
             raise InvalidInput("a work note must not be empty")
         self._client.request(
@@ -152,21 +155,16 @@ class ServiceNowProvider:
             json={"work_notes": mapping.journal_safe(text)},
         )
 
-    def has_work_note(self, ticket_id: str, text: str, *, since: datetime) -> bool:
-        condition = "^".join(
-            (
-                f"element_id={mapping.escape_query_value(self._sys_id(ticket_id))}",
-                "element=work_notes",
-                f"sys_created_on>={since.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
-                f"value={mapping.escape_query_value(mapping.journal_safe(text))}",
-            )
-        )
+    def has_work_note(
+        self, ticket_id: str, text: str, *, idempotency_key: str, identical_before: int
+    ) -> bool:
         response = self._client.request(
             "GET",
-            JOURNAL,
-            params={"sysparm_query": condition, "sysparm_limit": 1, "sysparm_fields": "sys_id"},
+            self._record(ticket_id),
+            params={"sysparm_fields": "work_notes", "sysparm_display_value": "true"},
         )
-        return bool(result_of(response))
+        journal = result_of(response).get("work_notes") or ""
+        return mapping.count_journal_entries(journal, mapping.journal_safe(text)) > identical_before
 
     def get_status(self, ticket_id: str) -> TicketStatus:
         response = self._client.request(
@@ -203,6 +201,16 @@ class ServiceNowProvider:
                 f"{ticket_id!r} is not a ServiceNow sys_id (32 hexadecimal characters)"
             )
         return sys_id
+
+
+def _checked_key(key: str) -> str:
+    if len(key) > mapping.CORRELATION_ID_MAX_LENGTH or not _SAFE_KEY.fullmatch(key):
+        raise InvalidInput(
+            "an idempotency key for ServiceNow is 1 to "
+            f"{mapping.CORRELATION_ID_MAX_LENGTH} letters, digits or . _ : @ - "
+            "(it is stored in correlation_id and queried)"
+        )
+    return key
 
 
 def _total_count(response: httpx.Response, *, default: int) -> int:

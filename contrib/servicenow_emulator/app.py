@@ -2,8 +2,21 @@
 
 Shapes follow real captures: the ``{"result": ...}`` envelope, the error envelope, raw string
 values for every field, references as ``{"link", "value"}``, ``X-Total-Count`` and ``Link``
-headers. Faults (rate limits, outages, hibernation pages, lost responses) can be queued from
-Python or over HTTP under ``/__emulator/``.
+headers. Faults (rate limits, outages, hibernation pages, answers lost, refused or cut off
+after the commit, late commits, slow bodies; see :mod:`ticketing_localserver.emulation`) can be
+queued from Python or over HTTP under ``/__emulator/``, as can a cap on requests in flight.
+
+What is the instance's own, from Python or over HTTP:
+
+- ``clock_skew`` (``POST /__emulator/clock {"skew_seconds": 600}``): added to every timestamp
+  the instance writes (``sys_created_on``, ``opened_at``, journal entries, ...), as on an
+  instance whose clock runs ahead of (or, negative, behind) the client's. The ``Date`` header
+  is uvicorn's, so it stays unskewed.
+- ``deny_tables`` (``POST /__emulator/acl {"deny_read": ["sys_journal_field"]}``): tables whose
+  read ACL refuses every user; :attr:`User.can_read_journal` False refuses one user
+  ``sys_journal_field`` (its read ACL is admin-only on many instances). A refused list or record
+  GET answers 403; an incident's journal fields still display through
+  ``sysparm_display_value``, as they do on a real instance.
 """
 
 from __future__ import annotations
@@ -13,7 +26,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlencode
@@ -52,12 +65,14 @@ def _stable_id(table: str, key: str) -> str:
 
 @dataclass(frozen=True)
 class User:
-    """A sys_user row; ``password`` None means no Basic login, ``can_write`` False means 403s."""
+    """A sys_user row; ``password`` None means no Basic login, ``can_write`` False means 403s
+    on writes, ``can_read_journal`` False means 403s on reading ``sys_journal_field``."""
 
     user_name: str
     name: str
     password: str | None = field(default=None, repr=False)
     can_write: bool = True
+    can_read_journal: bool = True
     sys_id: str = ""  # derived from user_name when empty, so ids are stable across runs
 
     def __post_init__(self) -> None:
@@ -316,9 +331,12 @@ class Emulator(EmulatedService):
     # ---- Python API -----------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget incidents, journal, faults and the request log; restore latency and ``down``."""
+        """Forget incidents, journal, faults and the request log; restore latency, ``down``, the
+        in-flight cap, no clock skew and no denied tables."""
         with self._lock:
             super().reset()
+            self.clock_skew = timedelta(0)
+            self.deny_tables: set[str] = set()  # read-denied for every user
             now = self._now()
             self._tables: dict[str, dict[str, dict[str, str]]] = {
                 "incident": {},
@@ -357,6 +375,8 @@ class Emulator(EmulatedService):
                 "journal_entries": len(self._tables["sys_journal_field"]),
                 "users": len(self._tables["sys_user"]),
                 "groups": len(self._tables["sys_user_group"]),
+                "clock_skew_seconds": self.clock_skew.total_seconds(),
+                "deny_read": sorted(self.deny_tables),
                 **super().stats(),
             }
 
@@ -367,6 +387,8 @@ class Emulator(EmulatedService):
         journal = self.control_endpoint(
             lambda _body, request: self.journal(request.path_params["sys_id"])
         )
+        clock = self.control_endpoint(self._control_clock)
+        acl = self.control_endpoint(self._control_acl)
         return [
             Route("/api/now/table/{table}", api, methods=["GET", "POST"]),
             Route(
@@ -374,7 +396,27 @@ class Emulator(EmulatedService):
             ),
             *self.control_routes(),
             Route("/__emulator/journal/{sys_id}", journal, methods=["GET"]),
+            Route("/__emulator/clock", clock, methods=["POST"]),
+            Route("/__emulator/acl", acl, methods=["POST"]),
         ]
+
+    def _control_clock(self, body: dict[str, Any], _request: Request) -> dict[str, Any]:
+        self.clock_skew = timedelta(seconds=float(body["skew_seconds"]))
+        return self.stats()
+
+    def _control_acl(self, body: dict[str, Any], _request: Request) -> dict[str, Any]:
+        tables = body["deny_read"]
+        if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+            raise TypeError("deny_read must be a list of table names")
+        if unknown := set(tables) - set(_TABLES):
+            raise ValueError(f"unknown tables: {sorted(unknown)}")
+        self.deny_tables = set(tables)
+        return self.stats()
+
+    def _may_read(self, table: str, user: User) -> bool:
+        if table in self.deny_tables:
+            return False
+        return user.can_read_journal or table != "sys_journal_field"
 
     def _basic_user(self, name: str, password: str) -> User | None:
         user = self._users.get(name)
@@ -398,6 +440,9 @@ class Emulator(EmulatedService):
         if method in _WRITE_VERBS and not (table.writable and user.can_write):
             detail = f"ACL Exception {_WRITE_VERBS[method]} Failed due to security constraints"
             raise ApiError(403, "Operation Failed", detail)
+        if method == "GET" and not self._may_read(name, user):
+            detail = f"ACL Exception Read Failed: the read ACL on {name} denies {user.user_name}"
+            raise ApiError(403, "Operation Failed", f"{detail} (emulator)")
         body = await _read_object(request) if method in ("POST", "PATCH", "PUT") else {}
         view = _View.of(request)
         sys_id = request.path_params.get("sys_id")
@@ -605,7 +650,8 @@ class Emulator(EmulatedService):
         return "\n".join(fields + notes)
 
     def _now(self) -> str:
-        return self._clock().strftime(TIMESTAMP)
+        """The instance's time: the clock, plus the skew set for this test."""
+        return (self._clock() + self.clock_skew).strftime(TIMESTAMP)
 
 
 # ---- helpers --------------------------------------------------------------------------------

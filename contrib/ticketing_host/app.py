@@ -21,6 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ticketing_core.errors import (
     AuthenticationFailed,
+    Conflict,
     InvalidInput,
     NotFound,
     PermissionDenied,
@@ -66,6 +67,7 @@ ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (Rejected, 400),
     (UnknownRecord, 404),
     (DuplicateRecord, 409),
+    (Conflict, 409),  # an Idempotency-Key reused for another request, or still in progress
     (InvalidInput, 422),
     (sa.exc.DataError, 422),  # a value the database cannot store (PostgreSQL: a NUL character)
     (UnicodeEncodeError, 422),  # text with an unpaired surrogate cannot be stored or sent
@@ -267,7 +269,7 @@ def create_ticket(
     anomaly_id: AnomalyId,
     body: TicketRequest,
     runtime: Runtime,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> TicketResult:
     """Create a ticket describing the anomaly and link it; a retried request makes no second one."""
     anomaly = runtime.store.anomaly(anomaly_id).anomaly

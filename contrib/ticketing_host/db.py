@@ -224,8 +224,17 @@ class HostStore:
             )
 
     def set_status(self, anomaly_id: int, status: str, at: datetime, conn: sa.Connection) -> str:
-        """Change an anomaly's status; returns the status it had."""
-        previous = self.anomaly(anomaly_id, conn).anomaly.status
+        """Change an anomaly's status; returns the status it had.
+
+        Read under a row lock (PostgreSQL; SQLite's writers go one at a time), so of identical
+        concurrent changes exactly one sees the old status.
+        """
+        previous = conn.execute(
+            sa.select(anomalies.c.status).where(anomalies.c.id == anomaly_id).with_for_update()
+        ).scalar()
+        if previous is None:
+            raise UnknownRecord(f"anomaly {anomaly_id} does not exist")
+        previous = str(previous)
         conn.execute(
             anomalies.update().where(anomalies.c.id == anomaly_id).values(status=status, updated=at)
         )

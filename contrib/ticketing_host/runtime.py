@@ -38,6 +38,9 @@ class Settings:
     concurrency: int = 8
     max_attempts: int = 15
     lease_seconds: float = 30.0
+    doubt_seconds: float = 60.0
+    request_deadline: float = 20.0
+    delivery_deadline: float = 20.0
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     poll_interval: float = 0.5
@@ -56,6 +59,7 @@ class HostRuntime:
             self.database,
             max_attempts=settings.max_attempts,
             lease_seconds=settings.lease_seconds,
+            doubt_seconds=settings.doubt_seconds,
             backoff_initial=settings.backoff_initial,
             backoff_max=settings.backoff_max,
         )
@@ -66,6 +70,8 @@ class HostRuntime:
             comment_on_anomaly=self._comment_from_integration,
             messages=Messages(product=settings.product, public_url=settings.public_url),
             outbox=outbox,
+            interactive_deadline=settings.request_deadline,
+            delivery_deadline=settings.delivery_deadline,
         )
         # The dispatcher delivers through the service, so it is attached once the service exists.
         self.dispatcher = ThreadedDispatcher(
@@ -73,6 +79,7 @@ class HostRuntime:
             self.service.deliver,
             concurrency=settings.concurrency,
             poll_interval=settings.poll_interval,
+            prune=self.service.prune,
         )
         self.service.dispatcher = self.dispatcher
 
@@ -132,8 +139,8 @@ class HostRuntime:
         self.pool.close()
         self.database.dispose()
 
-    def _connect_stored(self, integration_id: int) -> Provider:
-        integration = self.store.integration(integration_id)
+    def _connect_stored(self, integration_id: int, conn: sa.Connection | None) -> Provider:
+        integration = self.store.integration(integration_id, conn)
         return self.connect(
             integration.type,
             integration.api_url,
@@ -141,8 +148,8 @@ class HostRuntime:
             integration.options,
         )
 
-    def _policy(self, integration_id: int) -> SyncPolicy:
-        integration = self.store.integration(integration_id)
+    def _policy(self, integration_id: int, conn: sa.Connection | None) -> SyncPolicy:
+        integration = self.store.integration(integration_id, conn)
         return self.registry.policy(integration.sync_policy)
 
     def _comment_from_integration(self, anomaly_id: int, text: str) -> None:

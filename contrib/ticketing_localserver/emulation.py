@@ -1,6 +1,30 @@
-"""What the service emulators share: injected faults, latency, an outage switch, a request log
-and the ``/__emulator/*`` endpoints that drive them over HTTP, plus small request helpers
-(Basic and bearer authentication, JSON answers, numeric query parameters).
+"""What the service emulators share: injected faults, latency, an outage switch, a cap on
+requests in flight, a request log and the ``/__emulator/*`` endpoints that drive them over HTTP,
+plus small request helpers (Basic and bearer authentication, JSON answers, numeric query
+parameters).
+
+The fault kinds (:data:`FAULT_KINDS`), each consumed by the next API request whose method
+matches:
+
+- ``"429"``, any ``"5xx"``: answered at once in the service's envelope; nothing is written.
+- ``"html"``: a 200 HTML page, as a proxy or a sleeping site answers.
+- ``"timeout"``: stalls ``seconds`` before the request is even read, then answers normally; a
+  client that gives up first leaves nothing written (its request is logged as 499).
+- ``"late_commit"``: reads the request, stalls ``seconds``, then commits and answers; a client
+  that gave up still finds the write there afterwards.
+- ``"drop_after_commit"``: commits, then answers 504 (the answer was lost behind a proxy).
+- any ``"5xx_after_commit"``: commits, then answers that status in the service's envelope.
+- ``"close_after_commit"``: commits, then closes the connection without a byte of answer.
+- ``"dribble"``: the real answer's status line and headers at once, then its body one byte
+  at a time, ``seconds`` apart (a slow instance).
+
+Faults that fire "after commit" only do so when the request succeeded: an error the service
+raises (401, 403, 404, ...) is answered as it is ("dribble" slows errors too).
+
+API requests are counted while they are answered (``in_flight`` and ``peak_in_flight`` in
+:meth:`EmulatedService.stats`; a dribbled body still streaming no longer counts), and
+``max_in_flight`` (``POST /__emulator/limits {"max_in_flight": N}``, null lifts it) caps them:
+one more arriving answers 429 with ``Retry-After: 1``, as an instance's semaphore refuses.
 
 Each emulator brings what is its own: its routes and state, and how it words every error
 (:class:`FaultAnswers`, answered in its :class:`ServiceError` envelope).
@@ -12,17 +36,19 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol, TypeVar
 
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 __all__ = [
     "FAULT_KINDS",
@@ -37,7 +63,18 @@ __all__ = [
     "json_response",
 ]
 
-FAULT_KINDS = ("429", "html", "timeout", "drop_after_commit")  # plus any "5xx" status
+# Plus any "5xx" status and any "5xx_after_commit".
+FAULT_KINDS = (
+    "429",
+    "html",
+    "timeout",
+    "late_commit",
+    "drop_after_commit",
+    "close_after_commit",
+    "dribble",
+)
+_AFTER_COMMIT = "_after_commit"
+_CLIENT_GONE = 499  # logged for a request whose client hung up before it could be read
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 # A control endpoint's work: the JSON body (an object) and the request in, JSON-able out.
@@ -49,10 +86,11 @@ U = TypeVar("U")
 class Fault:
     """One queued fault, consumed by the next API request whose method matches."""
 
-    kind: str  # "429", any "5xx", "html", "timeout" or "drop_after_commit"
+    kind: str  # one of FAULT_KINDS, any "5xx" or any "5xx_after_commit"
     method: str | None = None  # None: any method
-    retry_after: int | None = None  # seconds, sent as Retry-After
-    seconds: float = 1.0  # how long "timeout" stalls before answering normally
+    retry_after: int | None = None  # seconds, sent as Retry-After ("429", "5xx"[_after_commit])
+    # "timeout", "late_commit": how long the request stalls; "dribble": the pause between bytes.
+    seconds: float = 1.0
 
 
 class ServiceError(Exception, ABC):
@@ -79,7 +117,8 @@ class FaultAnswers(Protocol):
 
 
 class EmulatedService:
-    """Faults, latency, the ``down`` switch and the request log, around the service's answers.
+    """Faults, latency, the ``down`` switch, the in-flight cap and the request log, around the
+    service's answers.
 
     Safe to drive from another thread while uvicorn serves: subclasses keep their own state
     behind the same ``_lock``, so :meth:`stats` is one snapshot.
@@ -91,16 +130,24 @@ class EmulatedService:
         self._lock = threading.RLock()
         self._faults: list[Fault] = []
         self._requests: deque[dict[str, Any]] = deque(maxlen=10000)
+        self._in_flight = 0
+        self._peak_in_flight = 0
         self.latency_ms = latency_ms
         self.down = False
+        self.max_in_flight: int | None = None  # more API requests at once answer 429
+        # uvicorn logs every exception leaving the app; the hang-ups we cause are not news.
+        logging.getLogger("uvicorn.error").addFilter(_not_a_hangup)
 
     def reset(self) -> None:
-        """Forget faults and the request log; restore latency and ``down``."""
+        """Forget faults, the request log and the peak in flight; restore latency, ``down`` and
+        ``max_in_flight``."""
         with self._lock:
             self._faults.clear()
             self._requests.clear()
+            self._peak_in_flight = self._in_flight  # requests still running keep counting
             self.latency_ms = self._initial_latency_ms
             self.down = False
+            self.max_in_flight = None
 
     def add_fault(
         self,
@@ -112,7 +159,7 @@ class EmulatedService:
         seconds: float = 1.0,
     ) -> None:
         """Queue ``count`` faults of ``kind`` for the next API requests (of ``method`` only)."""
-        if kind not in FAULT_KINDS and not _is_server_error(kind):
+        if kind not in FAULT_KINDS and not _is_server_error(kind.removesuffix(_AFTER_COMMIT)):
             raise ValueError(f"unknown fault kind {kind!r}")
         fault = Fault(kind, method.upper() if method else None, retry_after, seconds)
         with self._lock:
@@ -120,9 +167,24 @@ class EmulatedService:
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """The API request log: method, path, query and status (never headers)."""
+        """The API request log: method, path, query and status (never headers).
+
+        The status is None for a request answered by closing the connection.
+        """
         with self._lock:
             return list(self._requests)
+
+    @property
+    def in_flight(self) -> int:
+        """API requests being answered right now."""
+        with self._lock:
+            return self._in_flight
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most API requests answered at once since the last :meth:`reset`."""
+        with self._lock:
+            return self._peak_in_flight
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -131,30 +193,59 @@ class EmulatedService:
                 "requests": len(self._requests),
                 "latency_ms": self.latency_ms,
                 "down": self.down,
+                "in_flight": self._in_flight,
+                "peak_in_flight": self._peak_in_flight,
+                "max_in_flight": self.max_in_flight,
             }
 
     # ---- API requests ---------------------------------------------------------------------
 
     def api_endpoint(self, answer: Endpoint) -> Endpoint:
-        """``answer`` behind latency, ``down`` and the faults; every request is logged."""
+        """``answer`` behind the in-flight cap, latency, ``down`` and the faults; every request
+        is logged."""
 
         async def endpoint(request: Request) -> Response:
+            admitted = self._admit()
             try:
-                response = await self._faulted(request, answer)
-            except ServiceError as error:
-                response = error.response()
+                response = await self._guarded(request, answer, admitted=admitted)
+            finally:
+                if admitted:
+                    with self._lock:
+                        self._in_flight -= 1
             with self._lock:
                 self._requests.append(
                     {
                         "method": request.method,
                         "path": request.url.path,
                         "query": request.url.query,
-                        "status": response.status_code,
+                        "status": None if isinstance(response, _Hangup) else response.status_code,
                     }
                 )
             return response
 
         return endpoint
+
+    def _admit(self) -> bool:
+        """Count a request in, unless ``max_in_flight`` are already being answered."""
+        with self._lock:
+            if self.max_in_flight is not None and self._in_flight >= self.max_in_flight:
+                return False
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+            return True
+
+    async def _guarded(self, request: Request, answer: Endpoint, *, admitted: bool) -> Response:
+        try:
+            if not admitted:
+                # As an instance's semaphore refuses: at once, before any latency or fault.
+                raise self._answers.rate_limited({"Retry-After": "1"})
+            return await self._faulted(request, answer)
+        except ServiceError as error:
+            return error.response()
+        except ClientDisconnect:
+            # The client hung up before its request was read (e.g. during "timeout"): nothing
+            # was written and nobody is left to answer.
+            return Response(status_code=_CLIENT_GONE)
 
     async def _faulted(self, request: Request, answer: Endpoint) -> Response:
         if self.latency_ms:
@@ -163,15 +254,24 @@ class EmulatedService:
         if self.down:
             raise self._answers.down()
         fault = self._take_fault(request.method)
-        if fault is not None and fault.kind not in ("timeout", "drop_after_commit"):
-            return self._fault_response(fault)
-        if fault is not None and fault.kind == "timeout":
+        if fault is None:
+            return await answer(request)
+        if fault.kind in ("timeout", "late_commit"):
+            if fault.kind == "late_commit":
+                # Read before stalling: once read, a client hanging up cannot stop the write.
+                await request.body()
             await asyncio.sleep(fault.seconds)
-        response = await answer(request)
-        if fault is not None and fault.kind == "drop_after_commit":
-            # The write is committed; only the answer is lost, as behind a timing-out proxy.
-            raise self._answers.lost()
-        return response
+            return await answer(request)
+        if fault.kind == "dribble":
+            try:
+                response = await answer(request)
+            except ServiceError as error:
+                response = error.response()
+            return _dribbled(response, fault.seconds)
+        if fault.kind.endswith(_AFTER_COMMIT):
+            await answer(request)  # committed; the answer is what the fault replaces
+            return self._after_commit(fault)
+        return self._fault_response(fault)
 
     def _take_fault(self, method: str) -> Fault | None:
         with self._lock:
@@ -184,21 +284,36 @@ class EmulatedService:
         if fault.kind == "html":
             return HTMLResponse(self._answers.html_page)
         status = int(fault.kind)
-        headers = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+        headers = self._retry_after(fault)
         if status == 429:
             headers.setdefault("Retry-After", "1")
             return self._answers.rate_limited(headers).response()
         return self._answers.server_error(status, headers).response()
 
+    def _after_commit(self, fault: Fault) -> Response:
+        if fault.kind == "drop_after_commit":
+            # Only the answer is lost, as behind a timing-out proxy.
+            raise self._answers.lost()
+        if fault.kind == "close_after_commit":
+            return _Hangup()
+        status = int(fault.kind.removesuffix(_AFTER_COMMIT))
+        raise self._answers.server_error(status, self._retry_after(fault))
+
+    @staticmethod
+    def _retry_after(fault: Fault) -> dict[str, str]:
+        return {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+
     # ---- control endpoints ----------------------------------------------------------------
 
     def control_routes(self) -> list[Route]:
-        """``/__emulator/``: state, faults, latency, down, reset and the request log (no auth)."""
+        """``/__emulator/``: state, faults, latency, down, limits, reset and the request log
+        (no auth)."""
         handlers: list[tuple[str, str, ControlHandler]] = [
             ("state", "GET", lambda _body, _request: self.stats()),
             ("faults", "POST", self._control_faults),
             ("latency", "POST", self._control_latency),
             ("down", "POST", self._control_down),
+            ("limits", "POST", self._control_limits),
             ("reset", "POST", self._control_reset),
             ("requests", "GET", lambda _body, _request: self.requests),
         ]
@@ -243,9 +358,65 @@ class EmulatedService:
         self.down = body["down"]
         return self.stats()
 
+    def _control_limits(self, body: dict[str, Any], _request: Request) -> dict[str, Any]:
+        cap = body["max_in_flight"]
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ValueError("max_in_flight must be a positive whole number or null")
+        self.max_in_flight = cap
+        return self.stats()
+
     def _control_reset(self, _body: dict[str, Any], _request: Request) -> dict[str, Any]:
         self.reset()
         return self.stats()
+
+
+# ---- answers the faults send ----------------------------------------------------------------
+
+
+class _ConnectionDropped(Exception):
+    """Raised out of the app on purpose, so that the server closes the connection unanswered."""
+
+
+class _Hangup(Response):
+    """No answer at all: the connection closes before a byte of the response is written.
+
+    ASGI gives an app no way to close its connection, but a server closes it when the app fails
+    after starting its response (it can no longer send a 500). So the start sent here carries a
+    header no server may write (CR LF in a value would split the response): uvicorn's h11 and
+    httptools protocols mark the response started, refuse the header before writing anything,
+    and on the exception that follows close the transport with nothing sent.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        unwritable = [(b"x-emulator-hangup", b"close\r\nnow")]
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": unwritable})
+        except Exception as refused:  # what refusing the header raises differs by protocol
+            raise _ConnectionDropped("close_after_commit") from refused
+        raise _ConnectionDropped("close_after_commit")  # a lenient server: close it anyway
+
+
+def _not_a_hangup(record: logging.LogRecord) -> bool:
+    """Log filter: drop the server's "Exception in ASGI application" for our own hang-ups."""
+    return not (record.exc_info and isinstance(record.exc_info[1], _ConnectionDropped))
+
+
+def _dribbled(response: Response, seconds: float) -> Response:
+    """``response`` with its status line and headers at once, then its body a byte at a time."""
+    body = bytes(response.body)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for index in range(len(body)):
+            if index:
+                await asyncio.sleep(seconds)
+            yield body[index : index + 1]
+
+    dribbled = StreamingResponse(chunks(), status_code=response.status_code)
+    dribbled.raw_headers = list(response.raw_headers)  # Content-Length included
+    return dribbled
+
+
+# ---- request helpers ------------------------------------------------------------------------
 
 
 def authenticate(

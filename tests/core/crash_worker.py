@@ -19,10 +19,17 @@ def main(database_url: str, api_url: str) -> None:
     provider = ServiceNowProvider(api_url=api_url, api_access_token=ADMIN_TOKEN, max_attempts=1)
     service = SyncService(
         database,
-        provider_for=lambda _: provider,
-        policy_for=lambda _: WorkNotesOnly(),
+        provider_for=lambda _id, _conn: provider,
+        policy_for=lambda _id, _conn: WorkNotesOnly(),
         comment_on_anomaly=lambda *_: None,
-        outbox=Outbox(database, lease_seconds=1.0, backoff_initial=0.05, backoff_max=0.2),
+        # The emulator answers within 2 s: after 2.5 s an attempt has landed or never will.
+        outbox=Outbox(
+            database,
+            lease_seconds=1.0,
+            doubt_seconds=2.5,
+            backoff_initial=0.05,
+            backoff_max=0.2,
+        ),
     )
     service.dispatcher = ThreadedDispatcher(service.outbox, service.deliver, poll_interval=0.05)
     service.start()

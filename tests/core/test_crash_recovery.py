@@ -24,13 +24,13 @@ STATUSES = ("Acknowledged", "Resolved", "Active", "Invalid")
 
 
 def first_notes_failed(outbox: Outbox) -> bool:
-    """Each ticket's first note was tried and failed at least once: the worker is retrying."""
+    """Each ticket's first note (the linkage note) was tried and failed: the worker is retrying."""
     firsts = [
         event
         for event in outbox.entries()
-        if isinstance(event.action, AddWorkNote) and event.action.text.endswith(STATUSES[0])
+        if isinstance(event.action, AddWorkNote) and event.action.text.startswith("Linked to")
     ]
-    return bool(firsts) and all(event.attempts >= 1 for event in firsts)
+    return len(firsts) == 2 and all(event.attempts >= 1 for event in firsts)
 
 
 def start_worker(database_url: str, api_url: str) -> subprocess.Popen[str]:
@@ -48,8 +48,8 @@ def test_killed_worker_loses_nothing_and_duplicates_nothing(
     database = Database(database_url)
     service = SyncService(
         database,
-        provider_for=lambda _: provider,
-        policy_for=lambda _: WorkNotesOnly(),
+        provider_for=lambda _id, _conn: provider,
+        policy_for=lambda _id, _conn: WorkNotesOnly(),
         comment_on_anomaly=lambda *_: None,
     )
     tickets = [provider.create(TicketDraft(title=f"t{i}", description="d")) for i in range(2)]
@@ -75,13 +75,17 @@ def test_killed_worker_loses_nothing_and_duplicates_nothing(
 
     second = start_worker(database_url, emulator_url)
     try:
-        wait_until(lambda: outbox.counts()[DELIVERED] == 2 * len(STATUSES), timeout=30)
+        wait_until(lambda: outbox.counts()[DELIVERED] == 2 * (1 + len(STATUSES)), timeout=30)
     finally:
         second.terminate()
         second.wait()
         database.dispose()
 
     for ticket in tickets:
+        assert (
+            sum(entry["value"].startswith("Linked to") for entry in emulator.journal(ticket.id))
+            == 1
+        )
         notes = [
             entry["value"].rsplit(": ", 1)[1]
             for entry in emulator.journal(ticket.id)

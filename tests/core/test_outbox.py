@@ -15,6 +15,7 @@ from ticketing_core.outbox import (
     DEAD,
     DELIVERED,
     PENDING,
+    LeaseLost,
     NewEvent,
     Outbox,
     OutboxEvent,
@@ -35,7 +36,7 @@ def test_actions_round_trip_through_the_database(database: Database) -> None:
     change = ChangeTicket(TicketChanges(status="Resolved", resolution="fixed"))
     outbox.enqueue([note("t1", "hello"), NewEvent(1, "t1", change)])
 
-    assert [e.action for e in outbox.entries()] == [AddWorkNote("hello"), change]
+    assert [e.action for e in outbox.entries()] == [change, AddWorkNote("hello")]  # newest first
 
 
 def test_claim_takes_only_the_oldest_event_of_each_ticket(database: Database) -> None:
@@ -46,7 +47,7 @@ def test_claim_takes_only_the_oldest_event_of_each_ticket(database: Database) ->
 
     assert [e.action.text for e in claimed] == ["a1", "b1"]  # type: ignore[union-attr]
     assert outbox.claim(10) == []  # a2 waits for a1; a1 and b1 are leased
-    outbox.delivered(claimed[0].id)
+    outbox.delivered(claimed[0])
     assert [e.action.text for e in outbox.claim(10)] == ["a2"]  # type: ignore[union-attr]
 
 
@@ -64,7 +65,7 @@ def test_concurrent_claims_never_share_an_event(database: Database) -> None:
 def test_retryable_failure_backs_off_then_dies_after_max_attempts(database: Database) -> None:
     outbox = Outbox(database, max_attempts=3, backoff_initial=0.0)
     outbox.enqueue([note("t", "x")])
-    down = errors.ProviderUnavailable("ServiceNow is unavailable: HTTP 503", status_code=503)
+    down = errors.RateLimited("ServiceNow rate limit: HTTP 429", retry_after=0)
 
     statuses = []
     for _ in range(3):
@@ -74,7 +75,7 @@ def test_retryable_failure_backs_off_then_dies_after_max_attempts(database: Data
     assert statuses == [PENDING, PENDING, DEAD]
     (dead,) = outbox.entries(status=DEAD)
     assert dead.attempts == 3
-    assert dead.last_error == "ProviderUnavailable: ServiceNow is unavailable: HTTP 503"
+    assert dead.last_error == "RateLimited: ServiceNow rate limit: HTTP 429"
 
 
 def test_retry_after_sets_the_next_attempt(database: Database) -> None:
@@ -106,32 +107,66 @@ def test_dead_events_are_retried_on_request(database: Database) -> None:
     assert outbox.retry([outbox.entries()[0].id]) == 1
     assert outbox.counts() == {PENDING: 1, DELIVERED: 0, DEAD: 1}
     assert outbox.retry() == 1
-    assert [e.claims for e in outbox.claim(5)] == [2, 2]
+    retried = outbox.claim(5)
+    assert [(e.claims, e.attempts, e.in_doubt) for e in retried] == [(2, 0, False)] * 2
 
 
-def test_an_expired_lease_is_claimed_again_and_says_so(database: Database) -> None:
-    outbox = Outbox(database, lease_seconds=0.2)
+def test_an_expired_lease_is_claimed_again_after_the_doubt_window(database: Database) -> None:
+    outbox = Outbox(database, lease_seconds=0.2, doubt_seconds=0.3)
     outbox.enqueue([note("t", "x")])
     (first,) = outbox.claim(1)
 
     assert outbox.claim(1) == []
     time.sleep(0.3)
+    assert outbox.claim(1) == []  # the dead worker's request may still be landing
+    time.sleep(0.3)
     (again,) = outbox.claim(1)
 
     assert again.id == first.id
     assert (first.claims, again.claims) == (1, 2)
+    assert again.in_doubt
 
 
 def test_renewing_keeps_a_lease(database: Database) -> None:
-    outbox = Outbox(database, lease_seconds=0.3)
+    outbox = Outbox(database, lease_seconds=0.3, doubt_seconds=0)
     outbox.enqueue([note("t", "x")])
     (event,) = outbox.claim(1)
 
     time.sleep(0.2)
-    outbox.renew([event.id])
+    assert outbox.renew([event]) == 1
     time.sleep(0.2)
 
     assert outbox.claim(1) == []
+
+
+def test_a_stale_workers_late_settle_cannot_undo_another_delivery(database: Database) -> None:
+    outbox = Outbox(database, lease_seconds=0.5, doubt_seconds=0, backoff_initial=0.0)
+    outbox.enqueue([note("t", "x")])
+    (stale,) = outbox.claim(1)
+    time.sleep(0.6)  # the first worker stalls past its lease
+    (current,) = outbox.claim(1)
+    assert outbox.delivered(current)
+
+    assert not outbox.failed(stale, errors.ProviderTimeout("no answer"))
+    assert not outbox.delivered(stale)
+    assert outbox.renew([stale]) == 0
+    with pytest.raises(LeaseLost):
+        outbox.hold(stale)
+    (settled,) = outbox.entries()
+    assert (settled.status, settled.attempts, settled.last_error) == (DELIVERED, 0, None)
+    assert outbox.claim(1) == []
+
+
+def test_a_worker_whose_lease_was_taken_over_cannot_confirm_its_claim(database: Database) -> None:
+    outbox = Outbox(database, lease_seconds=0.3, doubt_seconds=0)
+    outbox.enqueue([note("t", "x")])
+    (stale,) = outbox.claim(1)
+    time.sleep(0.4)
+    (current,) = outbox.claim(1)
+
+    with pytest.raises(LeaseLost):
+        outbox.hold(stale)
+    outbox.hold(current)  # the current holder can
 
 
 def test_dispatcher_delivers_everything_in_order_with_bounded_concurrency(
@@ -167,7 +202,7 @@ def test_dispatcher_delivers_everything_in_order_with_bounded_concurrency(
 
 
 def test_dispatcher_retries_until_the_provider_recovers(database: Database) -> None:
-    outbox = Outbox(database, backoff_initial=0.05, backoff_max=0.1)
+    outbox = Outbox(database, backoff_initial=0.05, backoff_max=0.1, doubt_seconds=0)
     outbox.enqueue([note("t", "x")])
     failures = iter([errors.ProviderUnavailable("down", status_code=503)] * 3)
 
@@ -199,7 +234,7 @@ def test_a_dead_event_holds_back_its_tickets_later_events(database: Database) ->
     outbox.enqueue([note("t", "first"), note("t", "second"), note("u", "other")])
     first, other = outbox.claim(5)
     outbox.failed(first, errors.NotFound("gone"))
-    outbox.delivered(other.id)
+    outbox.delivered(other)
 
     assert outbox.claim(5) == []
     outbox.retry()
@@ -211,30 +246,44 @@ def test_a_dead_event_holds_back_its_tickets_later_events(database: Database) ->
     [
         (errors.ProviderTimeout("no answer"), True),
         (errors.ProviderUnavailable("lost answer", status_code=504), True),
+        (errors.ProviderUnavailable("committed, then 503", status_code=503), True),
         (errors.ProviderUnavailable("connection reset"), True),
-        (errors.ProviderUnavailable("down", status_code=503), False),
+        (errors.UnexpectedResponse("an HTML page"), True),
+        (errors.ProviderUnavailable("connection refused", sent=False), False),
         (errors.RateLimited("slow down", retry_after=0), False),
-        (errors.UnexpectedResponse("an HTML page"), False),
+        (errors.PermissionDenied("ACL"), False),
     ],
 )
 def test_only_failures_after_which_the_call_may_have_landed_leave_doubt(
     database: Database, error: Exception, in_doubt: bool
 ) -> None:
-    outbox = Outbox(database, backoff_initial=0.0)
+    outbox = Outbox(database, backoff_initial=0.0, doubt_seconds=0)
     outbox.enqueue([note("t", "x")])
     (first,) = outbox.claim(1)
     outbox.failed(first, error)
-    time.sleep(0.01)
+    outbox.retry()  # a failure retrying cannot fix parked it: put it back
 
     (again,) = outbox.claim(1)
 
     assert not first.in_doubt
     assert again.in_doubt is in_doubt
-    assert again.first_claimed_at == first.first_claimed_at
+
+
+def test_an_attempt_that_may_have_landed_is_not_retried_within_the_doubt_window(
+    database: Database,
+) -> None:
+    outbox = Outbox(database, backoff_initial=0.0, doubt_seconds=0.4)
+    outbox.enqueue([note("t", "x")])
+    (first,) = outbox.claim(1)
+    outbox.failed(first, errors.ProviderTimeout("no answer"))
+
+    assert outbox.claim(1) == []
+    time.sleep(0.5)
+    assert [e.id for e in outbox.claim(1)] == [first.id]
 
 
 def test_a_claim_its_worker_never_settled_leaves_doubt(database: Database) -> None:
-    outbox = Outbox(database, lease_seconds=0.1)
+    outbox = Outbox(database, lease_seconds=0.1, doubt_seconds=0)
     outbox.enqueue([note("t", "x")])
     outbox.claim(1)  # the worker dies here
     time.sleep(0.2)
@@ -244,18 +293,137 @@ def test_a_claim_its_worker_never_settled_leaves_doubt(database: Database) -> No
     assert again.in_doubt
 
 
-def test_doubt_stays_until_delivery_and_dates_from_the_first_claim(database: Database) -> None:
-    outbox = Outbox(database, backoff_initial=0.0)
+def test_doubt_lasts_until_a_check_resolves_it(database: Database) -> None:
+    outbox = Outbox(database, backoff_initial=0.0, doubt_seconds=0)
     outbox.enqueue([note("t", "x")])
     (first,) = outbox.claim(1)
     outbox.failed(first, errors.ProviderTimeout("no answer"))  # may have landed
     (second,) = outbox.claim(1)
-    outbox.failed(second, errors.ProviderUnavailable("down", status_code=503))  # refused
-
+    outbox.failed(second, errors.RateLimited("slow down", retry_after=0))  # refused: no news
     (third,) = outbox.claim(1)
-
     assert third.in_doubt
-    assert third.first_claimed_at == first.first_claimed_at
+
+    outbox.hold(third, doubt_resolved=True)  # the ticket was checked: the note is not there
+    outbox.failed(third, errors.RateLimited("slow down", retry_after=0))
+
+    (fourth,) = outbox.claim(1)
+    assert not fourth.in_doubt
+
+
+def test_notes_know_how_many_identical_ones_went_to_their_ticket_before(
+    database: Database,
+) -> None:
+    outbox = Outbox(database)
+    outbox.enqueue([note("t", "same"), note("u", "same"), note("t", "same"), note("t", "other")])
+    seen = []
+    while batch := outbox.claim(5):
+        for event in batch:
+            seen.append((event.ticket_id, event.action.text, event.identical_before))  # type: ignore[union-attr]
+            outbox.delivered(event)
+    assert seen == [("t", "same", 0), ("u", "same", 0), ("t", "same", 1), ("t", "other", 0)]
+
+    with database.begin() as conn:  # pruning must not forget the tally
+        conn.exec_driver_sql("UPDATE sync_outbox SET delivered_at = '2000-01-01 00:00:00'")
+    assert outbox.prune() == 4
+    outbox.enqueue([note("t", "same")])
+
+    (again,) = outbox.claim(5)
+    assert again.identical_before == 2
+
+
+def test_delivered_events_are_pruned_after_the_retention(database: Database) -> None:
+    outbox = Outbox(database, retention=timedelta(seconds=0.3))
+    outbox.enqueue([note("t", "x"), note("u", "y"), note("v", "z")])
+    delivered, _kept, dead = outbox.claim(3)
+    outbox.delivered(delivered)
+    outbox.failed(dead, errors.NotFound("gone"))
+
+    assert outbox.prune() == 0
+    time.sleep(0.4)
+    assert outbox.prune() == 1
+    assert {e.status for e in outbox.entries()} == {PENDING, DEAD}
+
+
+def test_listing_is_newest_first_and_filters_by_status(database: Database) -> None:
+    outbox = Outbox(database)
+    outbox.enqueue([note(f"t{i}", str(i)) for i in range(5)])
+    for event in outbox.claim(2):
+        outbox.failed(event, errors.NotFound("gone"))
+
+    assert [e.action.text for e in outbox.entries(limit=3)] == ["4", "3", "2"]  # type: ignore[union-attr]
+    assert [e.action.text for e in outbox.entries(DEAD)] == ["1", "0"]  # type: ignore[union-attr]
+
+
+def test_one_integration_cannot_take_every_delivery_slot(database: Database) -> None:
+    outbox = Outbox(database)
+    outbox.enqueue([NewEvent(1, f"slow{i}", AddWorkNote("x")) for i in range(10)])
+    outbox.enqueue([NewEvent(2, "healthy", AddWorkNote("y"))])
+    release = threading.Event()
+    delivered_healthy = threading.Event()
+
+    def deliver(event: OutboxEvent) -> None:
+        if event.integration_id == 1:
+            release.wait(10)  # a slow instance
+        else:
+            delivered_healthy.set()
+
+    dispatcher = ThreadedDispatcher(outbox, deliver, concurrency=4, poll_interval=0.05)
+    dispatcher.start()
+    try:
+        assert delivered_healthy.wait(5)
+    finally:
+        release.set()
+        dispatcher.stop()
+
+
+def test_stop_returns_within_its_timeout_and_keeps_leases_renewed(database: Database) -> None:
+    outbox = Outbox(database, lease_seconds=0.3, doubt_seconds=0)
+    outbox.enqueue([note("t", "x")])
+    release = threading.Event()
+    started = threading.Event()
+
+    def deliver(event: OutboxEvent) -> None:
+        started.set()
+        release.wait(10)
+
+    dispatcher = ThreadedDispatcher(outbox, deliver, poll_interval=0.02)
+    dispatcher.start()
+    try:
+        assert started.wait(5)
+        began = time.monotonic()
+        stopper = threading.Thread(target=dispatcher.stop, kwargs={"timeout": 0.8})
+        stopper.start()
+        time.sleep(0.6)  # two leases long: still held, because stop renews while it waits
+        assert outbox.claim(1) == []
+        stopper.join(5)
+        assert time.monotonic() - began < 1.2
+    finally:
+        release.set()
+    wait_until(lambda: outbox.counts()[DELIVERED] == 1)
+
+
+# SQLite's writers go one at a time, so its ids are commit order by construction.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_tickets_events_follow_commit_order_on_postgresql(database: Database) -> None:
+    outbox = Outbox(database)
+    first_inserted = threading.Event()
+    with database.engine.begin() as early:
+        outbox.enqueue([note("t", "early")], conn=early)
+        first_inserted.set()
+
+        def enqueue_late() -> None:
+            outbox.enqueue([note("t", "late")])
+
+        late = threading.Thread(target=enqueue_late)
+        late.start()
+        time.sleep(0.3)  # the later transaction waits for this one's ticket lock
+        assert outbox.counts()[PENDING] == 0
+    late.join(5)
+
+    (first,) = outbox.claim(5)
+    assert first.action == AddWorkNote("early")
+    outbox.delivered(first)
+    assert [e.action for e in outbox.claim(5)] == [AddWorkNote("late")]
 
 
 def test_outbox_ids_are_never_reused(database: Database) -> None:

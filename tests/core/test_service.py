@@ -10,7 +10,7 @@ import pytest
 from servicenow_emulator import Emulator
 
 from ticketing_core.models import Anomaly, FailedCheck, TicketDraft
-from ticketing_core.outbox import DELIVERED, ThreadedDispatcher
+from ticketing_core.outbox import DELIVERED, Outbox, ThreadedDispatcher
 from ticketing_core.policies import Messages, StateMapping, SyncPolicy, WorkNotesOnly
 from ticketing_core.service import INTEGRATION, SyncService
 from ticketing_core.store import Database
@@ -52,10 +52,12 @@ def host() -> Host:
 def service(database: Database, provider: ServiceNowProvider, host: Host) -> Iterator[SyncService]:
     sync = SyncService(
         database,
-        provider_for=lambda integration_id: provider,
-        policy_for=lambda integration_id: host.policy,
+        provider_for=lambda _id, _conn: provider,
+        policy_for=lambda _id, _conn: host.policy,
         comment_on_anomaly=lambda anomaly_id, text: host.comments.append((anomaly_id, text)),
         messages=Messages(public_url="https://qualytics.example"),
+        # The emulator commits at once: a doubt window of 0.3 s outlasts any request it holds.
+        outbox=Outbox(database, doubt_seconds=0.3, backoff_initial=0.05, backoff_max=0.2),
     )
     sync.dispatcher = ThreadedDispatcher(sync.outbox, sync.deliver, poll_interval=0.05)
     sync.start()
@@ -70,7 +72,7 @@ def notes(emulator: Emulator, sys_id: str) -> list[str]:
 
 
 def test_create_ticket_describes_the_anomaly_and_links_it(
-    service: SyncService, emulator: Emulator
+    service: SyncService, emulator: Emulator, database: Database
 ) -> None:
     ticket, link = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
 
@@ -83,7 +85,9 @@ def test_create_ticket_describes_the_anomaly_and_links_it(
     )
     (row,) = emulator.incidents
     assert row["correlation_display"] == "Qualytics"
-    assert row["correlation_id"].startswith("Qualytics-34-12345-")
+    # Scoped to this installation; hexadecimal, so it cannot change a query.
+    assert row["correlation_id"].startswith(f"{database.installation_id}-")
+    assert set(row["correlation_id"]) <= set("0123456789abcdef-")
     assert (link.anomaly_id, link.ticket_id, link.ticket_number) == (
         12345,
         ticket.id,
@@ -114,6 +118,7 @@ def test_link_appends_the_block_once_and_notes_the_linkage(
 
     assert ticket.description.startswith("Nightly job failed\n\n---\n\n## Qualytics Anomaly Linked")
     assert ticket.description.count("## Qualytics Anomaly Linked") == 1
+    wait_until(lambda: service.outbox.counts()[DELIVERED] == 1)  # the note goes through the outbox
     assert notes(emulator, existing.id) == [
         "Linked to Qualytics anomaly 12345: https://qualytics.example/anomalies/12345"
     ]
@@ -132,7 +137,7 @@ def test_status_change_is_a_timestamped_work_note_on_every_linked_ticket(
     )
 
     assert queued == 2
-    wait_until(lambda: service.outbox.counts()[DELIVERED] == 2)
+    wait_until(lambda: service.outbox.counts()[DELIVERED] == 3)  # and the linkage note
     expected = "[2024-01-15 10:30:00 UTC] Qualytics Anomaly Status: Acknowledged"
     assert notes(emulator, first.id) == [expected]
     assert notes(emulator, other.id)[-1] == expected
@@ -197,7 +202,6 @@ def test_notes_wait_out_an_outage_and_arrive_once_in_order(
     service: SyncService, emulator: Emulator
 ) -> None:
     ticket, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
-    service.outbox.backoff_initial, service.outbox.backoff_max = 0.05, 0.2
     emulator.down = True
 
     for status in ("Acknowledged", "Resolved", "Active"):
@@ -218,7 +222,6 @@ def test_identical_notes_are_both_delivered_even_after_a_refused_attempt(
     service: SyncService, emulator: Emulator
 ) -> None:
     ticket, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
-    service.outbox.backoff_initial = 0.05
     service.anomaly_commented(12345, "+1")
     wait_until(lambda: service.outbox.counts()[DELIVERED] == 1)
     emulator.add_fault("503", count=5, method="PATCH", retry_after=0)
@@ -233,7 +236,6 @@ def test_a_note_whose_answer_was_lost_is_not_added_twice(
     service: SyncService, emulator: Emulator
 ) -> None:
     ticket, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
-    service.outbox.backoff_initial = 0.05
     emulator.add_fault("drop_after_commit", count=1, method="PATCH")
 
     service.anomaly_commented(12345, "Looks like ETL")
@@ -274,12 +276,12 @@ def test_queuing_does_not_need_a_usable_provider(database: Database, host: Host)
     from ticketing_core.errors import PluginError
     from ticketing_core.store import LinkStore
 
-    def unusable(integration_id: int) -> ServiceNowProvider:
+    def unusable(integration_id: int, _conn: object) -> ServiceNowProvider:
         raise PluginError("no ticketing provider named 'gone' is installed")
 
     LinkStore(database).add(anomaly_id=1, integration_id=9, ticket_id="t", ticket_number="T-1",
                             ticket_url=None, status="New")  # fmt: skip
-    sync = SyncService(database, provider_for=unusable, policy_for=lambda _: host.policy,
+    sync = SyncService(database, provider_for=unusable, policy_for=lambda _id, _conn: host.policy,
                        comment_on_anomaly=lambda *_: None)  # fmt: skip
 
     assert sync.anomaly_status_changed(1, "Acknowledged") == 1

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from ticketing_core.store import Database, LinkStore, links
+from ticketing_core.store import Database, LinkStore, engine_url, links
 
 
 def add(store: LinkStore, anomaly_id: int = 12345, ticket_id: str = "abc", **extra: object):  # type: ignore[no-untyped-def]
@@ -99,3 +99,74 @@ def test_racing_adds_of_one_link_all_return_it(database: Database) -> None:
 
     assert len({link.id for link in results}) == 1
     assert len(store.for_anomaly(12345)) == 1
+
+
+def test_several_processes_opening_a_fresh_database_at_once_migrate_it_once(
+    database_url: str,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ticketing_core.store import installation, schema_version
+
+    def open_and_close(_: int) -> str:
+        database = Database(database_url)
+        try:
+            return database.installation_id
+        finally:
+            database.dispose()
+
+    with ThreadPoolExecutor(6) as pool:
+        ids = set(pool.map(open_and_close, range(6)))
+
+    reopened = Database(database_url)
+    with reopened.read() as conn:
+        installations = conn.execute(sa.select(sa.func.count()).select_from(installation)).scalar()
+        versions = conn.execute(sa.select(schema_version)).all()
+    reopened.dispose()
+    assert len(ids) == 1 and installations == 1
+    assert [tuple(row) for row in versions] == [("ticketing_core", 2)]
+
+
+def test_a_schema_1_outbox_is_upgraded_keeping_its_events(database_url: str) -> None:
+
+    from ticketing_core.outbox import Outbox
+
+    old = sa.MetaData()
+    now = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)
+    outbox_v1 = sa.Table(
+        "sync_outbox", old,
+        sa.Column("id", sa.Integer, primary_key=True), sa.Column("integration_id", sa.Integer),
+        sa.Column("ticket_id", sa.String(128)), sa.Column("ordering_key", sa.String(200)),
+        sa.Column("anomaly_id", sa.BigInteger), sa.Column("action", sa.JSON),
+        sa.Column("status", sa.String(16)), sa.Column("attempts", sa.Integer),
+        sa.Column("claims", sa.Integer), sa.Column("ambiguous", sa.Boolean),
+        sa.Column("first_claimed_at", sa.DateTime), sa.Column("next_attempt_at", sa.DateTime),
+        sa.Column("lease_until", sa.DateTime), sa.Column("last_error", sa.Text),
+        sa.Column("created", sa.DateTime), sa.Column("delivered_at", sa.DateTime),
+    )  # fmt: skip
+    versions = sa.Table(
+        "schema_version", old, sa.Column("component", sa.String(64), primary_key=True),
+        sa.Column("version", sa.Integer),
+    )  # fmt: skip
+    engine = sa.create_engine(engine_url(database_url))
+    old.create_all(engine)
+    note = {"type": "AddWorkNote", "text": "x"}
+    common = {"integration_id": 1, "ticket_id": "t", "ordering_key": "1:t", "action": note,
+              "ambiguous": False, "next_attempt_at": now, "created": now}  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(versions.insert().values(component="ticketing_core", version=1))
+        conn.execute(outbox_v1.insert(), [
+            common | {"id": 1, "status": "delivered", "attempts": 0, "claims": 1},
+            # Claimed twice, failed once: a worker died holding it.
+            common | {"id": 2, "status": "pending", "attempts": 1, "claims": 2},
+        ])  # fmt: skip
+    engine.dispose()
+
+    database = Database(database_url)
+    try:
+        delivered, cut_short = Outbox(database).entries()[::-1]
+    finally:
+        database.dispose()
+
+    assert (delivered.status, delivered.in_doubt) == ("delivered", False)
+    assert (cut_short.status, cut_short.attempts, cut_short.in_doubt) == ("pending", 1, True)

@@ -28,7 +28,7 @@ def test_demo_runs_every_flow_offline_and_shows_the_work_notes() -> None:
     lines = result.output.splitlines()
     assert "Ticket INC0010001 created and linked to anomaly 12345" in lines
     assert "Ticket INC0010002 linked to anomaly 12345" in lines
-    assert "Background sync: 4 work notes delivered, 0 failed" in lines
+    assert "Background sync: 5 work notes delivered, 0 failed" in lines
     assert any(line.startswith("Pulled INC0010002: In Progress") for line in lines)
     assert "  [integration] Ticket INC0010002 status changed from New to In Progress" in lines
     notes = lines[lines.index("Work notes on INC0010002 in ServiceNow:") :]

@@ -19,8 +19,8 @@ from .conftest import (
 
 
 def test_the_flows_run_on_each_database(
-    start_host: StartHost, database_url: str, emulator: Emulator, emulator_url: str
-) -> None:
+    database_url: str, start_host: StartHost, emulator: Emulator, emulator_url: str
+) -> None:  # the database first, so it outlives the host's dispatcher
     host = start_host(database=database_url)
     create_integration(host, emulator_url)
     ok(host.api.post("/api/anomalies", json=ANOMALY), 201)

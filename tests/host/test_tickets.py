@@ -142,7 +142,8 @@ def test_creating_a_ticket_describes_and_links_the_anomaly(
     assert re.fullmatch(SEED_TIME, created["created_at"])
     assert created["url"].endswith(f"/incident.do?sys_id={created['ticket_id']}")
     row = incident(emulator, created["ticket_id"])
-    assert row["correlation_id"].startswith(f"Qualytics-{ticket['integration_id']}-12345-")
+    installation = host.runtime.database.installation_id
+    assert re.fullmatch(rf"{installation}-[0-9a-f]{{32}}", row["correlation_id"])
     assert row["correlation_display"] == "Qualytics"
     assert row["assignment_group"] != ""
 
@@ -157,18 +158,22 @@ def test_a_retried_create_returns_the_first_ticket(
     assert len(ok(host.api.get("/api/anomalies/12345/ticket-links"))) == 1
 
 
-def test_an_idempotency_key_is_passed_through(
+def test_an_idempotency_key_is_bound_to_its_request(
     host: Host, emulator: Emulator, integration: dict[str, Any], anomaly: dict[str, Any]
 ) -> None:
     headers = {"Idempotency-Key": "retry-7f3a"}
-    retitled = TICKET_REQUEST | {"title": "Same request, reworded on retry"}
+    retitled = TICKET_REQUEST | {"title": "Another request under the same key"}
 
     first = ok(host.api.post(tickets_path(), json=TICKET_REQUEST, headers=headers))
-    second = ok(host.api.post(tickets_path(), json=retitled, headers=headers))
+    again = ok(host.api.post(tickets_path(), json=TICKET_REQUEST, headers=headers))
+    reused = host.api.post(tickets_path(), json=retitled, headers=headers)
 
-    assert second["ticket"]["ticket_id"] == first["ticket"]["ticket_id"]
+    assert again["ticket"]["ticket_id"] == first["ticket"]["ticket_id"]
+    assert reused.status_code == 409
+    assert "used for a different request" in reused.json()["detail"]
     [row] = emulator.incidents
-    assert row["correlation_id"] == "retry-7f3a"
+    # The provider gets this installation's digest of the key, never the caller's text.
+    assert "retry-7f3a" not in row["correlation_id"]
 
 
 def test_assignment_group_is_accepted_for_assigned_group(

@@ -22,9 +22,16 @@ class JiraFake:
     def seed(self, count: int, title: str) -> None:
         self.emulator.seed_issues(count, summary=f"{title} {{i}}")
 
-    def fail_next(self, kind: str, *, count: int = 1, retry_after: float | None = None) -> None:
+    def fail_next(
+        self,
+        kind: str,
+        *,
+        count: int = 1,
+        retry_after: float | None = None,
+        method: str | None = None,
+    ) -> None:
         seconds = None if retry_after is None else int(retry_after)
-        self.emulator.add_fault(kind, count=count, retry_after=seconds)
+        self.emulator.add_fault(kind, count=count, retry_after=seconds, method=method)
 
     def notes(self, ticket_id: str) -> list[str]:
         return [comment["text"] for comment in self.emulator.comments(ticket_id)]

@@ -542,6 +542,48 @@ def test_list_comments_pages_and_orders(client: httpx.Client, emulator: JiraEmul
     assert [c["text"] for c in emulator.comments("10000")] == [f"c{n}" for n in range(5)]
 
 
+def test_list_comments_expands_properties(client: httpx.Client) -> None:
+    create(client)
+    keyed = [{"key": "ticketing.idempotency", "value": {"key": "k-1"}}, *INTERNAL]
+    client.post("/rest/api/3/issue/DQ-1/comment", json={"body": text_to_adf("a")})
+    client.post(
+        "/rest/api/3/issue/DQ-1/comment", json={"body": text_to_adf("b"), "properties": keyed}
+    )
+    plain = client.get("/rest/api/3/issue/DQ-1/comment").json()["comments"]
+    assert not any("properties" in comment for comment in plain)
+    listed = client.get("/rest/api/3/issue/DQ-1/comment?orderBy=-created&expand=properties")
+    assert [c["properties"] for c in listed.json()["comments"]] == [keyed, []]
+
+
+@pytest.mark.parametrize(
+    ("properties", "message"),
+    [
+        ([{"value": {}}], "The property key cannot be empty."),
+        (
+            [{"key": "k" * 256, "value": {}}],
+            "The property key cannot be longer than 255 characters.",
+        ),
+        (
+            [{"key": "k", "value": {"v": "x" * 32768}}],
+            "The property value cannot be longer than 32768 characters.",
+        ),
+        (
+            {"key": "k"},
+            "Invalid request payload. Refer to the REST API documentation and try again.",
+        ),
+    ],
+)
+def test_invalid_comment_property_is_400(
+    client: httpx.Client, emulator: JiraEmulator, properties: Any, message: str
+) -> None:
+    create(client)
+    body = {"body": text_to_adf("x"), "properties": properties}
+    response = client.post("/rest/api/3/issue/DQ-1/comment", json=body)
+    assert response.status_code == 400
+    assert response.json()["errorMessages"] == [message]
+    assert emulator.comments("DQ-1") == []
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [

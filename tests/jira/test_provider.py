@@ -11,6 +11,7 @@ from ticketing_jira import JiraProvider
 from ticketing_jira import provider as provider_module
 
 from ticketing_core import errors
+from ticketing_core.http import call_budget
 from ticketing_core.models import SearchQuery, TicketChanges, TicketDraft
 
 from .conftest import BASIC_TOKEN, BEARER, JOHN
@@ -29,6 +30,10 @@ DRAFT = TicketDraft(
     external_source="qualytics anomaly",
 )
 SEARCH = "/rest/api/3/search/jql"
+ISSUES = "/rest/api/3/issue"
+KEY_PROPERTY = "ticketing.idempotency"
+# Faults that let a write commit and then lose its answer: a 504 from a proxy, a 503, no answer.
+AFTER_COMMIT = ["drop_after_commit", "503_after_commit", "close_after_commit"]
 
 
 def connect(server: RunningEmulator, token: str = BASIC_TOKEN, **options: object) -> JiraProvider:
@@ -37,6 +42,14 @@ def connect(server: RunningEmulator, token: str = BASIC_TOKEN, **options: object
 
 def calls(emulator: JiraEmulator) -> list[tuple[str, str]]:
     return [(r["method"], r["path"]) for r in emulator.requests]
+
+
+def wait_for_stalled(emulator: JiraEmulator, count: int) -> None:
+    """Wait until ``count`` requests are logged: a stalled one answers after the client gave up,
+    and must not land in the next test's log."""
+    deadline = time.monotonic() + 5
+    while len(emulator.requests) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 # ---- credentials -------------------------------------------------------------------------------
@@ -161,13 +174,35 @@ def test_field_errors_are_invalid_input_naming_the_field(
 # ---- idempotent create -------------------------------------------------------------------------
 
 
-def test_create_with_a_key_is_idempotent(provider: JiraProvider, emulator: JiraEmulator) -> None:
+def test_keyed_create_sends_one_post_and_no_search(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    ticket = provider.create(DRAFT, idempotency_key="anomaly 12345 create")
+
+    assert emulator.issues[0]["labels"][0] == "ticketing-key-anomaly_12345_create"
+    assert calls(emulator) == [("POST", ISSUES), ("GET", f"{ISSUES}/{ticket.id}")]
+
+
+def test_retrying_create_finds_the_earlier_issue(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
     first = provider.create(DRAFT, idempotency_key="anomaly 12345 create")
-    again = provider.create(DRAFT, idempotency_key="anomaly 12345 create")
+    before = len(emulator.requests)
+
+    again = provider.create(DRAFT, idempotency_key="anomaly 12345 create", retrying=True)
 
     assert again == first
     assert len(emulator.issues) == 1
-    assert emulator.issues[0]["labels"][0] == "ticketing-key-anomaly_12345_create"
+    assert calls(emulator)[before:] == [("GET", SEARCH)]
+
+
+def test_retrying_create_posts_when_the_key_is_absent(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    ticket = provider.create(DRAFT, idempotency_key="never-sent", retrying=True)
+
+    assert [issue["id"] for issue in emulator.issues] == [ticket.id]
+    assert calls(emulator)[:2] == [("GET", SEARCH), ("POST", ISSUES)]
 
 
 def test_the_same_key_in_another_project_is_another_issue(
@@ -176,22 +211,44 @@ def test_the_same_key_in_another_project_is_another_issue(
     desk = connect(server, project="SD", issue_type="[System] Incident")
 
     assert provider.create(DRAFT, idempotency_key="k").number == "DQ-1"
-    assert desk.create(DRAFT, idempotency_key="k").number == "SD-1"
+    assert desk.create(DRAFT, idempotency_key="k", retrying=True).number == "SD-1"
 
 
+@pytest.mark.parametrize("fault", AFTER_COMMIT)
 def test_lost_create_answer_is_looked_up_instead_of_posting_twice(
-    provider: JiraProvider, emulator: JiraEmulator
+    provider: JiraProvider, emulator: JiraEmulator, fault: str
 ) -> None:
-    emulator.add_fault("drop_after_commit", method="POST")
+    emulator.add_fault(fault, method="POST")
 
-    ticket = provider.create(DRAFT, idempotency_key="key-after-504")
+    ticket = provider.create(DRAFT, idempotency_key="key-after-commit")
 
     assert [issue["id"] for issue in emulator.issues] == [ticket.id]
-    assert calls(emulator) == [
-        ("GET", SEARCH),
-        ("POST", "/rest/api/3/issue"),
-        ("GET", SEARCH),
-    ]
+    assert calls(emulator) == [("POST", ISSUES), ("GET", SEARCH)]
+
+
+def test_create_refused_with_503_before_commit_is_looked_up_then_sent_again(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    emulator.add_fault("503", method="POST")  # the emulator refuses before storing anything
+
+    ticket = provider.create(DRAFT, idempotency_key="key-after-503")
+
+    assert [issue["id"] for issue in emulator.issues] == [ticket.id]
+    assert calls(emulator)[:3] == [("POST", ISSUES), ("GET", SEARCH), ("POST", ISSUES)]
+
+
+@pytest.mark.parametrize("fault", AFTER_COMMIT)
+def test_create_without_a_key_is_not_sent_again_after_a_lost_answer(
+    provider: JiraProvider, emulator: JiraEmulator, fault: str
+) -> None:
+    emulator.add_fault(fault, method="POST")
+
+    with pytest.raises(errors.ProviderUnavailable) as caught:
+        provider.create(DRAFT)
+
+    assert caught.value.may_have_landed
+    assert len(emulator.issues) == 1
+    assert calls(emulator) == [("POST", ISSUES)]
 
 
 def test_overlong_idempotency_key_is_refused(provider: JiraProvider) -> None:
@@ -245,6 +302,24 @@ def test_search_walks_to_the_page_reading_ids_only(
     assert (page.total, page.pages) == (7, 3)
     searches = [r for r in emulator.requests if r["path"] == SEARCH]
     assert len(searches) == 3  # two pages skipped, then the page itself
+
+
+def test_search_posts_are_reads_retried_after_a_503(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    emulator.seed_issues(2)
+    emulator.add_fault("503", method="POST")
+    emulator.add_fault("504", method="POST")
+
+    page = provider.search(SearchQuery())
+
+    assert page.total == 2
+    assert [(r["path"], r["status"]) for r in emulator.requests] == [
+        (SEARCH, 503),
+        (SEARCH, 504),
+        (SEARCH, 200),
+        ("/rest/api/3/search/approximate-count", 200),
+    ]
 
 
 def test_unknown_status_in_a_search_is_invalid_input(provider: JiraProvider) -> None:
@@ -403,22 +478,100 @@ def test_blank_work_note_is_refused(provider: JiraProvider) -> None:
         provider.add_work_note(created.id, "  ")
 
 
-def test_has_work_note_matches_exact_text_since_a_time(
-    provider: JiraProvider, monkeypatch: pytest.MonkeyPatch
+def test_keyed_note_keeps_its_text_and_carries_the_key_in_a_property(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    created = provider.create(DRAFT)
+
+    provider.add_work_note(created.id, "Investigating", idempotency_key="note-1")
+
+    [comment] = emulator.comments(created.id)
+    assert comment["text"] == "Investigating"
+    assert comment["properties"] == [{"key": KEY_PROPERTY, "value": {"key": "note-1"}}]
+
+
+def test_keyed_note_in_a_service_desk_is_internal_too(
+    server: RunningEmulator, emulator: JiraEmulator
+) -> None:
+    desk = connect(server, project="SD", issue_type="[System] Incident")
+    created = desk.create(DRAFT)
+
+    desk.add_work_note(created.id, "Agents only", idempotency_key="note-1")
+
+    [comment] = emulator.comments(created.id)
+    assert (comment["internal"], comment["jsdPublic"]) == (True, False)
+    assert {p["key"] for p in comment["properties"]} == {KEY_PROPERTY, "sd.public.comment"}
+    assert desk.has_work_note(
+        created.id, "Agents only", idempotency_key="note-1", identical_before=0
+    )
+
+
+def test_has_work_note_looks_for_the_key_across_pages(
+    provider: JiraProvider, emulator: JiraEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(provider_module, "COMMENT_PAGE_SIZE", 2)  # make it walk pages
     created = provider.create(DRAFT)
-    before = datetime.now(UTC) - timedelta(seconds=2)
-    provider.add_work_note(created.id, "oldest\nnote")
+    provider.add_work_note(created.id, "oldest\nnote", idempotency_key="k-oldest")
     for n in range(4):
-        provider.add_work_note(created.id, f"note {n}")
+        provider.add_work_note(created.id, f"note {n}", idempotency_key=f"k-{n}")
+    provider.add_work_note(created.id, "unkeyed")
 
-    assert provider.has_work_note(created.id, "oldest\nnote", since=before)
-    assert not provider.has_work_note(created.id, "oldest", since=before)
-    assert not provider.has_work_note(created.id, "note 9", since=before)
-    assert not provider.has_work_note(
-        created.id, "note 3", since=datetime.now(UTC) + timedelta(seconds=5)
+    def has(text: str, key: str, identical_before: int = 0) -> bool:
+        return provider.has_work_note(
+            created.id, text, idempotency_key=key, identical_before=identical_before
+        )
+
+    assert has("oldest\nnote", "k-oldest")  # found on the last page
+    assert has("note 3", "k-3")
+    assert not has("note 3", "k-9")  # another key: not found
+    assert not has("oldest\nnote", "k-other")  # the same text under a different key
+    assert not has("unkeyed", "k-unkeyed")  # text alone never counts
+    assert not has("note 3", "k-9", identical_before=1)
+    listed = [r for r in emulator.requests if r["path"].endswith("/comment")]
+    assert all("expand=properties" in r["query"] for r in listed if r["method"] == "GET")
+
+
+@pytest.mark.parametrize("fault", AFTER_COMMIT)
+def test_comment_whose_answer_is_lost_after_commit_is_not_sent_again(
+    provider: JiraProvider, emulator: JiraEmulator, fault: str
+) -> None:
+    created = provider.create(DRAFT)
+    emulator.add_fault(fault, method="POST")
+
+    with pytest.raises(errors.ProviderUnavailable) as caught:
+        provider.add_work_note(created.id, "Once only", idempotency_key="note-lost")
+
+    assert caught.value.may_have_landed
+    assert [c["text"] for c in emulator.comments(created.id)] == ["Once only"]
+    assert calls(emulator).count(("POST", f"{ISSUES}/{created.id}/comment")) == 1
+    assert provider.has_work_note(
+        created.id, "Once only", idempotency_key="note-lost", identical_before=0
     )
+
+
+def test_comment_refused_with_503_is_not_sent_again_and_not_found(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    created = provider.create(DRAFT)
+    emulator.add_fault("503", method="POST")
+
+    with pytest.raises(errors.ProviderUnavailable):
+        provider.add_work_note(created.id, "Refused", idempotency_key="note-503")
+
+    assert emulator.comments(created.id) == []
+    assert calls(emulator).count(("POST", f"{ISSUES}/{created.id}/comment")) == 1
+    assert not provider.has_work_note(
+        created.id, "Refused", idempotency_key="note-503", identical_before=0
+    )
+
+
+def test_comment_rate_limited_is_sent_again(provider: JiraProvider, emulator: JiraEmulator) -> None:
+    created = provider.create(DRAFT)
+    emulator.add_fault("429", method="POST", retry_after=0)
+
+    provider.add_work_note(created.id, "After the wait", idempotency_key="note-429")
+
+    assert [c["text"] for c in emulator.comments(created.id)] == ["After the wait"]
 
 
 # ---- the service failing -----------------------------------------------------------------------
@@ -446,8 +599,33 @@ def test_maintenance_page_is_an_unexpected_response(
 def test_timeout_is_reported_as_such(server: RunningEmulator, emulator: JiraEmulator) -> None:
     emulator.add_fault("timeout", seconds=1)
 
-    with pytest.raises(errors.ProviderTimeout):
-        connect(server, timeout=0.2).validate()
+    with pytest.raises(errors.ProviderTimeout) as caught:
+        connect(server, timeout=0.2, max_attempts=1).validate()
+
+    assert caught.value.may_have_landed
+    wait_for_stalled(emulator, 1)
+
+
+def test_a_read_that_timed_out_is_sent_again(
+    server: RunningEmulator, emulator: JiraEmulator
+) -> None:
+    emulator.add_fault("timeout", seconds=1)
+
+    connect(server, timeout=0.2).validate()
+
+    wait_for_stalled(emulator, 3)  # the stalled GET, its repeat, then the project read
+    assert calls(emulator).count(("GET", "/rest/api/3/myself")) == 2
+
+
+def test_call_budget_of_one_attempt_is_honoured(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    emulator.add_fault("503")
+
+    with call_budget(attempts=1), pytest.raises(errors.ProviderUnavailable):
+        provider.validate()
+
+    assert len(emulator.requests) == 1
 
 
 def test_server_error_carries_jira_message(provider: JiraProvider, emulator: JiraEmulator) -> None:
@@ -471,6 +649,43 @@ def test_canonical_resolved_reaches_a_done_status_with_one_resolution_comment(
     assert resolved.status == "Done"
     assert resolved.extras["status_category"] == "done"
     assert [c["text"] for c in emulator.comments(issue.id)] == ["Anomaly 1 was marked Resolved."]
+
+
+@pytest.mark.parametrize("lost", ["transition", "comment"])
+def test_update_retried_after_a_lost_answer_posts_the_resolution_once(
+    provider: JiraProvider, emulator: JiraEmulator, lost: str
+) -> None:
+    issue = provider.create(TicketDraft(title="t", description="d"))
+    resolve = TicketChanges(status="Resolved", resolution="Anomaly 1 was marked Resolved.")
+    if lost == "comment":
+        emulator.add_fault("429", method="POST", retry_after=0)  # lets the transition through
+    emulator.add_fault("drop_after_commit", method="POST")
+
+    with pytest.raises(errors.ProviderUnavailable) as caught:
+        provider.update(issue.id, resolve)
+    assert caught.value.may_have_landed
+    resolved = provider.update(issue.id, resolve)
+
+    assert resolved.status == "Done"
+    [note] = emulator.comments(issue.id)
+    assert note["text"] == "Anomaly 1 was marked Resolved."
+    assert note["properties"][0]["key"] == KEY_PROPERTY
+    transitions = calls(emulator).count(("POST", f"{ISSUES}/{issue.id}/transitions"))
+    assert transitions == (2 if lost == "comment" else 1)
+
+
+def test_resolution_comment_of_another_ticket_does_not_count(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    first, second = (provider.create(TicketDraft(title=t, description="")) for t in "ab")
+    resolve = TicketChanges(resolution="Same text")
+
+    provider.update(first.id, resolve)
+    provider.update(second.id, resolve)
+    provider.update(second.id, resolve)  # a retry: already there
+
+    assert [c["text"] for c in emulator.comments(first.id)] == ["Same text"]
+    assert [c["text"] for c in emulator.comments(second.id)] == ["Same text"]
 
 
 def test_validate_refuses_a_project_that_does_not_exist(server: RunningEmulator) -> None:

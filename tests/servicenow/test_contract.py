@@ -22,9 +22,16 @@ class ServiceNowFake:
     def seed(self, count: int, title: str) -> None:
         self.emulator.seed_incidents(count, short_description=f"{title} {{i}}")
 
-    def fail_next(self, kind: str, *, count: int = 1, retry_after: float | None = None) -> None:
+    def fail_next(
+        self,
+        kind: str,
+        *,
+        count: int = 1,
+        retry_after: float | None = None,
+        method: str | None = None,
+    ) -> None:
         seconds = None if retry_after is None else int(retry_after)
-        self.emulator.add_fault(kind, count=count, retry_after=seconds)
+        self.emulator.add_fault(kind, count=count, retry_after=seconds, method=method)
 
     def notes(self, ticket_id: str) -> list[str]:
         journal = self.emulator.journal(ticket_id)
@@ -34,6 +41,7 @@ class ServiceNowFake:
 class TestServiceNowContract(ProviderContract):
     provider_name = "servicenow"
     distribution = "ticketing"
+    note_method = "PATCH"  # a work note is a write to the incident's work_notes field
 
     @pytest.fixture
     def service(self, emulator: Emulator, emulator_url: str) -> ServiceNowFake:

@@ -216,10 +216,100 @@ def test_hibernating_instance_html_is_an_unexpected_response(
 
 def test_timeout_is_reported_as_such(emulator: Emulator, emulator_url: str) -> None:
     emulator.add_fault("timeout", count=1, seconds=2)
-    provider = connect(emulator_url, "admin:admin-password", timeout=0.5)
+    provider = connect(emulator_url, "admin:admin-password", timeout=0.5, max_attempts=1)
 
     with pytest.raises(errors.ProviderTimeout):
         provider.validate()
+
+
+def test_a_read_is_retried_after_a_timeout(emulator: Emulator, emulator_url: str) -> None:
+    emulator.add_fault("timeout", count=1, seconds=2)
+    provider = connect(emulator_url, "admin:admin-password", timeout=0.5)
+
+    provider.validate()
+
+    assert [r["method"] for r in emulator.requests][-1] == "GET"
+
+
+@pytest.mark.parametrize("fault", ["503_after_commit", "close_after_commit", "drop_after_commit"])
+def test_a_work_note_is_never_sent_twice(
+    provider: ServiceNowProvider, emulator: Emulator, fault: str
+) -> None:
+    created = provider.create(DRAFT)
+    emulator.add_fault(fault, method="PATCH")
+
+    with pytest.raises(errors.ProviderUnavailable) as failure:
+        provider.add_work_note(created.id, "once")
+
+    assert failure.value.may_have_landed
+    assert [e["value"] for e in emulator.journal(created.id)] == ["once"]
+    assert provider.has_work_note(created.id, "once", idempotency_key="k", identical_before=0)
+    assert not provider.has_work_note(created.id, "once", idempotency_key="k", identical_before=1)
+
+
+def test_a_refused_work_note_is_sent_again(
+    provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    created = provider.create(DRAFT)
+    emulator.add_fault("429", method="PATCH", retry_after=0)
+
+    provider.add_work_note(created.id, "after a 429")
+
+    assert [e["value"] for e in emulator.journal(created.id)] == ["after a 429"]
+
+
+def test_an_unkeyed_create_is_not_sent_again_after_a_503(
+    provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    emulator.add_fault("503_after_commit", method="POST")
+
+    with pytest.raises(errors.ProviderUnavailable):
+        provider.create(DRAFT)
+
+    assert len(emulator.incidents) == 1
+
+
+def test_counting_notes_needs_no_journal_table_rights(
+    provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    emulator.deny_tables = {"sys_journal_field"}
+    created = provider.create(DRAFT)
+    for text in ("same", "other\nlines", "same"):
+        provider.add_work_note(created.id, text)
+
+    def landed(text: str, before: int) -> bool:
+        return provider.has_work_note(
+            created.id, text, idempotency_key="k", identical_before=before
+        )
+
+    assert (landed("same", 1), landed("same", 2), landed("other\nlines", 0)) == (True, False, True)
+    assert not landed("other", 0)  # a prefix is not the note
+    assert not landed("never sent", 0)
+
+
+def test_one_deadline_bounds_a_call_whose_answer_dribbles(
+    emulator: Emulator, emulator_url: str
+) -> None:
+    emulator.add_fault("dribble", seconds=0.2)  # a body of hundreds of bytes, one per 0.2 s
+    provider = connect(emulator_url, "admin:admin-password", deadline=1.0)
+
+    started = time.monotonic()
+    with pytest.raises(errors.ProviderTimeout, match="deadline"):
+        provider.validate()
+
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_call_budget_bounds_retries_to_one_attempt(
+    provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    from ticketing_core.http import call_budget
+
+    emulator.add_fault("503", count=2)
+    with call_budget(attempts=1), pytest.raises(errors.ProviderUnavailable):
+        provider.validate()
+
+    assert len(emulator.requests) == 1
 
 
 def test_unreachable_instance_is_unavailable() -> None:
@@ -233,42 +323,76 @@ def test_create_with_key_is_idempotent_across_calls(
     provider: ServiceNowProvider, emulator: Emulator
 ) -> None:
     first = provider.create(DRAFT, idempotency_key="qualytics-anomaly-1-k1")
-    again = provider.create(DRAFT, idempotency_key="qualytics-anomaly-1-k1")
+    again = provider.create(DRAFT, idempotency_key="qualytics-anomaly-1-k1", retrying=True)
 
     assert again.id == first.id
     assert len(emulator.incidents) == 1
     assert first.extras["correlation_id"] == "qualytics-anomaly-1-k1"
+    assert [r["method"] for r in emulator.requests] == ["POST", "GET"]  # one POST, one lookup
 
 
 def test_ambiguous_create_failure_looks_the_key_up_instead_of_posting_twice(
     provider: ServiceNowProvider, emulator: Emulator
 ) -> None:
-    emulator.add_fault("drop_after_commit", count=1, method="POST")
+    emulator.add_fault("503_after_commit", count=1, method="POST")
 
-    ticket = provider.create(DRAFT, idempotency_key="key-after-504")
+    ticket = provider.create(DRAFT, idempotency_key="key-after-503")
 
     assert len(emulator.incidents) == 1
     assert ticket.id == emulator.incidents[0]["sys_id"]
-    assert [r["method"] for r in emulator.requests] == ["GET", "POST", "GET"]
+    assert [r["method"] for r in emulator.requests] == ["POST", "GET"]
+
+
+def test_a_create_refused_with_a_503_is_sent_again_once_its_key_is_absent(
+    provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    emulator.add_fault("503", count=1, method="POST")
+
+    provider.create(DRAFT, idempotency_key="key-refused")
+
+    assert len(emulator.incidents) == 1
+    assert [r["method"] for r in emulator.requests] == ["POST", "GET", "POST"]
+
+
+@pytest.mark.parametrize("fault", ["close_after_commit", "drop_after_commit"])
+def test_a_create_whose_answer_was_lost_is_found_by_its_key(
+    provider: ServiceNowProvider, emulator: Emulator, fault: str
+) -> None:
+    emulator.add_fault(fault, method="POST")
+
+    ticket = provider.create(DRAFT, idempotency_key="key-lost")
+
+    assert [row["sys_id"] for row in emulator.incidents] == [ticket.id]
 
 
 def test_ambiguous_timeout_on_create_does_not_duplicate(
     emulator: Emulator, emulator_url: str
 ) -> None:
-    emulator.add_fault("timeout", count=1, seconds=1.5, method="POST")
-    provider = connect(emulator_url, "admin:admin-password", timeout=0.5)
+    emulator.add_fault("late_commit", count=1, seconds=1.0, method="POST")
+    provider = connect(emulator_url, "admin:admin-password", timeout=0.3)
 
-    ticket = provider.create(DRAFT, idempotency_key="key-after-timeout")
-    time.sleep(1.2)  # let the emulator finish the slow POST it was still holding
-    again = provider.create(DRAFT, idempotency_key="key-after-timeout")
+    # The instance is still working on it: a lookup now proves nothing, so nothing is re-sent.
+    with pytest.raises(errors.ProviderTimeout):
+        provider.create(DRAFT, idempotency_key="key-after-timeout")
+    assert emulator.incidents == []
+    time.sleep(1.2)  # the instance commits the POST after the client gave up
+    again = provider.create(DRAFT, idempotency_key="key-after-timeout", retrying=True)
 
-    assert again.id == ticket.id
-    assert len(emulator.incidents) == 1
+    assert [row["sys_id"] for row in emulator.incidents] == [again.id]
 
 
 def test_overlong_idempotency_key_is_refused(provider: ServiceNowProvider) -> None:
-    with pytest.raises(errors.InvalidInput, match="at most 100"):
+    with pytest.raises(errors.InvalidInput, match="1 to 100"):
         provider.create(DRAFT, idempotency_key="k" * 101)
+
+
+@pytest.mark.parametrize("key", ["a^ORnumber!=x", "a b", "", "ключ"])
+def test_a_key_that_could_change_a_query_is_refused(
+    provider: ServiceNowProvider, emulator: Emulator, key: str
+) -> None:
+    with pytest.raises(errors.InvalidInput, match="letters, digits"):
+        provider.create(DRAFT, idempotency_key=key)
+    assert emulator.requests == []
 
 
 def test_provider_is_thread_safe_and_overlaps_requests(

@@ -45,7 +45,8 @@ def test_incident_lifecycle(recorded: ServiceNowProvider) -> None:
     assert created.status == "New"
     assert recorded.get(created.id) == created
     assert recorded.find(created.number).id == created.id
-    assert recorded.create(DRAFT, idempotency_key="ticketing-recorded-lifecycle-1").id == created.id
+    again = recorded.create(DRAFT, idempotency_key="ticketing-recorded-lifecycle-1", retrying=True)
+    assert again.id == created.id
 
     updated = recorded.update(created.id, TicketChanges(status="In Progress", urgency="1"))
     assert (updated.status, updated.urgency, updated.priority) == ("In Progress", "1", "2")

@@ -44,6 +44,8 @@ SD_PUBLIC_COMMENT = "sd.public.comment"
 _EXPAND = "renderedFields,names,schema,operations,editmeta,changelog,versionedRepresentations"
 _SEARCH_LIMIT, _ID_SEARCH_LIMIT, _DEFAULT_SEARCH = 100, 5000, 50
 _COMMENT_LIMIT = 5000
+# Entity property limits (Jira: "The property key cannot be longer than 255 characters.").
+_PROPERTY_KEY_LIMIT, _PROPERTY_VALUE_LIMIT = 255, 32768
 _ADF_REQUIRED = "Operation value must be an Atlassian Document (see the Atlassian Document Format)"
 _BAD_PAYLOAD = "Invalid request payload. Refer to the REST API documentation and try again."
 _MAINTENANCE_PAGE = (
@@ -691,9 +693,7 @@ class JiraEmulator(EmulatedService):
             raise ApiError(400, errors={"comment": "Comment body can not be empty!"})
         if not is_document(body):
             raise ApiError(400, [_ADF_REQUIRED])
-        properties = call.body.get("properties") or []
-        if not isinstance(properties, list) or not all(isinstance(p, dict) for p in properties):
-            raise ApiError(400, [_BAD_PAYLOAD])
+        properties = _parse_properties(call.body.get("properties") or [])
         visibility = call.body.get("visibility")
         if not isinstance(visibility, dict):
             visibility = None
@@ -1138,6 +1138,29 @@ def _parse_labels(value: Any) -> list[str]:
         if not label.strip() or any(char.isspace() for char in label):
             raise _InvalidValue(f"The label '{label}' contains spaces which is invalid.")
     return list(dict.fromkeys(value))  # Jira keeps each label once
+
+
+def _parse_properties(value: Any) -> list[dict[str, Any]]:
+    """A comment's ``properties`` on create: ``[{"key": ..., "value": <any JSON>}]``, each key
+    once (the last wins), within Jira's entity property limits."""
+    if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
+        raise ApiError(400, [_BAD_PAYLOAD])
+    by_key: dict[str, dict[str, Any]] = {}
+    for prop in value:
+        key = prop.get("key")
+        if not _is_text(key):
+            raise ApiError(400, ["The property key cannot be empty."])
+        if len(key) > _PROPERTY_KEY_LIMIT:
+            raise ApiError(
+                400, [f"The property key cannot be longer than {_PROPERTY_KEY_LIMIT} characters."]
+            )
+        if len(json.dumps(prop.get("value"))) > _PROPERTY_VALUE_LIMIT:
+            raise ApiError(
+                400,
+                [f"The property value cannot be longer than {_PROPERTY_VALUE_LIMIT} characters."],
+            )
+        by_key[key] = {"key": key, "value": prop.get("value")}
+    return list(by_key.values())
 
 
 def _cannot_set(name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -23,6 +24,8 @@ SEARCH_ORDER = "ORDER BY created DESC, key DESC"
 OLDEST_FIRST = "ORDER BY created ASC, key ASC"
 IDEMPOTENCY_LABEL_PREFIX = "ticketing-key-"
 LABEL_MAX_LENGTH = 255
+# The comment property a keyed note carries: {"key": NOTE_KEY_PROPERTY, "value": {"key": <key>}}.
+NOTE_KEY_PROPERTY = "ticketing.idempotency"
 _JIRA_TIME = "%Y-%m-%dT%H:%M:%S.%f%z"  # 2024-01-15T10:30:00.000+0000
 
 
@@ -142,6 +145,28 @@ def idempotency_label(key: str) -> str:
             f"characters: it is stored as a Jira label of at most {LABEL_MAX_LENGTH}"
         )
     return name
+
+
+def note_key_property(key: str) -> dict[str, Any]:
+    """The comment property that keeps a note's idempotency key beside its unchanged text."""
+    return {"key": NOTE_KEY_PROPERTY, "value": {"key": key}}
+
+
+def note_key(comment: Mapping[str, Any]) -> str | None:
+    """The idempotency key a comment (listed with ``expand=properties``) carries, if any."""
+    for prop in comment.get("properties") or []:
+        if isinstance(prop, Mapping) and prop.get("key") == NOTE_KEY_PROPERTY:
+            value = prop.get("value")
+            key = value.get("key") if isinstance(value, Mapping) else None
+            return key if isinstance(key, str) else None
+    return None
+
+
+def resolution_note_key(ticket_id: str, text: str) -> str:
+    """The key of the comment an update posts a resolution as: the same ticket and text make
+    the same key, so a retried update finds the comment its lost answer had posted."""
+    digest = hashlib.sha256(f"{ticket_id.strip()}\n{text}".encode()).hexdigest()
+    return f"resolution-{digest}"
 
 
 # ---- JQL and transitions ----------------------------------------------------------------------

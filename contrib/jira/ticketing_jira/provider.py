@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -26,7 +25,7 @@ from ticketing_core.models import (
     TicketStatus,
 )
 from ticketing_jira import mapping
-from ticketing_jira.adf import adf_to_text, text_to_adf
+from ticketing_jira.adf import text_to_adf
 
 API = "/rest/api/3"
 ISSUES = f"{API}/issue"
@@ -38,8 +37,7 @@ DIALECT = ServiceDialect(
 )
 READ_PARAMS = {"fields": ",".join(mapping.TICKET_FIELDS)}
 # On a service-desk project, comments without this property are shown to the customer.
-INTERNAL_COMMENT = [{"key": "sd.public.comment", "value": {"internal": True}}]
-CREATE_ATTEMPTS = 3
+INTERNAL_COMMENT = {"key": "sd.public.comment", "value": {"internal": True}}
 COMMENT_PAGE_SIZE = 100
 _ISSUE_ID = re.compile(r"\d+")
 _ISSUE_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*-\d+")
@@ -50,8 +48,11 @@ class JiraProvider:
 
     ``api_access_token`` is ``email:api_token`` (Basic auth) or an OAuth bearer token. ``project``
     is the project key, ``issue_type`` the name of the type new issues get. Other options go to
-    :class:`ticketing_core.http.HttpTransport` (``timeout``, ``max_attempts``, ``max_retry_wait``,
-    ``transport``).
+    :class:`ticketing_core.http.HttpTransport` (``timeout``, ``deadline``, ``max_attempts``,
+    ``max_retry_wait``, ``transport``).
+
+    Keyed creates carry the key as a label (``ticketing-key-<key>``); keyed notes carry it in a
+    comment property (:data:`ticketing_jira.mapping.NOTE_KEY_PROPERTY`), so the text stays as given.
     """
 
     name = "jira"
@@ -95,7 +96,9 @@ class JiraProvider:
         conditions = mapping.search_jql(self.project, query)
         with _refused_input():
             issues = self._issues_on_page(f"{conditions} {mapping.SEARCH_ORDER}", query)
-            count = self._json("POST", f"{API}/search/approximate-count", json={"jql": conditions})
+            count = self._json(
+                "POST", f"{API}/search/approximate-count", json={"jql": conditions}, idempotent=True
+            )
         items = tuple(mapping.to_ticket(issue, self.api_url) for issue in issues)
         # The count is approximate (eventually consistent): never below what this page shows.
         seen = query.offset + len(items) if items else 0
@@ -113,7 +116,9 @@ class JiraProvider:
         issue = self._json("GET", f"{ISSUES}/{key}", params=READ_PARAMS)
         return mapping.to_ticket(issue, self.api_url)
 
-    def create(self, draft: TicketDraft, *, idempotency_key: str | None = None) -> Ticket:
+    def create(
+        self, draft: TicketDraft, *, idempotency_key: str | None = None, retrying: bool = False
+    ) -> Ticket:
         key_label = None if idempotency_key is None else mapping.idempotency_label(idempotency_key)
         fields = mapping.draft_fields(
             draft, project=self.project, issue_type=self.issue_type, key_label=key_label
@@ -121,9 +126,7 @@ class JiraProvider:
         if key_label is None:
             return self._create(fields)
         return create_once(
-            lambda: self._first_labelled(key_label),
-            lambda: self._create(fields),
-            attempts=CREATE_ATTEMPTS,
+            lambda: self._first_labelled(key_label), lambda: self._create(fields), retrying=retrying
         )
 
     def update(self, ticket_id: str, changes: TicketChanges) -> Ticket:
@@ -138,31 +141,44 @@ class JiraProvider:
             if body := mapping.changes_body(changes):
                 self._client.request("PUT", path, json=body)
             if transition_id is not None:
+                # Not marked idempotent: a workflow refuses a transition to where the issue is.
+                # A retried update finds the status reached and skips it (see _transition).
                 self._client.request(
                     "POST", f"{path}/transitions", json={"transition": {"id": transition_id}}
                 )
             # Last: a retry after a failed transition must not post the resolution twice.
             if changes.resolution:
-                self.add_work_note(ticket_id, changes.resolution)
+                self._add_resolution_note(ticket_id, changes.resolution)
         return self.get(ticket_id)
 
-    def add_work_note(self, ticket_id: str, text: str) -> None:
+    def add_work_note(
+        self, ticket_id: str, text: str, *, idempotency_key: str | None = None
+    ) -> None:
         if not text.strip():
             raise InvalidInput("a work note must not be empty")
-        body: dict[str, Any] = {"body": text_to_adf(text)}
+        properties = [] if idempotency_key is None else [mapping.note_key_property(idempotency_key)]
         if self._is_service_desk():
-            body["properties"] = INTERNAL_COMMENT
+            properties.append(INTERNAL_COMMENT)
+        body: dict[str, Any] = {"body": text_to_adf(text)}
+        if properties:
+            body["properties"] = properties
+        # A plain POST: never re-sent after a failure that may have landed; the caller asks
+        # has_work_note with the key first.
         self._client.request("POST", f"{_issue_path(ticket_id)}/comment", json=body)
 
-    def has_work_note(self, ticket_id: str, text: str, *, since: datetime) -> bool:
-        since = since.astimezone(UTC)
-        for comment in self._comments_newest_first(ticket_id):
-            created = mapping.parse_time(comment.get("created"))
-            if created is not None and created < since:
-                return False  # every later comment is older still
-            if adf_to_text(comment.get("body")) == text:
-                return True
-        return False
+    def has_work_note(
+        self, ticket_id: str, text: str, *, idempotency_key: str, identical_before: int
+    ) -> bool:
+        """Whether a comment carries ``idempotency_key`` in its key property.
+
+        The key alone decides; ``text`` and ``identical_before`` are not needed. Every note added
+        with a key carries it, and counting texts instead would take a person's identical comment,
+        or one of our earlier notes, for this one.
+        """
+        return any(
+            mapping.note_key(comment) == idempotency_key
+            for comment in self._comments_newest_first(ticket_id)
+        )
 
     def get_status(self, ticket_id: str) -> TicketStatus:
         issue = self._json("GET", _issue_path(ticket_id), params={"fields": "status"})
@@ -175,6 +191,13 @@ class JiraProvider:
             raise UnexpectedResponse("Jira's answer to the create has no issue id")
         return self.get(str(created["id"]))
 
+    def _add_resolution_note(self, ticket_id: str, text: str) -> None:
+        """Post the resolution once, keyed by ticket and text, so a retried update that already
+        posted it (its answer lost) does not post it again."""
+        key = mapping.resolution_note_key(ticket_id, text)
+        if not self.has_work_note(ticket_id, text, idempotency_key=key, identical_before=0):
+            self.add_work_note(ticket_id, text, idempotency_key=key)
+
     def _first_labelled(self, label: str) -> Ticket | None:
         jql = f"{mapping.labelled_jql(self.project, label)} {mapping.OLDEST_FIRST}"
         # A short read, so GET (search posts because free text can make its JQL long).
@@ -186,13 +209,17 @@ class JiraProvider:
         body: dict[str, Any] = {"jql": jql, "maxResults": query.size, "fields": ["id"]}
         # Enhanced search pages by opaque token only: walk to the page reading ids, then read it.
         for _ in range(query.page - 1):
-            skipped = self._json("POST", SEARCH, json=body)
+            skipped = self._search_page(body)
             token = skipped.get("nextPageToken")
             if skipped.get("isLast") or not token:
                 return []
             body["nextPageToken"] = token
-        page = self._json("POST", SEARCH, json=body | {"fields": list(mapping.TICKET_FIELDS)})
+        page = self._search_page(body | {"fields": list(mapping.TICKET_FIELDS)})
         return list(page.get("issues") or [])
+
+    def _search_page(self, body: dict[str, Any]) -> dict[str, Any]:
+        # A read that posts only because free text can make its JQL long: safe to repeat.
+        return self._json("POST", SEARCH, json=body, idempotent=True)
 
     def _transition(self, ticket_id: str, status: str) -> str | None:
         """The transition to ``status``; None if the issue is in it (workflows offer no loop)."""
@@ -215,10 +242,17 @@ class JiraProvider:
         return mapping.is_status(mapping.status_of(current), status)
 
     def _comments_newest_first(self, ticket_id: str) -> Iterator[dict[str, Any]]:
+        """Every comment with its properties. Newest first, so a comment added while paging
+        shifts later pages by one (a comment seen twice) instead of hiding one."""
         path = f"{_issue_path(ticket_id)}/comment"
         start = 0
         while True:
-            params = {"orderBy": "-created", "startAt": start, "maxResults": COMMENT_PAGE_SIZE}
+            params = {
+                "orderBy": "-created",
+                "startAt": start,
+                "maxResults": COMMENT_PAGE_SIZE,
+                "expand": "properties",
+            }
             page = self._json("GET", path, params=params)
             comments = page.get("comments") or []
             yield from comments

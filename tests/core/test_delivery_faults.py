@@ -1,0 +1,140 @@
+"""Exactly-once delivery under the faults that bite: writes committed then answered 503 or never
+answered, a commit that lands after the client gave up, a skewed instance clock, an integration user
+denied the journal table. Over real HTTP against the emulator, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from servicenow_emulator import Emulator
+
+from ticketing_core.models import Anomaly, TicketDraft
+from ticketing_core.outbox import DELIVERED, Outbox, ThreadedDispatcher
+from ticketing_core.policies import WorkNotesOnly
+from ticketing_core.service import SyncService
+from ticketing_core.store import Database
+from ticketing_servicenow import ServiceNowProvider
+
+from ..conftest import wait_until
+
+ANOMALY = Anomaly(id=1, type="Record", status="Active")
+# The emulator finishes a request at once unless told to stall: after 0.3 s an attempt has landed or
+# never will. A test that stalls the instance widens the window past the stall.
+DOUBT_SECONDS = 0.3
+
+
+@pytest.fixture
+def service(database: Database, provider: ServiceNowProvider) -> Iterator[SyncService]:
+    sync = SyncService(
+        database,
+        provider_for=lambda _id, _conn: provider,
+        policy_for=lambda _id, _conn: WorkNotesOnly(),
+        comment_on_anomaly=lambda *_: None,
+        outbox=Outbox(database, doubt_seconds=DOUBT_SECONDS, backoff_initial=0.05, backoff_max=0.2),
+        delivery_deadline=0.5,
+    )
+    sync.dispatcher = ThreadedDispatcher(sync.outbox, sync.deliver, poll_interval=0.05)
+    sync.start()
+    yield sync
+    sync.stop()
+
+
+@pytest.fixture
+def ticket_id(service: SyncService) -> str:
+    ticket, _ = service.create_ticket(ANOMALY, 1, TicketDraft(title="t", description="d"))
+    return ticket.id
+
+
+def notes(emulator: Emulator, sys_id: str) -> list[str]:
+    return [e["value"] for e in emulator.journal(sys_id) if e["element"] == "work_notes"]
+
+
+def delivered(service: SyncService, count: int) -> None:
+    wait_until(lambda: service.outbox.counts()[DELIVERED] == count, timeout=30)
+
+
+@pytest.mark.parametrize(
+    "instance",
+    ["plain", "clock ahead 10 min", "clock behind 10 min", "journal table denied"],
+)
+def test_ten_comments_through_ambiguous_failures_arrive_once_each_in_order(
+    service: SyncService, emulator: Emulator, ticket_id: str, instance: str
+) -> None:
+    if instance.startswith("clock"):
+        emulator.clock_skew = timedelta(minutes=10 if "ahead" in instance else -10)
+    if instance == "journal table denied":
+        emulator.deny_tables = {"sys_journal_field"}
+    # Three commits answered 503, three answers lost, spread over the ten PATCHes.
+    for kind in ("503_after_commit", "close_after_commit") * 3:
+        emulator.add_fault(kind, method="PATCH")
+
+    for n in range(10):
+        service.anomaly_commented(ANOMALY.id, f"comment {n}")
+
+    delivered(service, 10)
+    assert notes(emulator, ticket_id) == [f"Comment from Qualytics: comment {n}" for n in range(10)]
+    assert sum(e.attempts for e in service.outbox.entries()) == 6
+
+
+def test_identical_comments_in_one_second_one_ambiguous_both_arrive_once(
+    service: SyncService, emulator: Emulator, ticket_id: str
+) -> None:
+    service.anomaly_commented(ANOMALY.id, "+1")
+    delivered(service, 1)
+    emulator.add_fault("close_after_commit", method="PATCH")
+
+    service.anomaly_commented(ANOMALY.id, "+1")
+
+    delivered(service, 2)
+    assert notes(emulator, ticket_id) == ["Comment from Qualytics: +1"] * 2
+    [second, _] = service.outbox.entries()
+    assert second.attempts == 1  # it failed once, then the check found it had landed
+
+
+def test_identical_comments_the_first_lost_before_commit_both_arrive(
+    service: SyncService, emulator: Emulator, ticket_id: str
+) -> None:
+    emulator.add_fault("503", method="PATCH")  # refused before anything was written
+
+    service.anomaly_commented(ANOMALY.id, "+1")
+    service.anomaly_commented(ANOMALY.id, "+1")
+
+    delivered(service, 2)
+    assert notes(emulator, ticket_id) == ["Comment from Qualytics: +1"] * 2
+
+
+def test_a_note_committed_after_the_client_gave_up_is_not_sent_again(
+    service: SyncService, emulator: Emulator, ticket_id: str
+) -> None:
+    service.outbox.doubt = timedelta(seconds=1.5)
+    emulator.add_fault("late_commit", method="PATCH", seconds=1.0)  # past the 0.5 s deadline
+
+    service.anomaly_commented(ANOMALY.id, "slow instance")
+
+    delivered(service, 1)
+    assert notes(emulator, ticket_id) == ["Comment from Qualytics: slow instance"]
+    [event] = service.outbox.entries()
+    assert event.attempts == 1
+
+
+def test_one_note_during_an_outage_costs_one_request_per_attempt(
+    service: SyncService, emulator: Emulator, ticket_id: str
+) -> None:
+    service.outbox.doubt = timedelta(0)
+    emulator.reset()  # forget the create's requests; the incident goes too, so recreate it
+    [row] = emulator.seed_incidents(1)
+    service.links.add(anomaly_id=2, integration_id=1, ticket_id=row["sys_id"],
+                      ticket_number=row["number"], ticket_url=None, status="New")  # fmt: skip
+    emulator.down = True
+
+    service.anomaly_commented(2, "during the outage")
+    wait_until(lambda: service.outbox.entries()[0].attempts >= 3)
+    emulator.down = False
+    delivered(service, 1)
+
+    attempts = service.outbox.entries()[0].attempts
+    # One PATCH per attempt; once in doubt, one read before each later one: never stacked retries.
+    assert len(emulator.requests) <= 2 * (attempts + 1)
+    assert notes(emulator, row["sys_id"]) == ["Comment from Qualytics: during the outage"]

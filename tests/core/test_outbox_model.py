@@ -1,0 +1,445 @@
+"""The outbox as a state machine: random interleavings of three workers never lose or double a note.
+
+Hypothesis drives claims, renewals, holds, sends, settles, crashes and the passing of time (a fake
+clock stands in for the database's) against a reference model of each event, and a fake ticket
+records the notes that landed. The workers follow the deliverer's protocol (``SyncService.deliver``):
+a note in doubt is looked for first, the claim is confirmed just before sending, and a worker never
+stalls between confirming its claim and sending (a rule does both in one step), which is the
+assumption the module docstring of :mod:`ticketing_core.outbox` states.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from ticketing_core import errors
+from ticketing_core.outbox import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    LeaseLost,
+    NewEvent,
+    Outbox,
+    OutboxEvent,
+    events,
+    note_tally,
+)
+from ticketing_core.policies import AddWorkNote
+from ticketing_core.store import Database
+
+LEASE, DOUBT = 10.0, 20.0  # seconds of the fake clock
+BACKOFF_INITIAL, BACKOFF_MAX = 1.0, 8.0
+MAX_ATTEMPTS = 2  # low, so that events die and are retried
+TICKETS = ("t1", "t2", "t3")
+WORKERS = (0, 1, 2)
+MAX_EVENTS = 12
+EPSILON = timedelta(milliseconds=1)  # slack on the jittered backoff's bounds
+START = datetime(2030, 1, 1, tzinfo=UTC)
+
+MODEL_SETTINGS = settings(
+    max_examples=50,
+    stateful_step_count=50,
+    deadline=None,
+    database=None,  # no .hypothesis directory in the work tree
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+@dataclass
+class Clock:
+    now: datetime = START
+
+
+@dataclass
+class Note:
+    """The model of one stored event: what the outbox's row should say."""
+
+    id: int
+    ticket: str
+    text: str
+    due_lo: datetime  # next_attempt_at is jittered: it lies in [due_lo, due_hi]
+    due_hi: datetime
+    status: str = PENDING
+    attempts: int = 0
+    token: str | None = None  # the fencing token of the current claim
+    lease_until: datetime | None = None
+    ambiguous: bool = False
+
+
+@dataclass
+class Claim:
+    """What a worker remembers of a claim; ``sent`` once its note went out unanswered."""
+
+    event: OutboxEvent
+    sent: bool = False
+
+
+@dataclass
+class Worker:
+    claims: list[Claim] = field(default_factory=list)
+
+
+class OutboxMachine(RuleBasedStateMachine):
+    def __init__(self, database: Database) -> None:
+        super().__init__()
+        with database.begin() as conn:  # a fresh outbox per example
+            conn.execute(events.delete())
+            conn.execute(note_tally.delete())
+        self.clock = Clock()
+        database.now = lambda conn: self.clock.now  # type: ignore[method-assign]
+        self.database = database
+        self.outbox = Outbox(
+            database,
+            max_attempts=MAX_ATTEMPTS,
+            lease_seconds=LEASE,
+            doubt_seconds=DOUBT,
+            backoff_initial=BACKOFF_INITIAL,
+            backoff_max=BACKOFF_MAX,
+        )
+        self.notes: dict[int, Note] = {}
+        self.enqueued: dict[str, list[str]] = {t: [] for t in TICKETS}  # texts, in enqueue order
+        self.ticket: dict[str, list[str]] = {t: [] for t in TICKETS}  # the notes that landed
+        self.workers = {w: Worker() for w in WORKERS}
+        self.in_step = False  # set while a step runs: teardown must not mask its failure
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        self.in_step = True
+
+    @property
+    def now(self) -> datetime:
+        return self.clock.now
+
+    def _note(self, event: OutboxEvent) -> Note:
+        return self.notes[event.id]
+
+    def _valid(self, event: OutboxEvent) -> bool:
+        """Whether this claim's token is still the event's (the model's view of the fence)."""
+        note = self._note(event)
+        return note.status == PENDING and note.token == event.claim_token
+
+    def _text(self, event: OutboxEvent) -> str:
+        assert isinstance(event.action, AddWorkNote)
+        return event.action.text
+
+    def _present(self, event: OutboxEvent) -> bool:
+        """The keyed check of the ticket: did this note land already?"""
+        return self.ticket[event.ticket_id].count(self._text(event)) > event.identical_before
+
+    def _claims(self, *, sent: bool) -> list[tuple[Worker, Claim]]:
+        return [
+            (worker, claim)
+            for worker in self.workers.values()
+            for claim in worker.claims
+            if claim.sent == sent
+        ]
+
+    def _eligible(self, note: Note) -> bool:
+        """Whether the outbox may hand this event out now (its due time aside)."""
+        if note.status != PENDING:
+            return False
+        earlier = [n for n in self.notes.values() if n.ticket == note.ticket and n.id < note.id]
+        if any(n.status != DELIVERED for n in earlier):
+            return False
+        return note.lease_until is None or note.lease_until <= self.now - timedelta(seconds=DOUBT)
+
+    def _settle_delivered(self, worker: Worker, claim: Claim) -> None:
+        event = claim.event
+        valid = self._valid(event)
+        assert self.outbox.delivered(event) is valid, "delivered() must follow the fence"
+        worker.claims.remove(claim)
+        if valid:
+            note = self._note(event)
+            note.status, note.token, note.lease_until = DELIVERED, None, None
+
+    def _settle_failed(
+        self, worker: Worker, claim: Claim, error: errors.ProviderError, *, landed: bool
+    ) -> None:
+        event = claim.event
+        valid = self._valid(event)
+        status = self.outbox.failed(event, error)
+        worker.claims.remove(claim)
+        if not valid:
+            assert status is None, "a lost claim must record nothing"
+            return
+        note = self._note(event)
+        note.attempts += 1
+        expected = PENDING if note.attempts < MAX_ATTEMPTS else DEAD
+        assert status == expected
+        note.status, note.token, note.lease_until = expected, None, None
+        exponential = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (note.attempts - 1))
+        asked = min(getattr(error, "retry_after", None) or 0.0, BACKOFF_MAX)
+        lo, hi = max(exponential * 0.8, asked), max(exponential * 1.2, asked)
+        if landed:
+            note.ambiguous = True
+            lo, hi = max(lo, DOUBT), max(hi, DOUBT)
+        note.due_lo = self.now + timedelta(seconds=lo) - EPSILON
+        note.due_hi = self.now + timedelta(seconds=hi) + EPSILON
+
+    # -- rules --------------------------------------------------------------------------------
+
+    @initialize(tickets=st.lists(st.sampled_from(TICKETS), min_size=2, max_size=6))
+    def start(self, tickets: list[str]) -> None:
+        """The host has stored a first batch of notes."""
+        self._begin()
+        self._enqueue(tickets)
+
+    @precondition(lambda self: len(self.notes) < MAX_EVENTS)
+    @rule(tickets=st.lists(st.sampled_from(TICKETS), min_size=1, max_size=3))
+    def enqueue(self, tickets: list[str]) -> None:
+        """The host stores notes (one transaction) for some of the integration's tickets."""
+        self._begin()
+        self._enqueue(tickets)
+
+    def _enqueue(self, tickets: list[str]) -> None:
+        texts = [f"n{len(self.notes) + i}" for i in range(len(tickets))]
+        stored = self.outbox.enqueue(
+            [NewEvent(1, t, AddWorkNote(text)) for t, text in zip(tickets, texts, strict=True)]
+        )
+        assert stored == len(tickets)
+        with self.database.read() as conn:
+            rows = conn.execute(
+                sa.select(events.c.id, events.c.action).where(events.c.id.not_in(list(self.notes)))
+            ).all()
+        ids = {action["text"]: event_id for event_id, action in rows}
+        assert sorted(ids) == sorted(texts)
+        assert [ids[text] for text in texts] == sorted(ids.values()), "ids follow enqueue order"
+        for t, text in zip(tickets, texts, strict=True):
+            self.notes[ids[text]] = Note(ids[text], t, text, due_lo=self.now, due_hi=self.now)
+            self.enqueued[t].append(text)
+
+    @rule(worker=st.sampled_from(WORKERS), limit=st.integers(1, 3))
+    def claim(self, worker: int, limit: int) -> None:
+        """A worker leases due events: only the eligible ones, and every one surely due."""
+        self._begin()
+        possible = {n.id for n in self.notes.values() if self._eligible(n) and n.due_lo <= self.now}
+        surely = {n.id for n in self.notes.values() if self._eligible(n) and n.due_hi <= self.now}
+        claimed = self.outbox.claim(limit)
+        ids = [event.id for event in claimed]
+        assert len(ids) <= limit
+        assert set(ids) <= possible, f"claimed {ids}, only {sorted(possible)} may be"
+        assert len({event.ticket_id for event in claimed}) == len(ids), "one per ticket"
+        if len(possible) <= limit:
+            assert surely <= set(ids), f"due events {sorted(surely - set(ids))} were not claimed"
+        for event in claimed:
+            note = self._note(event)
+            assert event.claim_token
+            assert event.attempts == note.attempts
+            note.ambiguous = note.ambiguous or note.lease_until is not None
+            if note.text in self.ticket[note.ticket]:
+                assert event.in_doubt, f"event {event.id} may have landed but is not in doubt"
+            assert event.in_doubt == note.ambiguous
+            note.token, note.lease_until = event.claim_token, self.now + timedelta(seconds=LEASE)
+            self.workers[worker].claims.append(Claim(event))
+
+    def _act(self, pick: int, look_first: bool) -> tuple[Worker, Claim] | None:
+        """A worker takes up one of its claims: looks (if in doubt) and holds, in either order.
+
+        Returns the claim when the worker is to send now; None when it is done with it (the note
+        was found on the ticket, or the claim is no longer its own). ``look_first`` is the
+        deliverer's order (look, then hold).
+        """
+        candidates = self._claims(sent=False)
+        worker, claim = candidates[pick % len(candidates)]
+        event = claim.event
+        note = self._note(event)
+        if look_first and event.in_doubt and self._present(event):
+            self._settle_delivered(worker, claim)
+            return None
+        valid = self._valid(event)
+        try:
+            self.outbox.hold(event, doubt_resolved=event.in_doubt)
+        except LeaseLost:
+            assert not valid, "hold() refused a claim that is still this worker's"
+            worker.claims.remove(claim)  # it must not send
+            return None
+        assert valid, "hold() confirmed a claim that is no longer this worker's"
+        note.lease_until = self.now + timedelta(seconds=LEASE)
+        if event.in_doubt:
+            note.ambiguous = False
+        if not look_first and event.in_doubt and self._present(event):
+            self._settle_delivered(worker, claim)
+            return None
+        return worker, claim
+
+    def _land(self, claim: Claim) -> None:
+        self.ticket[claim.event.ticket_id].append(self._text(claim.event))
+
+    @precondition(lambda self: self._claims(sent=False))
+    @rule(pick=st.integers(0, 20), look_first=st.booleans())
+    def hold(self, pick: int, look_first: bool) -> None:
+        """A worker looks and confirms its claim, then stalls or dies before sending."""
+        self._begin()
+        self._act(pick, look_first)  # when it goes on, it confirms its claim again
+
+    @precondition(lambda self: self._claims(sent=False))
+    @rule(pick=st.integers(0, 20), look_first=st.booleans())
+    def deliver(self, pick: int, look_first: bool) -> None:
+        """A worker sends a note, the service adds it, the worker settles it delivered."""
+        self._begin()
+        if acting := self._act(pick, look_first):
+            worker, claim = acting
+            self._land(claim)
+            self._settle_delivered(worker, claim)
+
+    @precondition(lambda self: self._claims(sent=False))
+    @rule(
+        pick=st.integers(0, 20),
+        look_first=st.booleans(),
+        how=st.sampled_from(["refused", "timeout-before-landing", "landed-answer-lost"]),
+    )
+    def fail(self, pick: int, look_first: bool, how: str) -> None:
+        """A worker sends a note and fails: refused (nothing landed) or timed out (it may have)."""
+        self._begin()
+        if acting := self._act(pick, look_first):
+            worker, claim = acting
+            if how == "refused":
+                refusal = errors.RateLimited("ServiceNow rate limit: HTTP 429", retry_after=None)
+                self._settle_failed(worker, claim, refusal, landed=False)
+                return
+            if how == "landed-answer-lost":
+                self._land(claim)
+            timeout = errors.ProviderTimeout("ServiceNow did not answer in 30 s")
+            self._settle_failed(worker, claim, timeout, landed=True)
+
+    @precondition(lambda self: self._claims(sent=False))
+    @rule(pick=st.integers(0, 20), look_first=st.booleans())
+    def send(self, pick: int, look_first: bool) -> None:
+        """A worker sends a note, the service adds it; the answer is still on its way."""
+        self._begin()
+        if acting := self._act(pick, look_first):
+            _, claim = acting
+            self._land(claim)
+            claim.sent = True
+
+    @precondition(lambda self: self._claims(sent=True))
+    @rule(pick=st.integers(0, 20), answered=st.booleans())
+    def settle_sent(self, pick: int, answered: bool) -> None:
+        """The answer to a sent note arrives (delivered) or is lost (an ambiguous timeout)."""
+        self._begin()
+        candidates = self._claims(sent=True)
+        worker, claim = candidates[pick % len(candidates)]
+        if answered:
+            self._settle_delivered(worker, claim)
+        else:
+            timeout = errors.ProviderTimeout("ServiceNow did not answer in 30 s")
+            self._settle_failed(worker, claim, timeout, landed=True)
+
+    @precondition(lambda self: self._claims(sent=False) or self._claims(sent=True))
+    @rule(worker=st.sampled_from(WORKERS))
+    def renew(self, worker: int) -> None:
+        """A worker extends the leases it still holds, and only those."""
+        self._begin()
+        claims = self.workers[worker].claims
+        valid = [claim for claim in claims if self._valid(claim.event)]
+        assert self.outbox.renew([claim.event for claim in claims]) == len(valid)
+        for claim in valid:
+            self._note(claim.event).lease_until = self.now + timedelta(seconds=LEASE)
+
+    @precondition(lambda self: self._claims(sent=False) or self._claims(sent=True))
+    @rule(worker=st.sampled_from(WORKERS))
+    def crash(self, worker: int) -> None:
+        """A worker dies: it forgets its claims, sent or not; their leases are left to expire."""
+        self._begin()
+        self.workers[worker].claims.clear()
+
+    @rule(seconds=st.sampled_from([1.0, LEASE / 2, LEASE, LEASE + 1]))
+    def time_passes(self, seconds: float) -> None:
+        """The clock moves a little: leases may expire, backoffs pass."""
+        self._begin()
+        self.clock.now += timedelta(seconds=seconds)
+
+    @rule(beyond=st.sampled_from([0.0, 1.0, BACKOFF_MAX]))
+    def leases_expire(self, beyond: float) -> None:
+        """The clock moves past the lease and the doubt window: unsettled claims may be taken."""
+        self._begin()
+        self.clock.now += timedelta(seconds=LEASE + DOUBT + beyond)
+
+    @precondition(lambda self: any(n.status == DEAD for n in self.notes.values()))
+    @rule()
+    def retry_dead(self) -> None:
+        """An operator puts dead events back in line."""
+        self._begin()
+        dead = [n for n in self.notes.values() if n.status == DEAD]
+        assert self.outbox.retry() == len(dead)
+        for note in dead:
+            note.status, note.attempts, note.lease_until = PENDING, 0, None
+            note.due_lo = note.due_hi = self.now
+
+    # -- invariants ---------------------------------------------------------------------------
+
+    @invariant()
+    def nothing_lost_or_doubled(self) -> None:
+        with self.database.read() as conn:
+            rows = conn.execute(
+                sa.select(events.c.id, events.c.ticket_id, events.c.status, events.c.claim_token)
+            ).all()
+            tally = list(conn.execute(sa.select(note_tally.c.delivered)).scalars())
+        assert sorted(row.id for row in rows) == sorted(self.notes), "an event was lost"
+        for row in rows:
+            note = self.notes[row.id]
+            assert row.status == note.status, f"event {row.id}: {row.status}, not {note.status}"
+            assert row.claim_token == note.token, f"event {row.id}: claim token differs"
+        claimed = Counter(row.ticket_id for row in rows if row.claim_token is not None)
+        assert all(n <= 1 for n in claimed.values()), f"two claims on one ticket: {claimed}"
+        held = Counter(
+            claim.event.ticket_id
+            for worker in self.workers.values()
+            for claim in worker.claims
+            if self._valid(claim.event)
+        )
+        assert all(n <= 1 for n in held.values()), f"two live claims on one ticket: {held}"
+
+        for t in TICKETS:
+            landed = self.ticket[t]
+            assert len(landed) == len(set(landed)), f"a note landed twice on {t}: {landed}"
+            assert landed == self.enqueued[t][: len(landed)], (
+                f"{t}: landed {landed}, enqueued {self.enqueued[t]}"
+            )
+        delivered = [n for n in self.notes.values() if n.status == DELIVERED]
+        for note in delivered:
+            assert self.ticket[note.ticket].count(note.text) == 1, f"{note.text} delivered unseen"
+        assert sorted(tally) == [1] * len(delivered), f"note tally {tally}"
+        self.in_step = False
+
+    def teardown(self) -> None:
+        """Drive everything to completion with one fresh worker, then check the end state."""
+        if self.in_step:
+            return  # a step failed: report that, not what follows from it
+        for _ in range(4 * MAX_EVENTS + 10):
+            counts = self.outbox.counts()
+            if counts[PENDING] == counts[DEAD] == 0:
+                break
+            self.clock.now += timedelta(seconds=LEASE + DOUBT + BACKOFF_MAX + 1)
+            self.outbox.retry()
+            for event in self.outbox.claim(len(TICKETS)):
+                if event.in_doubt and self._present(event):
+                    assert self.outbox.delivered(event)
+                    continue
+                self.outbox.hold(event, doubt_resolved=event.in_doubt)
+                assert self._text(event) not in self.ticket[event.ticket_id], (
+                    f"event {event.id} landed but is not in doubt"
+                )
+                self.ticket[event.ticket_id].append(self._text(event))
+                assert self.outbox.delivered(event)
+        assert self.outbox.counts() == {PENDING: 0, DELIVERED: len(self.notes), DEAD: 0}
+        assert self.ticket == self.enqueued, "every note lands exactly once, in order"
+
+
+def test_outbox_never_loses_or_doubles_a_note(database: Database) -> None:
+    run_state_machine_as_test(lambda: OutboxMachine(database), settings=MODEL_SETTINGS)
