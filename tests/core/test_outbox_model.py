@@ -387,14 +387,28 @@ class OutboxMachine(RuleBasedStateMachine):
     def nothing_lost_or_doubled(self) -> None:
         with self.database.read() as conn:
             rows = conn.execute(
-                sa.select(events.c.id, events.c.ticket_id, events.c.status, events.c.claim_token)
+                sa.select(
+                    events.c.id,
+                    events.c.ticket_id,
+                    events.c.status,
+                    events.c.attempts,
+                    events.c.claim_token,
+                    events.c.lease_until,
+                    events.c.next_attempt_at,
+                )
             ).all()
             tally = list(conn.execute(sa.select(note_tally.c.delivered)).scalars())
         assert sorted(row.id for row in rows) == sorted(self.notes), "an event was lost"
-        for row in rows:
+        for row in rows:  # the row is what the model says
             note = self.notes[row.id]
             assert row.status == note.status, f"event {row.id}: {row.status}, not {note.status}"
             assert row.claim_token == note.token, f"event {row.id}: claim token differs"
+            if note.status == PENDING:
+                assert row.attempts == note.attempts, f"event {row.id}: attempts differ"
+                assert row.lease_until == note.lease_until, f"event {row.id}: lease differs"
+                assert note.due_lo <= row.next_attempt_at <= note.due_hi, (
+                    f"event {row.id}: due at {row.next_attempt_at}"
+                )
         claimed = Counter(row.ticket_id for row in rows if row.claim_token is not None)
         assert all(n <= 1 for n in claimed.values()), f"two claims on one ticket: {claimed}"
         held = Counter(

@@ -123,7 +123,8 @@ def test_several_processes_opening_a_fresh_database_at_once_migrate_it_once(
         installations = conn.execute(sa.select(sa.func.count()).select_from(installation)).scalar()
         versions = conn.execute(sa.select(schema_version)).all()
     reopened.dispose()
-    assert len(ids) == 1 and installations == 1
+    assert len(ids) == 1
+    assert installations == 1
     assert [tuple(row) for row in versions] == [("ticketing_core", 2)]
 
 
