@@ -228,8 +228,9 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     # Transactions are begun by _begin_immediate, not by the driver.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # The wait first: switching a fresh file to WAL needs a lock another process may hold.
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 

@@ -104,26 +104,33 @@ def test_racing_adds_of_one_link_all_return_it(database: Database) -> None:
 def test_several_processes_opening_a_fresh_database_at_once_migrate_it_once(
     database_url: str,
 ) -> None:
-    from concurrent.futures import ThreadPoolExecutor
+    import subprocess
+    import sys
 
     from ticketing_core.store import installation, schema_version
 
-    def open_and_close(_: int) -> str:
-        database = Database(database_url)
-        try:
-            return database.installation_id
-        finally:
-            database.dispose()
+    opener = (
+        "import sys; from ticketing_core.store import Database; "
+        "print(Database(sys.argv[1]).installation_id)"
+    )
+    hosts = [
+        subprocess.Popen(
+            [sys.executable, "-c", opener, database_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [host.communicate(timeout=60) for host in hosts]
 
-    with ThreadPoolExecutor(6) as pool:
-        ids = set(pool.map(open_and_close, range(6)))
-
+    assert [host.returncode for host in hosts] == [0] * 4, [err for _, err in outputs]
+    assert len({out for out, _ in outputs}) == 1
     reopened = Database(database_url)
     with reopened.read() as conn:
         installations = conn.execute(sa.select(sa.func.count()).select_from(installation)).scalar()
         versions = conn.execute(sa.select(schema_version)).all()
     reopened.dispose()
-    assert len(ids) == 1
     assert installations == 1
     assert [tuple(row) for row in versions] == [("ticketing_core", 2)]
 
