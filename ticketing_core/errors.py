@@ -89,6 +89,9 @@ class ProviderUnavailable(ProviderError):
     """The service is down, overloaded or unreachable; try again later.
 
     ``sent=False`` says the request never left (no connection could be made), so nothing happened.
+    ``answered`` says the service itself answered, in its own error format: it has finished with the
+    request, so a lookup now is decisive. A gateway's page, a timeout or a dropped connection may
+    come while the service is still at work.
     """
 
     retryable = True
@@ -100,10 +103,12 @@ class ProviderUnavailable(ProviderError):
         retry_after: float | None = None,
         status_code: int | None = None,
         sent: bool = True,
+        answered: bool = False,
     ) -> None:
         super().__init__(message, status_code=status_code)
         self.retry_after = retry_after
         self.may_have_landed = sent
+        self.answered = answered
 
 
 class ProviderTimeout(ProviderUnavailable):

@@ -227,11 +227,7 @@ class HttpTransport:
             method, path, params=params, json=json, timeout=self._bounded_timeout(remaining)
         )
         try:
-            response = self._http.send(request, stream=True)
-            try:
-                content = b"".join(self._chunks(response, budget, f"{method} {path}"))
-            finally:
-                response.close()
+            response = self._read(self._http.send(request, stream=True), budget, method, path)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ProviderUnavailable(
                 f"cannot reach {name} at {self.base_url}: {type(exc).__name__}", sent=False
@@ -245,17 +241,28 @@ class HttpTransport:
             raise ProviderUnavailable(
                 f"lost the connection to {name} at {self.base_url}: {type(exc).__name__}"
             ) from None
-        # A complete response built from the raw bytes: httpx decodes them on first access.
-        response = httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            content=content,
-            request=request,
-            extensions=response.extensions,
-        )
         log.debug("%s %s -> %s", method, path, response.status_code)
         raise_for_status(response, self.dialect)
         return response
+
+    def _read(
+        self, response: httpx.Response, budget: Budget, method: str, path: str
+    ) -> httpx.Response:
+        """The whole response, its body read before the deadline."""
+        try:
+            raw = b"".join(self._chunks(response, budget, f"{method} {path}"))
+        except httpx.StreamConsumed:
+            return response  # a transport that handed over a complete response (tests' mocks)
+        finally:
+            response.close()
+        # Built from the raw bytes: httpx decodes them (gzip, ...) as it would have.
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=raw,
+            request=response.request,
+            extensions=response.extensions,
+        )
 
     def _bounded_timeout(self, remaining: float) -> httpx.Timeout:
         def bound(limit: float | None) -> float:
@@ -292,12 +299,12 @@ def create_once(
     """Create through ``post`` at most once, as identified by a key ``find_existing`` looks up.
 
     The happy path is one ``post``. After a failure that may have landed the key is looked up.
-    If the service answered (a 5xx), it has finished with the request, so an absent key means
-    nothing was made and ``post`` is sent again, as often as the active :func:`call_budget`
-    allows. Without an answer (a timeout, a dropped connection) the request may still be running
-    there and a lookup proves nothing yet: the failure is raised for the caller to retry later with
-    ``retrying``, which says an earlier call with this key may have reached the service, so the
-    key is looked up first.
+    If the service itself answered (a 5xx in its own error format), it has finished with the
+    request, so an absent key means nothing was made and ``post`` is sent again, as often as the
+    active :func:`call_budget` allows. Otherwise (a timeout, a dropped connection, a gateway's
+    page) the request may still be running there and a lookup proves nothing yet: the failure is
+    raised for the caller to retry later with ``retrying``, which says an earlier call with this
+    key may have reached the service, so the key is looked up first.
     """
     with call_budget() as budget:
         if retrying and (existing := find_existing()) is not None:
@@ -311,7 +318,7 @@ def create_once(
                 log.info("create may have landed (%s); looking for its key", exc)
                 if (existing := find_existing()) is not None:
                     return existing
-                if exc.status_code is None:
+                if not getattr(exc, "answered", False):
                     raise
     raise AssertionError("unreachable: the last round re-raises")  # pragma: no cover
 
@@ -340,7 +347,10 @@ def raise_for_status(response: httpx.Response, dialect: ServiceDialect) -> None:
         raise RateLimited(f"{name} rate limit: {reason}", retry_after=retry_after)
     if status >= 500:
         raise ProviderUnavailable(
-            f"{name} is unavailable: {reason}", retry_after=retry_after, status_code=status
+            f"{name} is unavailable: {reason}",
+            retry_after=retry_after,
+            status_code=status,
+            answered=is_json(response),
         )
     raise ProviderError(f"{name} rejected the request: {reason}", status_code=status)
 

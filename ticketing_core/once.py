@@ -5,7 +5,9 @@ caller claims the key (a lease with a fencing token) and does the work; concurre
 same key wait for its result and get that same result; a key reused for a different request (another
 fingerprint) is a :class:`~ticketing_core.errors.Conflict`, never someone else's result. A claim whose
 holder failed or died passes to the next caller with ``retrying=True``, so its work looks for what
-the earlier attempt may have made before making it again.
+the earlier attempt may have made before making it again; after a failure that may have landed, not
+before ``doubt_seconds`` (the provider finishes or cancels a request by then), because a lookup made
+while the first request is still running proves nothing.
 
 Finished keys are kept for ``retention`` (default 7 days), then pruned.
 """
@@ -63,11 +65,13 @@ class KeyedRequests:
         database: Database,
         *,
         lease_seconds: float = 60.0,
-        wait_seconds: float = 30.0,
+        doubt_seconds: float = 60.0,
+        wait_seconds: float = 20.0,
         retention: timedelta = timedelta(days=7),
     ) -> None:
         self.database = database
         self.lease = timedelta(seconds=lease_seconds)
+        self.doubt = timedelta(seconds=doubt_seconds)
         self.wait_seconds = wait_seconds
         self.retention = retention
 
@@ -92,7 +96,10 @@ class KeyedRequests:
             if claim.token is not None:
                 return self._carry_out(key, claim, work, record)
             if time.monotonic() > deadline:
-                raise Conflict("the same request is still being carried out: retry shortly")
+                raise Conflict(
+                    "the same request is still being carried out, or an attempt of it may still "
+                    "be landing at the provider: retry it in a minute"
+                )
             time.sleep(0.05)
 
     def _carry_out(
@@ -105,11 +112,11 @@ class KeyedRequests:
         try:
             value = work(claim.retrying)
         except BaseException as exc:
-            self._release(key, claim, retrying=claim.retrying or may_have_landed(exc))
+            self._release(key, claim, landed=may_have_landed(exc))
             raise
         with self.database.begin() as conn:
             result = dict(record(value, conn))
-            conn.execute(
+            finished = conn.execute(
                 self._fenced(key, claim).values(
                     state=DONE,
                     result=result,
@@ -117,7 +124,9 @@ class KeyedRequests:
                     lease_until=None,
                     finished=self.database.now(conn),
                 )
-            )
+            ).rowcount
+            if not finished:  # our lease ran out and another caller took over: it records
+                raise Conflict("the request took longer than its lease: retry it to get its result")
         return value, result
 
     def _claim(self, key: str, fingerprint: str) -> _Claim:
@@ -171,11 +180,17 @@ class KeyedRequests:
             return False  # a concurrent caller claimed it first: wait for its result
         return True
 
-    def _release(self, key: str, claim: _Claim, *, retrying: bool) -> None:
+    def _release(self, key: str, claim: _Claim, *, landed: bool) -> None:
+        """Let the next caller have the key; if the work may have landed, only after the doubt
+        window (held as a lease nobody holds) and with ``retrying``."""
         with self.database.begin() as conn:
+            if landed:
+                values = {"state": RUNNING, "lease_until": self.database.now(conn) + self.doubt}
+            else:
+                values = {"state": OPEN, "lease_until": None}
             conn.execute(
                 self._fenced(key, claim).values(
-                    state=OPEN, claim_token=None, lease_until=None, retrying=retrying
+                    **values, claim_token=None, retrying=claim.retrying or landed
                 )
             )
 

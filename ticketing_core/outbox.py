@@ -17,7 +17,8 @@ Delivery = claim (a lease with a fencing token) -> one attempt -> settle (only w
   until ``doubt_seconds`` have passed (the service finishes or cancels a request by then:
   ServiceNow's transaction quota is 60 s), and then the deliverer asks the ticket whether it landed
   before acting again. For notes the question is keyed and counts notes with the same text against
-  :data:`note_tally`, what this outbox delivered to that ticket before; no clocks are compared;
+  how many this outbox delivered to that ticket before (kept in :data:`note_tally` once delivered
+  events are pruned); no clocks are compared;
 - retryable failures back off exponentially (or by the service's ``Retry-After``); after
   ``max_attempts`` failures, or at once for a failure retrying cannot fix, the event is parked as dead,
   listed and retryable;
@@ -40,7 +41,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -69,6 +70,7 @@ events = sa.Table(
     sa.Column("ordering_key", sa.String(200), nullable=False),
     sa.Column("anomaly_id", sa.BigInteger),
     sa.Column("action", sa.JSON, nullable=False),
+    sa.Column("note_digest", sa.String(64)),  # a note's text, hashed: finds identical ones
     sa.Column("status", sa.String(16), nullable=False, default=PENDING),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("claims", sa.Integer, nullable=False, default=0),
@@ -84,14 +86,16 @@ events = sa.Table(
     sa.Column("delivered_at", UtcDateTime),
     sa.Index("ix_sync_outbox_due", "status", "next_attempt_at"),
     sa.Index("ix_sync_outbox_ordering", "ordering_key", "status", "id"),
+    sa.Index("ix_sync_outbox_notes", "ordering_key", "note_digest", "status"),
     sqlite_autoincrement=True,  # ids are never reused, so a listing's ids stay meaningful
 )
 
 note_tally = sa.Table(
     "sync_note_tally",
     metadata,
-    # How many notes of each text this outbox delivered to each ticket, kept when events are pruned:
-    # what tells an identical earlier note from this one on a ticket whose journal holds text only.
+    # How many notes of each text this outbox delivered to each ticket and then pruned: with the
+    # delivered events still kept, what tells an identical earlier note from this one on a ticket
+    # whose journal holds text only.
     sa.Column("ordering_key", sa.String(200), primary_key=True),
     sa.Column("digest", sa.String(64), primary_key=True),
     sa.Column("delivered", sa.Integer, nullable=False),
@@ -124,6 +128,8 @@ class OutboxEvent:
     """For a note: how many notes with its text this outbox delivered to the ticket before it."""
     idempotency_key: str = ""
     """Unique to this event in this installation: what keyed writes of it carry."""
+    claimed_monotonic: float = attrs.field(factory=time.monotonic, repr=False, eq=False)
+    """When this process loaded the claim, on its own monotonic clock."""
 
 
 @attrs.frozen
@@ -190,11 +196,17 @@ class Outbox:
                 sa.select(sa.func.pg_advisory_xact_lock(_ORDER_LOCK, sa.func.hashtext(key)))
             )
 
-    def claim(self, limit: int, fits: Callable[[int], bool] | None = None) -> list[OutboxEvent]:
+    def claim(
+        self,
+        limit: int,
+        fits: Callable[[int], bool] | None = None,
+        *,
+        skip_integrations: Collection[int] = (),
+    ) -> list[OutboxEvent]:
         """Lease up to ``limit`` due events, each the oldest undelivered one of its ticket.
 
-        ``fits(integration_id)`` may decline an event (its integration has enough in flight); it is
-        asked once per event about to be leased.
+        Events of ``skip_integrations`` are not considered (they have enough in flight);
+        ``fits(integration_id)`` may decline an event too, asked once per event about to be leased.
         """
         earlier = events.alias("earlier")
         # Dead events count: a ticket's later events wait until its dead one is retried.
@@ -219,6 +231,7 @@ class Outbox:
                     events.c.next_attempt_at <= now,
                     settled,
                     events.c.id == oldest_of_ticket,
+                    events.c.integration_id.not_in(list(skip_integrations)),
                 )
                 .order_by(events.c.id)
                 .limit(limit if fits is None else limit * 3)  # room for events ``fits`` declines
@@ -271,8 +284,13 @@ class Outbox:
     def hold(self, event: OutboxEvent, *, doubt_resolved: bool = False) -> None:
         """Confirm the claim just before acting (and record that a check found the action absent).
 
-        Raises :class:`LeaseLost` when the claim is no longer this worker's.
+        Raises :class:`LeaseLost` when the claim is no longer this worker's. A claim made less than
+        a third of a lease ago is certainly still held (clocks may disagree on the time, not on how
+        fast it passes), so confirming it costs no write.
         """
+        fresh = time.monotonic() - event.claimed_monotonic < self.lease.total_seconds() / 3
+        if fresh and not doubt_resolved:
+            return
         values: dict[str, object] = {}
         if doubt_resolved:
             values["ambiguous"] = False
@@ -300,22 +318,7 @@ class Outbox:
                     last_error=None,
                 )
             ).rowcount
-            if settled and isinstance(event.action, AddWorkNote):
-                self._count_note(conn, event)
             return bool(settled)
-
-    @staticmethod
-    def _count_note(conn: sa.Connection, event: OutboxEvent) -> None:
-        assert isinstance(event.action, AddWorkNote)
-        key = (_ordering_key(event.integration_id, event.ticket_id), _digest(event.action.text))
-        match = sa.and_(note_tally.c.ordering_key == key[0], note_tally.c.digest == key[1])
-        bumped = conn.execute(
-            note_tally.update().where(match).values(delivered=note_tally.c.delivered + 1)
-        ).rowcount
-        if not bumped:  # the first of its text: one worker per ticket, so no insert race
-            conn.execute(
-                note_tally.insert().values(ordering_key=key[0], digest=key[1], delivered=1)
-            )
 
     def failed(self, event: OutboxEvent, error: BaseException) -> str | None:
         """Record a failed attempt: back off and retry, or park as dead.
@@ -360,16 +363,21 @@ class Outbox:
     def retry(self, event_ids: Sequence[int] | None = None) -> int:
         """Put dead events (all, or those given) back in line with fresh attempts; returns how many.
 
-        Doubt is kept: an event that may have landed is checked before it is sent again.
+        Doubt is kept: an event that may have landed is checked before it is sent again, and not
+        before its doubt window is over.
         """
         query = events.update().where(events.c.status == DEAD)
         if event_ids is not None:
             query = query.where(events.c.id.in_(event_ids))
         with self.database.begin() as conn:
             now = self.database.now(conn)
+            in_window = sa.and_(events.c.ambiguous, events.c.next_attempt_at > now)
+            waited = sa.case((in_window, events.c.next_attempt_at), else_=now)
             return int(
                 conn.execute(
-                    query.values(status=PENDING, attempts=0, next_attempt_at=now, lease_until=None)
+                    query.values(
+                        status=PENDING, attempts=0, next_attempt_at=waited, lease_until=None
+                    )
                 ).rowcount
             )
 
@@ -394,15 +402,31 @@ class Outbox:
         )
 
     def prune(self) -> int:
-        """Delete events delivered longer than ``retention`` ago; returns how many."""
+        """Delete events delivered longer than ``retention`` ago, counting their notes into the
+        tally first; returns how many."""
         with self.database.begin() as conn:
             cutoff = self.database.now(conn) - self.retention
-            return int(
-                conn.execute(
-                    events.delete().where(
-                        events.c.status == DELIVERED, events.c.delivered_at < cutoff
-                    )
-                ).rowcount
+            old = sa.and_(events.c.status == DELIVERED, events.c.delivered_at < cutoff)
+            notes = conn.execute(
+                sa.select(events.c.ordering_key, events.c.note_digest, sa.func.count())
+                .where(old, events.c.note_digest.is_not(None))
+                .group_by(events.c.ordering_key, events.c.note_digest)
+            ).all()
+            for ordering_key, digest, count in notes:
+                self._add_to_tally(conn, ordering_key, digest, count)
+            return int(conn.execute(events.delete().where(old)).rowcount)
+
+    @staticmethod
+    def _add_to_tally(conn: sa.Connection, ordering_key: str, digest: str, count: int) -> None:
+        match = sa.and_(note_tally.c.ordering_key == ordering_key, note_tally.c.digest == digest)
+        added = conn.execute(
+            note_tally.update().where(match).values(delivered=note_tally.c.delivered + count)
+        ).rowcount
+        if not added:
+            conn.execute(
+                note_tally.insert().values(
+                    ordering_key=ordering_key, digest=digest, delivered=count
+                )
             )
 
     def entries(self, status: str | None = None, limit: int = 100) -> list[OutboxEvent]:
@@ -427,19 +451,28 @@ class Outbox:
             sa.select(events).where(events.c.id.in_(event_ids)).order_by(events.c.id)
         ).mappings()
         loaded = [_event(row, self.database.installation_id) for row in rows]
-        return [self._with_tally(conn, event) for event in loaded]
+        # Only a check asks how many identical notes went before, and only events in doubt check.
+        return [self._counted(conn, event) if event.in_doubt else event for event in loaded]
 
     @staticmethod
-    def _with_tally(conn: sa.Connection, event: OutboxEvent) -> OutboxEvent:
+    def _counted(conn: sa.Connection, event: OutboxEvent) -> OutboxEvent:
         if not isinstance(event.action, AddWorkNote):
             return event
-        delivered = conn.execute(
-            sa.select(note_tally.c.delivered).where(
-                note_tally.c.ordering_key == _ordering_key(event.integration_id, event.ticket_id),
-                note_tally.c.digest == _digest(event.action.text),
-            )
-        ).scalar()
-        return attrs.evolve(event, identical_before=delivered or 0)
+        key, digest = (
+            _ordering_key(event.integration_id, event.ticket_id),
+            _digest(event.action.text),
+        )
+        kept = sa.select(sa.func.count()).where(
+            events.c.ordering_key == key,
+            events.c.note_digest == digest,
+            events.c.status == DELIVERED,
+            events.c.id < event.id,
+        )
+        pruned = sa.select(note_tally.c.delivered).where(
+            note_tally.c.ordering_key == key, note_tally.c.digest == digest
+        )
+        before = conn.execute(kept).scalar_one() + (conn.execute(pruned).scalar() or 0)
+        return attrs.evolve(event, identical_before=before)
 
 
 def may_have_landed(error: BaseException) -> bool:
@@ -468,6 +501,9 @@ def _row(event: NewEvent, now: datetime) -> dict[str, object]:
         "ordering_key": _ordering_key(event.integration_id, event.ticket_id),
         "anomaly_id": event.anomaly_id,
         "action": _actions.unstructure(event.action, Action),
+        "note_digest": _digest(event.action.text)
+        if isinstance(event.action, AddWorkNote)
+        else None,
         "status": PENDING,
         "attempts": 0,
         "claims": 0,
@@ -516,7 +552,7 @@ class Dispatcher(Protocol):
 class ThreadedDispatcher:
     """In-process delivery with at most ``concurrency`` deliveries at once.
 
-    One integration gets at most ``per_integration`` of them (default three quarters), so a slow or
+    One integration gets at most ``per_integration`` of them (default all but one), so a slow or
     down instance cannot hold every slot while another integration's events wait. ``prune`` runs
     every ``prune_interval`` seconds (default: the outbox's own pruning).
     """
@@ -535,7 +571,7 @@ class ThreadedDispatcher:
         self.outbox = outbox
         self.deliver = deliver
         self.concurrency = concurrency
-        self.per_integration = per_integration or max(1, concurrency * 3 // 4)
+        self.per_integration = per_integration or max(1, concurrency - 1)
         self.poll_interval = poll_interval
         self.prune = prune or outbox.prune
         self.prune_interval = prune_interval
@@ -595,6 +631,7 @@ class ThreadedDispatcher:
         if free <= 0 or self._pool is None:
             return
         busy = Counter(event.integration_id for event in in_flight)
+        full = {integration for integration, n in busy.items() if n >= self.per_integration}
 
         def fits(integration_id: int) -> bool:
             if busy[integration_id] >= self.per_integration:
@@ -602,7 +639,7 @@ class ThreadedDispatcher:
             busy[integration_id] += 1
             return True
 
-        for event in self.outbox.claim(free, fits):
+        for event in self.outbox.claim(free, fits, skip_integrations=full):
             with self._idle:
                 self._in_flight[event.id] = event
             self._pool.submit(self._deliver_one, event)

@@ -115,7 +115,12 @@ class SyncService:
 
     def __attrs_post_init__(self) -> None:
         self.links = LinkStore(self.database)
-        self.requests = KeyedRequests(self.database)
+        self.requests = KeyedRequests(
+            self.database,
+            lease_seconds=max(60.0, 3 * self.interactive_deadline),
+            doubt_seconds=self.outbox.doubt.total_seconds(),
+            wait_seconds=self.interactive_deadline,
+        )
 
     # -- flows the host waits for --------------------------------------------------------------
 
@@ -277,7 +282,8 @@ class SyncService:
                 self.outbox.hold(event, doubt_resolved=event.in_doubt)
                 provider.add_work_note(event.ticket_id, action.text, idempotency_key=key)
             elif isinstance(action, ChangeTicket):
-                provider.update(event.ticket_id, action.changes)  # idempotent: no check needed
+                self.outbox.hold(event)  # idempotent, but a stale worker must not undo later ones
+                provider.update(event.ticket_id, action.changes)
 
     def prune(self) -> None:
         """Forget delivered events and finished request keys past their retention."""

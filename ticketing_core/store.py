@@ -11,6 +11,7 @@ method takes the caller's ``conn``.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -346,10 +347,19 @@ def _outbox_v2(conn: sa.Connection) -> None:
     for statement in (
         "ALTER TABLE sync_outbox ADD COLUMN claim_token VARCHAR(32)",
         f"ALTER TABLE sync_outbox ADD COLUMN claimed_at {timestamp}",
+        "ALTER TABLE sync_outbox ADD COLUMN note_digest VARCHAR(64)",
         "UPDATE sync_outbox SET ambiguous = true WHERE claims > attempts AND status = 'pending'",
         "ALTER TABLE sync_outbox DROP COLUMN first_claimed_at",
     ):
         conn.exec_driver_sql(statement)
+    # Digests of the stored notes' texts, so identical notes are counted across the upgrade.
+    outbox = sa.table(
+        "sync_outbox", sa.column("id"), sa.column("action", sa.JSON), sa.column("note_digest")
+    )
+    for event_id, action in conn.execute(sa.select(outbox.c.id, outbox.c.action)).all():
+        if action.get("type") == "AddWorkNote":
+            digest = hashlib.sha256(action["text"].encode()).hexdigest()
+            conn.execute(outbox.update().where(outbox.c.id == event_id).values(note_digest=digest))
 
 
 CORE_UPGRADES: Mapping[int, Upgrade] = {1: _outbox_v2}

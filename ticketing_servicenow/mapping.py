@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 import cattrs
 
+from ticketing_core.errors import InvalidInput
 from ticketing_core.models import SearchQuery, Ticket, TicketChanges, TicketDraft, TicketStatus
 
 STATE_LABELS = {
@@ -166,6 +167,9 @@ def changes_payload(
         if attribute.name == "resolution":
             payload["close_code"] = close_code
         payload[_CANONICAL_TO_WIRE.get(attribute.name, attribute.name)] = value
+    if journal := sorted(set(changes.fields) & set(JOURNAL_FIELDS)):
+        # A journal write is an append, not a setting: repeating the PATCH would add it twice.
+        raise InvalidInput(f"{', '.join(journal)} cannot be updated: add a work note instead")
     return payload | dict(changes.fields)
 
 
@@ -193,16 +197,31 @@ def search_query(query: SearchQuery) -> str:
 _JOURNAL_CODE_TAG = re.compile(r"\[\s*(/?)\s*code\s*\]", re.IGNORECASE)
 
 
-def count_journal_entries(journal: str, text: str) -> int:
-    """How many entries of a journal field's display value hold exactly ``text``.
+# An entry's header: first, or after the blank line that ends the previous entry.
+_JOURNAL_HEADER = re.compile(r"(?:\A|\n\n)[^\n]* - [^\n]* \([^()\n]+\)\n")
+# Fields whose writes append to the journal rather than set a value.
+JOURNAL_FIELDS = ("work_notes", "comments")
 
-    The display value lists entries newest first, each a header line ``<when> - <who> (<label>)``
-    followed by the text and a blank line; when and label follow the user's locale and format.
+
+def journal_entries(journal: str) -> list[str]:
+    """The texts of a journal field's display value, newest first.
+
+    Each entry is a header line ``<when> - <who> (<label>)`` (in the user's locale and date
+    format), the text, and a blank line. A text that itself holds a blank line followed by a
+    header-shaped line cannot be told from two entries.
     """
-    entry = re.compile(
-        r"^[^\n]* - [^\n]* \([^()\n]+\)\n" + re.escape(text) + r"(?:\n\n|\n?\Z)", re.M
-    )
-    return len(entry.findall(journal))
+    headers = list(_JOURNAL_HEADER.finditer(journal))
+    if not headers:
+        return []
+    ends = [header.start() for header in headers[1:]] + [len(journal)]
+    texts = [journal[header.end() : end] for header, end in zip(headers, ends, strict=True)]
+    texts[-1] = texts[-1].removesuffix("\n\n")
+    return texts
+
+
+def count_journal_entries(journal: str, text: str) -> int:
+    """How many entries of a journal field's display value hold exactly ``text``."""
+    return sum(entry == text for entry in journal_entries(journal))
 
 
 def journal_safe(text: str) -> str:

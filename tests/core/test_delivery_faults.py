@@ -4,6 +4,7 @@ denied the journal table. Over real HTTP against the emulator, on SQLite and Pos
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -138,3 +139,32 @@ def test_one_note_during_an_outage_costs_one_request_per_attempt(
     # One PATCH per attempt; once in doubt, one read before each later one: never stacked retries.
     assert len(emulator.requests) <= 2 * (attempts + 1)
     assert notes(emulator, row["sys_id"]) == ["Comment from Qualytics: during the outage"]
+
+
+def test_a_create_committed_after_the_client_gave_up_is_made_once(
+    database: Database, provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    from ticketing_core import errors
+
+    sync = SyncService(
+        database,
+        provider_for=lambda _id, _conn: provider,
+        policy_for=lambda _id, _conn: WorkNotesOnly(),
+        comment_on_anomaly=lambda *_: None,
+        outbox=Outbox(database, doubt_seconds=1.5),  # past the instance's 1 s stall
+        interactive_deadline=0.5,
+    )
+    draft = TicketDraft(title="t", description="d")
+    emulator.add_fault("late_commit", method="POST", seconds=1.0)
+
+    with pytest.raises(errors.ProviderTimeout):
+        sync.create_ticket(ANOMALY, 1, draft)
+    # Retried at once: the first POST may still land, so nothing is sent.
+    with pytest.raises(errors.Conflict):
+        sync.create_ticket(ANOMALY, 1, draft)
+    time.sleep(1.6)
+    ticket, link = sync.create_ticket(ANOMALY, 1, draft)
+
+    assert [row["sys_id"] for row in emulator.incidents] == [ticket.id]
+    assert link.ticket_id == ticket.id
+    assert [r["method"] for r in emulator.requests].count("POST") == 1

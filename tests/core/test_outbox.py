@@ -310,25 +310,32 @@ def test_doubt_lasts_until_a_check_resolves_it(database: Database) -> None:
     assert not fourth.in_doubt
 
 
-def test_notes_know_how_many_identical_ones_went_to_their_ticket_before(
+def test_notes_in_doubt_know_how_many_identical_ones_went_to_their_ticket_before(
     database: Database,
 ) -> None:
-    outbox = Outbox(database)
+    outbox = Outbox(database, doubt_seconds=0, backoff_initial=0.0)
     outbox.enqueue([note("t", "same"), note("u", "same"), note("t", "same"), note("t", "other")])
-    seen = []
-    while batch := outbox.claim(5):
-        for event in batch:
-            seen.append((event.ticket_id, event.action.text, event.identical_before))  # type: ignore[union-attr]
-            outbox.delivered(event)
-    assert seen == [("t", "same", 0), ("u", "same", 0), ("t", "same", 1), ("t", "other", 0)]
 
-    with database.begin() as conn:  # pruning must not forget the tally
+    def deliver_in_doubt() -> list[tuple[str, str, int]]:
+        seen = []
+        while batch := outbox.claim(5):
+            for event in batch:
+                if not event.in_doubt:  # make each one doubtful: only then is the count needed
+                    outbox.failed(event, errors.ProviderTimeout("no answer"))
+                    continue
+                seen.append((event.ticket_id, event.action.text, event.identical_before))  # type: ignore[union-attr]
+                outbox.delivered(event)
+        return seen
+
+    assert deliver_in_doubt() == [
+        ("t", "same", 0), ("u", "same", 0), ("t", "same", 1), ("t", "other", 0),
+    ]  # fmt: skip
+    with database.begin() as conn:  # pruning must not forget what was delivered
         conn.exec_driver_sql("UPDATE sync_outbox SET delivered_at = '2000-01-01 00:00:00'")
     assert outbox.prune() == 4
-    outbox.enqueue([note("t", "same")])
+    outbox.enqueue([note("t", "same"), note("t", "same")])
 
-    (again,) = outbox.claim(5)
-    assert again.identical_before == 2
+    assert deliver_in_doubt() == [("t", "same", 2), ("t", "same", 3)]
 
 
 def test_delivered_events_are_pruned_after_the_retention(database: Database) -> None:
@@ -436,3 +443,27 @@ def test_outbox_ids_are_never_reused(database: Database) -> None:
     outbox.enqueue([note("t", "y")])
 
     assert outbox.entries()[0].id > event.id
+
+
+def test_a_backlog_of_one_integration_does_not_hide_another(database: Database) -> None:
+    outbox = Outbox(database)
+    outbox.enqueue([NewEvent(1, f"busy{i}", AddWorkNote("x")) for i in range(50)])
+    outbox.enqueue([NewEvent(2, "other", AddWorkNote("y"))])
+
+    claimed = outbox.claim(2, skip_integrations={1})
+
+    assert [(e.integration_id, e.ticket_id) for e in claimed] == [(2, "other")]
+
+
+def test_retrying_a_dead_event_in_doubt_still_waits_out_its_window(database: Database) -> None:
+    outbox = Outbox(database, max_attempts=1, doubt_seconds=0.5, backoff_initial=0.0)
+    outbox.enqueue([note("t", "x"), note("u", "y")])
+    in_doubt, refused = outbox.claim(2)
+    assert outbox.failed(in_doubt, errors.ProviderTimeout("no answer")) == DEAD
+    assert outbox.failed(refused, errors.PermissionDenied("ACL")) == DEAD
+
+    assert outbox.retry() == 2
+
+    assert [e.id for e in outbox.claim(2)] == [refused.id]  # at once
+    time.sleep(0.6)
+    assert [e.id for e in outbox.claim(2)] == [in_doubt.id]  # once the instance is done with it

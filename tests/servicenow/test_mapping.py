@@ -109,3 +109,17 @@ def test_changes_payload_uses_wire_names_and_state_codes() -> None:
 )
 def test_journal_text_cannot_open_a_code_block(text: str, safe: str) -> None:
     assert mapping.journal_safe(text) == safe
+
+
+def test_journal_entries_are_split_on_their_headers() -> None:
+    from ticketing_servicenow.mapping import count_journal_entries, journal_entries
+
+    journal = (
+        "2024-01-15 10:31:00 - System Administrator (Work notes)\nok\n\nthanks\n\n"
+        "15.01.2024 10:30:00 - Jane Smith (Arbeitsnotizen)\nmulti\nline\n\n"
+    )
+
+    assert journal_entries(journal) == ["ok\n\nthanks", "multi\nline"]
+    assert journal_entries("") == []
+    assert count_journal_entries(journal, "ok") == 0
+    assert count_journal_entries(journal, "multi\nline") == 1

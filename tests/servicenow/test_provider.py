@@ -410,3 +410,49 @@ def test_provider_is_thread_safe_and_overlaps_requests(
 
     assert len(emulator.journal(created.id)) == 8
     assert elapsed < 8 * 0.2 / 2
+
+
+def test_a_note_is_not_taken_for_another_that_starts_with_it(
+    provider: ServiceNowProvider,
+) -> None:
+    created = provider.create(DRAFT)
+    provider.add_work_note(created.id, "ok\n\nthanks")
+
+    def landed(text: str) -> bool:
+        return provider.has_work_note(created.id, text, idempotency_key="k", identical_before=0)
+
+    assert (landed("ok"), landed("thanks"), landed("ok\n\nthanks")) == (False, False, True)
+
+
+def test_a_create_answered_by_a_gateway_page_is_not_sent_again() -> None:
+    import httpx
+
+    sent: list[str] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        if request.method == "POST":  # the instance may still be inserting behind the gateway
+            return httpx.Response(502, html="<html><body>Bad Gateway</body></html>")
+        return httpx.Response(200, json={"result": []})
+
+    provider = ServiceNowProvider(
+        api_url="https://acme.service-now.test",
+        api_access_token="admin:x",
+        transport=httpx.MockTransport(gateway),
+    )
+
+    with pytest.raises(errors.ProviderUnavailable) as failure:
+        provider.create(DRAFT, idempotency_key="behind-a-gateway")
+
+    assert failure.value.may_have_landed
+    assert sent == ["POST", "GET"]  # looked, found nothing yet, and did not post again
+
+
+def test_journal_fields_cannot_be_set_by_an_update(
+    provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    created = provider.create(DRAFT)
+
+    with pytest.raises(errors.InvalidInput, match="add a work note instead"):
+        provider.update(created.id, TicketChanges(fields={"work_notes": "appended twice on retry"}))
+    assert emulator.journal(created.id) == []
