@@ -100,8 +100,9 @@ class Provider(Protocol):
         only if the key is absent and the service itself answered (so it has finished with the
         request); after a timeout, a dropped connection or a gateway's page it raises instead.
         ``retrying=True`` says an earlier call with this key may have reached the service (the
-        caller crashed or gave up): the key is looked up first and the ticket found is returned. A key the service cannot store or query safely raises
-        ``InvalidInput``. Without a key the create is sent again only after a refusal (429).
+        caller crashed or gave up): the key is looked up first and the ticket found is returned.
+        A key the service cannot store or query safely raises ``InvalidInput``. Without a key the
+        create is sent again only after a refusal (429).
         """
 
     def update(self, ticket_id: str, changes: TicketChanges) -> Ticket:
