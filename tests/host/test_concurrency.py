@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,13 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from servicenow_emulator import Emulator
 
 from ticketing_core.policies import AddWorkNote
-from ticketing_core.store import engine_url
 
-from ..conftest import POSTGRES_URL
+from ..conftest import postgres_schema
 from .conftest import (
     ANOMALY,
     ANOMALY_ID,
@@ -68,16 +65,8 @@ def second_database_url(database_url: str, tmp_path: Path) -> Iterator[str]:
     if not database_url.startswith("postgresql"):
         yield str(tmp_path / "second.db")
         return
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(engine_url(POSTGRES_URL))
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 # -- helpers ---------------------------------------------------------------------------------------
