@@ -251,3 +251,77 @@ def test_a_create_committed_then_failed_makes_one_incident(
     assert result.exit_code == 0, result.output
     [row] = emulator.incidents
     assert json.loads(result.output)["ticket_id"] == row["sys_id"]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["create", *create_args(priority="9")], "--priority '9' is not one of: 1, 2, 3, 4, 5"),
+        (["create", *create_args(priority="High")], "--priority 'High' is not one of"),
+        (["create", *create_args(urgency="4")], "--urgency '4' is not one of: 1, 2, 3"),
+        (["search", "--status", "Bogus"], "--status 'Bogus' is not one of"),
+        (["search", "--priority", "0"], "--priority '0' is not one of"),
+        (["update", "INC0010001", "--field", "status=Bogus"], "--field status 'Bogus' is not"),
+        (["update", "INC0010001", "--field", "priority=9"], "--field priority '9' is not"),
+        (["update", "INC0010001", "--field", "title="], "would blank the title"),
+    ],
+)
+def test_values_outside_the_providers_choices_are_refused_before_anything_is_sent(
+    run: Any, emulator: Emulator, args: list[str], named: str
+) -> None:
+    result = run(*args)
+
+    assert result.exit_code == 2, result.output
+    assert named in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert emulator.requests == []
+
+
+def test_resolving_takes_a_resolution_and_a_close_code(run: Any, emulator: Emulator) -> None:
+    created = json.loads(run("create", "--json", *create_args()).output)
+
+    refused = run("update", created["ticket_number"], "--field", "status=Resolved")
+    resolved = run("update", created["ticket_number"], "--field", "status=Resolved",
+                   "--resolution", "Fixed the ETL job", "--close-code", "Workaround provided")  # fmt: skip
+
+    assert refused.exit_code == 6
+    assert "pass --resolution TEXT (and --close-code CODE)" in refused.stderr
+    assert resolved.exit_code == 0, resolved.output
+    [row] = emulator.incidents
+    assert (row["state"], row["close_notes"], row["close_code"]) == (
+        "6", "Fixed the ETL job", "Workaround provided",
+    )  # fmt: skip
+
+
+def test_allow_http_can_come_from_the_environment(
+    emulator_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TICKETING_ALLOW_HTTP", "1")
+
+    result = CliRunner().invoke(
+        cli, ["check", "--provider", "servicenow", "--url", emulator_url, "--token", ADMIN_TOKEN]
+    )
+
+    assert result.exit_code == 0, result.output
+
+
+def test_the_plain_http_refusal_names_the_way_out(emulator_url: str, emulator: Emulator) -> None:
+    result = CliRunner().invoke(
+        cli, ["check", "--provider", "servicenow", "--url", emulator_url, "--token", ADMIN_TOKEN]
+    )
+
+    assert result.exit_code == 2
+    assert "pass --allow-http (or set TICKETING_ALLOW_HTTP=1)" in result.stderr
+    assert emulator.requests == []
+
+
+def test_an_argument_that_is_not_utf8_is_one_line(emulator_url: str, emulator: Emulator) -> None:
+    env = os.environ | {"TICKETING_PROVIDER": "servicenow", "TICKETING_URL": emulator_url,
+                        "TICKETING_TOKEN": ADMIN_TOKEN, "TICKETING_ALLOW_HTTP": "1"}  # fmt: skip
+
+    result = subprocess.run([TICKETING.encode(), b"note", b"INC0010001", b"\xff"],
+                            capture_output=True, env=env, check=False)  # fmt: skip
+
+    assert result.returncode == 2
+    assert result.stderr == b"error: argument 3 is not valid UTF-8 text\n"
+    assert emulator.requests == []

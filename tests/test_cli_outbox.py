@@ -106,3 +106,21 @@ def test_discarding_a_dead_event_unblocks_its_ticket(tmp_path: Path) -> None:
 
     assert result.output.strip() == "1 dead event(s) discarded"
     assert [e.action for e in outbox.claim(5)] == [AddWorkNote("next")]
+
+
+def test_retrying_or_discarding_an_unknown_event_says_so_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    outbox = outbox_with_one_dead_event(tmp_path / "t.db")
+    [dead] = outbox.entries(status=DEAD)
+    database = ["--database", str(tmp_path / "t.db")]
+
+    retried = CliRunner().invoke(cli, ["outbox", "retry", *database, str(dead.id), "999"])
+    discarded = CliRunner().invoke(cli, ["outbox", "discard", *database, "999"])
+
+    assert retried.exit_code == discarded.exit_code == 4
+    assert (
+        retried.stderr
+        == "error: no dead event with id 999: see ticketing outbox list --status dead\n"
+    )
+    assert outbox.counts()[DEAD] == 1

@@ -71,7 +71,8 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Instance base URL, e.g. https://acme.service-now.com."),
         click.option("--token", envvar="TICKETING_TOKEN", required=True,
                      help="Access token; for ServiceNow 'username:password' or a bearer token."),
-        click.option("--allow-http", is_flag=True, help="Allow a plain http:// URL (emulators, labs)."),
+        click.option("--allow-http", is_flag=True, envvar="TICKETING_ALLOW_HTTP",
+                     help="Allow a plain http:// URL (emulators, labs)."),
         click.option("--json", "as_json", is_flag=True, help="Print the canonical JSON shape."),
     ]  # fmt: skip
     for option in reversed(options):
@@ -80,12 +81,24 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextmanager
-def connected(provider: str | None, url: str, token: str, allow_http: bool) -> Iterator[Provider]:
+def connected(
+    provider: str | None, url: str, token: str, allow_http: bool, **options: Any
+) -> Iterator[Provider]:
     with reported_errors():
+        if url.strip().lower().startswith("http://") and not allow_http:
+            raise errors.InvalidInput(
+                f"refusing plain-HTTP URL {url!r}: credentials would travel unencrypted; pass "
+                "--allow-http (or set TICKETING_ALLOW_HTTP=1) for local emulators and labs"
+            )
         name = provider or _only_provider()
-        client = ticketing_core.connect(
-            name, api_url=url, api_access_token=token, allow_http=allow_http
-        )
+        try:
+            client = ticketing_core.connect(
+                name, api_url=url, api_access_token=token, allow_http=allow_http, **options
+            )
+        except TypeError:  # an option this provider does not have
+            raise errors.InvalidInput(
+                f"{name} has no option {', '.join(sorted(options))}"
+            ) from None
         try:
             yield client
         finally:
@@ -101,6 +114,16 @@ def _only_provider() -> str:
     raise errors.PluginError(
         f"several providers are installed ({', '.join(names)}): pass --provider"
     )
+
+
+def check_choices(client: Provider, values: dict[str, str | None], option: str = "--{}") -> None:
+    """Refuse, before anything is sent, a value outside the provider's choices for its field."""
+    choices = client.capabilities.field_choices
+    for name, value in values.items():
+        if value is not None and name in choices and value not in choices[name]:
+            raise errors.InvalidInput(
+                f"{option.format(name)} {value!r} is not one of: {', '.join(choices[name])}"
+            )
 
 
 def on_ticket(client: Provider, reference: str, operation: Callable[[str], T]) -> T:
@@ -200,6 +223,7 @@ def search(
 ) -> None:  # fmt: skip
     """Search tickets."""
     with connected(provider, url, token, allow_http) as client:
+        check_choices(client, {"status": status, "priority": priority})
         found = client.search(
             SearchQuery(text=query, status=status, priority=priority, page=page, size=size)
         )
@@ -242,6 +266,9 @@ def create(
     """Create a ticket; retrying with the same --idempotency-key never makes two."""
     key = idempotency_key or str(uuid.uuid4())
     with connected(provider, url, token, allow_http) as client:
+        check_choices(
+            client, {name: fields.get(name) for name in ("priority", "urgency", "impact")}
+        )
         draft = TicketDraft(**fields)  # type: ignore[arg-type]
         try:
             # A key the user gives may have been sent before: look for its ticket first.
@@ -262,19 +289,40 @@ def parse_field(value: str) -> tuple[str, str]:
 @cli.command()
 @connection_options
 @click.argument("ticket")
-@click.option("--field", "-f", "field_values", multiple=True, required=True,
-              help="name=value; title, status, priority, ... or a provider field.")  # fmt: skip
+@click.option(
+    "--field",
+    "-f",
+    "field_values",
+    multiple=True,
+    help="name=value; title, status, priority, ... or a provider field.",
+)
+@click.option("--resolution", help="Resolution notes, needed to resolve or close (ServiceNow).")
+@click.option("--close-code", help="ServiceNow's resolution code (default: Solved (Permanently)).")
 def update(
     provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
-    ticket: str, field_values: tuple[str, ...],
+    ticket: str, field_values: tuple[str, ...], resolution: str | None, close_code: str | None,
 ) -> None:  # fmt: skip
     """Change fields of a ticket."""
     pairs = dict(parse_field(value) for value in field_values)
+    if not pairs and resolution is None:
+        raise click.UsageError("give --field name=value or --resolution TEXT")
+    if "title" in pairs and not pairs["title"].strip():
+        with reported_errors():
+            raise errors.InvalidInput("--field title= would blank the title: give a title")
     canonical = {name: value for name, value in pairs.items() if name in CANONICAL_FIELDS}
     extra = {name: value for name, value in pairs.items() if name not in CANONICAL_FIELDS}
-    changes = TicketChanges(**canonical, fields=extra)
-    with connected(provider, url, token, allow_http) as client:
-        updated = on_ticket(client, ticket, lambda ticket_id: client.update(ticket_id, changes))
+    changes = TicketChanges(**canonical, resolution=resolution, fields=extra)
+    options = {"close_code": close_code} if close_code else {}
+    with connected(provider, url, token, allow_http, **options) as client:
+        check_choices(client, dict(canonical), option="--field {}")
+        try:
+            updated = on_ticket(client, ticket, lambda ticket_id: client.update(ticket_id, changes))
+        except errors.PermissionDenied as refused:
+            if "mandatory" not in str(refused).lower() or resolution is not None:
+                raise
+            raise errors.PermissionDenied(
+                f"{refused}; to resolve or close, pass --resolution TEXT (and --close-code CODE)"
+            ) from None
     emit(updated, as_json, render_ticket)
 
 
@@ -338,6 +386,16 @@ def open_outbox(database: str) -> Any:
         raise errors.InvalidInput(open_error(database, exc)) from None
 
 
+def require_dead(events: Any, event_ids: Sequence[int]) -> None:
+    """Refuse, changing nothing, when some of the ids name no dead event."""
+    dead = {event.id for event in events.get(event_ids) if event.status == "dead"}
+    if missing := [event_id for event_id in event_ids if event_id not in dead]:
+        raise errors.NotFound(
+            f"no dead event with id {', '.join(map(str, missing))}: "
+            "see ticketing outbox list --status dead"
+        )
+
+
 @outbox.command("list")
 @database_option
 @click.option("--status", type=click.Choice(["pending", "delivered", "dead"]))
@@ -370,7 +428,10 @@ def outbox_retry(database: str, event_ids: tuple[int, ...], retry_all: bool) -> 
     if not event_ids and not retry_all:
         raise click.UsageError("give event ids or --all")
     with reported_errors():
-        count = open_outbox(database).retry(None if retry_all else list(event_ids))
+        events = open_outbox(database)
+        if not retry_all:
+            require_dead(events, event_ids)
+        count = events.retry(None if retry_all else list(event_ids))
     click.echo(f"{count} dead event(s) queued for delivery again")
 
 
@@ -380,7 +441,9 @@ def outbox_retry(database: str, event_ids: tuple[int, ...], retry_all: bool) -> 
 def outbox_discard(database: str, event_ids: tuple[int, ...]) -> None:
     """Drop dead events that can never be delivered, so their ticket's later events can go."""
     with reported_errors():
-        count = open_outbox(database).discard(list(event_ids))
+        events = open_outbox(database)
+        require_dead(events, event_ids)
+        count = events.discard(list(event_ids))
     click.echo(f"{count} dead event(s) discarded")
 
 
@@ -405,4 +468,10 @@ add_plugin_commands(cli)
 
 
 def main() -> None:
+    for position, argument in enumerate(sys.argv[1:], start=1):
+        try:
+            argument.encode()
+        except UnicodeEncodeError:  # bytes the terminal's encoding could not decode
+            click.echo(f"error: argument {position} is not valid UTF-8 text", err=True)
+            sys.exit(EXIT_USAGE)
     cli(prog_name="ticketing")

@@ -437,6 +437,11 @@ class Outbox:
         with self.database.read() as conn:
             return self._load(conn, list(conn.execute(query).scalars()))[::-1]
 
+    def get(self, event_ids: Sequence[int]) -> list[OutboxEvent]:
+        """The events with these ids (those that exist), oldest first."""
+        with self.database.read() as conn:
+            return self._load(conn, list(event_ids))
+
     def counts(self) -> dict[str, int]:
         with self.database.read() as conn:
             rows = conn.execute(
