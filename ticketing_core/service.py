@@ -184,7 +184,11 @@ class SyncService:
             current = provider.get(ticket.id) if retrying else ticket
             if heading in current.description:
                 return current
-            description = current.description + self.messages.anomaly_block(anomaly)
+            block = self.messages.anomaly_block(anomaly)
+            # Under an empty description the block stands alone, not after blank lines.
+            description = (
+                current.description + block if current.description.strip() else block.lstrip()
+            )
             return provider.update(current.id, TicketChanges(description=description))
 
         def record(linked: Ticket, conn: sa.Connection) -> Mapping[str, Any]:

@@ -285,3 +285,15 @@ def test_queuing_does_not_need_a_usable_provider(database: Database, host: Host)
                        comment_on_anomaly=lambda *_: None)  # fmt: skip
 
     assert sync.anomaly_status_changed(1, "Acknowledged") == 1
+
+
+def test_linking_a_ticket_without_a_description_adds_no_blank_lines(
+    service: SyncService, emulator: Emulator
+) -> None:
+    [row] = emulator.seed_incidents(1, description="")
+
+    ticket, _ = service.link_ticket(ANOMALY, INTEGRATION_ID, ticket_id=row["sys_id"])
+
+    assert ticket.description.startswith(
+        "---\n\n## Qualytics Anomaly Linked\n\n- Anomaly ID: 12345"
+    )
