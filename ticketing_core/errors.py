@@ -123,3 +123,14 @@ class UnexpectedResponse(ProviderError):
 
     retryable = True
     may_have_landed = True
+
+
+def may_have_landed(error: BaseException) -> bool:
+    """Whether the service may have acted although the call failed with ``error``.
+
+    A provider says so on its errors; our own refusals (bad input) come before any request; any
+    other exception is a bug that may have struck after the request left.
+    """
+    if isinstance(error, ProviderError):
+        return error.may_have_landed
+    return not isinstance(error, TicketingError)

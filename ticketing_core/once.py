@@ -23,8 +23,7 @@ from typing import Any, TypeVar
 import attrs
 import sqlalchemy as sa
 
-from ticketing_core.errors import Conflict
-from ticketing_core.outbox import may_have_landed
+from ticketing_core.errors import Conflict, may_have_landed
 from ticketing_core.store import Database, UtcDateTime, metadata
 
 T = TypeVar("T")

@@ -51,7 +51,7 @@ import cattrs
 import sqlalchemy as sa
 from cattrs.strategies import configure_tagged_union
 
-from ticketing_core.errors import ProviderError, TicketingError
+from ticketing_core.errors import ProviderError, TicketingError, may_have_landed
 from ticketing_core.policies import Action, AddWorkNote, ChangeTicket
 from ticketing_core.store import Database, UtcDateTime, metadata
 
@@ -478,17 +478,6 @@ class Outbox:
         )
         before = conn.execute(kept).scalar_one() + (conn.execute(pruned).scalar() or 0)
         return attrs.evolve(event, identical_before=before)
-
-
-def may_have_landed(error: BaseException) -> bool:
-    """Whether the service may have acted although the attempt failed.
-
-    A provider says so on its errors; our own refusals (bad input) come before any request; any
-    other exception is a bug that may have struck after the request left.
-    """
-    if isinstance(error, ProviderError):
-        return error.may_have_landed
-    return not isinstance(error, TicketingError)
 
 
 def _ordering_key(integration_id: int, ticket_id: str) -> str:

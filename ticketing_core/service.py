@@ -109,7 +109,7 @@ class SyncService:
     )
     dispatcher: Dispatcher | None = None
     interactive_deadline: float = DEFAULT_DEADLINE
-    delivery_deadline: float = 20.0
+    delivery_deadline: float = DEFAULT_DEADLINE
     links: LinkStore = attrs.field(init=False)
     requests: KeyedRequests = attrs.field(init=False)
 
