@@ -26,7 +26,9 @@ BEARER_TOKEN = "bearer-token-value"
 
 @pytest.fixture(scope="session")
 def emulator_server() -> Iterator[RunningEmulator]:
-    with run_in_thread(Emulator(tokens={BEARER_TOKEN: "admin"})) as running:
+    with run_in_thread(
+        Emulator(tokens={BEARER_TOKEN: "admin"}, custom_fields=["u_data_team"])
+    ) as running:
         yield running
 
 

@@ -134,6 +134,16 @@ def test_update_passes_provider_fields_through(run: Any) -> None:
     assert "Status:      Resolved" in result.output
 
 
+def test_custom_fields_go_through_their_own_option(run: Any, emulator: Emulator) -> None:
+    ticket = json.loads(run("create", "--json", *create_args()).output)
+
+    result = run("update", ticket["ticket_id"], "--custom-field", "u_data_team=Quality")
+
+    assert result.exit_code == 0, result.output
+    [row] = emulator.incidents
+    assert row["u_data_team"] == "Quality"
+
+
 def test_bad_field_syntax_is_a_usage_error(run: Any) -> None:
     result = run("update", "x", "--field", "no-equals-sign")
 
@@ -264,6 +274,10 @@ def test_a_create_committed_then_failed_makes_one_incident(
         (["update", "INC0010001", "--field", "status=Bogus"], "--field status 'Bogus' is not"),
         (["update", "INC0010001", "--field", "priority=9"], "--field priority '9' is not"),
         (["update", "INC0010001", "--field", "title="], "would blank the title"),
+        (["update", "INC0010001", "--field", "nosuchfield=1"], "--field nosuchfield: not a field"),
+        (["update", "INC0010001", "--field", "sys_id=abc"], "--field sys_id: not a field"),
+        (["update", "INC0010001", "--field", "u_team=dq"], "u_... fields go in --custom-field"),
+        (["update", "INC0010001", "--custom-field", "sys_id=a"], "custom fields start with 'u_'"),
     ],
 )
 def test_values_outside_the_providers_choices_are_refused_before_anything_is_sent(

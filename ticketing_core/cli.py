@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -25,7 +25,7 @@ import ticketing_core
 from ticketing_core import errors
 from ticketing_core.converters import unstructure
 from ticketing_core.hookspecs import Provider
-from ticketing_core.models import SearchQuery, Ticket, TicketChanges, TicketDraft
+from ticketing_core.models import Capabilities, SearchQuery, Ticket, TicketChanges, TicketDraft
 from ticketing_core.plugins import default_registry
 
 T = TypeVar("T")
@@ -124,6 +124,29 @@ def check_choices(client: Provider, values: dict[str, str | None], option: str =
             raise errors.InvalidInput(
                 f"{option.format(name)} {value!r} is not one of: {', '.join(choices[name])}"
             )
+
+
+def check_field_names(
+    capabilities: Capabilities, extra: Mapping[str, str], custom: Mapping[str, str]
+) -> None:
+    """Refuse a --field the provider does not declare, and a --custom-field that is not custom."""
+    if unknown := sorted(set(extra) - set(capabilities.extra_fields)):
+        allowed = ", ".join(sorted(CANONICAL_FIELDS) + list(capabilities.extra_fields))
+        hint = (
+            f"; an instance's own {capabilities.custom_field_prefix}... fields go in --custom-field"
+            if capabilities.custom_field_prefix
+            else ""
+        )
+        raise errors.InvalidInput(
+            f"--field {', '.join(unknown)}: not a field of this provider (fields: {allowed}){hint}"
+        )
+    prefix = capabilities.custom_field_prefix
+    if not_custom := sorted(name for name in custom if not (prefix and name.startswith(prefix))):
+        raise errors.InvalidInput(
+            f"--custom-field {', '.join(not_custom)}: custom fields start with {prefix!r}"
+            if prefix
+            else "this provider has no custom fields: drop --custom-field"
+        )
 
 
 def on_ticket(client: Provider, reference: str, operation: Callable[[str], T]) -> T:
@@ -296,24 +319,33 @@ def parse_field(value: str) -> tuple[str, str]:
     multiple=True,
     help="name=value; title, status, priority, ... or a provider field.",
 )
+@click.option(
+    "--custom-field",
+    "custom_values",
+    multiple=True,
+    help="name=value for an instance's custom field (ServiceNow: u_...), passed as given.",
+)
 @click.option("--resolution", help="Resolution notes, needed to resolve or close (ServiceNow).")
 @click.option("--close-code", help="ServiceNow's resolution code (default: Solved (Permanently)).")
 def update(
     provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
-    ticket: str, field_values: tuple[str, ...], resolution: str | None, close_code: str | None,
+    ticket: str, field_values: tuple[str, ...], custom_values: tuple[str, ...],
+    resolution: str | None, close_code: str | None,
 ) -> None:  # fmt: skip
     """Change fields of a ticket."""
     pairs = dict(parse_field(value) for value in field_values)
-    if not pairs and resolution is None:
-        raise click.UsageError("give --field name=value or --resolution TEXT")
+    custom = dict(parse_field(value) for value in custom_values)
+    if not pairs and not custom and resolution is None:
+        raise click.UsageError("give --field name=value, --custom-field name=value or --resolution")
     if "title" in pairs and not pairs["title"].strip():
         with reported_errors():
             raise errors.InvalidInput("--field title= would blank the title: give a title")
     canonical = {name: value for name, value in pairs.items() if name in CANONICAL_FIELDS}
     extra = {name: value for name, value in pairs.items() if name not in CANONICAL_FIELDS}
-    changes = TicketChanges(**canonical, resolution=resolution, fields=extra)
+    changes = TicketChanges(**canonical, resolution=resolution, fields=extra | custom)
     options = {"close_code": close_code} if close_code else {}
     with connected(provider, url, token, allow_http, **options) as client:
+        check_field_names(client.capabilities, extra, custom)
         check_choices(client, dict(canonical), option="--field {}")
         try:
             updated = on_ticket(client, ticket, lambda ticket_id: client.update(ticket_id, changes))

@@ -8,7 +8,7 @@ conversion to and from JSON lives in :mod:`ticketing_core.converters`, not here.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -160,6 +160,11 @@ class Capabilities:
     reject bad input before calling the service; a field not listed is free text. ``user_options``
     names the factory options a user may set per connection (e.g. Jira's ``project``); hosts refuse
     any other, since the rest (timeouts, transports) are the host's own business.
+
+    ``extra_fields`` names the provider's own fields :attr:`TicketChanges.fields` may set besides the
+    canonical ones (ServiceNow: ``close_code``, ``caller_id``, ...). A name starting with
+    ``custom_field_prefix`` (ServiceNow: ``u_``) is an instance's custom field: hosts pass one only
+    when the user asked for a custom field explicitly. Providers refuse any other name.
     """
 
     work_notes: bool = True
@@ -169,6 +174,29 @@ class Capabilities:
     inbound_webhooks: bool = False
     field_choices: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     user_options: tuple[str, ...] = ()
+    extra_fields: tuple[str, ...] = ()
+    custom_field_prefix: str | None = None
+
+    def unknown_fields(self, names: Iterable[str]) -> list[str]:
+        """The names among ``names`` that are neither declared nor custom fields, sorted."""
+        prefix = self.custom_field_prefix
+        return sorted(
+            name
+            for name in names
+            if name not in self.extra_fields and not (prefix and name.startswith(prefix))
+        )
+
+    def check_fields(self, names: Iterable[str]) -> None:
+        """Raise ``InvalidInput`` naming the allowed fields if a name is not one of them."""
+        if unknown := self.unknown_fields(names):
+            custom = f", or a custom {self.custom_field_prefix}... field" * bool(
+                self.custom_field_prefix
+            )
+            allowed = ", ".join(self.extra_fields) or "none"
+            raise InvalidInput(
+                f"no settable field {', '.join(unknown)}: besides the canonical fields, "
+                f"use one of {allowed}{custom}"
+            )
 
 
 @attrs.frozen

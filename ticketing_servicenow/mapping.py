@@ -30,6 +30,15 @@ TICKET_FIELDS = (
     "correlation_id", "correlation_display",
 )  # fmt: skip
 EXTRA_FIELDS = ("correlation_id", "correlation_display")
+# Incident fields an update may set besides the canonical ones (whose ServiceNow names, such as
+# ``state``, are refused so their choices are checked). System fields (``sys_*``, ``number``) and the
+# key in ``correlation_id`` are never written.
+EXTRA_FIELDS_WRITABLE = (
+    "business_service", "caller_id", "caused_by", "close_code", "close_notes", "cmdb_ci", "company",
+    "contact_type", "due_date", "hold_reason", "location", "notify", "parent_incident", "problem_id",
+    "rfc", "severity",
+)  # fmt: skip
+CUSTOM_FIELD_PREFIX = "u_"
 TEXT_SEARCH_FIELDS = ("short_description", "description", "number")
 # Stable paging needs a total order: newest first, sys_id breaks ties.
 SEARCH_ORDER = "ORDERBYDESCsys_created_on^ORDERBYsys_id"

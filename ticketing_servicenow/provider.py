@@ -65,6 +65,8 @@ class ServiceNowProvider:
             "status": (*mapping.STATE_LABELS, *mapping.STATE_LABELS.values()),
         },
         user_options=("close_code",),
+        extra_fields=mapping.EXTRA_FIELDS_WRITABLE,
+        custom_field_prefix=mapping.CUSTOM_FIELD_PREFIX,
     )
 
     def __init__(
@@ -133,11 +135,13 @@ class ServiceNowProvider:
     def update(self, ticket_id: str, changes: TicketChanges) -> Ticket:
         if changes.is_empty():
             raise InvalidInput("no fields to update")
+        payload = mapping.changes_payload(changes, close_code=self.close_code)
+        self.capabilities.check_fields(changes.fields)
         response = self._client.request(
             "PATCH",
             self._record(ticket_id),
             params=READ_PARAMS,
-            json=mapping.changes_payload(changes, close_code=self.close_code),
+            json=payload,
             idempotent=True,  # fields only: setting them twice is setting them once
         )
         return mapping.to_ticket(result_of(response), self.api_url)

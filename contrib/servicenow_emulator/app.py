@@ -315,9 +315,12 @@ class Emulator(EmulatedService):
         number_start: int = 10001,
         latency_ms: int = 0,
         clock: Callable[[], datetime] | None = None,
+        custom_fields: Iterable[str] = (),
     ) -> None:
-        """``tokens`` maps bearer tokens to user names; ``clock`` returns UTC datetimes."""
+        """``tokens`` maps bearer tokens to user names; ``clock`` returns UTC datetimes;
+        ``custom_fields`` are the instance's own incident columns (``u_...``), empty by default."""
         super().__init__(_FaultAnswers(), latency_ms)
+        self._custom_fields = dict.fromkeys(custom_fields, "")
         self._users = {user.user_name: user for user in (DEFAULT_USERS if users is None else users)}
         self._groups = tuple(DEFAULT_GROUPS if groups is None else groups)
         self._tokens = dict(tokens or {})
@@ -490,7 +493,7 @@ class Emulator(EmulatedService):
 
     def _insert(self, body: Mapping[str, Any], user: User) -> dict[str, str]:
         now = self._now()
-        row = dict(_INCIDENT_DEFAULTS)
+        row = _INCIDENT_DEFAULTS | self._custom_fields
         row.update(
             sys_id=uuid.uuid4().hex,
             opened_at=now,
@@ -549,7 +552,9 @@ class Emulator(EmulatedService):
                     notes.append((name, text))
             elif name in _INCIDENT.references and name not in _READ_ONLY:
                 changes[name] = self._lookup(_INCIDENT.references[name], text)
-            elif name in _INCIDENT_DEFAULTS and name not in _READ_ONLY:
+            elif (name in _INCIDENT_DEFAULTS or name in self._custom_fields) and (
+                name not in _READ_ONLY
+            ):
                 changes[name] = text
         return changes, notes
 

@@ -456,3 +456,28 @@ def test_journal_fields_cannot_be_set_by_an_update(
     with pytest.raises(errors.InvalidInput, match="add a work note instead"):
         provider.update(created.id, TicketChanges(fields={"work_notes": "appended twice on retry"}))
     assert emulator.journal(created.id) == []
+
+
+@pytest.mark.parametrize("field", ["sys_id", "number", "state", "correlation_id", "nosuchfield"])
+def test_fields_an_incident_does_not_let_an_update_set_are_refused_unsent(
+    provider: ServiceNowProvider, emulator: Emulator, field: str
+) -> None:
+    created = provider.create(DRAFT)
+    sent = len(emulator.requests)
+
+    with pytest.raises(errors.InvalidInput, match=f"no settable field {field}: .* or a custom u_"):
+        provider.update(created.id, TicketChanges(fields={field: "x"}))
+    assert len(emulator.requests) == sent
+
+
+def test_custom_u_fields_and_declared_fields_are_set(
+    provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    created = provider.create(DRAFT)
+
+    provider.update(
+        created.id, TicketChanges(fields={"u_data_team": "dq", "contact_type": "email"})
+    )
+
+    [row] = emulator.incidents
+    assert (row["u_data_team"], row["contact_type"]) == ("dq", "email")

@@ -64,6 +64,8 @@ class JiraProvider:
         inbound_webhooks=False,
         field_choices={"priority": ("Highest", "High", "Medium", "Low", "Lowest")},
         user_options=("project", "issue_type"),
+        extra_fields=("duedate",),  # labels are the key's home: replacing them is refused
+        custom_field_prefix="customfield_",
     )
 
     def __init__(
@@ -132,6 +134,7 @@ class JiraProvider:
     def update(self, ticket_id: str, changes: TicketChanges) -> Ticket:
         if changes.is_empty():
             raise InvalidInput("no fields to update")
+        self.capabilities.check_fields(changes.fields)
         path = _issue_path(ticket_id)
         with _refused_input():
             # Found before writing anything, so an unreachable status changes nothing.
