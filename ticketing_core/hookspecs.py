@@ -36,7 +36,7 @@ Stability: hooks change only by gaining arguments (implementations may accept fe
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from ticketing_core._markers import hookspec
 from ticketing_core.models import (
@@ -60,7 +60,8 @@ class Provider(Protocol):
     Every method talks to the service; failures raise the matching
     :class:`ticketing_core.errors.ProviderError` subclass, never a transport exception.
     Implementations must be safe to call from several threads at once, and must keep credentials out of
-    ``repr()``, logs and error messages.
+    ``repr()``, logs and error messages. A provider class subclasses this protocol, which gives it
+    ``with provider: ...`` (closing it at the end).
 
     **Repeat safety.** Any write can be committed by the service and then answered with a 503, a
     timeout or a dropped connection. Each write below says whether repeating it is safe and how; a
@@ -144,6 +145,13 @@ class Provider(Protocol):
     def close(self) -> None:
         """Release network resources. The provider is unusable afterwards."""
 
+    # A provider is a context manager that closes it; subclass Provider to inherit these two.
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 class ProviderFactory(Protocol):
     """Builds a :class:`Provider` for one instance.
@@ -151,10 +159,14 @@ class ProviderFactory(Protocol):
     ``api_url`` is the instance's base URL (``https://acme.service-now.com``). ``api_access_token`` is
     the credential as the user gave it; each provider documents its forms (ServiceNow:
     ``username:password`` for Basic auth, anything else a Bearer token). ``options`` are
-    provider-specific keyword settings (timeouts, retry bounds, a project); unknown ones raise
-    ``TypeError``, and those a user may set are listed in ``Capabilities.user_options``.
+    provider-specific keyword settings (timeouts, retry bounds, a project); a factory lists every
+    one it takes in an ``options`` attribute (a class attribute, for a provider class), so that
+    :func:`ticketing_core.connect` refuses any other with ``InvalidInput`` naming them. Those a user
+    may set are listed in ``Capabilities.user_options``.
     Building must not do network I/O: hosts call :meth:`Provider.validate` when they want a check.
     """
+
+    options: tuple[str, ...]
 
     def __call__(self, *, api_url: str, api_access_token: str, **options: Any) -> Provider: ...
 

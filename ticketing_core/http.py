@@ -172,6 +172,9 @@ class HttpTransport:
     def __repr__(self) -> str:
         return f"HttpTransport({self.dialect.name}, base_url={self.base_url!r})"
 
+    OPTIONS = ("timeout", "deadline", "max_attempts", "max_retry_wait", "transport")
+    """The keyword options above, for a provider's ``options`` (see ``ProviderFactory``)."""
+
     def close(self) -> None:
         self._http.close()
 

@@ -171,7 +171,14 @@ class PluginRegistry:
         **options: Any,
     ) -> Provider:
         """Build a provider for one instance; see :func:`ticketing_core.connect`."""
-        return self.factory(name)(
+        factory = self.factory(name)
+        accepted = getattr(factory, "options", None)
+        if accepted is not None and (unknown := sorted(set(options) - set(accepted))):
+            raise InvalidInput(
+                f"{name} has no option {', '.join(map(repr, unknown))}; its options are "
+                f"{', '.join(sorted(accepted)) or 'none'}"
+            )
+        return factory(
             api_url=check_api_url(api_url, allow_http=allow_http),
             api_access_token=api_access_token,
             **options,

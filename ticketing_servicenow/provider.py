@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
 from ticketing_core.errors import InvalidInput, NotFound
+from ticketing_core.hookspecs import Provider
 from ticketing_core.http import HttpTransport, ServiceDialect, create_once
 from ticketing_core.models import (
     Capabilities,
@@ -37,7 +38,7 @@ READ_PARAMS = {
 }
 
 
-class ServiceNowProvider:
+class ServiceNowProvider(Provider):
     """A :class:`ticketing_core.Provider` for one ServiceNow instance.
 
     ``api_access_token`` is ``username:password`` (Basic auth) or a bearer token. Options:
@@ -52,6 +53,7 @@ class ServiceNowProvider:
     """
 
     name = "servicenow"
+    options: ClassVar[tuple[str, ...]] = ("close_code", *HttpTransport.OPTIONS)
     capabilities = Capabilities(
         work_notes=True,
         public_comments=True,

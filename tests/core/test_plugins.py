@@ -13,6 +13,9 @@ from ticketing_core.plugins import PluginRegistry, check_api_url
 from ticketing_servicenow import ServiceNowProvider
 
 
+URL = "https://acme.service-now.com"
+
+
 def plugin_registering(*names: str) -> types.SimpleNamespace:
     @hookimpl
     def register_providers(register):  # type: ignore[no-untyped-def]
@@ -150,3 +153,27 @@ def test_malformed_tokens_are_refused_without_being_echoed(token: str) -> None:
         auth_from_token(token)
 
     assert token.strip() == "" or token.strip() not in str(caught.value)
+
+
+def test_an_unknown_provider_option_names_the_allowed_ones() -> None:
+    registry = PluginRegistry()
+    registry.load_entry_points(["servicenow"])
+
+    with pytest.raises(InvalidInput) as refused:
+        registry.connect("servicenow", api_url=URL, api_access_token="a:b", projekt="DQ")
+
+    assert str(refused.value) == (
+        "servicenow has no option 'projekt'; its options are close_code, deadline, max_attempts, "
+        "max_retry_wait, timeout, transport"
+    )
+
+
+def test_a_connected_provider_is_a_context_manager_that_closes_it() -> None:
+    registry = PluginRegistry()
+    registry.load_entry_points(["servicenow"])
+
+    with registry.connect("servicenow", api_url=URL, api_access_token="a:b") as provider:
+        assert isinstance(provider, ServiceNowProvider)
+
+    with pytest.raises(RuntimeError, match="client has been closed"):
+        provider.validate()

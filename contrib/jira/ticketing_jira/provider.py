@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from ticketing_core.errors import (
@@ -14,6 +14,7 @@ from ticketing_core.errors import (
     ProviderError,
     UnexpectedResponse,
 )
+from ticketing_core.hookspecs import Provider
 from ticketing_core.http import HttpTransport, ServiceDialect, create_once, json_body
 from ticketing_core.models import (
     Capabilities,
@@ -43,7 +44,7 @@ _ISSUE_ID = re.compile(r"\d+")
 _ISSUE_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*-\d+")
 
 
-class JiraProvider:
+class JiraProvider(Provider):
     """A :class:`ticketing_core.Provider` for one project of a Jira Cloud site.
 
     ``api_access_token`` is ``email:api_token`` (Basic auth) or an OAuth bearer token. ``project``
@@ -56,6 +57,7 @@ class JiraProvider:
     """
 
     name = "jira"
+    options: ClassVar[tuple[str, ...]] = ("project", "issue_type", *HttpTransport.OPTIONS)
     capabilities = Capabilities(
         work_notes=True,  # internal comments on service-desk projects, plain comments otherwise
         public_comments=True,
