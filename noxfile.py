@@ -10,15 +10,21 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHON = "3.11"
-PROJECT = "-e.[cli,emulator,host,postgres]"
-# The Jira provider is its own distribution, installed beside the project like any third-party plugin.
-JIRA_PLUGIN = "-econtrib/jira[emulator]"
+# The library, then the distributions under contrib/ (each with its own pyproject.toml), installed
+# beside it like any third party's: the local server and the two emulators, the reference host and
+# the Jira provider.
+DISTRIBUTIONS = (
+    "-e.[cli,postgres,testing]",
+    "-econtrib/localserver",
+    "-econtrib/servicenow-emulator",
+    "-econtrib/host[postgres]",
+    "-econtrib/jira[emulator]",
+)
 
 
 def install(session: nox.Session, *groups: str) -> None:
     session.install(
-        PROJECT,
-        JIRA_PLUGIN,
+        *DISTRIBUTIONS,
         *(dep for group in groups for dep in nox.project.dependency_groups(PYPROJECT, group)),
     )
 

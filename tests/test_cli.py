@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -339,3 +342,86 @@ def test_an_argument_that_is_not_utf8_is_one_line(emulator_url: str, emulator: E
     assert result.returncode == 2
     assert result.stderr == b"error: argument 3 is not valid UTF-8 text\n"
     assert emulator.requests == []
+
+
+def test_retries_are_told_in_one_human_line_each(run: Any, emulator: Emulator) -> None:
+    emulator.add_fault("429", count=2, retry_after=1)
+
+    result = run("check")
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "note: ServiceNow asked us to slow down; retrying in 1 s (2/4)",
+        "note: ServiceNow asked us to slow down; retrying in 1 s (3/4)",
+    ]
+
+
+def test_a_port_that_never_answers_is_not_a_silent_wait() -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+        result = subprocess.run(
+            [TICKETING, "check", "--provider", "servicenow", "--url", url, "--token", "a:b",
+             "--allow-http", "--timeout", "4"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    assert result.returncode == 5
+    notice, error = result.stderr.splitlines()
+    assert re.fullmatch(
+        r"note: still waiting for 127\.0\.0\.1:\d+ to answer GET \(giving up 4 s from now\)", notice
+    )
+    assert (
+        error
+        == "error: ServiceNow did not answer GET /api/now/table/incident in time (ReadTimeout)"
+    )
+
+
+def test_search_all_streams_every_page_as_json_lines_without_a_bar_when_piped(
+    run: Any, emulator: Emulator
+) -> None:
+    emulator.seed_incidents(230)
+
+    result = run("search", "--all", "--json")
+
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert len(lines) == 230
+    assert len({line["ticket_id"] for line in lines}) == 230
+    assert result.stderr == ""  # no progress bar: stderr is not a terminal
+    pages = [r["query"] for r in emulator.requests]
+    assert len(pages) == 3
+    assert all("sysparm_limit=100" in query for query in pages)
+
+
+def test_search_all_prints_a_header_then_one_tab_separated_row_per_ticket(
+    run: Any, emulator: Emulator
+) -> None:
+    emulator.seed_incidents(3)
+
+    result = run("search", "--all", "--status", "New")
+
+    header, *rows = result.output.splitlines()
+    assert header.split("\t") == ["NUMBER", "STATUS", "PRIORITY", "ASSIGNED TO", "TITLE"]
+    assert sorted(row.split("\t")[0] for row in rows) == ["INC0010001", "INC0010002", "INC0010003"]
+
+
+def test_search_all_draws_a_progress_bar_on_a_terminal(
+    emulator_url: str, emulator: Emulator
+) -> None:
+    emulator.seed_incidents(150)
+    controller, terminal = pty.openpty()
+    env = os.environ | {"TERM": "xterm-256color", "COLUMNS": "100", "TICKETING_URL": emulator_url,
+                        "TICKETING_TOKEN": ADMIN_TOKEN, "TICKETING_PROVIDER": "servicenow"}  # fmt: skip
+
+    with os.fdopen(controller, "rb", buffering=0) as screen:
+        result = subprocess.run([TICKETING, "search", "--all", "--json", "--allow-http"],
+                                stdout=subprocess.PIPE, stderr=terminal, env=env, check=False)  # fmt: skip
+        os.close(terminal)
+        drawn = screen.read(65536).decode(errors="replace")
+
+    assert result.returncode == 0
+    assert len(result.stdout.splitlines()) == 150
+    assert "Searching" in drawn

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 from ticketing_core import errors
 from ticketing_core.cli import cli
 from ticketing_core.outbox import DEAD, PENDING, NewEvent, Outbox
 from ticketing_core.policies import AddWorkNote
-from ticketing_core.store import Database
+from ticketing_core.store import Database, engine_url
 
 
 def outbox_with_one_dead_event(path: Path) -> Outbox:
@@ -124,3 +127,56 @@ def test_retrying_or_discarding_an_unknown_event_says_so_and_changes_nothing(
         == "error: no dead event with id 999: see ticketing outbox list --status dead\n"
     )
     assert outbox.counts()[DEAD] == 1
+
+
+def test_retry_all_goes_through_every_dead_event_in_batches(tmp_path: Path) -> None:
+    outbox = Outbox(Database(str(tmp_path / "t.db")))
+    outbox.enqueue([NewEvent(1, f"ticket-{n}", AddWorkNote("note")) for n in range(1_200)])
+    while claimed := outbox.claim(100):
+        for event in claimed:
+            outbox.failed(event, errors.AuthenticationFailed("rejected"))
+
+    result = CliRunner().invoke(
+        cli, ["outbox", "retry", "--all", "--database", str(tmp_path / "t.db")]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert result.output == "1200 dead event(s) queued for delivery again\n"
+    assert outbox.counts() == {PENDING: 1_200, DEAD: 0, "delivered": 0}
+
+
+def tables_of(url: str) -> list[str]:
+    engine = sa.create_engine(engine_url(url))
+    try:
+        return sorted(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("command", [["list"], ["retry", "--all"], ["discard", "1"]])
+def test_outbox_commands_never_create_tables_in_an_empty_database(
+    database_url: str, command: list[str]
+) -> None:
+    if "://" not in database_url:
+        sqlite3.connect(database_url).close()  # an existing, empty file
+
+    result = CliRunner().invoke(cli, ["outbox", *command, "--database", database_url])
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1
+    assert "it holds no ticketing tables" in result.stderr
+    assert tables_of(database_url) == []
+
+
+def test_outbox_list_never_migrates_an_older_schema(database_url: str) -> None:
+    engine = sa.create_engine(engine_url(database_url))
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE schema_version (component VARCHAR(64), version INT)"))
+        conn.execute(sa.text("INSERT INTO schema_version VALUES ('ticketing_core', 1)"))
+    engine.dispose()
+
+    result = CliRunner().invoke(cli, ["outbox", "list", "--database", database_url])
+
+    assert result.exit_code == 2, result.output
+    assert "ticketing_core schema 1 and this code reads 2: start ticketing serve" in result.stderr
+    assert tables_of(database_url) == ["schema_version"]

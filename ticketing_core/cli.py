@@ -9,28 +9,37 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
-try:
-    import click
-except ImportError:  # pragma: no cover - exercised only without the extra
-    sys.exit("the ticketing command needs its extra: pip install 'ticketing[cli]'")
+import attrs
+import click
+import httpx
+from stamina.instrumentation import set_on_retry_hooks
 
 import ticketing_core
 from ticketing_core import errors
 from ticketing_core.converters import unstructure
 from ticketing_core.hookspecs import Provider
-from ticketing_core.models import Capabilities, SearchQuery, Ticket, TicketChanges, TicketDraft
+from ticketing_core.http import current_budget, retry_notice
+from ticketing_core.models import (
+    MAX_PAGE_SIZE,
+    Capabilities,
+    SearchQuery,
+    Ticket,
+    TicketChanges,
+    TicketDraft,
+)
 from ticketing_core.plugins import default_registry
 
 T = TypeVar("T")
 
 EXIT_USAGE = 2
+WAIT_NOTICE_AFTER = 3.0  # seconds without an answer before saying what we wait for
 EXIT_CODES: tuple[tuple[type[errors.TicketingError], int], ...] = (
     (errors.InvalidInput, EXIT_USAGE),
     (errors.PluginError, EXIT_USAGE),
@@ -62,6 +71,11 @@ def reported_errors() -> Iterator[None]:
         sys.exit(exit_code_for(exc))
 
 
+def _remember_timeout(context: click.Context, _: click.Parameter, value: float | None) -> None:
+    if value is not None:
+        context.meta["ticketing.deadline"] = value
+
+
 def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--provider/--url/--token/--allow-http/--json, read from TICKETING_* too."""
     options = [
@@ -74,10 +88,41 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--allow-http", is_flag=True, envvar="TICKETING_ALLOW_HTTP",
                      help="Allow a plain http:// URL (emulators, labs)."),
         click.option("--json", "as_json", is_flag=True, help="Print the canonical JSON shape."),
+        click.option("--timeout", type=click.FloatRange(min=0.1), envvar="TICKETING_TIMEOUT",
+                     expose_value=False, callback=_remember_timeout,
+                     help="Seconds one call may take, retries included [default: 20]."),
     ]  # fmt: skip
     for option in reversed(options):
         command = option(command)
     return command
+
+
+class WaitNotice(httpx.BaseTransport):
+    """Says on stderr what a request waits for once it has waited ``after`` seconds, so a port
+    that never answers is not a silent pause."""
+
+    def __init__(self, inner: httpx.BaseTransport, after: float = WAIT_NOTICE_AFTER) -> None:
+        self.inner, self.after = inner, after
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        budget = current_budget()
+        limit = f" (giving up {budget.remaining():.0f} s from now)" if budget else ""
+        where = f"{request.url.host}:{request.url.port or request.url.scheme}"
+        notice = threading.Timer(
+            self.after,
+            click.echo,
+            args=(f"note: still waiting for {where} to answer {request.method}{limit}",),
+            kwargs={"err": True},
+        )
+        notice.daemon = True
+        notice.start()
+        try:
+            return self.inner.handle_request(request)
+        finally:
+            notice.cancel()
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 @contextmanager
@@ -91,6 +136,12 @@ def connected(
                 "--allow-http (or set TICKETING_ALLOW_HTTP=1) for local emulators and labs"
             )
         name = provider or _only_provider()
+        accepted = getattr(default_registry().factory(name), "options", ())
+        if "transport" in accepted:
+            options["transport"] = WaitNotice(httpx.HTTPTransport())
+        deadline = click.get_current_context().meta.get("ticketing.deadline")
+        if deadline is not None and "deadline" in accepted:
+            options["deadline"] = deadline
         client = ticketing_core.connect(
             name, api_url=url, api_access_token=token, allow_http=allow_http, **options
         )
@@ -199,8 +250,12 @@ def render_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> st
 
 @click.group()
 @click.version_option(package_name="ticketing")
-def cli() -> None:
+@click.pass_context
+def cli(context: click.Context) -> None:
     """Operate ticketing providers (ServiceNow, ...) from the command line."""
+    # Retries are told as one line each, instead of stamina's log events.
+    set_on_retry_hooks([lambda retry: click.echo(f"note: {retry_notice(retry)}", err=True)])
+    context.call_on_close(lambda: set_on_retry_hooks(None))
 
 
 @cli.command()
@@ -235,24 +290,74 @@ def check(provider: str | None, url: str, token: str, allow_http: bool, as_json:
 @click.option("--priority", help="Priority code.")
 @click.option("--page", type=int, default=1, show_default=True)
 @click.option("--size", type=int, default=20, show_default=True)
+@click.option(
+    "--all",
+    "every_page",
+    is_flag=True,
+    help="Every match, page after page (--json: one JSON object per line).",
+)
 def search(
     provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
     query: str | None, status: str | None, priority: str | None, page: int, size: int,
+    every_page: bool,
 ) -> None:  # fmt: skip
     """Search tickets."""
     with connected(provider, url, token, allow_http) as client:
         check_choices(client, {"status": status, "priority": priority})
-        found = client.search(
-            SearchQuery(text=query, status=status, priority=priority, page=page, size=size)
-        )
+        wanted = SearchQuery(text=query, status=status, priority=priority, page=page, size=size)
+        if every_page:
+            stream_matches(client, attrs.evolve(wanted, page=1, size=MAX_PAGE_SIZE), as_json)
+            return
+        found = client.search(wanted)
 
     def render(result: Any) -> str:
-        rows = [(t.number, t.status, t.priority or "", t.assigned_to or "", t.title)
-                for t in result.items]  # fmt: skip
-        table = render_table(("NUMBER", "STATUS", "PRIORITY", "ASSIGNED TO", "TITLE"), rows)
+        table = render_table(SEARCH_HEADER, [search_row(t) for t in result.items])
         return f"{table}\npage {result.page} of {result.pages}, {result.total} tickets in all"
 
     emit(found, as_json, render)
+
+
+SEARCH_HEADER = ("NUMBER", "STATUS", "PRIORITY", "ASSIGNED TO", "TITLE")
+
+
+def search_row(ticket: Ticket) -> tuple[str, ...]:
+    return (ticket.number, ticket.status, ticket.priority or "", ticket.assigned_to or "",
+            ticket.title)  # fmt: skip
+
+
+def stream_matches(client: Provider, query: SearchQuery, as_json: bool) -> None:
+    """Print every match as its page arrives (tab-separated, or JSON lines), with a progress bar
+    on a terminal's stderr."""
+    if not as_json:
+        click.echo("\t".join(SEARCH_HEADER))
+    with progress_bar("Searching") as advance:
+        while True:
+            found = client.search(query)
+            advance(len(found.items), found.total)
+            for ticket in found.items:
+                if as_json:
+                    click.echo(json.dumps(unstructure(ticket)))
+                else:
+                    click.echo("\t".join(search_row(ticket)))
+            if query.page >= found.pages or not found.items:
+                return
+            query = attrs.evolve(query, page=query.page + 1)
+
+
+@contextmanager
+def progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
+    """``advance(done, total)``, drawn on stderr when it is a terminal, and silent otherwise."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    terminal = Console(stderr=True)
+    with Progress(console=terminal, transient=True, disable=not terminal.is_terminal) as bar:
+        task = bar.add_task(what, total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, advance=done, total=total)
+
+        yield advance
 
 
 @cli.command()
@@ -397,7 +502,8 @@ def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def open_outbox(database: str) -> Any:
-    """The outbox of an existing database (a mistyped path must not create an empty one)."""
+    """The outbox of an existing, current database: a mistyped path must not create an empty one,
+    and an operator's look must not migrate what the service runs on."""
     try:
         from ticketing_core.outbox import Outbox
         from ticketing_core.store import OPEN_ERRORS, Database, open_error
@@ -408,7 +514,7 @@ def open_outbox(database: str) -> Any:
     if "://" not in database and not Path(database).is_file():
         raise errors.InvalidInput(f"no database file at {database!r}: pass --database")
     try:
-        return Outbox(Database(database))
+        return Outbox(Database(database, migrate=False))
     except OPEN_ERRORS as exc:
         raise errors.InvalidInput(open_error(database, exc)) from None
 
@@ -456,10 +562,24 @@ def outbox_retry(database: str, event_ids: tuple[int, ...], retry_all: bool) -> 
         raise click.UsageError("give event ids or --all")
     with reported_errors():
         events = open_outbox(database)
-        if not retry_all:
+        if retry_all:
+            count = retry_every_dead_event(events)
+        else:
             require_dead(events, event_ids)
-        count = events.retry(None if retry_all else list(event_ids))
+            count = events.retry(list(event_ids))
     click.echo(f"{count} dead event(s) queued for delivery again")
+
+
+def retry_every_dead_event(events: Any, batch: int = 500) -> int:
+    """Retry the dead events a batch at a time, showing progress; events that die meanwhile wait
+    for the next run."""
+    total, count = events.counts()["dead"], 0
+    with progress_bar("Retrying dead events") as advance:
+        while count < total and (dead := [e.id for e in events.entries("dead", limit=batch)]):
+            retried = events.retry(dead)
+            count += retried
+            advance(retried, total)
+    return count
 
 
 @outbox.command("discard")
@@ -474,24 +594,9 @@ def outbox_discard(database: str, event_ids: tuple[int, ...]) -> None:
     click.echo(f"{count} dead event(s) discarded")
 
 
-def add_plugin_commands(group: click.Group) -> None:
-    """Commands other distributions add through the ``ticketing.commands`` entry points."""
-    for entry_point in entry_points(group="ticketing.commands"):
-        try:
-            group.add_command(entry_point.load(), entry_point.name)
-        except Exception as exc:
-            message = f"command {entry_point.name!r} unavailable: {type(exc).__name__}: {exc}"
-            group.add_command(_unavailable(entry_point.name, message))
-
-
-def _unavailable(name: str, message: str) -> click.Command:
-    def explain() -> None:
-        raise click.ClickException(message)
-
-    return click.Command(name, callback=explain, help=message)
-
-
-add_plugin_commands(cli)
+# Commands other distributions add through the register_commands hook (see hookspecs); a plugin
+# whose hook fails is logged and listed by `ticketing providers`.
+default_registry().add_commands(cli)
 
 
 def main() -> None:

@@ -14,11 +14,13 @@ under the entry-point group ``ticketing``::
     def register_providers(register):
         register("acme", AcmeProvider)
 
-There are two hooks, in the manner of simonw/llm's ``register_models``: a plugin never touches core
-structures, it hands what it ships to ``register``. :func:`register_providers` adds provider types;
-:func:`register_sync_policies` adds sync policies. Everything else a provider does goes through the
-typed :class:`Provider` interface below, because the operations are called on one connected instance
-(with its URL, credentials and HTTP client), not broadcast to every plugin as hooks are.
+There are three hooks, in the manner of simonw/llm's ``register_models`` and ``register_commands``:
+a plugin never touches core structures, it hands what it ships to ``register`` (or to the command
+group). :func:`register_providers` adds provider types; :func:`register_sync_policies` adds sync
+policies; :func:`register_commands` adds ``ticketing`` subcommands. Everything else a provider does
+goes through the typed :class:`Provider` interface below, because the operations are called on one
+connected instance (with its URL, credentials and HTTP client), not broadcast to every plugin as
+hooks are.
 
 Why a factory and not an instance: a host connects to many instances of one provider type (one per
 integration), each with its own credentials, so it needs to build providers on demand.
@@ -50,6 +52,8 @@ from ticketing_core.models import (
 )
 
 if TYPE_CHECKING:
+    import click
+
     from ticketing_core.policies import SyncPolicy
 
 
@@ -192,4 +196,15 @@ def register_sync_policies(register: Callable[[SyncPolicy], None]) -> None:
     A sync policy (see :class:`ticketing_core.policies.SyncPolicy`) decides what an anomaly's status
     change or comment does to each linked ticket. Core registers ``work-notes`` (the default) and
     ``state-mapping`` through this same hook. A name already taken is reported and the first kept.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands to the ``ticketing`` command line, as in ``cli.add_command(serve)``.
+
+    Called when the command line starts, for plugins that ship commands (the reference host adds
+    ``serve`` and ``demo``). Keep the plugin module's imports light, since every start loads it,
+    and import heavy libraries inside the commands. A plugin whose hook raises is reported and its
+    commands are left out; the others still load.
     """

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import attrs
 import httpx
 import stamina
+from stamina.instrumentation import RetryDetails
 
 from ticketing_core.errors import (
     AuthenticationFailed,
@@ -70,6 +71,13 @@ class Budget:
 
 
 _budget: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("budget", default=None)
+# The service the current request goes to, for retry_notice.
+_service: contextvars.ContextVar[str] = contextvars.ContextVar("service", default="the service")
+
+
+def current_budget() -> Budget | None:
+    """The budget of the enclosing :func:`call_budget` block (inside a request: the request's)."""
+    return _budget.get()
 
 
 @contextmanager
@@ -193,16 +201,20 @@ class HttpTransport:
         default only GET, HEAD, OPTIONS, PUT and DELETE are.
         """
         repeatable = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
-        with call_budget(deadline=self.deadline, attempts=self.max_attempts) as budget:
-            for attempt in stamina.retry_context(
-                on=lambda exc: self._retry_wait(exc, repeatable, budget),
-                attempts=budget.attempts,
-                timeout=None,  # the budget's deadline bounds waits and sends together
-                wait_initial=0.5,
-                wait_max=self.max_retry_wait,
-            ):
-                with attempt:
-                    return self._send(method, path, params, json, budget)
+        service = _service.set(self.dialect.name)
+        try:
+            with call_budget(deadline=self.deadline, attempts=self.max_attempts) as budget:
+                for attempt in stamina.retry_context(
+                    on=lambda exc: self._retry_wait(exc, repeatable, budget),
+                    attempts=budget.attempts,
+                    timeout=None,  # the budget's deadline bounds waits and sends together
+                    wait_initial=0.5,
+                    wait_max=self.max_retry_wait,
+                ):
+                    with attempt:
+                        return self._send(method, path, params, json, budget)
+        finally:
+            _service.reset(service)
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
     def _retry_wait(self, exc: Exception, repeatable: bool, budget: Budget) -> bool | float:
@@ -283,6 +295,26 @@ class HttpTransport:
                 raise ProviderTimeout(
                     f"{self.dialect.name} was still sending its answer to {what} at the deadline"
                 )
+
+
+def retry_notice(retry: RetryDetails) -> str:
+    """One line for a person about a retry stamina scheduled, e.g. "ServiceNow asked us to slow
+    down; retrying in 1 s (2/4)". For a stamina on-retry hook (the command line installs one)."""
+    service, exc = _service.get(), retry.caused_by
+    if isinstance(exc, RateLimited):
+        why = f"{service} asked us to slow down"
+    elif isinstance(exc, ProviderTimeout):
+        why = f"{service} did not answer in time"
+    elif isinstance(exc, ProviderUnavailable) and not exc.may_have_landed:
+        why = f"cannot reach {service}"
+    elif isinstance(exc, ProviderUnavailable) and exc.status_code:
+        why = f"{service} is unavailable ({exc.status_code})"
+    else:
+        why = f"lost the connection to {service}"
+    budget = _budget.get()
+    attempt = f"{retry.retry_num + 1}/{budget.attempts}" if budget else f"{retry.retry_num + 1}"
+    wait = f"{retry.wait_for:.1f}".removesuffix(".0")
+    return f"{why}; retrying in {wait} s ({attempt})"
 
 
 def _worth_repeating(exc: Exception, repeatable: bool) -> bool:

@@ -138,6 +138,15 @@ class PluginRegistry:
         self._registered[hook_name] = found
         return found
 
+    def add_commands(self, cli: Any) -> None:
+        """Let each plugin add its commands to the ``cli`` click group; a failing one is reported."""
+        for impl in self.manager.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:
+                plugin = self.manager.get_name(impl.plugin) or "?"
+                self._fail(plugin, f"register_commands raised {type(exc).__name__}: {exc}")
+
     def providers(self) -> list[ProviderInfo]:
         """The installed providers, sorted by name."""
         return [

@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import sqlalchemy as sa
@@ -89,6 +89,15 @@ class ProviderPool:
             self.forget(integration_id)
 
 
+class CreatedTicket(NamedTuple):
+    """What :meth:`SyncService.create_ticket` returns; ``existing`` when an earlier identical
+    request made the ticket (a retry, or a concurrent duplicate) and this one only found it."""
+
+    ticket: Ticket
+    link: TicketLink
+    existing: bool
+
+
 @attrs.define
 class SyncService:
     """The integration's flows over a link store, an outbox and the host's providers.
@@ -131,13 +140,13 @@ class SyncService:
         draft: TicketDraft,
         *,
         idempotency_key: str | None = None,
-    ) -> tuple[Ticket, TicketLink]:
+    ) -> CreatedTicket:
         """Create a ticket describing the anomaly and link it.
 
         The request runs once per key: ``idempotency_key``, or without one the request itself
         (anomaly, integration and draft, not the anomaly's changing state). Retried or concurrent
-        identical requests return the first ticket; a key reused for a different request raises
-        :class:`~ticketing_core.errors.Conflict`.
+        identical requests return the first ticket, with ``existing`` set; a key reused for a
+        different request raises :class:`~ticketing_core.errors.Conflict`.
         """
         fingerprint = _fingerprint(
             {"anomaly": anomaly.id, "integration": integration_id, "draft": attrs.asdict(draft)}
@@ -161,8 +170,10 @@ class SyncService:
 
         with call_budget(deadline=self.interactive_deadline):
             outcome = self.requests.run(scope, fingerprint, create, record=record)
-            ticket, result = outcome
-            return ticket or provider.get(result["ticket_id"]), self._link(result)
+            made, result = outcome
+            return CreatedTicket(
+                made or provider.get(result["ticket_id"]), self._link(result), existing=made is None
+            )
 
     def link_ticket(
         self,

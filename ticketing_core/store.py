@@ -101,7 +101,10 @@ def engine_url(url_or_path: str) -> str:
 class Database:
     """An engine with the schema in place. Thread-safe; share one per process."""
 
-    def __init__(self, url_or_path: str) -> None:
+    def __init__(self, url_or_path: str, *, migrate: bool = True) -> None:
+        """Open the database, creating or upgrading the schema unless ``migrate`` is false (for
+        read-only use, which raises ``SchemaNotReady`` on a database without the current schema).
+        """
         self.url = engine_url(url_or_path)
         pooled = not self.url.startswith("sqlite://") or ":memory:" not in self.url
         sizes = {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW} if pooled else {}
@@ -109,9 +112,12 @@ class Database:
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _tune_sqlite)
             sa.event.listen(self.engine, "begin", _begin_immediate)
-        self.migrate(
-            metadata, component="ticketing_core", version=SCHEMA_VERSION, upgrades=CORE_UPGRADES
-        )
+        if migrate:
+            self.migrate(
+                metadata, component="ticketing_core", version=SCHEMA_VERSION, upgrades=CORE_UPGRADES
+            )
+        else:
+            self._check_schema("ticketing_core", SCHEMA_VERSION)
 
     def __repr__(self) -> str:
         return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -157,6 +163,29 @@ class Database:
                 conn.execute(
                     installation.insert().values(id=secrets.token_hex(8), created=utcnow())
                 )
+
+    def _check_schema(self, component: str, version: int) -> None:
+        with self.engine.connect() as conn:
+            found = None
+            if sa.inspect(conn).has_table(schema_version.name):
+                found = conn.execute(
+                    sa.select(schema_version.c.version).where(
+                        schema_version.c.component == component
+                    )
+                ).scalar()
+        if found is None:
+            raise SchemaNotReady(
+                "it holds no ticketing tables: give the database ticketing serve uses"
+            )
+        if found != version:
+            change = (
+                "upgrade ticketing"
+                if found > version
+                else "start ticketing serve once to upgrade it"
+            )
+            raise SchemaNotReady(
+                f"it holds {component} schema {found} and this code reads {version}: {change}"
+            )
 
     @staticmethod
     def _schema_version(conn: sa.Connection, component: str) -> int | None:
@@ -210,7 +239,11 @@ class Database:
 
 
 # What opening a database can raise for a bad URL, a missing driver or an unreachable server.
-OPEN_ERRORS = (sa.exc.SQLAlchemyError, ValueError, ImportError)
+class SchemaNotReady(Exception):
+    """A database opened for reading only does not hold the schema this code reads."""
+
+
+OPEN_ERRORS = (sa.exc.SQLAlchemyError, ValueError, ImportError, SchemaNotReady)
 
 
 def open_error(url_or_path: str, error: BaseException) -> str:

@@ -44,7 +44,7 @@ def service(database: Database, provider: ServiceNowProvider) -> Iterator[SyncSe
 
 @pytest.fixture
 def ticket_id(service: SyncService) -> str:
-    ticket, _ = service.create_ticket(ANOMALY, 1, TicketDraft(title="t", description="d"))
+    ticket, _, _ = service.create_ticket(ANOMALY, 1, TicketDraft(title="t", description="d"))
     return ticket.id
 
 
@@ -163,7 +163,7 @@ def test_a_create_committed_after_the_client_gave_up_is_made_once(
     with pytest.raises(errors.Conflict):
         sync.create_ticket(ANOMALY, 1, draft)
     time.sleep(1.6)
-    ticket, link = sync.create_ticket(ANOMALY, 1, draft)
+    ticket, link, _ = sync.create_ticket(ANOMALY, 1, draft)
 
     assert [row["sys_id"] for row in emulator.incidents] == [ticket.id]
     assert link.ticket_id == ticket.id

@@ -5,13 +5,13 @@ import sys
 import types
 from importlib.metadata import EntryPoint
 
+import click
 import pytest
 
 from ticketing_core import hookimpl
 from ticketing_core.errors import InvalidInput, PluginError
 from ticketing_core.plugins import PluginRegistry, check_api_url
 from ticketing_servicenow import ServiceNowProvider
-
 
 URL = "https://acme.service-now.com"
 
@@ -177,3 +177,42 @@ def test_a_connected_provider_is_a_context_manager_that_closes_it() -> None:
 
     with pytest.raises(RuntimeError, match="client has been closed"):
         provider.validate()
+
+
+def test_hook_register_commands() -> None:
+
+    @click.command()
+    def hello() -> None:
+        click.echo("hello")
+
+    @hookimpl
+    def adds(cli: click.Group) -> None:
+        cli.add_command(hello)
+
+    @hookimpl
+    def breaks(cli: click.Group) -> None:
+        raise RuntimeError("no commands today")
+
+    registry = PluginRegistry()
+    registry.register(types.SimpleNamespace(register_commands=adds), "greeter", ("g", "1"))
+    registry.register(types.SimpleNamespace(register_commands=breaks), "broken", ("b", "1"))
+    group = click.Group("ticketing")
+
+    registry.add_commands(group)
+
+    assert list(group.commands) == ["hello"]
+    assert [(f.name, f.error) for f in registry.failures] == [
+        ("broken", "register_commands raised RuntimeError: no commands today")
+    ]
+
+
+def test_the_host_adds_serve_and_demo_through_the_hook() -> None:
+
+    registry = PluginRegistry()
+    registry.load_entry_points(["host"])
+    group = click.Group("ticketing")
+
+    registry.add_commands(group)
+
+    assert sorted(group.commands) == ["demo", "serve"]
+    assert registry.providers() == []

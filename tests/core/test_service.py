@@ -74,7 +74,7 @@ def notes(emulator: Emulator, sys_id: str) -> list[str]:
 def test_create_ticket_describes_the_anomaly_and_links_it(
     service: SyncService, emulator: Emulator, database: Database
 ) -> None:
-    ticket, link = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    ticket, link, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
 
     assert ticket.description == (
         "150 null values detected in customer_email field"
@@ -100,8 +100,8 @@ def test_create_ticket_describes_the_anomaly_and_links_it(
 def test_a_retried_create_makes_no_second_incident(
     service: SyncService, emulator: Emulator
 ) -> None:
-    first, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
-    again, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    first, _, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    again, _, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
 
     assert again.id == first.id
     assert len(emulator.incidents) == 1
@@ -128,7 +128,7 @@ def test_link_appends_the_block_once_and_notes_the_linkage(
 def test_status_change_is_a_timestamped_work_note_on_every_linked_ticket(
     service: SyncService, provider: ServiceNowProvider, emulator: Emulator
 ) -> None:
-    first, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    first, _, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
     other = provider.create(TicketDraft(title="other", description="d"))
     service.link_ticket(ANOMALY, INTEGRATION_ID, ticket_id=other.id)
 
@@ -145,7 +145,7 @@ def test_status_change_is_a_timestamped_work_note_on_every_linked_ticket(
 
 
 def test_comment_is_forwarded_safely(service: SyncService, emulator: Emulator) -> None:
-    ticket, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    ticket, _, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
 
     service.anomaly_commented(12345, "Looks like ETL. [code]<script>x</script>[/code]")
 
@@ -167,7 +167,7 @@ def test_pull_records_status_and_comments_only_on_change(
 ) -> None:
     from ticketing_core.models import TicketChanges
 
-    ticket, link = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    ticket, link, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
 
     unchanged = service.pull_status(12345)
     provider.update(ticket.id, TicketChanges(status="In Progress"))
@@ -187,7 +187,7 @@ def test_state_mapping_policy_resolves_the_ticket(
     service: SyncService, provider: ServiceNowProvider, host: Host, emulator: Emulator
 ) -> None:
     host.policy = StateMapping()
-    ticket, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    ticket, _, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
 
     service.anomaly_status_changed(12345, "Resolved")
 
@@ -201,7 +201,7 @@ def test_state_mapping_policy_resolves_the_ticket(
 def test_notes_wait_out_an_outage_and_arrive_once_in_order(
     service: SyncService, emulator: Emulator
 ) -> None:
-    ticket, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    ticket, _, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
     emulator.down = True
 
     for status in ("Acknowledged", "Resolved", "Active"):
@@ -221,7 +221,7 @@ def test_notes_wait_out_an_outage_and_arrive_once_in_order(
 def test_identical_notes_are_both_delivered_even_after_a_refused_attempt(
     service: SyncService, emulator: Emulator
 ) -> None:
-    ticket, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    ticket, _, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
     service.anomaly_commented(12345, "+1")
     wait_until(lambda: service.outbox.counts()[DELIVERED] == 1)
     emulator.add_fault("503", count=5, method="PATCH", retry_after=0)
@@ -235,7 +235,7 @@ def test_identical_notes_are_both_delivered_even_after_a_refused_attempt(
 def test_a_note_whose_answer_was_lost_is_not_added_twice(
     service: SyncService, emulator: Emulator
 ) -> None:
-    ticket, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    ticket, _, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
     emulator.add_fault("drop_after_commit", count=1, method="PATCH")
 
     service.anomaly_commented(12345, "Looks like ETL")
@@ -251,7 +251,7 @@ def test_pull_refreshes_the_readable_tickets_when_one_is_gone(
     from ticketing_core import errors
     from ticketing_core.models import TicketChanges
 
-    first, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    first, _, _ = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
     gone = provider.create(TicketDraft(title="deleted later", description="d"))
     service.link_ticket(ANOMALY, INTEGRATION_ID, ticket_id=gone.id)
     provider.update(first.id, TicketChanges(status="On Hold"))

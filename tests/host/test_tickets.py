@@ -153,7 +153,8 @@ def test_a_retried_create_returns_the_first_ticket(
 ) -> None:
     again = ok(host.api.post(tickets_path(), json=TICKET_REQUEST))
 
-    assert again == ticket
+    number = ticket["ticket"]["ticket_number"]
+    assert again == ticket | {"message": f"Ticket {number} already linked to anomaly 12345"}
     assert len(emulator.incidents) == 1
     assert len(ok(host.api.get("/api/anomalies/12345/ticket-links"))) == 1
 

@@ -1,4 +1,4 @@
-"""``ticketing serve`` and ``ticketing demo``, added to the ``ticketing`` command line by entry points.
+"""``ticketing serve`` and ``ticketing demo``, added to the ``ticketing`` command line by .plugin.
 
 The ``ticketing`` command loads these on every start, so the host's heavy imports (FastAPI,
 SQLAlchemy, uvicorn) happen only when one of them runs.

@@ -275,12 +275,11 @@ def create_ticket(
     anomaly = runtime.store.anomaly(anomaly_id).anomaly
     integration = resolve_integration(runtime.store, body.integration_id)
     check_field_choices(runtime.pool(integration.id), body.choice_fields())
-    ticket, link = runtime.service.create_ticket(
+    ticket, link, existing = runtime.service.create_ticket(
         anomaly, integration.id, body.to_draft(), idempotency_key=idempotency_key
     )
-    return TicketResult.of(
-        ticket, link, f"Ticket {ticket.number} created and linked to anomaly {anomaly_id}"
-    )
+    done = "already linked" if existing else "created and linked"
+    return TicketResult.of(ticket, link, f"Ticket {ticket.number} {done} to anomaly {anomaly_id}")
 
 
 @api.post("/integrations/ticketing/anomalies/{anomaly_id}/links")

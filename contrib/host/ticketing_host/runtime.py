@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -88,10 +87,23 @@ class HostRuntime:
     ) -> Provider:
         """A provider of ``type`` for one instance (no network I/O).
 
-        ``options`` come from users, so only those the provider lists as ``user_options`` pass.
+        ``options`` come from users, so only those the provider lists as ``user_options`` pass:
+        the provider is built without them first, to read its capabilities.
         """
+        provider = self.registry.connect(
+            type,
+            api_url=api_url,
+            api_access_token=api_access_token,
+            allow_http=self.settings.allow_http,
+        )
+        if not options:
+            return provider
+        provider.close()
+        if unknown := sorted(set(options) - set(provider.capabilities.user_options)):
+            allowed = ", ".join(provider.capabilities.user_options) or "none"
+            raise InvalidInput(f"options: {type} cannot use them: {unknown} (allowed: {allowed})")
         try:
-            provider = self.registry.connect(
+            return self.registry.connect(
                 type,
                 api_url=api_url,
                 api_access_token=api_access_token,
@@ -103,12 +115,6 @@ class HostRuntime:
         except Exception as exc:
             # Building a provider does no I/O, so any other failure is the options' fault.
             raise InvalidInput(f"options: {type} cannot use them: {exc}") from None
-        if unknown := sorted(set(options) - set(provider.capabilities.user_options)):
-            with contextlib.suppress(Exception):  # built with bad options, it may not even close
-                provider.close()
-            allowed = ", ".join(provider.capabilities.user_options) or "none"
-            raise InvalidInput(f"options: {type} cannot use them: {unknown} (allowed: {allowed})")
-        return provider
 
     def ensure_api_token(self) -> str | None:
         """Make an API token when none is configured or stored; returns it (only its hash is kept)."""

@@ -1,0 +1,15 @@
+"""Entry point of the host: adds ``serve`` and ``demo`` to the ``ticketing`` command line."""
+
+from __future__ import annotations
+
+import click
+
+from ticketing_core import hookimpl
+
+from .commands import demo, serve
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.add_command(serve)
+    cli.add_command(demo)
