@@ -18,9 +18,13 @@ Then ``pytest`` runs every check: discovery through the ``ticketing`` entry poin
 supports keys: ``retrying=True`` finds the first ticket, and a create answered with a failure after the
 service committed it still makes one ticket), update, work notes (found by key or by counting identical
 texts, never by clock; one answered with a failure after commit is not sent again), status, the error
-tree (bad credentials, not found, rate limited with a wait, unavailable, unreadable answers), and that
+tree (bad credentials, not found, rate limited with a wait, unavailable, unreadable answers, and
+error pages that are not JSON: a gateway's 502 HTML page, a web server's plain-text 404), and that
 secrets stay out of reprs and errors. The kit talks to the provider only through
 :mod:`ticketing_core.hookspecs`.
+
+The non-JSON error pages come from a :class:`Gateway` the kit puts in front of the fake (a reverse
+proxy, as a load balancer or an ingress would be), so a fake need not know how to send them.
 
 The repeat-safety checks fail one write *after* the service committed it, which the fake targets by
 HTTP method: set ``create_method`` and ``note_method`` on the subclass if the provider's create or
@@ -29,14 +33,18 @@ HTTP method: set ``create_method`` and ``note_method`` on the subclass if the pr
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, Protocol
 
+import httpx
 import pytest
 
 from ticketing_core import errors
 from ticketing_core.hookspecs import Provider
+from ticketing_core.http import call_budget
 from ticketing_core.models import SearchQuery, TicketChanges, TicketDraft
 from ticketing_core.plugins import PluginRegistry
 
@@ -88,6 +96,22 @@ FAULTS = [
 # Faults that come after the service carried the write out: the write stands, its answer is lost.
 AFTER_COMMIT_FAULTS = ["503_after_commit", "close_after_commit"]
 
+BAD_GATEWAY_PAGE = """<!DOCTYPE html>
+<html>
+<head><title>502 Bad Gateway</title></head>
+<body>
+<center><h1>502 Bad Gateway</h1></center>
+<hr><center>nginx</center>
+</body>
+</html>
+"""
+# (status, content type, body, error the provider must raise): answers that come from something
+# in front of the service, in no format of the service's own.
+GATEWAY_ERRORS = [
+    pytest.param(502, "text/html", BAD_GATEWAY_PAGE, errors.ProviderUnavailable, id="502-html"),
+    pytest.param(404, "text/plain", "404 page not found\n", errors.NotFound, id="404-text"),
+]
+
 
 class ProviderContract:
     """Subclass with ``provider_name``, ``distribution`` and a ``service`` fixture."""
@@ -117,10 +141,22 @@ class ProviderContract:
         yield provider
         provider.close()
 
-    def connect(self, registry: PluginRegistry, service: FakeService, token: str) -> Provider:
+    @pytest.fixture
+    def gateway(self, service: FakeService) -> Iterator[Gateway]:
+        with Gateway(service.url) as gateway:
+            yield gateway
+
+    def connect(
+        self,
+        registry: PluginRegistry,
+        service: FakeService,
+        token: str,
+        *,
+        api_url: str | None = None,
+    ) -> Provider:
         return registry.connect(
             self.provider_name,
-            api_url=service.url,
+            api_url=api_url or service.url,
             api_access_token=token,
             allow_http=True,
             **self.options,
@@ -136,6 +172,31 @@ class ProviderContract:
 
     def test_provider_satisfies_the_protocol(self, provider: Provider) -> None:
         assert isinstance(provider, Provider)
+
+    def test_factory_lists_its_options_and_unknown_ones_are_refused(
+        self, registry: PluginRegistry, service: FakeService
+    ) -> None:
+        factory = registry.factory(self.provider_name)
+        accepted = getattr(factory, "options", None)
+        assert accepted is not None, "the factory must list its keyword options in `options`"
+        assert set(self.options) <= set(accepted)
+        assert set(factory.capabilities.user_options) <= set(accepted)  # type: ignore[attr-defined]
+        with pytest.raises(errors.InvalidInput, match="no option 'conformance_unknown'"):
+            registry.connect(
+                self.provider_name,
+                api_url=service.url,
+                api_access_token=service.token,
+                allow_http=True,
+                conformance_unknown=1,
+            )
+
+    def test_a_provider_is_a_context_manager_that_closes_it(
+        self, registry: PluginRegistry, service: FakeService
+    ) -> None:
+        with self.connect(registry, service, service.token) as provider:
+            provider.validate()
+        with pytest.raises(Exception):  # noqa: B017, PT011 - any failure: it was closed
+            provider.validate()
 
     # -- the operations ---------------------------------------------------------------------------
 
@@ -318,6 +379,175 @@ class ProviderContract:
 
         if isinstance(caught.value, errors.RateLimited):
             assert caught.value.retry_after == 0
+
+    @pytest.mark.parametrize(("status", "content_type", "body", "error"), GATEWAY_ERRORS)
+    def test_error_pages_that_are_not_json_map_to_the_error_tree(
+        self,
+        registry: PluginRegistry,
+        service: FakeService,
+        gateway: Gateway,
+        status: int,
+        content_type: str,
+        body: str,
+        error: type[errors.ProviderError],
+    ) -> None:
+        provider = self.connect(registry, service, service.token, api_url=gateway.url)
+        try:
+            created = provider.create(DRAFT)  # through the gateway, which passes it on
+            calls: dict[str, Callable[[], object]] = {
+                "get": lambda: provider.get(created.id),
+                "get_status": lambda: provider.get_status(created.id),
+                "add_work_note": lambda: provider.add_work_note(
+                    created.id, "Behind a gateway", idempotency_key="conformance-gateway-1"
+                ),
+            }
+            if status >= 500:
+                calls["validate"] = provider.validate
+                calls["search"] = lambda: provider.search(SearchQuery(text="Conformance"))
+            for operation, call in calls.items():
+                gateway.fail_next(status, body, content_type=content_type, count=100)
+                # One attempt per request: that retries end in the same error is checked above.
+                with call_budget(attempts=1):
+                    raised = raised_by(call)
+                assert isinstance(raised, error), (
+                    f"{operation}() answered HTTP {status} {content_type} must raise "
+                    f"{error.__name__}, not {raised!r}"
+                )
+                assert "<title>" not in str(raised), f"{operation}() quoted the page: {raised}"
+                if operation == "add_work_note" and status >= 500:
+                    assert raised.may_have_landed, "a gateway's 5xx page may come after a write"
+                gateway.clear()
+        finally:
+            provider.close()
+
+
+class Gateway:
+    """A reverse proxy in front of a fake service, which can answer in the service's place.
+
+    Requests to :attr:`url` are passed on to ``upstream`` and its answers passed back, until
+    :meth:`fail_next` queues pages of the gateway's own (a 502 HTML page, a plain-text 404): the
+    next requests get those instead, and never reach the service. Use it as a context manager.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self._lock = threading.Lock()
+        self._pages: list[tuple[int, str, str]] = []
+        self._client = httpx.Client(timeout=60.0)
+        self._server = _GatewayServer(self)
+        # Polled often, so that close() is quick.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> Gateway:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
+        self._client.close()
+
+    def fail_next(self, status: int, body: str, *, content_type: str, count: int = 1) -> None:
+        """Answer the next ``count`` requests with ``status`` and ``body`` of ``content_type``."""
+        with self._lock:
+            self._pages.extend([(status, content_type, body)] * count)
+
+    def clear(self) -> None:
+        """Forget the pages not sent yet: pass every request on again."""
+        with self._lock:
+            self._pages.clear()
+
+    def _take_page(self) -> tuple[int, str, str] | None:
+        with self._lock:
+            return self._pages.pop(0) if self._pages else None
+
+    def _pass_on(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> httpx.Response:
+        return self._client.request(method, self.upstream + path, headers=headers, content=body)
+
+
+# Headers that describe one connection or one encoding of a body, not the message: never relayed.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "content-encoding",
+        "accept-encoding",
+        "host",
+        "date",
+        "server",
+    }
+)
+
+
+class _GatewayServer(ThreadingHTTPServer):
+    daemon_threads = True  # a connection the client keeps open does not hold up close()
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__(("127.0.0.1", 0), _GatewayHandler)
+        self.gateway = gateway
+
+
+class _GatewayHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as clients and real gateways expect
+
+    def do_GET(self) -> None:
+        self._relay()
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a test's output is no place for an access log
+
+    def _relay(self) -> None:
+        assert isinstance(self.server, _GatewayServer)
+        gateway = self.server.gateway
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        page = gateway._take_page()
+        if page is not None:
+            status, content_type, text = page
+            self._answer(
+                status, [("Content-Type", f"{content_type}; charset=utf-8")], text.encode()
+            )
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        try:
+            upstream = gateway._pass_on(self.command, self.path, headers, body)
+        except httpx.HTTPError:
+            self.close_connection = True  # the service hung up: so does the gateway
+            return
+        relayed = [
+            (k, v) for k, v in upstream.headers.multi_items() if k.lower() not in _HOP_BY_HOP
+        ]
+        self._answer(upstream.status_code, relayed, upstream.content)
+
+    def _answer(self, status: int, headers: list[tuple[str, str]], content: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(content)
+
+
+def raised_by(call: Callable[[], object]) -> BaseException | None:
+    """The exception ``call`` raised, or None."""
+    try:
+        call()
+    except Exception as exc:
+        return exc
+    return None
 
 
 def secret_part(token: str) -> str:
