@@ -63,14 +63,47 @@ def test_retry_needs_ids_or_all(tmp_path: Path) -> None:
     assert "give event ids or --all" in result.stderr
 
 
-def test_a_missing_database_file_is_a_usage_error_and_not_created(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spelling", ["{}", "sqlite:///{}"])
+@pytest.mark.parametrize("command", [["list"], ["retry", "--all"]])
+def test_a_missing_database_file_is_a_usage_error_and_not_created(
+    tmp_path: Path, spelling: str, command: list[str]
+) -> None:
     missing = tmp_path / "typo.db"
 
-    result = CliRunner().invoke(cli, ["outbox", "list", "--database", str(missing)])
+    result = CliRunner().invoke(cli, ["outbox", *command, "--database", spelling.format(missing)])
 
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: no database file at '{missing}': pass --database"
+    assert result.stderr.strip() == (
+        f"error: cannot open the database sqlite:///{missing}: there is no such file: give the "
+        "database ticketing serve uses (--database or TICKETING_DATABASE)"
+    )
     assert not missing.exists()
+
+
+def test_listing_changes_nothing_in_another_applications_database(tmp_path: Path) -> None:
+    foreign = tmp_path / "other.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE things (id INTEGER)")
+    before = foreign.read_bytes()
+
+    result = CliRunner().invoke(cli, ["outbox", "list", "--database", str(foreign)])
+
+    assert result.exit_code == 2
+    assert "it holds no ticketing tables" in result.stderr
+    assert foreign.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]  # no -wal, no -shm
+    with sqlite3.connect(foreign) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_an_in_memory_database_url_is_one_line() -> None:
+    result = CliRunner().invoke(cli, ["outbox", "list", "--database", "sqlite://"])
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: cannot open the database sqlite://: it holds no ticketing tables: give the "
+        "database ticketing serve uses\n"
+    )
 
 
 def test_an_unreachable_database_is_one_line_not_a_traceback() -> None:
@@ -180,3 +213,16 @@ def test_outbox_list_never_migrates_an_older_schema(database_url: str) -> None:
     assert result.exit_code == 2, result.output
     assert "ticketing_core schema 1 and this code reads 2: start ticketing serve" in result.stderr
     assert tables_of(database_url) == ["schema_version"]
+
+
+def test_retry_takes_ids_or_all_not_both(tmp_path: Path) -> None:
+    outbox = outbox_with_one_dead_event(tmp_path / "t.db")
+    (dead,) = outbox.entries(status=DEAD)
+
+    result = CliRunner().invoke(
+        cli, ["outbox", "retry", "--all", str(dead.id), "--database", str(tmp_path / "t.db")]
+    )
+
+    assert result.exit_code == 2
+    assert "give event ids or --all, not both" in result.stderr
+    assert outbox.counts()[DEAD] == 1

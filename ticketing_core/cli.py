@@ -13,7 +13,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -67,7 +66,8 @@ def reported_errors() -> Iterator[None]:
     try:
         yield
     except errors.TicketingError as exc:
-        click.echo(f"error: {exc}", err=True)
+        one_line = " ".join(str(exc).split())  # services' messages may span lines
+        click.echo(f"error: {one_line}", err=True)
         sys.exit(exit_code_for(exc))
 
 
@@ -106,14 +106,15 @@ class WaitNotice(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         budget = current_budget()
-        limit = f" (giving up {budget.remaining():.0f} s from now)" if budget else ""
         where = f"{request.url.host}:{request.url.port or request.url.scheme}"
-        notice = threading.Timer(
-            self.after,
-            click.echo,
-            args=(f"note: still waiting for {where} to answer {request.method}{limit}",),
-            kwargs={"err": True},
-        )
+
+        def tell() -> None:  # on the timer's thread, when it fires: the time left then
+            limit = f" (giving up {budget.remaining():.0f} s from now)" if budget else ""
+            click.echo(
+                f"note: still waiting for {where} to answer {request.method}{limit}", err=True
+            )
+
+        notice = threading.Timer(self.after, tell)
         notice.daemon = True
         notice.start()
         try:
@@ -187,9 +188,10 @@ def check_field_names(
             f"--field {', '.join(unknown)}: not a field of this provider (fields: {allowed}){hint}"
         )
     prefix = capabilities.custom_field_prefix
-    if not_custom := sorted(name for name in custom if not (prefix and name.startswith(prefix))):
+    if not_custom := sorted(name for name in custom if not capabilities.is_custom(name)):
         raise errors.InvalidInput(
-            f"--custom-field {', '.join(not_custom)}: custom fields start with {prefix!r}"
+            f"--custom-field {', '.join(map(repr, not_custom))}: custom fields are {prefix!r} "
+            "and a name of letters, digits and underscores"
             if prefix
             else "this provider has no custom fields: drop --custom-field"
         )
@@ -306,6 +308,8 @@ def search(
         check_choices(client, {"status": status, "priority": priority})
         wanted = SearchQuery(text=query, status=status, priority=priority, page=page, size=size)
         if every_page:
+            if (page, size) != (1, 20):
+                raise click.UsageError("--all goes through every page: drop --page and --size")
             stream_matches(client, attrs.evolve(wanted, page=1, size=MAX_PAGE_SIZE), as_json)
             return
         found = client.search(wanted)
@@ -446,7 +450,7 @@ def update(
     options = {"close_code": close_code} if close_code else {}
     with connected(provider, url, token, allow_http, **options) as client:
         check_field_names(client.capabilities, extra, custom)
-        check_choices(client, dict(canonical), option="--field {}")
+        check_choices(client, canonical | extra, option="--field {}")
         try:
             updated = on_ticket(client, ticket, lambda ticket_id: client.update(ticket_id, changes))
         except errors.PermissionDenied as refused:
@@ -501,9 +505,10 @@ def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-def open_outbox(database: str) -> Any:
+def open_outbox(database: str, *, read_only: bool = False) -> Any:
     """The outbox of an existing, current database: a mistyped path must not create an empty one,
-    and an operator's look must not migrate what the service runs on."""
+    and an operator's command must not migrate (nor, when ``read_only``, write) what the service
+    runs on."""
     try:
         from ticketing_core.outbox import Outbox
         from ticketing_core.store import OPEN_ERRORS, Database, open_error
@@ -511,10 +516,8 @@ def open_outbox(database: str) -> Any:
         raise errors.PluginError(
             "the outbox needs its extra: pip install 'ticketing[sync]'"
         ) from None
-    if "://" not in database and not Path(database).is_file():
-        raise errors.InvalidInput(f"no database file at {database!r}: pass --database")
     try:
-        return Outbox(Database(database, migrate=False))
+        return Outbox(Database(database, migrate=False, read_only=read_only))
     except OPEN_ERRORS as exc:
         raise errors.InvalidInput(open_error(database, exc)) from None
 
@@ -539,7 +542,7 @@ def outbox_list(database: str, status: str | None, limit: int, as_json: bool) ->
     from ticketing_core.outbox import describe
 
     with reported_errors():
-        entries = open_outbox(database).entries(status=status, limit=limit)
+        entries = open_outbox(database, read_only=True).entries(status=status, limit=limit)
     if as_json:
         rows = [{"id": e.id, "integration_id": e.integration_id, "ticket_id": e.ticket_id,
                  "anomaly_id": e.anomaly_id, "status": e.status, "attempts": e.attempts,
@@ -560,6 +563,8 @@ def outbox_retry(database: str, event_ids: tuple[int, ...], retry_all: bool) -> 
     """Put dead events back in line for delivery."""
     if not event_ids and not retry_all:
         raise click.UsageError("give event ids or --all")
+    if event_ids and retry_all:
+        raise click.UsageError("give event ids or --all, not both")
     with reported_errors():
         events = open_outbox(database)
         if retry_all:

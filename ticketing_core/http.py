@@ -163,6 +163,11 @@ class HttpTransport:
         max_retry_wait: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        _check_number("deadline", deadline, minimum=0.001)
+        _check_number("max_attempts", max_attempts, minimum=1, integer=True)
+        _check_number("max_retry_wait", max_retry_wait, minimum=0)
+        if not isinstance(timeout, httpx.Timeout):
+            _check_number("timeout", timeout, minimum=0.001)
         self.base_url = base_url.rstrip("/")
         self.dialect = dialect
         self.deadline = deadline
@@ -295,6 +300,13 @@ class HttpTransport:
                 raise ProviderTimeout(
                     f"{self.dialect.name} was still sending its answer to {what} at the deadline"
                 )
+
+
+def _check_number(name: str, value: object, *, minimum: float, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
+        kind = "a whole number" if integer else "a number"
+        raise InvalidInput(f"option {name} must be {kind} of at least {minimum:g}, not {value!r}")
 
 
 def retry_notice(retry: RetryDetails) -> str:

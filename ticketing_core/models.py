@@ -8,6 +8,7 @@ conversion to and from JSON lives in :mod:`ticketing_core.converters`, not here.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,7 @@ import attrs
 from ticketing_core.errors import InvalidInput
 
 MAX_PAGE_SIZE = 100
+_CUSTOM_FIELD = re.compile(r"[A-Za-z0-9_]+")
 
 
 def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -179,12 +181,16 @@ class Capabilities:
 
     def unknown_fields(self, names: Iterable[str]) -> list[str]:
         """The names among ``names`` that are neither declared nor custom fields, sorted."""
-        prefix = self.custom_field_prefix
         return sorted(
-            name
-            for name in names
-            if name not in self.extra_fields and not (prefix and name.startswith(prefix))
+            name for name in names if name not in self.extra_fields and not self.is_custom(name)
         )
+
+    def is_custom(self, name: str) -> bool:
+        """Whether ``name`` is a well-formed custom field name (the prefix, then a word)."""
+        prefix = self.custom_field_prefix
+        if not prefix or not name.startswith(prefix):
+            return False
+        return _CUSTOM_FIELD.fullmatch(name[len(prefix) :]) is not None
 
     def check_fields(self, names: Iterable[str]) -> None:
         """Raise ``InvalidInput`` naming the allowed fields if a name is not one of them."""

@@ -7,6 +7,7 @@ no special treatment. A plugin that fails to import is reported (name and error)
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Iterable
@@ -181,7 +182,7 @@ class PluginRegistry:
     ) -> Provider:
         """Build a provider for one instance; see :func:`ticketing_core.connect`."""
         factory = self.factory(name)
-        accepted = getattr(factory, "options", None)
+        accepted = _options_of(factory)
         if accepted is not None and (unknown := sorted(set(options) - set(accepted))):
             raise InvalidInput(
                 f"{name} has no option {', '.join(map(repr, unknown))}; its options are "
@@ -192,6 +193,21 @@ class PluginRegistry:
             api_access_token=api_access_token,
             **options,
         )
+
+
+def _options_of(factory: ProviderFactory) -> tuple[str, ...] | None:
+    """The options a factory declares, else those its signature names; None if it takes any."""
+    declared = getattr(factory, "options", None)
+    if declared is not None:
+        return tuple(declared)
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    named = (p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+    return tuple(n for n in named if n not in ("api_url", "api_access_token"))
 
 
 def check_api_url(api_url: str, *, allow_http: bool) -> str:
@@ -207,6 +223,8 @@ def check_api_url(api_url: str, *, allow_http: bool) -> str:
         )
     if parts.username or parts.password:
         raise InvalidInput("api_url must not contain credentials; pass them as the access token")
+    if not isinstance(allow_http, bool):
+        raise InvalidInput(f"allow_http must be True or False, not {allow_http!r}")
     if parts.scheme == "http" and not allow_http:
         raise InvalidInput(
             f"refusing plain-HTTP api_url {api_url!r}: credentials would travel unencrypted "

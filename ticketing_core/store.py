@@ -16,8 +16,10 @@ import secrets
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, partial
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 
@@ -101,18 +103,39 @@ def engine_url(url_or_path: str) -> str:
 class Database:
     """An engine with the schema in place. Thread-safe; share one per process."""
 
-    def __init__(self, url_or_path: str, *, migrate: bool = True) -> None:
-        """Open the database, creating or upgrading the schema unless ``migrate`` is false (for
-        read-only use, which raises ``SchemaNotReady`` on a database without the current schema).
+    def __init__(self, url_or_path: str, *, migrate: bool = True, read_only: bool = False) -> None:
+        """Open the database, creating or upgrading the schema unless ``migrate`` is false.
+
+        Without ``migrate`` (an operator's command), nothing is created or changed: a missing
+        SQLite file, or a database without this code's schema, raises ``SchemaNotReady``.
+        ``read_only`` also refuses every write (SQLite opens the file read-only).
         """
         self.url = engine_url(url_or_path)
-        pooled = not self.url.startswith("sqlite://") or ":memory:" not in self.url
+        parsed = sa.make_url(self.url)
+        sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (
+            None, "", ":memory:",
+        )  # fmt: skip
+        if (not migrate or read_only) and sqlite_file and not Path(str(parsed.database)).is_file():
+            raise SchemaNotReady(
+                "there is no such file: give the database ticketing serve uses "
+                "(--database or TICKETING_DATABASE)"
+            )
+        if read_only and sqlite_file:
+            parsed = parsed.set(
+                database=f"file:{quote(str(parsed.database))}", query={"mode": "ro", "uri": "true"}
+            )
+        pooled = parsed.get_backend_name() != "sqlite" or sqlite_file
         sizes = {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW} if pooled else {}
-        self.engine = sa.create_engine(self.url, pool_pre_ping=True, **sizes)
+        self.engine = sa.create_engine(parsed, pool_pre_ping=True, **sizes)
         if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _tune_sqlite)
+            # Only the service's own opening switches a file to WAL: a look changes nothing.
+            sa.event.listen(
+                self.engine, "connect", partial(_tune_sqlite, wal=migrate and not read_only)
+            )
             sa.event.listen(self.engine, "begin", _begin_immediate)
-        if migrate:
+        elif read_only:
+            sa.event.listen(self.engine, "connect", _read_only_session)
+        if migrate and not read_only:
             self.migrate(
                 metadata, component="ticketing_core", version=SCHEMA_VERSION, upgrades=CORE_UPGRADES
             )
@@ -252,21 +275,35 @@ def open_error(url_or_path: str, error: BaseException) -> str:
         shown = sa.make_url(engine_url(url_or_path)).render_as_string(hide_password=True)
     except (sa.exc.ArgumentError, ValueError):
         shown = "the given URL"
+    if isinstance(error, ImportError) and "psycopg" in str(error):
+        return (
+            f"cannot open the database {shown}: PostgreSQL needs pip install 'ticketing[postgres]'"
+        )
+    if isinstance(error, SchemaNotReady):
+        return f"cannot open the database {shown}: {error}"
     reason = getattr(error, "orig", None) or error
     detail = " ".join(str(reason).split())  # drivers' messages span lines
     return f"cannot open the database {shown}: {type(reason).__name__}: {detail}"[:500]
 
 
-def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+def _tune_sqlite(dbapi_connection: Any, _record: Any, *, wal: bool) -> None:
     # WAL lets the worker write while the API reads; busy_timeout waits instead of failing.
     # Transactions are begun by _begin_immediate, not by the driver.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # The wait first: switching a fresh file to WAL needs a lock another process may hold.
     cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA journal_mode=WAL")
+    if wal:  # a setting of the file, kept: made once by the service that owns it
+        cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _read_only_session(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    cursor.close()
+    dbapi_connection.commit()
 
 
 def _begin_immediate(conn: sa.Connection) -> None:

@@ -40,7 +40,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, Protocol
 
 import httpx
-import pytest
+
+try:
+    import pytest
+except ModuleNotFoundError:  # pragma: no cover - the kit without its extra
+    raise ModuleNotFoundError(
+        "the conformance kit needs pytest: pip install 'ticketing[testing]'", name="pytest"
+    ) from None
 
 from ticketing_core import errors
 from ticketing_core.hookspecs import Provider

@@ -65,6 +65,8 @@ class ServiceNowProvider(Provider):
             "urgency": ("1", "2", "3"),
             "impact": ("1", "2", "3"),
             "status": (*mapping.STATE_LABELS, *mapping.STATE_LABELS.values()),
+            "severity": ("1", "2", "3"),
+            "notify": ("1", "2"),
         },
         user_options=("close_code",),
         extra_fields=mapping.EXTRA_FIELDS_WRITABLE,

@@ -1,5 +1,6 @@
 """Plugin discovery and registration, through real entry points and registered objects."""
 
+import re
 import subprocess
 import sys
 import types
@@ -216,3 +217,40 @@ def test_the_host_adds_serve_and_demo_through_the_hook() -> None:
 
     assert sorted(group.commands) == ["demo", "serve"]
     assert registry.providers() == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"deadline": "abc"}, "option deadline must be a number of at least 0.001, not 'abc'"),
+        ({"deadline": -1}, "option deadline must be a number"),
+        ({"max_attempts": 0}, "option max_attempts must be a whole number of at least 1"),
+        ({"timeout": "x"}, "option timeout must be a number"),
+        ({"allow_http": "no"}, "allow_http must be True or False, not 'no'"),
+    ],
+)
+def test_option_values_of_the_wrong_kind_are_refused_naming_the_option(
+    options: dict[str, object], message: str
+) -> None:
+    registry = PluginRegistry()
+    registry.load_entry_points(["servicenow"])
+
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        registry.connect("servicenow", api_url=URL, api_access_token="a:b", **options)  # type: ignore[arg-type]
+
+
+def test_a_factory_without_an_options_list_is_checked_by_its_signature() -> None:
+    def acme(*, api_url: str, api_access_token: str, project: str = "X") -> ServiceNowProvider:
+        return ServiceNowProvider(api_url=api_url, api_access_token=api_access_token)
+
+    @hookimpl
+    def register_providers(register):  # type: ignore[no-untyped-def]
+        register("acme", acme)
+
+    registry = PluginRegistry()
+    registry.register(
+        types.SimpleNamespace(register_providers=register_providers), "acme", ("a", "1")
+    )
+
+    with pytest.raises(InvalidInput, match="acme has no option 'projekt'; its options are project"):
+        registry.connect("acme", api_url=URL, api_access_token="a:b", projekt="Y")
