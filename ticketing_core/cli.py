@@ -163,7 +163,7 @@ def _only_provider() -> str:
     )
 
 
-def check_choices(client: Provider, values: dict[str, str | None], option: str = "--{}") -> None:
+def check_choices(client: Provider, values: Mapping[str, str | None], option: str = "--{}") -> None:
     """Refuse, before anything is sent, a value outside the provider's choices for its field."""
     choices = client.capabilities.field_choices
     for name, value in values.items():
