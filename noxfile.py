@@ -17,7 +17,7 @@ DISTRIBUTIONS = (
     "-e.[cli,postgres,testing]",
     "-econtrib/localserver",
     "-econtrib/servicenow-emulator",
-    "-econtrib/host[postgres]",
+    "-econtrib/host[postgres,fleet]",
     "-econtrib/jira[emulator]",
 )
 

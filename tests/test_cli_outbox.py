@@ -226,3 +226,29 @@ def test_retry_takes_ids_or_all_not_both(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "give event ids or --all, not both" in result.stderr
     assert outbox.counts()[DEAD] == 1
+
+
+def test_stats_count_each_integrations_events_as_a_table_and_as_json(
+    database_url: str,
+) -> None:
+    outbox = Outbox(Database(database_url))
+    outbox.enqueue([NewEvent(1, "a", AddWorkNote("x")), NewEvent(1, "b", AddWorkNote("y")),
+                    NewEvent(2, "c", AddWorkNote("z"))])  # fmt: skip
+    claimed = outbox.claim_next(prefer="1:a", instance_limit=8)
+    assert claimed is not None
+    outbox.failed(claimed, errors.AuthenticationFailed("rejected"))
+    outbox.claim_next(prefer="1:b", instance_limit=8)
+    outbox.database.dispose()
+
+    table = CliRunner().invoke(cli, ["outbox", "stats", "--database", database_url])
+    as_json = CliRunner().invoke(cli, ["outbox", "stats", "--json", "--database", database_url])
+
+    assert table.exit_code == 0, table.output
+    header, one, two = table.output.splitlines()
+    assert header.split("  ")[0] == "INTEGRATION"
+    assert one.split()[:5] == ["1", "1", "1", "1", "0"]
+    assert two.split()[:5] == ["2", "1", "0", "0", "0"]
+    rows = json.loads(as_json.output)
+    assert [(r["integration_id"], r["pending"], r["in_flight"], r["dead"]) for r in rows] == [
+        (1, 1, 1, 1), (2, 1, 0, 0),
+    ]  # fmt: skip

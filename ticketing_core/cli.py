@@ -555,6 +555,29 @@ def outbox_list(database: str, status: str | None, limit: int, as_json: bool) ->
     click.echo(render_table(("ID", "STATUS", "ATTEMPTS", "TICKET", "ACTION", "LAST ERROR"), table))
 
 
+@outbox.command("stats")
+@database_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def outbox_stats(database: str, as_json: bool) -> None:
+    """Count events per integration: pending, in flight, dead, delivered, oldest pending."""
+    with reported_errors():
+        stats = open_outbox(database, read_only=True).stats()
+    if as_json:
+        click.echo(json.dumps([attrs.asdict(row) for row in stats], indent=2))
+        return
+    rows = [(str(r.integration_id), str(r.pending), str(r.in_flight), str(r.dead),
+             str(r.delivered), _age(r.oldest_pending_seconds)) for r in stats]  # fmt: skip
+    header = ("INTEGRATION", "PENDING", "IN FLIGHT", "DEAD", "DELIVERED", "OLDEST PENDING")
+    click.echo(render_table(header, rows))
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
 @outbox.command("retry")
 @database_option
 @click.argument("event_ids", nargs=-1, type=click.IntRange(1, 2**63 - 1))

@@ -44,14 +44,15 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import cattrs
 import sqlalchemy as sa
 from cattrs.strategies import configure_tagged_union
+from sqlalchemy.dialects import postgresql, sqlite
 
-from ticketing_core.errors import ProviderError, TicketingError, may_have_landed
+from ticketing_core.errors import ProviderError, RateLimited, TicketingError, may_have_landed
 from ticketing_core.policies import Action, AddWorkNote, ChangeTicket
 from ticketing_core.store import Database, UtcDateTime, metadata
 
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 _ORDER_LOCK = 0x6F726472  # "ordr": namespace of the per-ticket PostgreSQL advisory locks
+_STORED_TICKETS = "ticketing.stored_tickets"  # key of Connection.info: see Outbox.stored_tickets
+_LIMIT_LOCK = 0x6C696D74  # "limt": namespace of the per-integration locks of fleet claims
 
 events = sa.Table(
     "sync_outbox",
@@ -99,6 +102,14 @@ note_tally = sa.Table(
     sa.Column("ordering_key", sa.String(200), primary_key=True),
     sa.Column("digest", sa.String(64), primary_key=True),
     sa.Column("delivered", sa.Integer, nullable=False),
+)
+
+throttles = sa.Table(
+    "sync_throttle",
+    metadata,
+    # An integration whose service answered 429: fleet claims (claim_next) leave it alone until then.
+    sa.Column("integration_id", sa.Integer, primary_key=True),
+    sa.Column("until", UtcDateTime, nullable=False),
 )
 
 _actions = cattrs.Converter()
@@ -142,6 +153,19 @@ class NewEvent:
     anomaly_id: int | None = None
 
 
+@attrs.frozen
+class IntegrationStats:
+    """One integration's events by status, as an operator or a metrics scrape sees them."""
+
+    integration_id: int
+    pending: int = 0
+    dead: int = 0
+    delivered: int = 0
+    in_flight: int = 0
+    """Events claimed by a live lease right now, across every worker."""
+    oldest_pending_seconds: float | None = None
+
+
 class LeaseLost(TicketingError):
     """This worker's claim on an event expired and may be another's now: it must not act on it."""
 
@@ -173,14 +197,22 @@ class Outbox:
         new_events = list(new_events)
         if not new_events:
             return 0
+        tickets = {_ordering_key(e.integration_id, e.ticket_id) for e in new_events}
         with self.database.begin(conn) as c:
             now = self.database.now(c)
             rows = [_row(event, now) for event in new_events]
-            self._lock_tickets(
-                c, {_ordering_key(e.integration_id, e.ticket_id) for e in new_events}
-            )
+            self._lock_tickets(c, tickets)
             c.execute(events.insert(), rows)
+        if conn is not None:  # for the caller to wake a dispatcher with once it commits
+            conn.info.setdefault(_STORED_TICKETS, set()).update(tickets)
         return len(rows)
+
+    @staticmethod
+    def stored_tickets(conn: sa.Connection) -> set[str]:
+        """The tickets (ordering keys) ``enqueue`` stored events for in the caller's transaction
+        on ``conn`` since the last call, forgotten by this call: what to wake a dispatcher for
+        once the transaction commits. Call it on every connection passed to ``enqueue``."""
+        return set(conn.info.pop(_STORED_TICKETS, set()))
 
     def _lock_tickets(self, conn: sa.Connection, ordering_keys: set[str]) -> None:
         """Hold each ticket's lock until the caller commits, so its ids follow commit order.
@@ -208,29 +240,13 @@ class Outbox:
         Events of ``skip_integrations`` are not considered (they have enough in flight);
         ``fits(integration_id)`` may decline an event too, asked once per event about to be leased.
         """
-        earlier = events.alias("earlier")
-        # Dead events count: a ticket's later events wait until its dead one is retried.
-        oldest_of_ticket = (
-            sa.select(sa.func.min(earlier.c.id))
-            .where(
-                earlier.c.ordering_key == events.c.ordering_key,
-                earlier.c.status.in_((PENDING, DEAD)),
-            )
-            .scalar_subquery()
-        )
         with self.database.begin() as conn:
             now = self.database.now(conn)
-            # An unsettled claim (its worker died) also waits out the doubt window.
-            settled = sa.or_(
-                events.c.lease_until.is_(None), events.c.lease_until <= now - self.doubt
-            )
+            settled = self._settled(now)
             candidates = conn.execute(
                 sa.select(events.c.id, events.c.integration_id)
                 .where(
-                    events.c.status == PENDING,
-                    events.c.next_attempt_at <= now,
-                    settled,
-                    events.c.id == oldest_of_ticket,
+                    self._due(now),
                     events.c.integration_id.not_in(list(skip_integrations)),
                 )
                 .order_by(events.c.id)
@@ -247,6 +263,133 @@ class Outbox:
                 if self._lease(conn, event_id, now, settled):
                     claimed.append(event_id)
             return self._load(conn, claimed)
+
+    def _settled(self, now: datetime) -> sa.ColumnElement[bool]:
+        # An unsettled claim (its worker died) also waits out the doubt window.
+        return sa.or_(events.c.lease_until.is_(None), events.c.lease_until <= now - self.doubt)
+
+    def _due(self, now: datetime) -> sa.ColumnElement[bool]:
+        """Events that may be claimed now: pending, due, unclaimed, the oldest of their ticket."""
+        earlier = events.alias("earlier")
+        # Dead events count: a ticket's later events wait until its dead one is retried.
+        oldest_of_ticket = (
+            sa.select(sa.func.min(earlier.c.id))
+            .where(
+                earlier.c.ordering_key == events.c.ordering_key,
+                earlier.c.status.in_((PENDING, DEAD)),
+            )
+            .scalar_subquery()
+        )
+        return sa.and_(
+            events.c.status == PENDING,
+            events.c.next_attempt_at <= now,
+            self._settled(now),
+            events.c.id == oldest_of_ticket,
+        )
+
+    def claim_next(self, *, prefer: str | None = None, instance_limit: int) -> OutboxEvent | None:
+        """Lease one due event, of the ticket ``prefer`` names (an ordering key) when it has one,
+        else of the same integration, else of any; None when nothing may be claimed now.
+
+        The fleet's claim: at most ``instance_limit`` live claims per integration across every
+        process sharing the database (counted and leased under a per-integration lock), and none
+        for an integration whose service asked it to slow down (429) until its pause is over.
+        """
+        preferred = [int(prefer.split(":", 1)[0])] if prefer else []
+        if preferred and (event := self._claim_within_limit(preferred[0], prefer, instance_limit)):
+            return event
+        with self.database.read() as conn:
+            now = self.database.now(conn)
+            others = conn.execute(
+                sa.select(events.c.integration_id)
+                .where(self._due(now), events.c.integration_id.not_in(preferred))
+                .group_by(events.c.integration_id)
+                .order_by(sa.func.min(events.c.id))
+            ).scalars()
+            candidates = list(others)
+        for integration_id in candidates:
+            if event := self._claim_within_limit(integration_id, None, instance_limit):
+                return event
+        return None
+
+    def _claim_within_limit(
+        self, integration_id: int, prefer: str | None, instance_limit: int
+    ) -> OutboxEvent | None:
+        with self.database.begin() as conn:
+            if self.database.is_postgresql:  # SQLite's writers go one at a time already
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_LIMIT_LOCK, integration_id)))
+            now = self.database.now(conn)
+            paused = conn.execute(
+                sa.select(throttles.c.until).where(
+                    throttles.c.integration_id == integration_id, throttles.c.until > now
+                )
+            ).first()
+            live = conn.execute(
+                sa.select(sa.func.count()).where(
+                    events.c.integration_id == integration_id,
+                    events.c.status == PENDING,
+                    events.c.claim_token.is_not(None),
+                    events.c.lease_until > now,
+                )
+            ).scalar_one()
+            if paused or live >= instance_limit:
+                return None
+            order: list[sa.ColumnElement[Any]] = [events.c.id]
+            if prefer:
+                order.insert(0, sa.case((events.c.ordering_key == prefer, 0), else_=1))
+            event_id = conn.execute(
+                sa.select(events.c.id)
+                .where(self._due(now), events.c.integration_id == integration_id)
+                .order_by(*order)
+                .limit(1)
+                .with_for_update(skip_locked=True, of=events)
+            ).scalar()
+            if event_id is None or not self._lease(conn, event_id, now, self._settled(now)):
+                return None
+            return self._load(conn, [event_id])[0]
+
+    def due_tickets(self, *, waiting: float = 0.0, limit: int = 1000) -> list[str]:
+        """Ordering keys of tickets whose next event has been due for ``waiting`` seconds and is
+        unclaimed: what a relay wakes workers for when their wake-up was lost."""
+        with self.database.read() as conn:
+            now = self.database.now(conn)
+            return list(
+                conn.execute(
+                    sa.select(events.c.ordering_key)
+                    .where(
+                        self._due(now),
+                        events.c.next_attempt_at <= now - timedelta(seconds=waiting),
+                    )
+                    .order_by(events.c.id)
+                    .limit(limit)
+                ).scalars()
+            )
+
+    def stats(self) -> list[IntegrationStats]:
+        """Per integration: events by status, live claims, and the age of the oldest pending."""
+        live = sa.and_(
+            events.c.claim_token.is_not(None), events.c.lease_until > sa.bindparam("now")
+        )
+        with self.database.read() as conn:
+            now = self.database.now(conn)
+            rows = conn.execute(
+                sa.select(
+                    events.c.integration_id,
+                    events.c.status,
+                    sa.func.count(),
+                    sa.func.sum(sa.case((live, 1), else_=0)),
+                    sa.func.min(events.c.created),
+                ).group_by(events.c.integration_id, events.c.status),
+                {"now": now},
+            ).all()
+        found: dict[int, dict[str, Any]] = {}
+        for integration_id, status, count, in_flight, oldest in rows:
+            entry = found.setdefault(integration_id, {"integration_id": integration_id})
+            entry[status] = count
+            if status == PENDING:
+                entry["in_flight"] = int(in_flight or 0)
+                entry["oldest_pending_seconds"] = (now - oldest).total_seconds()
+        return [IntegrationStats(**found[key]) for key in sorted(found)]
 
     def _lease(
         self, conn: sa.Connection, event_id: int, now: datetime, settled: sa.ColumnElement[bool]
@@ -305,8 +448,9 @@ class Outbox:
                 f"outbox event {event.id}: the lease expired; another worker may hold it"
             )
 
-    def delivered(self, event: OutboxEvent) -> bool:
-        """Settle a delivered event; False when the claim was lost (the settle changes nothing)."""
+    def delivered(self, event: OutboxEvent) -> datetime | None:
+        """Settle a delivered event: when, on the database's clock; None when the claim was lost
+        (the settle changes nothing)."""
         with self.database.begin() as conn:
             now = self.database.now(conn)
             settled = conn.execute(
@@ -318,7 +462,7 @@ class Outbox:
                     last_error=None,
                 )
             ).rowcount
-            return bool(settled)
+            return now if settled else None
 
     def failed(self, event: OutboxEvent, error: BaseException) -> str | None:
         """Record a failed attempt: back off and retry, or park as dead.
@@ -333,6 +477,8 @@ class Outbox:
         if landed:
             delay = max(delay, self.doubt)
         with self.database.begin() as conn:
+            if isinstance(error, RateLimited):
+                self._pause(conn, event.integration_id, delay)
             settled = conn.execute(
                 self._fenced(event).values(
                     status=status,
@@ -345,6 +491,16 @@ class Outbox:
                 )
             ).rowcount
         return status if settled else None
+
+    def _pause(self, conn: sa.Connection, integration_id: int, delay: timedelta) -> None:
+        """Keep fleet claims off an integration whose service answered 429, for ``delay``."""
+        insert = (postgresql.insert if self.database.is_postgresql else sqlite.insert)(throttles)
+        until = self.database.now(conn) + delay
+        conn.execute(
+            insert.values(integration_id=integration_id, until=until).on_conflict_do_update(
+                index_elements=[throttles.c.integration_id], set_={"until": until}
+            )
+        )
 
     @staticmethod
     def _fenced(event: OutboxEvent) -> sa.Update:
@@ -380,6 +536,18 @@ class Outbox:
                     )
                 ).rowcount
             )
+
+    def next_attempt_in(self, event: OutboxEvent) -> float | None:
+        """Seconds until a pending event may be attempted again (0 if now), None if not pending."""
+        with self.database.read() as conn:
+            due: datetime | None = conn.execute(
+                sa.select(events.c.next_attempt_at).where(
+                    events.c.id == event.id, events.c.status == PENDING
+                )
+            ).scalar()
+            if due is None:
+                return None
+            return max(0.0, (due - self.database.now(conn)).total_seconds())
 
     def discard(self, event_ids: Sequence[int]) -> int:
         """Drop dead events that can never succeed (their ticket is gone), unblocking later ones."""
@@ -530,14 +698,40 @@ def _event(row: sa.RowMapping, installation_id: str) -> OutboxEvent:
 Deliver = Callable[[OutboxEvent], None]
 
 
+@attrs.frozen
+class Outcome:
+    """How one attempt at a claimed event ended."""
+
+    status: str | None
+    """The event's status now (delivered, pending, dead), or None: the claim was lost."""
+    error: BaseException | None = None
+    delivered_at: datetime | None = None
+
+
+def attempt(outbox: Outbox, deliver: Deliver, event: OutboxEvent) -> Outcome:
+    """Deliver one claimed event and settle it, whichever way the delivery ends."""
+    try:
+        deliver(event)
+    except Exception as exc:
+        status = outbox.failed(event, exc)
+        log.warning("outbox event %s failed (%s): %s", event.id, status or "lease lost", exc)
+        return Outcome(status, exc)
+    delivered_at = outbox.delivered(event)
+    if delivered_at is None:
+        log.warning("outbox event %s: delivered after its lease was lost", event.id)
+        return Outcome(None)
+    return Outcome(DELIVERED, delivered_at=delivered_at)
+
+
 class Dispatcher(Protocol):
     """Runs deliveries of outbox events somewhere: threads here, a task queue elsewhere."""
 
     def start(self) -> None:
         """Begin delivering due events, including those left by an earlier process."""
 
-    def wake(self) -> None:
-        """New events were stored: look for work now rather than at the next poll."""
+    def wake(self, tickets: Collection[str] = ()) -> None:
+        """New events were stored for these tickets (ordering keys, see :meth:`Outbox.claim_next`):
+        look for work now rather than at the next poll."""
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop claiming; wait up to ``timeout`` for deliveries in flight."""
@@ -548,7 +742,8 @@ class ThreadedDispatcher:
 
     One integration gets at most ``per_integration`` of them (default all but one), so a slow or
     down instance cannot hold every slot while another integration's events wait. ``prune`` runs
-    every ``prune_interval`` seconds (default: the outbox's own pruning).
+    every ``prune_interval`` seconds (default: the outbox's own pruning); ``on_attempt`` hears of
+    every attempt and how it ended (metrics).
     """
 
     def __init__(
@@ -561,9 +756,11 @@ class ThreadedDispatcher:
         poll_interval: float = 0.5,
         prune: Callable[[], object] | None = None,
         prune_interval: float = 600.0,
+        on_attempt: Callable[[OutboxEvent, Outcome], object] | None = None,
     ) -> None:
         self.outbox = outbox
         self.deliver = deliver
+        self.on_attempt = on_attempt
         self.concurrency = concurrency
         self.per_integration = per_integration or max(1, concurrency - 1)
         self.poll_interval = poll_interval
@@ -584,7 +781,7 @@ class ThreadedDispatcher:
         self._loop = threading.Thread(target=self._run, name="ticketing-outbox", daemon=True)
         self._loop.start()
 
-    def wake(self) -> None:
+    def wake(self, tickets: Collection[str] = ()) -> None:
         self._wakeup.set()
 
     def stop(self, timeout: float | None = 10.0) -> None:
@@ -640,13 +837,9 @@ class ThreadedDispatcher:
 
     def _deliver_one(self, event: OutboxEvent) -> None:
         try:
-            self.deliver(event)
-        except Exception as exc:
-            status = self.outbox.failed(event, exc)
-            log.warning("outbox event %s failed (%s): %s", event.id, status or "lease lost", exc)
-        else:
-            if not self.outbox.delivered(event):
-                log.warning("outbox event %s: delivered after its lease was lost", event.id)
+            outcome = attempt(self.outbox, self.deliver, event)
+            if self.on_attempt is not None:
+                self.on_attempt(event, outcome)
         finally:
             with self._idle:
                 self._in_flight.pop(event.id, None)

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -208,14 +208,17 @@ class SyncService:
                 link = self._store_link(anomaly.id, integration_id, linked, conn)
                 note = AddWorkNote(self.messages.link_note(anomaly))
                 self.outbox.enqueue([NewEvent(integration_id, linked.id, note, anomaly.id)], conn)
+                woken.update(Outbox.stored_tickets(conn))
             return {"ticket_id": linked.id, "link_id": link.id}
+
+        woken: set[str] = set()
 
         with call_budget(deadline=self.interactive_deadline):
             ticket = self._existing_ticket(provider, ticket_id, ticket_number)
             scope = f"link:{integration_id}:{anomaly.id}:{ticket.id}"
             outcome = self.requests.run(scope, _fingerprint(scope), append_block, record=record)
             linked, result = outcome
-            self._wake()
+            self._wake(woken)
             return linked or provider.get(ticket.id), self._link(result)
 
     def pull_status(self, anomaly_id: int) -> list[TicketLink]:
@@ -333,15 +336,16 @@ class SyncService:
                 )
             ]
             stored = self.outbox.enqueue(new_events, conn=c)
-        # In the caller's transaction the events are visible only once it commits: the caller
-        # wakes the dispatcher then (else it finds them at its next poll).
-        if stored and conn is None:
-            self._wake()
+            # In the caller's transaction the events are visible only once it commits: the
+            # caller wakes the dispatcher then (else it finds them at its next poll).
+            tickets = Outbox.stored_tickets(c) if conn is None else set()
+        if tickets:
+            self._wake(tickets)
         return stored
 
-    def _wake(self) -> None:
+    def _wake(self, tickets: Collection[str]) -> None:
         if self.dispatcher is not None:
-            self.dispatcher.wake()
+            self.dispatcher.wake(tickets)
 
     def _capabilities(self, integration_id: int, conn: sa.Connection) -> Capabilities:
         # Queuing must not depend on the provider being usable now: if it cannot even be built,

@@ -165,7 +165,9 @@ class OutboxMachine(RuleBasedStateMachine):
     def _settle_delivered(self, worker: Worker, claim: Claim) -> None:
         event = claim.event
         valid = self._valid(event)
-        assert self.outbox.delivered(event) is valid, "delivered() must follow the fence"
+        assert (self.outbox.delivered(event) is not None) is valid, (
+            "delivered() must follow the fence"
+        )
         worker.claims.remove(claim)
         if valid:
             note = self._note(event)

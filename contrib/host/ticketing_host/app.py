@@ -16,8 +16,9 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ticketing_core.errors import (
     AuthenticationFailed,
@@ -32,6 +33,7 @@ from ticketing_core.models import MAX_PAGE_SIZE, SearchQuery
 from ticketing_core.plugins import check_api_url
 from ticketing_core.store import utcnow
 
+from . import metrics
 from .db import (
     MAX_ANOMALY_ID,
     MAX_INTEGRATION_ID,
@@ -93,6 +95,13 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="ticketing host", version=version("ticketing"), lifespan=lifespan)
     app.state.runtime = runtime
     app.include_router(api)
+    registry = metrics.registry_for(runtime.service.outbox)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        """Delivery metrics and the outbox's counts, in Prometheus' text format (no token)."""
+        return Response(metrics.exposition(registry), media_type=CONTENT_TYPE_LATEST)
+
     for error, _status in ERROR_STATUS:
         app.add_exception_handler(error, error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)

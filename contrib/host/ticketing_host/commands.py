@@ -1,4 +1,4 @@
-"""``ticketing serve`` and ``ticketing demo``, added to the ``ticketing`` command line by .plugin.
+"""``ticketing serve``, ``worker`` and ``demo``, added to the ``ticketing`` command line by .plugin.
 
 The ``ticketing`` command loads these on every start, so the host's heavy imports (FastAPI,
 SQLAlchemy, uvicorn) happen only when one of them runs.
@@ -7,22 +7,47 @@ SQLAlchemy, uvicorn) happen only when one of them runs.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
 
 import click
 
+from ticketing_core.errors import TicketingError
+
 TOKEN_VARIABLE = "TICKETING_API_TOKEN"  # noqa: S105 - a variable's name, not a secret
+
+
+def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--database",
+        envvar="TICKETING_DATABASE",
+        default="ticketing.db",
+        show_default=True,
+        help="SQLite file or postgresql:// URL (a fleet needs PostgreSQL).",
+    )(command)
+
+
+def fleet_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options ``serve --broker`` and ``worker`` share, read from TICKETING_* too."""
+    options = [
+        click.option("--queue", envvar="TICKETING_QUEUE", default="ticketing", show_default=True,
+                     help="Queue name (and Redis key prefix): one per installation on a broker."),
+        click.option("--relay-interval", type=click.FloatRange(min=0.1), default=5.0,
+                     show_default=True,
+                     help="Seconds between passes re-sending wake-ups whose messages were lost."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option(
-    "--database",
-    envvar="TICKETING_DATABASE",
-    default="ticketing.db",
-    show_default=True,
-    help="SQLite file or postgresql:// URL.",
-)
+@database_option
 @click.option(
     "--public-url", help="Base URL of the anomaly pages tickets link to [http://HOST:PORT]."
 )
@@ -32,10 +57,22 @@ TOKEN_VARIABLE = "TICKETING_API_TOKEN"  # noqa: S105 - a variable's name, not a 
 @click.option(
     "--product", default="Qualytics", show_default=True, help="Name used in ticket texts."
 )
+@click.option(
+    "--broker",
+    envvar="TICKETING_BROKER",
+    help="redis:// or amqp:// URL: deliver through ticketing worker processes, not in here.",
+)
+@fleet_options
 def serve(
-    host: str, port: int, database: str, public_url: str | None, allow_http: bool, product: str
-) -> None:
-    """Run the host API and its background sync. The API token comes from TICKETING_API_TOKEN."""
+    host: str, port: int, database: str, public_url: str | None, allow_http: bool, product: str,
+    broker: str | None, queue: str, relay_interval: float,
+) -> None:  # fmt: skip
+    """Run the host API and its background sync. The API token comes from TICKETING_API_TOKEN.
+
+    Without --broker, deliveries run in this process. With it, this process sends each ticket's
+    wake-up to the broker once the request's transaction commits, and relays lost ones;
+    ticketing worker processes deliver. /metrics serves Prometheus metrics either way.
+    """
     import uvicorn
 
     from ticketing_core.store import OPEN_ERRORS, open_error
@@ -49,14 +86,124 @@ def serve(
         product=product,
         allow_http=allow_http,
         api_token=os.environ.get(TOKEN_VARIABLE) or None,
+        broker=broker,
+        queue=queue,
+        relay_interval=relay_interval,
     )
     try:
         app = create_app(settings)
         generated = runtime_of(app).ensure_api_token()
     except OPEN_ERRORS as exc:
         raise click.ClickException(open_error(database, exc)) from None
+    except TicketingError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(token_notice(settings.api_token is not None, generated), err=True)
     uvicorn.run(app, host=host, port=port)
+
+
+@click.command()
+@database_option
+@click.option(
+    "--broker",
+    envvar="TICKETING_BROKER",
+    required=True,
+    help="redis:// or amqp:// URL, the one serve --broker uses.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Deliveries at once per process.",
+)
+@click.option(
+    "--instance-concurrency",
+    envvar="TICKETING_INSTANCE_CONCURRENCY",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Most deliveries in flight to one integration's instance, across the fleet.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus /metrics for this worker's processes on this port.",
+)
+@click.option(
+    "--allow-http",
+    is_flag=True,
+    envvar="TICKETING_ALLOW_HTTP",
+    help="Allow plain http:// instance URLs (emulators, labs).",
+)
+@fleet_options
+@click.option(
+    "--delivery-deadline",
+    type=click.FloatRange(min=0.1),
+    default=20.0,
+    show_default=True,
+    help="Seconds one delivery may take, all its requests included.",
+)
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(min=0.5),
+    default=30.0,
+    show_default=True,
+    help="How long a claim lasts (more than the delivery deadline).",
+)
+@click.option(
+    "--doubt-seconds",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="How long an instance may still act on a request it did not answer.",
+)
+def worker(
+    database: str, broker: str, processes: int, threads: int, instance_concurrency: int,
+    metrics_port: int | None, allow_http: bool, queue: str, relay_interval: float,
+    delivery_deadline: float, lease_seconds: float, doubt_seconds: float,
+) -> None:  # fmt: skip
+    """Deliver outbox events from a broker's wake-ups (Dramatiq), beside others on other machines.
+
+    SIGTERM finishes the deliveries in hand (within the delivery deadline) and exits; SIGKILL
+    loses nothing: a killed worker's claims pass to the others once their lease is over.
+    """
+    if delivery_deadline >= lease_seconds:
+        raise click.BadParameter(
+            "must be more than --delivery-deadline", param_hint="--lease-seconds"
+        )
+    # Before anything imports prometheus_client: the processes add up their metrics in this folder.
+    metrics_folder = tempfile.mkdtemp(prefix="ticketing-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
+    try:
+        sys.exit(run_workers(
+            database=database, broker=broker, public_url="http://localhost", allow_http=allow_http,
+            queue=queue, relay_interval=relay_interval, instance_concurrency=instance_concurrency,
+            metrics_port=metrics_port, delivery_deadline=delivery_deadline,
+            lease_seconds=lease_seconds, doubt_seconds=doubt_seconds,
+        ).run(processes, threads))  # fmt: skip
+    finally:
+        shutil.rmtree(metrics_folder, ignore_errors=True)
+
+
+def run_workers(**settings: Any) -> Any:
+    from ticketing_core.store import OPEN_ERRORS, open_error
+
+    from .fleet import WorkerCommand
+    from .runtime import Settings
+
+    try:
+        return WorkerCommand.checked(Settings(**settings))
+    except OPEN_ERRORS as exc:
+        raise click.ClickException(open_error(settings["database"], exc)) from None
+    except TicketingError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def token_notice(from_environment: bool, generated: str | None) -> str:

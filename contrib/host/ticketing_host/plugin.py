@@ -1,4 +1,4 @@
-"""Entry point of the host: adds ``serve`` and ``demo`` to the ``ticketing`` command line."""
+"""Entry point of the host: adds ``serve``, ``worker`` and ``demo`` to the ``ticketing`` command line."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import click
 
 from ticketing_core import hookimpl
 
-from .commands import demo, serve
+from .commands import demo, serve, worker
 
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     cli.add_command(serve)
+    cli.add_command(worker)
     cli.add_command(demo)

@@ -12,12 +12,13 @@ import sqlalchemy as sa
 
 from ticketing_core.errors import InvalidInput, TicketingError
 from ticketing_core.hookspecs import Provider
-from ticketing_core.outbox import Outbox, ThreadedDispatcher
+from ticketing_core.outbox import Dispatcher, Outbox, ThreadedDispatcher
 from ticketing_core.plugins import default_registry
 from ticketing_core.policies import Messages, SyncPolicy
 from ticketing_core.service import INTEGRATION, ProviderPool, SyncService
 from ticketing_core.store import Database
 
+from . import metrics
 from .db import HostStore, token_hash
 
 
@@ -43,12 +44,24 @@ class Settings:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     poll_interval: float = 0.5
+    broker: str | None = None
+    """A ``redis://`` or ``amqp://`` URL: deliveries go to ``ticketing worker`` processes."""
+    queue: str = "ticketing"
+    instance_concurrency: int = 8
+    """With a broker: most deliveries in flight to one integration's instance, fleet-wide."""
+    relay_interval: float = 5.0
+    metrics_port: int | None = None
 
 
 class HostRuntime:
-    """Everything the API needs, built once per process; ``start``/``stop`` run the dispatcher."""
+    """Everything the API needs, built once per process; ``start``/``stop`` run the dispatcher.
 
-    def __init__(self, settings: Settings) -> None:
+    The dispatcher is the in-process one by default; with ``settings.broker`` it sends wake-ups to
+    ``ticketing worker`` processes instead. ``deliver=False`` builds a runtime without one, as a
+    worker process does for itself.
+    """
+
+    def __init__(self, settings: Settings, *, deliver: bool = True) -> None:
         self.settings = settings
         self.database = Database(settings.database)
         self.store = HostStore(self.database)
@@ -73,13 +86,20 @@ class HostRuntime:
             delivery_deadline=settings.delivery_deadline,
         )
         # The dispatcher delivers through the service, so it is attached once the service exists.
-        self.dispatcher = ThreadedDispatcher(
-            outbox,
-            self.service.deliver,
-            concurrency=settings.concurrency,
-            poll_interval=settings.poll_interval,
-            prune=self.service.prune,
-        )
+        self.dispatcher: Dispatcher | None = None
+        if deliver and settings.broker is not None:
+            from . import fleet  # Dramatiq, only for those who run a fleet
+
+            self.dispatcher = fleet.dispatcher_for(outbox, settings)
+        elif deliver:
+            self.dispatcher = ThreadedDispatcher(
+                outbox,
+                self.service.deliver,
+                concurrency=settings.concurrency,
+                poll_interval=settings.poll_interval,
+                prune=self.service.prune,
+                on_attempt=metrics.observe,
+            )
         self.service.dispatcher = self.dispatcher
 
     def connect(
@@ -133,9 +153,13 @@ class HostRuntime:
     def transaction(self) -> Iterator[sa.Connection]:
         """A host transaction whose queued deliveries start as soon as it commits."""
         with self.database.begin() as conn:
-            yield conn
+            try:
+                yield conn
+            finally:
+                tickets = Outbox.stored_tickets(conn)
         # Events queued in this transaction are visible now: deliver them without waiting for a poll.
-        self.dispatcher.wake()
+        if self.dispatcher is not None:
+            self.dispatcher.wake(tickets)
 
     def start(self) -> None:
         self.service.start()

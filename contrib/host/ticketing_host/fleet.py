@@ -1,0 +1,293 @@
+"""Delivery at scale on Dramatiq: ``ticketing worker`` processes share one database and one broker.
+
+The outbox table stays the record; a broker message is only a wake-up naming one ticket (its
+ordering key, ``<integration id>:<ticket id>``):
+
+- after the host's transaction commits, ``serve --broker`` sends one message per ticket it queued
+  events for (:class:`BrokerDispatcher`), and delivers nothing itself;
+- a worker receiving one *drains*: it claims the ticket's next due event, delivers it, settles it,
+  and goes on with that ticket, then with other due tickets, until nothing is due (or its drain
+  budget is spent, when it sends a wake-up to carry on). Claims go through
+  :meth:`~ticketing_core.outbox.Outbox.claim_next`, which keeps at most ``instance_concurrency``
+  live claims per integration across the whole fleet and none while the instance's 429 pause lasts;
+- a failed event is retried at its backoff by a delayed message, and the relay (in ``serve`` and
+  in every ``ticketing worker``) re-sends wake-ups for events left due by lost messages (a broker
+  restart or flush, a crash between commit and send).
+
+Broker redelivery is at-least-once, and so are the relay's wake-ups; the outbox's fencing and keyed
+writes are what make each note land exactly once. Dramatiq's own retries are off (the outbox owns
+attempts, backoff and dead-parking), its time limit is above the drain budget plus one delivery's
+deadline, and messages have no age limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Collection
+from urllib.parse import urlsplit
+
+import attrs
+import dramatiq
+from dramatiq import cli as dramatiq_cli
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+
+from ticketing_core.errors import InvalidInput
+from ticketing_core.outbox import PENDING, Outbox, OutboxEvent, Outcome, attempt
+
+from . import metrics
+from .runtime import HostRuntime, Settings
+
+log = logging.getLogger(__name__)
+
+ACTOR = "deliver_ticket"
+SETTINGS_VARIABLE = "TICKETING_WORKER_SETTINGS"
+DRAIN_SECONDS = 30.0  # one message's work at most; then it hands on to a fresh message
+
+
+def broker_for(url: str, namespace: str = "ticketing") -> dramatiq.Broker:
+    """A Dramatiq broker for ``redis://`` or ``amqp://`` URLs (messages confirmed on send)."""
+    scheme = urlsplit(url).scheme
+    if scheme in ("redis", "rediss"):
+        return RedisBroker(url=url, namespace=namespace)  # type: ignore[no-untyped-call]
+    if scheme in ("amqp", "amqps"):
+        return RabbitmqBroker(url=url, confirm_delivery=True)
+    raise InvalidInput(f"--broker must be a redis:// or amqp:// URL, not {scheme or url!r}://")
+
+
+def declare_actor(
+    broker: dramatiq.Broker, settings: Settings, run: Callable[[str], None]
+) -> dramatiq.Actor[[str], None]:
+    """The one actor: deliver a ticket's due events (and then others'). Retries off, no age
+    limit, a time limit above a drain plus one delivery."""
+    time_limit = (DRAIN_SECONDS + settings.delivery_deadline + 30) * 1000
+    declare = dramatiq.actor(
+        broker=broker,
+        actor_name=ACTOR,
+        queue_name=settings.queue,
+        max_retries=0,
+        time_limit=int(time_limit),
+    )
+    return declare(run)
+
+
+def send_wakeup(actor: dramatiq.Actor[[str], None], ticket: str, delay: float = 0.0) -> None:
+    """Ask a worker to deliver ``ticket``'s due events, ``delay`` seconds from now. A send that
+    fails is logged: the event stays due and the relay sends for it again."""
+    try:
+        actor.send_with_options(args=(ticket,), delay=int(delay * 1000) or None)
+    except Exception as exc:
+        log.warning("could not send the wake-up for %s (the relay will): %s", ticket, exc)
+
+
+def dispatcher_for(outbox: Outbox, settings: Settings) -> BrokerDispatcher:
+    """What ``serve --broker`` dispatches with: a broker of its own and the actor to send to."""
+    assert settings.broker is not None
+    broker = broker_for(settings.broker, namespace=settings.queue)
+    return BrokerDispatcher(outbox, declare_actor(broker, settings, _never_here), settings)
+
+
+def _never_here(ticket: str) -> None:  # pragma: no cover - serve sends, workers run
+    raise RuntimeError("serve --broker delivers nothing itself")
+
+
+class BrokerDispatcher:
+    """``serve --broker``: sends wake-ups after commits and runs the relay; delivers nothing."""
+
+    def __init__(
+        self, outbox: Outbox, actor: dramatiq.Actor[[str], None], settings: Settings
+    ) -> None:
+        self.relay = Relay(outbox, actor, settings.relay_interval, prune=outbox.prune)
+        self.actor = actor
+
+    def start(self) -> None:
+        self.relay.start()
+
+    def wake(self, tickets: Collection[str] = ()) -> None:
+        for ticket in sorted(tickets):
+            send_wakeup(self.actor, ticket)
+
+    def stop(self, timeout: float | None = None) -> None:
+        self.relay.stop()
+        self.actor.broker.close()
+
+
+class Relay:
+    """Every ``interval`` seconds, a wake-up for each ticket whose next event has been due that
+    long unclaimed (its message was lost); prunes delivered events now and then."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        actor: dramatiq.Actor[[str], None],
+        interval: float,
+        *,
+        prune: Callable[[], object],
+        prune_interval: float = 600.0,
+    ) -> None:
+        self.outbox, self.actor, self.interval = outbox, actor, interval
+        self.prune, self.prune_interval = prune, prune_interval
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self.run, name="ticketing-relay", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(self.interval + 5)
+
+    def run(self) -> None:
+        last_prune = time.monotonic()
+        while not self._stopping.wait(self.interval):
+            try:
+                for ticket in self.outbox.due_tickets(waiting=self.interval):
+                    send_wakeup(self.actor, ticket)
+                if time.monotonic() - last_prune > self.prune_interval:
+                    last_prune = time.monotonic()
+                    self.prune()
+            except Exception:
+                log.exception("relay pass failed; trying again in %s s", self.interval)
+
+
+class Deliveries:
+    """A worker process's side: drains tickets through one runtime built on first use (after
+    Dramatiq forked the process, so no connection is shared across processes)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stopping = threading.Event()  # set by Draining: finish the event in hand, then stop
+        self.actor: dramatiq.Actor[[str], None] | None = None
+        self._runtime: HostRuntime | None = None
+        self._lock = threading.Lock()
+
+    def runtime(self) -> HostRuntime:
+        with self._lock:
+            if self._runtime is None:
+                self._runtime = HostRuntime(self.settings, deliver=False)
+            return self._runtime
+
+    def drain(self, ticket: str) -> None:
+        """Deliver ``ticket``'s due events, then other tickets', within the drain budget."""
+        runtime = self.runtime()
+        outbox, limit = runtime.service.outbox, self.settings.instance_concurrency
+        started, prefer = time.monotonic(), ticket
+        while not self.stopping.is_set():
+            if time.monotonic() - started > DRAIN_SECONDS:
+                self._wake(prefer)  # more may be due: a fresh message carries on
+                return
+            event = outbox.claim_next(prefer=prefer, instance_limit=limit)
+            if event is None:
+                return
+            outcome = attempt(outbox, runtime.service.deliver, event)
+            metrics.observe(event, outcome)
+            self._schedule_retry(outbox, event, outcome)
+            prefer = f"{event.integration_id}:{event.ticket_id}"
+
+    def _schedule_retry(self, outbox: Outbox, event: OutboxEvent, outcome: Outcome) -> None:
+        if outcome.status == PENDING and outcome.error is not None:
+            wait = outbox.next_attempt_in(event)
+            if wait is not None:
+                self._wake(f"{event.integration_id}:{event.ticket_id}", wait)
+
+    def _wake(self, ticket: str, delay: float = 0.0) -> None:
+        if self.actor is not None:
+            send_wakeup(self.actor, ticket, delay)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._runtime is not None:
+                self._runtime.stop()
+                self._runtime = None
+
+
+class Draining(dramatiq.Middleware):
+    """On SIGTERM, tell the drains to stop after the event in hand; Dramatiq waits for them."""
+
+    def __init__(self, deliveries: Deliveries) -> None:
+        self.deliveries = deliveries
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.deliveries.stopping.set()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.deliveries.close()
+
+
+@attrs.frozen
+class WorkerCommand:
+    """``ticketing worker``: Dramatiq's own command line, run with this package's worker module."""
+
+    settings: Settings
+
+    @classmethod
+    def checked(cls, settings: Settings) -> WorkerCommand:
+        """Check the database (making its schema, should this worker come before any host) and
+        the broker, so that a mistake is one line here rather than in every process."""
+        HostRuntime(settings, deliver=False).stop()
+        assert settings.broker is not None
+        broker = broker_for(settings.broker, namespace=settings.queue)
+        try:
+            check_reachable(broker)
+        except Exception as exc:
+            raise InvalidInput(
+                f"cannot reach the broker at {shown_url(settings.broker)}: {type(exc).__name__}"
+            ) from None
+        finally:
+            broker.close()
+        return cls(settings)
+
+    def run(self, processes: int, threads: int) -> int:
+        os.environ.update(worker_settings_to_environment(self.settings))
+        forks = ["ticketing_host.worker:relay"]
+        if self.settings.metrics_port is not None:
+            forks.append("ticketing_host.worker:serve_metrics")
+        shutdown_ms = int((self.settings.delivery_deadline + 5) * 1000)
+        argv = [
+            "ticketing_host.worker:broker",
+            "--processes", str(processes),
+            "--threads", str(threads),
+            "--queues", self.settings.queue,
+            "--worker-shutdown-timeout", str(shutdown_ms),
+            *(part for fork in forks for part in ("--fork-function", fork)),
+        ]  # fmt: skip
+        parser = dramatiq_cli.make_argument_parser()  # type: ignore[no-untyped-call]
+        code: int = dramatiq_cli.main(parser.parse_args(argv))  # type: ignore[no-untyped-call]
+        return code
+
+
+def check_reachable(broker: dramatiq.Broker) -> None:
+    """Raise unless the broker answers (a Redis PING, an AMQP connection)."""
+    if isinstance(broker, RedisBroker):
+        broker.client.ping()
+    elif isinstance(broker, RabbitmqBroker):
+        broker.connection  # noqa: B018 - opening it is the check
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def worker_settings_to_environment(settings: Settings) -> dict[str, str]:
+    """What ``ticketing worker`` hands its Dramatiq processes (never an API token)."""
+    values = attrs.asdict(attrs.evolve(settings, api_token=None))
+    return {SETTINGS_VARIABLE: json.dumps(values)}
+
+
+def worker_settings_from_environment() -> Settings:
+    raw = os.environ.get(SETTINGS_VARIABLE)
+    if raw is None:
+        raise RuntimeError(f"{SETTINGS_VARIABLE} is not set: start workers with ticketing worker")
+    return Settings(**json.loads(raw))

@@ -1,0 +1,38 @@
+"""What ``ticketing worker`` runs in each of its Dramatiq processes: the broker, the actor and the
+two fork functions (the relay, and ``/metrics`` when a port is given).
+
+Dramatiq imports this module in every process it starts; the settings come from the environment
+``ticketing worker`` prepared (see :func:`ticketing_host.fleet.worker_settings_to_environment`).
+"""
+
+from __future__ import annotations
+
+import dramatiq
+from prometheus_client import start_http_server
+
+from . import fleet, metrics
+
+settings = fleet.worker_settings_from_environment()
+deliveries = fleet.Deliveries(settings)
+assert settings.broker is not None
+broker = fleet.broker_for(settings.broker, namespace=settings.queue)
+broker.add_middleware(fleet.Draining(deliveries))
+dramatiq.set_broker(broker)
+deliveries.actor = fleet.declare_actor(broker, settings, deliveries.drain)
+
+
+def relay() -> None:
+    """Fork: wake-ups for events whose messages were lost; prunes delivered events."""
+    runtime = deliveries.runtime()
+    outbox = runtime.service.outbox
+    assert deliveries.actor is not None
+    fleet.Relay(
+        outbox, deliveries.actor, settings.relay_interval, prune=runtime.service.prune
+    ).run()
+
+
+def serve_metrics() -> None:
+    """Fork: ``/metrics`` for every process of this ``ticketing worker`` and the outbox's gauges."""
+    registry = metrics.registry_for(deliveries.runtime().service.outbox)
+    _server, thread = start_http_server(settings.metrics_port or 0, registry=registry)
+    thread.join()

@@ -1,0 +1,150 @@
+"""The outbox's fleet side: claims under a per-instance limit shared by every process, the 429
+pause, wake-up bookkeeping and the operator's counts, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ticketing_core import errors
+from ticketing_core.outbox import DELIVERED, NewEvent, Outbox
+from ticketing_core.policies import AddWorkNote
+from ticketing_core.store import Database
+
+
+def notes(integration_id: int, tickets: int, per_ticket: int = 1) -> list[NewEvent]:
+    return [
+        NewEvent(integration_id, f"t{t}", AddWorkNote(f"note {n}"))
+        for t in range(tickets)
+        for n in range(per_ticket)
+    ]
+
+
+def test_claim_next_prefers_the_named_ticket_then_its_integration_then_any(
+    database: Database,
+) -> None:
+    outbox = Outbox(database)
+    outbox.enqueue([NewEvent(2, "other", AddWorkNote("x"))])
+    outbox.enqueue(notes(1, 3))
+
+    first = outbox.claim_next(prefer="1:t2", instance_limit=8)
+    second = outbox.claim_next(prefer="1:t2", instance_limit=8)  # t2 has one in flight
+    third = outbox.claim_next(prefer="1:nothing", instance_limit=8)
+    fourth = outbox.claim_next(prefer="1:t2", instance_limit=8)
+
+    picked = [
+        (e.integration_id, e.ticket_id) if e else None for e in (first, second, third, fourth)
+    ]
+    assert picked == [(1, "t2"), (1, "t0"), (1, "t1"), (2, "other")]
+    assert outbox.claim_next(instance_limit=8) is None
+
+
+def test_racing_claimers_never_hold_more_than_the_instance_limit(database: Database) -> None:
+    """Eight 'workers', each with its own Outbox (as separate processes would have), race for 60
+    tickets of one integration under a limit of 3; each holds what it claims until told."""
+    outboxes = [Outbox(Database(database.url)) for _ in range(8)]
+    outboxes[0].enqueue(notes(1, 60))
+    held: list[object] = []
+    lock = threading.Lock()
+    peak = 0
+
+    def worker(outbox: Outbox) -> int:
+        nonlocal peak
+        delivered = 0
+        while (event := outbox.claim_next(instance_limit=3)) is not None:
+            with lock:
+                held.append(event)
+                peak = max(peak, len(held))
+            time.sleep(0.002)  # hold it a moment, so that claims overlap
+            with lock:
+                held.remove(event)
+            assert outbox.delivered(event) is not None
+            delivered += 1
+        return delivered
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            delivered = sum(pool.map(worker, outboxes))
+    finally:
+        for outbox in outboxes[1:]:
+            outbox.database.dispose()
+
+    assert delivered == 60
+    assert peak <= 3
+    assert outboxes[0].counts()[DELIVERED] == 60
+
+
+def test_live_claims_count_against_the_limit_until_settled(database: Database) -> None:
+    outbox = Outbox(database)
+    outbox.enqueue(notes(1, 5))
+
+    claimed = [outbox.claim_next(instance_limit=2) for _ in range(3)]
+
+    assert claimed[2] is None
+    assert claimed[0] is not None
+    assert claimed[1] is not None
+    outbox.failed(claimed[0], errors.ProviderUnavailable("down", sent=False))
+    assert outbox.claim_next(instance_limit=2) is not None
+
+
+def test_a_429_pauses_fleet_claims_of_that_integration_only(database: Database) -> None:
+    outbox = Outbox(database, backoff_initial=30)
+    outbox.enqueue(notes(1, 3) + notes(2, 1))
+    event = outbox.claim_next(prefer="1:t0", instance_limit=8)
+    assert event is not None
+
+    outbox.failed(event, errors.RateLimited("slow down", retry_after=30))
+
+    after = outbox.claim_next(prefer="1:t1", instance_limit=8)
+    assert after is not None
+    assert after.integration_id == 2
+    assert outbox.claim_next(instance_limit=8) is None
+    assert len(outbox.claim(10)) == 2  # the in-process dispatcher's claim is not paused
+
+
+def test_due_tickets_are_those_with_an_unclaimed_event_due(database: Database) -> None:
+    outbox = Outbox(database)
+    outbox.enqueue(notes(1, 3, per_ticket=2))
+    claimed = outbox.claim_next(prefer="1:t1", instance_limit=8)
+    assert claimed is not None
+
+    assert outbox.due_tickets() == ["1:t0", "1:t2"]
+    assert outbox.due_tickets(waiting=3600) == []
+
+
+def test_enqueue_in_a_callers_transaction_remembers_the_tickets_to_wake(
+    database: Database,
+) -> None:
+    outbox = Outbox(database)
+
+    with database.begin() as conn:
+        outbox.enqueue(notes(1, 2), conn)
+        outbox.enqueue([NewEvent(3, "x", AddWorkNote("y"))], conn)
+        woken = Outbox.stored_tickets(conn)
+        again = Outbox.stored_tickets(conn)
+
+    assert woken == {"1:t0", "1:t1", "3:x"}
+    assert again == set()
+
+
+def test_stats_count_each_integrations_events_and_live_claims(database: Database) -> None:
+    outbox = Outbox(database)
+    outbox.enqueue(notes(1, 4) + notes(2, 1))
+    first = outbox.claim_next(prefer="1:t0", instance_limit=8)
+    second = outbox.claim_next(prefer="1:t1", instance_limit=8)
+    third = outbox.claim_next(prefer="1:t2", instance_limit=8)
+    assert first is not None
+    assert second is not None
+    assert third is not None
+    outbox.delivered(first)
+    outbox.failed(second, errors.AuthenticationFailed("no"))
+
+    one, two = outbox.stats()
+
+    assert (one.integration_id, one.pending, one.dead, one.delivered, one.in_flight) == (
+        1, 2, 1, 1, 1,
+    )  # fmt: skip
+    assert one.oldest_pending_seconds is not None
+    assert one.oldest_pending_seconds >= 0
+    assert (two.integration_id, two.pending, two.in_flight) == (2, 1, 0)
