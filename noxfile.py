@@ -66,6 +66,14 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_sequential.py", *session.posargs)
 
 
+@nox.session(name="bench-scale", python=PYTHON, default=False)
+def bench_scale(session: nox.Session) -> None:
+    """The fleet on PostgreSQL + Redis: the instance limit's floor, one worker process against
+    four, and the outbox's overhead per note."""
+    install(session)
+    session.run("python", "benchmarks/bench_scale.py", *session.posargs)
+
+
 @nox.session(python=PYTHON, default=False)
 def demo(session: nox.Session) -> None:
     """Run the seed's whole flow offline against the bundled ServiceNow emulator."""

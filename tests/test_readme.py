@@ -60,3 +60,19 @@ def test_the_demo_output_shown_is_the_demos_own() -> None:
         assert any(re.fullmatch(pattern, got) for got in actual), (
             f"not in the demo's output: {line}"
         )
+
+
+def test_every_flag_running_at_scale_names_is_a_flag_of_its_command() -> None:
+    text = section("Running at scale")
+    helps = {
+        command: subprocess.run(
+            [str(Path(sys.executable).parent / "ticketing"), command, "--help"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        for command in ("serve", "worker")
+    }  # fmt: skip
+    named = set(re.findall(r"`(?:serve |worker )?(--[a-z-]+)", text))
+
+    assert {"--broker", "--processes", "--instance-concurrency", "--metrics-port"} <= named
+    for flag in named:
+        assert any(flag in help_text for help_text in helps.values()), flag

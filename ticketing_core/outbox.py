@@ -90,6 +90,7 @@ events = sa.Table(
     sa.Index("ix_sync_outbox_due", "status", "next_attempt_at"),
     sa.Index("ix_sync_outbox_ordering", "ordering_key", "status", "id"),
     sa.Index("ix_sync_outbox_notes", "ordering_key", "note_digest", "status"),
+    sa.Index("ix_sync_outbox_claimed", "integration_id", "claim_token"),  # fleet claims count them
     sqlite_autoincrement=True,  # ids are never reused, so a listing's ids stay meaningful
 )
 
@@ -162,7 +163,8 @@ class IntegrationStats:
     dead: int = 0
     delivered: int = 0
     in_flight: int = 0
-    """Events claimed by a live lease right now, across every worker."""
+    """Tickets with events claimed by a live lease right now, across every worker: deliveries
+    in flight (a worker sends a ticket's claimed events one after the other)."""
     oldest_pending_seconds: float | None = None
 
 
@@ -244,23 +246,20 @@ class Outbox:
             now = self.database.now(conn)
             settled = self._settled(now)
             candidates = conn.execute(
-                sa.select(events.c.id, events.c.integration_id)
-                .where(
-                    self._due(now),
-                    events.c.integration_id.not_in(list(skip_integrations)),
-                )
+                self._due_events(now)
+                .where(events.c.integration_id.not_in(list(skip_integrations)))
                 .order_by(events.c.id)
                 .limit(limit if fits is None else limit * 3)  # room for events ``fits`` declines
                 # PostgreSQL: racing workers skip each other's rows; SQLite serialises writers.
                 .with_for_update(skip_locked=True, of=events)
             ).all()
             claimed: list[int] = []
-            for event_id, integration_id in candidates:
+            for event_id, integration_id, _ in candidates:
                 if len(claimed) == limit:
                     break
                 if fits is not None and not fits(integration_id):
                     continue
-                if self._lease(conn, event_id, now, settled):
+                if self._lease(conn, [event_id], now, settled):
                     claimed.append(event_id)
             return self._load(conn, claimed)
 
@@ -268,8 +267,9 @@ class Outbox:
         # An unsettled claim (its worker died) also waits out the doubt window.
         return sa.or_(events.c.lease_until.is_(None), events.c.lease_until <= now - self.doubt)
 
-    def _due(self, now: datetime) -> sa.ColumnElement[bool]:
-        """Events that may be claimed now: pending, due, unclaimed, the oldest of their ticket."""
+    def _due_events(self, now: datetime) -> sa.Select[Any]:
+        """(id, integration_id, ordering_key) of the events that may be claimed now: pending, due,
+        unclaimed, the oldest undelivered of their ticket."""
         earlier = events.alias("earlier")
         # Dead events count: a ticket's later events wait until its dead one is retried.
         oldest_of_ticket = (
@@ -280,73 +280,157 @@ class Outbox:
             )
             .scalar_subquery()
         )
-        return sa.and_(
+        return sa.select(events.c.id, events.c.integration_id, events.c.ordering_key).where(
             events.c.status == PENDING,
             events.c.next_attempt_at <= now,
             self._settled(now),
             events.c.id == oldest_of_ticket,
         )
 
-    def claim_next(self, *, prefer: str | None = None, instance_limit: int) -> OutboxEvent | None:
-        """Lease one due event, of the ticket ``prefer`` names (an ordering key) when it has one,
-        else of the same integration, else of any; None when nothing may be claimed now.
+    def claim_next(
+        self, *, prefer: str | None = None, instance_limit: int, batch: int = 1
+    ) -> list[OutboxEvent]:
+        """Lease the next due events of one ticket, oldest first: of the ticket ``prefer`` names
+        (an ordering key) when it has one due, else of another ticket of its integration, else of
+        any integration's. Up to ``batch`` of them, a run the caller delivers in order (see
+        :func:`attempt_in_order`); empty when nothing may be claimed now.
 
-        The fleet's claim: at most ``instance_limit`` live claims per integration across every
-        process sharing the database (counted and leased under a per-integration lock), and none
-        for an integration whose service asked it to slow down (429) until its pause is over.
+        The fleet's claim: at most ``instance_limit`` tickets with live claims per integration
+        across every process sharing the database (counted and leased under a per-integration
+        lock), and none for an integration whose service asked it to slow down (429) until its
+        pause is over.
         """
         preferred = [int(prefer.split(":", 1)[0])] if prefer else []
-        if preferred and (event := self._claim_within_limit(preferred[0], prefer, instance_limit)):
-            return event
+        if preferred and (
+            run := self._claim_within_limit(preferred[0], prefer, instance_limit, batch)
+        ):
+            return run
         with self.database.read() as conn:
             now = self.database.now(conn)
+            # Integrations with something pending and due: a cheap superset (an index range),
+            # which the claim itself narrows down.
             others = conn.execute(
                 sa.select(events.c.integration_id)
-                .where(self._due(now), events.c.integration_id.not_in(preferred))
+                .where(
+                    events.c.status == PENDING,
+                    events.c.next_attempt_at <= now,
+                    events.c.integration_id.not_in(preferred),
+                )
                 .group_by(events.c.integration_id)
-                .order_by(sa.func.min(events.c.id))
+                .order_by(sa.func.min(events.c.next_attempt_at))
             ).scalars()
             candidates = list(others)
         for integration_id in candidates:
-            if event := self._claim_within_limit(integration_id, None, instance_limit):
-                return event
-        return None
+            if run := self._claim_within_limit(integration_id, None, instance_limit, batch):
+                return run
+        return []
 
     def _claim_within_limit(
-        self, integration_id: int, prefer: str | None, instance_limit: int
-    ) -> OutboxEvent | None:
+        self, integration_id: int, prefer: str | None, instance_limit: int, batch: int
+    ) -> list[OutboxEvent]:
         with self.database.begin() as conn:
             if self.database.is_postgresql:  # SQLite's writers go one at a time already
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_LIMIT_LOCK, integration_id)))
             now = self.database.now(conn)
-            paused = conn.execute(
-                sa.select(throttles.c.until).where(
-                    throttles.c.integration_id == integration_id, throttles.c.until > now
-                )
-            ).first()
-            live = conn.execute(
-                sa.select(sa.func.count()).where(
+            busy_tickets = sa.select(sa.func.count(sa.distinct(events.c.ordering_key))).where(
+                events.c.integration_id == integration_id,
+                events.c.claim_token.is_not(None),
+                events.c.status == PENDING,
+                events.c.lease_until > now,
+            )
+            pause = sa.select(throttles.c.until).where(
+                throttles.c.integration_id == integration_id, throttles.c.until > now
+            )
+            busy, paused = conn.execute(
+                sa.select(busy_tickets.scalar_subquery(), pause.scalar_subquery())
+            ).one()
+            if paused is not None or busy >= instance_limit:
+                return []
+            head = self._head_if_due(conn, prefer, now) if prefer else None
+            if head is None:
+                head = self._due_head(conn, integration_id, now)
+            if head is None:
+                return []
+            run = [head.id, *self._due_after(conn, head.ordering_key, head.id, now, batch - 1)]
+            leased = self._lease(conn, run, now, self._settled(now))
+            if leased != run[: len(leased)] or not leased:  # raced for (part of) it: none of it
+                self._release(conn, leased)
+                return []
+            return self._load(conn, leased)
+
+    def _due_head(self, conn: sa.Connection, integration_id: int, now: datetime) -> Any:
+        """The integration's ticket head (id, ordering key) due the longest, if any may be claimed.
+
+        In two steps whose cost does not hang on the planner's statistics: each ticket's oldest
+        undelivered event in one pass, then those that may be claimed now, by primary key.
+        """
+        heads = list(
+            conn.execute(
+                sa.select(sa.func.min(events.c.id))
+                .where(
                     events.c.integration_id == integration_id,
-                    events.c.status == PENDING,
-                    events.c.claim_token.is_not(None),
-                    events.c.lease_until > now,
+                    events.c.status.in_((PENDING, DEAD)),
                 )
-            ).scalar_one()
-            if paused or live >= instance_limit:
-                return None
-            order: list[sa.ColumnElement[Any]] = [events.c.id]
-            if prefer:
-                order.insert(0, sa.case((events.c.ordering_key == prefer, 0), else_=1))
-            event_id = conn.execute(
-                sa.select(events.c.id)
-                .where(self._due(now), events.c.integration_id == integration_id)
-                .order_by(*order)
-                .limit(1)
-                .with_for_update(skip_locked=True, of=events)
-            ).scalar()
-            if event_id is None or not self._lease(conn, event_id, now, self._settled(now)):
-                return None
-            return self._load(conn, [event_id])[0]
+                .group_by(events.c.ordering_key)
+            ).scalars()
+        )
+        if not heads:
+            return None
+        return conn.execute(
+            sa.select(events.c.id, events.c.ordering_key)
+            .where(
+                events.c.id.in_(heads),
+                events.c.status == PENDING,
+                events.c.next_attempt_at <= now,
+                self._settled(now),
+            )
+            .order_by(events.c.next_attempt_at, events.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
+
+    def _head_if_due(self, conn: sa.Connection, ordering_key: str, now: datetime) -> Any:
+        """The ticket's oldest undelivered event (id, ordering key) if it may be claimed now: one
+        index lookup; the lease's conditional update checks again."""
+        head = conn.execute(
+            sa.select(
+                events.c.id, events.c.ordering_key, events.c.status, events.c.next_attempt_at,
+                events.c.lease_until,
+            )
+            .where(events.c.ordering_key == ordering_key, events.c.status.in_((PENDING, DEAD)))
+            .order_by(events.c.id)
+            .limit(1)
+        ).first()  # fmt: skip
+        if head is None or head.status != PENDING or not self._may_claim(head, now):
+            return None
+        return head
+
+    def _due_after(
+        self, conn: sa.Connection, ordering_key: str, head: int, now: datetime, count: int
+    ) -> list[int]:
+        """Up to ``count`` events of the ticket right after ``head``, while they may be claimed."""
+        if count <= 0:
+            return []
+        following = conn.execute(
+            sa.select(events.c.id, events.c.status, events.c.next_attempt_at, events.c.lease_until)
+            .where(
+                events.c.ordering_key == ordering_key,
+                events.c.id > head,
+                events.c.status != DELIVERED,
+            )
+            .order_by(events.c.id)
+            .limit(count)
+        ).all()
+        run = []
+        for row in following:
+            if row.status != PENDING or not self._may_claim(row, now):
+                break
+            run.append(int(row.id))
+        return run
+
+    def _may_claim(self, row: Any, now: datetime) -> bool:
+        settled = row.lease_until is None or row.lease_until <= now - self.doubt
+        return bool(settled and row.next_attempt_at <= now)
 
     def due_tickets(self, *, waiting: float = 0.0, limit: int = 1000) -> list[str]:
         """Ordering keys of tickets whose next event has been due for ``waiting`` seconds and is
@@ -355,14 +439,11 @@ class Outbox:
             now = self.database.now(conn)
             return list(
                 conn.execute(
-                    sa.select(events.c.ordering_key)
-                    .where(
-                        self._due(now),
-                        events.c.next_attempt_at <= now - timedelta(seconds=waiting),
-                    )
+                    self._due_events(now)
+                    .where(events.c.next_attempt_at <= now - timedelta(seconds=waiting))
                     .order_by(events.c.id)
                     .limit(limit)
-                ).scalars()
+                ).scalars(2)
             )
 
     def stats(self) -> list[IntegrationStats]:
@@ -377,7 +458,7 @@ class Outbox:
                     events.c.integration_id,
                     events.c.status,
                     sa.func.count(),
-                    sa.func.sum(sa.case((live, 1), else_=0)),
+                    sa.func.count(sa.distinct(sa.case((live, events.c.ordering_key)))),
                     sa.func.min(events.c.created),
                 ).group_by(events.c.integration_id, events.c.status),
                 {"now": now},
@@ -392,23 +473,58 @@ class Outbox:
         return [IntegrationStats(**found[key]) for key in sorted(found)]
 
     def _lease(
-        self, conn: sa.Connection, event_id: int, now: datetime, settled: sa.ColumnElement[bool]
-    ) -> bool:
-        # Conditional update: of two workers racing for one event, exactly one wins. SET reads the
-        # row as it was: a lease still there belongs to a claim nobody settled.
-        return bool(
+        self,
+        conn: sa.Connection,
+        event_ids: Sequence[int],
+        now: datetime,
+        settled: sa.ColumnElement[bool],
+    ) -> list[int]:
+        """Lease those of the events still free, under one fencing token; their ids, in order.
+
+        Conditional: of two workers racing for one event, exactly one wins. SET reads the row as
+        it was: a lease still there belongs to a claim nobody settled (the event is in doubt).
+        """
+        leased = conn.execute(
+            events.update()
+            .where(events.c.id.in_(event_ids), events.c.status == PENDING, settled)
+            .values(
+                lease_until=now + self.lease,
+                claims=events.c.claims + 1,
+                claim_token=secrets.token_hex(16),
+                claimed_at=now,
+                ambiguous=sa.or_(events.c.ambiguous, events.c.lease_until.is_not(None)),
+            )
+            .returning(events.c.id)
+        ).scalars()
+        return sorted(leased)
+
+    @staticmethod
+    def _release(conn: sa.Connection, event_ids: Sequence[int]) -> None:
+        """Undo leases taken in this transaction (nothing was attempted)."""
+        if event_ids:
             conn.execute(
                 events.update()
-                .where(events.c.id == event_id, events.c.status == PENDING, settled)
-                .values(
-                    lease_until=now + self.lease,
-                    claims=events.c.claims + 1,
-                    claim_token=secrets.token_hex(16),
-                    claimed_at=now,
-                    ambiguous=sa.or_(events.c.ambiguous, events.c.lease_until.is_not(None)),
-                )
-            ).rowcount
-        )
+                .where(events.c.id.in_(event_ids))
+                .values(lease_until=None, claim_token=None, claims=events.c.claims - 1)
+            )
+
+    def release(self, claimed: Sequence[OutboxEvent]) -> int:
+        """Give back claims not attempted (a run cut short): free at once, not in doubt."""
+        tokens = {event.claim_token for event in claimed if event.claim_token}
+        if not tokens:
+            return 0
+        with self.database.begin() as conn:
+            return int(
+                conn.execute(
+                    events.update()
+                    .where(
+                        events.c.id.in_([event.id for event in claimed]),
+                        events.c.claim_token.in_(tokens),
+                        events.c.status == PENDING,
+                    )
+                    .values(lease_until=None, claim_token=None, claims=events.c.claims - 1)
+                ).rowcount
+            )
 
     def renew(self, claimed: Sequence[OutboxEvent]) -> int:
         """Extend the leases still held by these claims; returns how many were."""
@@ -463,6 +579,31 @@ class Outbox:
                 )
             ).rowcount
             return now if settled else None
+
+    def delivered_all(self, claimed: Sequence[OutboxEvent]) -> dict[int, datetime]:
+        """Settle delivered events in one transaction: when, per event id still claimed (those
+        whose claim was lost are left out and change nothing)."""
+        if not claimed:
+            return {}
+        with self.database.begin() as conn:
+            now = self.database.now(conn)
+            settled = conn.execute(
+                events.update()
+                .where(
+                    events.c.id.in_([event.id for event in claimed]),
+                    events.c.claim_token.in_({event.claim_token for event in claimed}),
+                    events.c.status == PENDING,
+                )
+                .values(
+                    status=DELIVERED,
+                    delivered_at=now,
+                    lease_until=None,
+                    claim_token=None,
+                    last_error=None,
+                )
+                .returning(events.c.id)
+            ).scalars()
+            return dict.fromkeys(settled, now)
 
     def failed(self, event: OutboxEvent, error: BaseException) -> str | None:
         """Record a failed attempt: back off and retry, or park as dead.
@@ -721,6 +862,37 @@ def attempt(outbox: Outbox, deliver: Deliver, event: OutboxEvent) -> Outcome:
         log.warning("outbox event %s: delivered after its lease was lost", event.id)
         return Outcome(None)
     return Outcome(DELIVERED, delivered_at=delivered_at)
+
+
+def attempt_in_order(
+    outbox: Outbox, deliver: Deliver, run: Sequence[OutboxEvent]
+) -> list[tuple[OutboxEvent, Outcome]]:
+    """Deliver a claimed run of one ticket's events in order, settling the delivered ones together
+    (one transaction); the first failure is recorded and the rest of the run given back. Returns
+    each attempted event with how it ended."""
+    delivered: list[OutboxEvent] = []
+    failure: tuple[OutboxEvent, Outcome] | None = None
+    renewed = run[0].claimed_monotonic if run else 0.0
+    for position, event in enumerate(run):
+        if time.monotonic() - renewed > outbox.lease.total_seconds() / 3:
+            outbox.renew(run)  # a slow run: keep every claim of it alive, delivered ones too
+            renewed = time.monotonic()
+        try:
+            deliver(event)
+        except Exception as exc:
+            status = outbox.failed(event, exc)
+            log.warning("outbox event %s failed (%s): %s", event.id, status or "lease lost", exc)
+            failure = (event, Outcome(status, exc))
+            outbox.release(run[position + 1 :])
+            break
+        delivered.append(event)
+    settled = outbox.delivered_all(delivered)
+    outcomes = [
+        (event, Outcome(DELIVERED, delivered_at=settled[event.id]) if event.id in settled
+         else Outcome(None))
+        for event in delivered
+    ]  # fmt: skip
+    return outcomes + ([failure] if failure else [])
 
 
 class Dispatcher(Protocol):

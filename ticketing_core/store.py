@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from ticketing_core.models import TicketLink
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Connections per process: above the host's worker threads (anyio's 40) plus its deliveries, so a
 # request never waits for a connection another request holds while waiting itself.
 POOL_SIZE, MAX_OVERFLOW = 10, 50
@@ -432,4 +432,13 @@ def _outbox_v2(conn: sa.Connection) -> None:
             conn.execute(outbox.update().where(outbox.c.id == event_id).values(note_digest=digest))
 
 
-CORE_UPGRADES: Mapping[int, Upgrade] = {1: _outbox_v2}
+def _outbox_v3(conn: sa.Connection) -> None:
+    """Schema 2 to 3: an index for counting an integration's live claims (fleet claims)."""
+    if sa.inspect(conn).has_table("sync_outbox"):
+        conn.exec_driver_sql(
+            "CREATE INDEX IF NOT EXISTS ix_sync_outbox_claimed "
+            "ON sync_outbox (integration_id, claim_token)"
+        )
+
+
+CORE_UPGRADES: Mapping[int, Upgrade] = {1: _outbox_v2, 2: _outbox_v3}

@@ -8,7 +8,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ticketing_core import errors
-from ticketing_core.outbox import DELIVERED, NewEvent, Outbox
+from ticketing_core.outbox import (
+    DELIVERED,
+    PENDING,
+    NewEvent,
+    Outbox,
+    OutboxEvent,
+    attempt_in_order,
+)
 from ticketing_core.policies import AddWorkNote
 from ticketing_core.store import Database
 
@@ -34,10 +41,61 @@ def test_claim_next_prefers_the_named_ticket_then_its_integration_then_any(
     fourth = outbox.claim_next(prefer="1:t2", instance_limit=8)
 
     picked = [
-        (e.integration_id, e.ticket_id) if e else None for e in (first, second, third, fourth)
+        [(e.integration_id, e.ticket_id) for e in run] for run in (first, second, third, fourth)
     ]
-    assert picked == [(1, "t2"), (1, "t0"), (1, "t1"), (2, "other")]
-    assert outbox.claim_next(instance_limit=8) is None
+    assert picked == [[(1, "t2")], [(1, "t0")], [(1, "t1")], [(2, "other")]]
+    assert outbox.claim_next(instance_limit=8) == []
+
+
+def test_a_run_is_the_tickets_next_due_events_in_order(database: Database) -> None:
+    outbox = Outbox(database)
+    outbox.enqueue(notes(1, 2, per_ticket=5))
+
+    run = outbox.claim_next(prefer="1:t1", instance_limit=8, batch=3)
+    rest = outbox.claim_next(prefer="1:t1", instance_limit=8, batch=10)
+
+    assert [(e.ticket_id, texts(e)) for e in run] == [
+        ("t1", "note 0"), ("t1", "note 1"), ("t1", "note 2"),
+    ]  # fmt: skip
+    assert [(e.ticket_id, texts(e)) for e in rest] == [("t0", f"note {n}") for n in range(5)]
+    assert [s.in_flight for s in outbox.stats()] == [2]  # two tickets, eight claims
+
+
+def test_a_run_stops_before_an_event_that_is_not_due(database: Database) -> None:
+    outbox = Outbox(database, backoff_initial=60)
+    outbox.enqueue(notes(1, 1, per_ticket=3))
+    [head] = outbox.claim_next(instance_limit=8)
+    outbox.failed(head, errors.ProviderUnavailable("down", sent=False))  # due again in a minute
+
+    assert outbox.claim_next(instance_limit=8, batch=3) == []
+
+
+def test_a_run_cut_short_gives_back_what_it_did_not_attempt(database: Database) -> None:
+    outbox = Outbox(database)
+    outbox.enqueue(notes(1, 1, per_ticket=4))
+    run = outbox.claim_next(instance_limit=8, batch=4)
+    sent: list[str] = []
+
+    def deliver(event: OutboxEvent) -> None:
+        if texts(event) == "note 2":
+            raise errors.ProviderUnavailable("down", sent=False)
+        sent.append(texts(event))
+
+    outcomes = attempt_in_order(outbox, deliver, run)
+
+    assert sent == ["note 0", "note 1"]
+    assert [(o.status, o.error is not None) for _, o in outcomes] == [
+        (DELIVERED, False), (DELIVERED, False), (PENDING, True),
+    ]  # fmt: skip
+    counts = outbox.counts()
+    assert (counts[DELIVERED], counts[PENDING]) == (2, 2)
+    [last] = outbox.entries(status=PENDING, limit=1)  # note 3: given back, free, not in doubt
+    assert (texts(last), last.in_doubt, last.claims) == ("note 3", False, 0)
+
+
+def texts(event: OutboxEvent) -> str:
+    assert isinstance(event.action, AddWorkNote)
+    return event.action.text
 
 
 def test_racing_claimers_never_hold_more_than_the_instance_limit(database: Database) -> None:
@@ -52,7 +110,8 @@ def test_racing_claimers_never_hold_more_than_the_instance_limit(database: Datab
     def worker(outbox: Outbox) -> int:
         nonlocal peak
         delivered = 0
-        while (event := outbox.claim_next(instance_limit=3)) is not None:
+        while run := outbox.claim_next(instance_limit=3):
+            [event] = run
             with lock:
                 held.append(event)
                 peak = max(peak, len(held))
@@ -81,33 +140,28 @@ def test_live_claims_count_against_the_limit_until_settled(database: Database) -
 
     claimed = [outbox.claim_next(instance_limit=2) for _ in range(3)]
 
-    assert claimed[2] is None
-    assert claimed[0] is not None
-    assert claimed[1] is not None
-    outbox.failed(claimed[0], errors.ProviderUnavailable("down", sent=False))
-    assert outbox.claim_next(instance_limit=2) is not None
+    assert [len(run) for run in claimed] == [1, 1, 0]
+    outbox.failed(claimed[0][0], errors.ProviderUnavailable("down", sent=False))
+    assert outbox.claim_next(instance_limit=2) != []
 
 
 def test_a_429_pauses_fleet_claims_of_that_integration_only(database: Database) -> None:
     outbox = Outbox(database, backoff_initial=30)
     outbox.enqueue(notes(1, 3) + notes(2, 1))
-    event = outbox.claim_next(prefer="1:t0", instance_limit=8)
-    assert event is not None
+    [event] = outbox.claim_next(prefer="1:t0", instance_limit=8)
 
     outbox.failed(event, errors.RateLimited("slow down", retry_after=30))
 
-    after = outbox.claim_next(prefer="1:t1", instance_limit=8)
-    assert after is not None
+    [after] = outbox.claim_next(prefer="1:t1", instance_limit=8)
     assert after.integration_id == 2
-    assert outbox.claim_next(instance_limit=8) is None
+    assert outbox.claim_next(instance_limit=8) == []
     assert len(outbox.claim(10)) == 2  # the in-process dispatcher's claim is not paused
 
 
 def test_due_tickets_are_those_with_an_unclaimed_event_due(database: Database) -> None:
     outbox = Outbox(database)
     outbox.enqueue(notes(1, 3, per_ticket=2))
-    claimed = outbox.claim_next(prefer="1:t1", instance_limit=8)
-    assert claimed is not None
+    assert outbox.claim_next(prefer="1:t1", instance_limit=8)
 
     assert outbox.due_tickets() == ["1:t0", "1:t2"]
     assert outbox.due_tickets(waiting=3600) == []
@@ -131,12 +185,9 @@ def test_enqueue_in_a_callers_transaction_remembers_the_tickets_to_wake(
 def test_stats_count_each_integrations_events_and_live_claims(database: Database) -> None:
     outbox = Outbox(database)
     outbox.enqueue(notes(1, 4) + notes(2, 1))
-    first = outbox.claim_next(prefer="1:t0", instance_limit=8)
-    second = outbox.claim_next(prefer="1:t1", instance_limit=8)
-    third = outbox.claim_next(prefer="1:t2", instance_limit=8)
-    assert first is not None
-    assert second is not None
-    assert third is not None
+    [first] = outbox.claim_next(prefer="1:t0", instance_limit=8)
+    [second] = outbox.claim_next(prefer="1:t1", instance_limit=8)
+    assert outbox.claim_next(prefer="1:t2", instance_limit=8)
     outbox.delivered(first)
     outbox.failed(second, errors.AuthenticationFailed("no"))
 

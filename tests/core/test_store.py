@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from ticketing_core.store import Database, LinkStore, engine_url, links
+from ticketing_core.store import SCHEMA_VERSION, Database, LinkStore, engine_url, links
 
 
 def add(store: LinkStore, anomaly_id: int = 12345, ticket_id: str = "abc", **extra: object):  # type: ignore[no-untyped-def]
@@ -132,7 +132,7 @@ def test_several_processes_opening_a_fresh_database_at_once_migrate_it_once(
         versions = conn.execute(sa.select(schema_version)).all()
     reopened.dispose()
     assert installations == 1
-    assert [tuple(row) for row in versions] == [("ticketing_core", 2)]
+    assert [tuple(row) for row in versions] == [("ticketing_core", SCHEMA_VERSION)]
 
 
 def test_a_schema_1_outbox_is_upgraded_keeping_its_events(database_url: str) -> None:

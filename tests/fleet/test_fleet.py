@@ -4,9 +4,11 @@ limit, through worker deaths, lost answers, lost messages and either start order
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from typing import Any
 
+import httpx
 from servicenow_emulator import Emulator
 
 from ticketing_core.outbox import DELIVERED, PENDING
@@ -22,6 +24,12 @@ ANOMALY = {
     "failed_checks": [],
 }
 COMMENT = "Comment from Qualytics: fleet comment {:02d}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def link_tickets(host: FleetHost, emulator: Emulator, count: int) -> list[str]:
@@ -150,3 +158,31 @@ def test_sigterm_finishes_the_delivery_in_hand_and_exits_within_the_bound(
     [note] = notes_on(emulator, tickets[0])  # the delivery in hand was finished, not cut off
     assert note.startswith("Linked to Qualytics anomaly 7")
     assert host.runtime.service.outbox.counts()[DELIVERED] == 1
+
+
+def test_a_workers_metrics_add_up_its_processes(
+    start_fleet_host: Any, workers: Workers, instance: Any
+) -> None:
+    emulator: Emulator = instance.emulator
+    host = start_fleet_host()
+    connect_instance(host, instance.url)
+    link_tickets(host, emulator, 4)
+    port = free_port()
+    workers.start(processes=2, metrics_port=port)
+    comment(host, 2)
+    wait_until(lambda: delivered(host, 4 + 4 * 2), timeout=30)
+
+    def attempts() -> float:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.TransportError:
+            return 0
+        lines = [
+            line for line in text.splitlines() if line.startswith("ticketing_delivery_attempts")
+        ]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+    assert wait_until(lambda: attempts() == 12, timeout=10)
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert 'ticketing_outbox_events{integration="1",status="delivered"} 12.0' in text
+    assert 'ticketing_in_flight{integration="1"} 0.0' in text

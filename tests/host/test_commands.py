@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 from click.testing import CliRunner
 
 from ticketing_core.cli import cli
@@ -117,3 +118,27 @@ def test_serve_generates_a_token_once_and_accepts_it(tmp_path: Path) -> None:
     assert with_environment == [200, 401]
     assert "taken from TICKETING_API_TOKEN" in configured
     assert "from-the-environment" not in configured
+
+
+@pytest.mark.parametrize(
+    ("arguments", "code", "said"),
+    [
+        (["--broker", "bogus://x"], 1, "--broker must be a redis:// or amqp:// URL"),
+        (["--broker", "redis://:s3cret@127.0.0.1:1/0"], 1,
+         "cannot reach the broker at redis://:***@127.0.0.1:1/0: ConnectionError"),
+        (["--broker", "redis://127.0.0.1:6379/11", "--lease-seconds", "2",
+          "--delivery-deadline", "3"], 2, "must be more than --delivery-deadline"),
+    ],
+)  # fmt: skip
+def test_worker_refuses_bad_settings_in_one_line_before_starting_anything(
+    tmp_path: Path, arguments: list[str], code: int, said: str
+) -> None:
+    result = subprocess.run(
+        [TICKETING, "worker", "--database", str(tmp_path / "w.db"), *arguments],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == code, result.stderr
+    assert said in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr

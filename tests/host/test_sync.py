@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx
 import pytest
 from servicenow_emulator import Emulator
 
@@ -162,3 +163,33 @@ def test_a_host_pushes_to_tickets_of_integrations_another_process_made(
     ok(other.api.put("/api/anomalies/12345", json={"status": "Acknowledged"}, timeout=5))
 
     assert re.fullmatch(STATUS_NOTE, delivered_note(emulator, sys_id))
+
+
+def scrape(host: Host) -> dict[str, float]:
+    scraped = httpx.get(f"{host.url}/metrics")  # no token: for a Prometheus on the inside
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain")
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in scraped.text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_metrics_show_the_outbox_and_the_deliveries_in_prometheus_text(
+    host: Host, emulator: Emulator, linked: list[str]
+) -> None:
+    wait_until(lambda: settled(host)["delivered"] == 1)  # the linkage note
+    delivered = 'ticketing_delivery_attempts_total{integration="1",outcome="delivered"}'
+    latencies = 'ticketing_delivery_latency_seconds_count{integration="1"}'
+    before = scrape(host)
+
+    ok(host.api.put("/api/anomalies/12345", json={"status": "Acknowledged"}))
+    wait_until(lambda: settled(host)["delivered"] == 3)
+    after = scrape(host)
+
+    assert after['ticketing_outbox_events{integration="1",status="delivered"}'] == 3
+    assert after['ticketing_outbox_events{integration="1",status="pending"}'] == 0
+    assert after['ticketing_in_flight{integration="1"}'] == 0
+    assert after[delivered] - before.get(delivered, 0) == 2
+    assert after[latencies] - before.get(latencies, 0) == 2
