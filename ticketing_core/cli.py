@@ -250,7 +250,29 @@ def render_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> st
     )
 
 
-@click.group()
+class PluginCommands(click.Group):
+    """A group that adds the commands other distributions register (the ``register_commands``
+    hook) when first asked for its commands, not at import: importing this module loads no
+    plugin, so a plugin may import from it. A plugin whose hook fails is logged and listed by
+    ``ticketing providers``."""
+
+    _plugins_added = False
+
+    def _add_plugin_commands(self) -> None:
+        if not self._plugins_added:
+            self._plugins_added = True
+            default_registry().add_commands(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._add_plugin_commands()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=PluginCommands)
 @click.version_option(package_name="ticketing")
 @click.pass_context
 def cli(context: click.Context) -> None:
@@ -620,11 +642,6 @@ def outbox_discard(database: str, event_ids: tuple[int, ...]) -> None:
         require_dead(events, event_ids)
         count = events.discard(list(event_ids))
     click.echo(f"{count} dead event(s) discarded")
-
-
-# Commands other distributions add through the register_commands hook (see hookspecs); a plugin
-# whose hook fails is logged and listed by `ticketing providers`.
-default_registry().add_commands(cli)
 
 
 def main() -> None:

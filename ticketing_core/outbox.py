@@ -113,6 +113,9 @@ throttles = sa.Table(
     sa.Column("until", UtcDateTime, nullable=False),
 )
 
+# A claim given back before anything was attempted: as if it had not been made.
+_UNCLAIMED = {"lease_until": None, "claim_token": None, "claims": events.c.claims - 1}
+
 _actions = cattrs.Converter()
 configure_tagged_union(Action, _actions, tag_name="type")
 
@@ -502,11 +505,7 @@ class Outbox:
     def _release(conn: sa.Connection, event_ids: Sequence[int]) -> None:
         """Undo leases taken in this transaction (nothing was attempted)."""
         if event_ids:
-            conn.execute(
-                events.update()
-                .where(events.c.id.in_(event_ids))
-                .values(lease_until=None, claim_token=None, claims=events.c.claims - 1)
-            )
+            conn.execute(events.update().where(events.c.id.in_(event_ids)).values(**_UNCLAIMED))
 
     def release(self, claimed: Sequence[OutboxEvent]) -> int:
         """Give back claims not attempted (a run cut short): free at once, not in doubt."""
@@ -522,7 +521,7 @@ class Outbox:
                         events.c.claim_token.in_(tokens),
                         events.c.status == PENDING,
                     )
-                    .values(lease_until=None, claim_token=None, claims=events.c.claims - 1)
+                    .values(**_UNCLAIMED)
                 ).rowcount
             )
 

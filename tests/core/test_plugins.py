@@ -254,3 +254,17 @@ def test_a_factory_without_an_options_list_is_checked_by_its_signature() -> None
 
     with pytest.raises(InvalidInput, match="acme has no option 'projekt'; its options are project"):
         registry.connect("acme", api_url=URL, api_access_token="a:b", projekt="Y")
+
+
+def test_plugin_commands_are_added_when_asked_for_whatever_was_imported_first() -> None:
+    # The host's commands import from ticketing_core.cli: importing it loads no plugin.
+    code = (
+        "import click, ticketing_host.plugin; from ticketing_core.cli import cli; "
+        "print(' '.join(cli.list_commands(click.Context(cli))))"
+    )
+
+    listed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+
+    assert {"serve", "worker", "demo", "outbox", "create"} <= set(listed)

@@ -15,19 +15,10 @@ from typing import Any
 
 import click
 
+from ticketing_core.cli import database_option
 from ticketing_core.errors import TicketingError
 
 TOKEN_VARIABLE = "TICKETING_API_TOKEN"  # noqa: S105 - a variable's name, not a secret
-
-
-def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--database",
-        envvar="TICKETING_DATABASE",
-        default="ticketing.db",
-        show_default=True,
-        help="SQLite file or postgresql:// URL (a fleet needs PostgreSQL).",
-    )(command)
 
 
 def fleet_options(command: Callable[..., Any]) -> Callable[..., Any]:
