@@ -335,11 +335,13 @@ class Outbox:
             if self.database.is_postgresql:  # SQLite's writers go one at a time already
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_LIMIT_LOCK, integration_id)))
             now = self.database.now(conn)
+            # A claim counts until it is settled or may be taken over (lease + doubt): a worker
+            # that stalled past its lease may still be sending.
             busy_tickets = sa.select(sa.func.count(sa.distinct(events.c.ordering_key))).where(
                 events.c.integration_id == integration_id,
                 events.c.claim_token.is_not(None),
                 events.c.status == PENDING,
-                events.c.lease_until > now,
+                events.c.lease_until > now - self.doubt,
             )
             pause = sa.select(throttles.c.until).where(
                 throttles.c.integration_id == integration_id, throttles.c.until > now
@@ -354,7 +356,7 @@ class Outbox:
                 head = self._due_head(conn, integration_id, now)
             if head is None:
                 return []
-            run = [head.id, *self._due_after(conn, head.ordering_key, head.id, now, batch - 1)]
+            run = [head.id, *self._due_after(conn, head.ordering_key, head, now, batch - 1)]
             leased = self._lease(conn, run, now, self._settled(now))
             if leased != run[: len(leased)] or not leased:  # raced for (part of) it: none of it
                 self._release(conn, leased)
@@ -380,7 +382,7 @@ class Outbox:
         if not heads:
             return None
         return conn.execute(
-            sa.select(events.c.id, events.c.ordering_key)
+            sa.select(events.c.id, events.c.ordering_key, events.c.lease_until, events.c.ambiguous)
             .where(
                 events.c.id.in_(heads),
                 events.c.status == PENDING,
@@ -398,7 +400,7 @@ class Outbox:
         head = conn.execute(
             sa.select(
                 events.c.id, events.c.ordering_key, events.c.status, events.c.next_attempt_at,
-                events.c.lease_until,
+                events.c.lease_until, events.c.ambiguous,
             )
             .where(events.c.ordering_key == ordering_key, events.c.status.in_((PENDING, DEAD)))
             .order_by(events.c.id)
@@ -409,16 +411,25 @@ class Outbox:
         return head
 
     def _due_after(
-        self, conn: sa.Connection, ordering_key: str, head: int, now: datetime, count: int
+        self, conn: sa.Connection, ordering_key: str, head: Any, now: datetime, count: int
     ) -> list[int]:
-        """Up to ``count`` events of the ticket right after ``head``, while they may be claimed."""
-        if count <= 0:
+        """Up to ``count`` events of the ticket right after ``head``, while they may be claimed
+        and are not in doubt. An event in doubt is checked against the notes delivered before it
+        (``identical_before``), which only a claim of its own, after those settled, counts
+        right: so it goes alone, and a run that meets one ends before it."""
+        if count <= 0 or self._maybe_attempted(head):
             return []
         following = conn.execute(
-            sa.select(events.c.id, events.c.status, events.c.next_attempt_at, events.c.lease_until)
+            sa.select(
+                events.c.id,
+                events.c.status,
+                events.c.next_attempt_at,
+                events.c.lease_until,
+                events.c.ambiguous,
+            )
             .where(
                 events.c.ordering_key == ordering_key,
-                events.c.id > head,
+                events.c.id > head.id,
                 events.c.status != DELIVERED,
             )
             .order_by(events.c.id)
@@ -426,10 +437,15 @@ class Outbox:
         ).all()
         run = []
         for row in following:
-            if row.status != PENDING or not self._may_claim(row, now):
+            if row.status != PENDING or not self._may_claim(row, now) or self._maybe_attempted(row):
                 break
             run.append(int(row.id))
         return run
+
+    @staticmethod
+    def _maybe_attempted(row: Any) -> bool:
+        """In doubt already, or about to be: a claim nobody settled may have sent it."""
+        return bool(row.ambiguous or row.lease_until is not None)
 
     def _may_claim(self, row: Any, now: datetime) -> bool:
         settled = row.lease_until is None or row.lease_until <= now - self.doubt
@@ -553,10 +569,11 @@ class Outbox:
         if doubt_resolved:
             values["ambiguous"] = False
         with self.database.begin() as conn:
+            now = self.database.now(conn)
             held = conn.execute(
-                self._fenced(event).values(
-                    lease_until=self.database.now(conn) + self.lease, **values
-                )
+                self._fenced(event)
+                .where(events.c.lease_until > now)  # expired: it may be another's by now
+                .values(lease_until=now + self.lease, **values)
             ).rowcount
         if not held:
             raise LeaseLost(
@@ -617,8 +634,6 @@ class Outbox:
         if landed:
             delay = max(delay, self.doubt)
         with self.database.begin() as conn:
-            if isinstance(error, RateLimited):
-                self._pause(conn, event.integration_id, delay)
             settled = conn.execute(
                 self._fenced(event).values(
                     status=status,
@@ -630,15 +645,21 @@ class Outbox:
                     claim_token=None,
                 )
             ).rowcount
+            if settled and isinstance(error, RateLimited):
+                asked = timedelta(seconds=float(error.retry_after or 0))
+                self._pause(conn, event.integration_id, max(delay, asked))
         return status if settled else None
 
     def _pause(self, conn: sa.Connection, integration_id: int, delay: timedelta) -> None:
-        """Keep fleet claims off an integration whose service answered 429, for ``delay``."""
+        """Keep fleet claims off an integration whose service answered 429, for ``delay`` (or
+        longer, if an earlier 429 asked for longer)."""
         insert = (postgresql.insert if self.database.is_postgresql else sqlite.insert)(throttles)
         until = self.database.now(conn) + delay
+        later = sa.func.greatest if self.database.is_postgresql else sa.func.max  # two-argument
         conn.execute(
             insert.values(integration_id=integration_id, until=until).on_conflict_do_update(
-                index_elements=[throttles.c.integration_id], set_={"until": until}
+                index_elements=[throttles.c.integration_id],
+                set_={"until": later(throttles.c.until, until)},  # a shorter wait never shortens it
             )
         )
 
@@ -864,28 +885,42 @@ def attempt(outbox: Outbox, deliver: Deliver, event: OutboxEvent) -> Outcome:
 
 
 def attempt_in_order(
-    outbox: Outbox, deliver: Deliver, run: Sequence[OutboxEvent]
+    outbox: Outbox,
+    deliver: Deliver,
+    run: Sequence[OutboxEvent],
+    *,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> list[tuple[OutboxEvent, Outcome]]:
-    """Deliver a claimed run of one ticket's events in order, settling the delivered ones together
-    (one transaction); the first failure is recorded and the rest of the run given back. Returns
-    each attempted event with how it ended."""
+    """Deliver a claimed run of one ticket's events in order, settling the delivered ones
+    together (one transaction, even when interrupted); the first failure is recorded and the rest
+    of the run given back, as it is once ``stopping()`` says so. Returns each attempted event
+    with how it ended."""
     delivered: list[OutboxEvent] = []
     failure: tuple[OutboxEvent, Outcome] | None = None
     renewed = run[0].claimed_monotonic if run else 0.0
-    for position, event in enumerate(run):
-        if time.monotonic() - renewed > outbox.lease.total_seconds() / 3:
-            outbox.renew(run)  # a slow run: keep every claim of it alive, delivered ones too
-            renewed = time.monotonic()
-        try:
-            deliver(event)
-        except Exception as exc:
-            status = outbox.failed(event, exc)
-            log.warning("outbox event %s failed (%s): %s", event.id, status or "lease lost", exc)
-            failure = (event, Outcome(status, exc))
-            outbox.release(run[position + 1 :])
-            break
-        delivered.append(event)
-    settled = outbox.delivered_all(delivered)
+    try:
+        for position, event in enumerate(run):
+            if position and stopping():
+                outbox.release(run[position:])
+                break
+            # A slow run: keep every claim of it alive, delivered ones too. Renewed at least every
+            # quarter lease plus one delivery, so a lease above 4/3 of the deadline never lapses.
+            if time.monotonic() - renewed > outbox.lease.total_seconds() / 4:
+                outbox.renew(run)
+                renewed = time.monotonic()
+            try:
+                deliver(event)
+            except Exception as exc:
+                status = outbox.failed(event, exc)
+                log.warning(
+                    "outbox event %s failed (%s): %s", event.id, status or "lease lost", exc
+                )
+                failure = (event, Outcome(status, exc))
+                outbox.release(run[position + 1 :])
+                break
+            delivered.append(event)
+    finally:  # an interruption (a time limit) leaves the one in hand to be checked later
+        settled = outbox.delivered_all(delivered)
     outcomes = [
         (event, Outcome(DELIVERED, delivered_at=settled[event.id]) if event.id in settled
          else Outcome(None))

@@ -7,17 +7,25 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+import sqlalchemy as sa
+from servicenow_emulator import Emulator
+
 from ticketing_core import errors
 from ticketing_core.outbox import (
     DELIVERED,
     PENDING,
+    LeaseLost,
     NewEvent,
     Outbox,
     OutboxEvent,
     attempt_in_order,
+    throttles,
 )
-from ticketing_core.policies import AddWorkNote
+from ticketing_core.policies import AddWorkNote, WorkNotesOnly
+from ticketing_core.service import SyncService
 from ticketing_core.store import Database
+from ticketing_servicenow import ServiceNowProvider
 
 
 def notes(integration_id: int, tickets: int, per_ticket: int = 1) -> list[NewEvent]:
@@ -199,3 +207,63 @@ def test_stats_count_each_integrations_events_and_live_claims(database: Database
     assert one.oldest_pending_seconds is not None
     assert one.oldest_pending_seconds >= 0
     assert (two.integration_id, two.pending, two.in_flight) == (2, 1, 0)
+
+
+@pytest.mark.parametrize("sent_before_dying", [0, 1, 2])
+def test_a_dead_workers_run_of_identical_notes_is_redone_one_by_one_each_once(
+    database: Database, emulator: Emulator, provider: ServiceNowProvider, sent_before_dying: int
+) -> None:
+    [incident] = emulator.seed_incidents(1)
+    outbox = Outbox(database, lease_seconds=0.5, doubt_seconds=0.5)
+    service = SyncService(
+        database, provider_for=lambda *_: provider, policy_for=lambda *_: WorkNotesOnly(),
+        comment_on_anomaly=lambda *_: None, outbox=outbox,
+    )  # fmt: skip
+    text = "Anomaly 7 status changed to Active"  # the same text twice: a status set twice
+    outbox.enqueue([NewEvent(1, incident["sys_id"], AddWorkNote(text)) for _ in range(2)])
+    dying = outbox.claim_next(instance_limit=8, batch=10)
+    for event in dying[:sent_before_dying]:  # it sent these, then died before settling any
+        service.deliver(event)
+    time.sleep(1.2)  # lease + doubt: its claims may be taken over
+
+    runs = []
+    while run := outbox.claim_next(instance_limit=8, batch=10):
+        runs.append(len(run))
+        attempt_in_order(outbox, service.deliver, run)
+
+    assert runs == [1, 1]  # each in doubt, so each alone, counted after the one before settled
+    assert outbox.counts()[DELIVERED] == 2
+    notes = [
+        e["value"] for e in emulator.journal(incident["sys_id"]) if e["element"] == "work_notes"
+    ]
+    assert notes == [text, text]
+
+
+def test_a_stalled_claim_counts_against_the_limit_until_it_may_be_taken_over(
+    database: Database,
+) -> None:
+    outbox = Outbox(database, lease_seconds=0.5, doubt_seconds=1.0)
+    outbox.enqueue(notes(1, 2))
+    [stalled] = outbox.claim_next(instance_limit=1)
+    time.sleep(0.7)  # its lease is over; it may still be sending
+
+    assert outbox.claim_next(instance_limit=1) == []
+    with pytest.raises(LeaseLost):
+        outbox.hold(stalled)  # and it may not send any more
+    time.sleep(0.9)  # lease + doubt: taken over
+    assert [e.ticket_id for e in outbox.claim_next(instance_limit=1)] == ["t0"]
+
+
+def test_a_shorter_429_never_shortens_the_pause(database: Database) -> None:
+    outbox = Outbox(database, backoff_initial=0.1, backoff_max=1)
+    outbox.enqueue(notes(1, 3))
+    [first] = outbox.claim_next(prefer="1:t0", instance_limit=8)
+    [second] = outbox.claim_next(prefer="1:t1", instance_limit=8)
+
+    outbox.failed(first, errors.RateLimited("slow down", retry_after=120))  # above backoff_max
+    outbox.failed(second, errors.RateLimited("slow down"))
+
+    assert outbox.claim_next(instance_limit=8) == []
+    with database.read() as conn:
+        [until] = conn.execute(sa.select(throttles.c.until)).scalars()
+        assert (until - database.now(conn)).total_seconds() > 100

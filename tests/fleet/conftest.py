@@ -35,7 +35,7 @@ REDIS_URL = os.environ.get("TICKETING_TEST_REDIS", "redis://127.0.0.1:6379/11")
 RABBITMQ_URL = os.environ.get("TICKETING_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/%2F")
 API_TOKEN = "fleet-api-token"
 # Short enough that a killed worker's claims pass on within a test, long enough for a delivery.
-TIMING = {"lease_seconds": 4.0, "doubt_seconds": 2.0, "delivery_deadline": 3.0}
+TIMING = {"lease_seconds": 4.5, "doubt_seconds": 2.0, "delivery_deadline": 3.0}
 INSTANCE_LIMIT = 4
 
 

@@ -135,29 +135,36 @@ def test_a_worker_started_before_the_host_delivers_once_the_host_queues(
     assert_each_note_once_in_order(emulator, tickets, 3)
 
 
-def test_sigterm_finishes_the_delivery_in_hand_and_exits_within_the_bound(
+def test_sigterm_finishes_the_delivery_in_hand_settles_and_exits_within_the_bound(
     start_fleet_host: Any, workers: Workers, instance: Any
 ) -> None:
     emulator: Emulator = instance.emulator
-    emulator.latency_ms = 1500  # a delivery takes 1.5 s
     host = start_fleet_host()
     connect_instance(host, instance.url)
-    emulator.latency_ms = 0
     tickets = link_tickets(host, emulator, 1)
-    emulator.latency_ms = 1500
     worker = workers.start(threads=1)
-    wait_until(lambda: host.runtime.service.outbox.stats()[0].in_flight == 1, timeout=30)
+    wait_until(lambda: delivered(host, 1), timeout=30)
+    emulator.latency_ms = 1500  # from now on a delivery takes 1.5 s
+    comment(host, 4)  # one run of four notes
+    wait_until(lambda: len(notes_on(emulator, tickets[0])) == 2, timeout=30)
 
     stopped_at = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     code = worker.wait(15)
 
     assert code == 0
-    assert time.monotonic() - stopped_at < 3.0 + 5.0  # the delivery deadline, plus shutdown
+    assert time.monotonic() - stopped_at < 3.0 + 5.0  # one delivery's deadline, plus shutdown
     workers.running.remove(worker)
-    [note] = notes_on(emulator, tickets[0])  # the delivery in hand was finished, not cut off
-    assert note.startswith("Linked to Qualytics anomaly 7")
-    assert host.runtime.service.outbox.counts()[DELIVERED] == 1
+    landed = len(notes_on(emulator, tickets[0]))
+    counts = host.runtime.service.outbox.counts()
+    assert counts[DELIVERED] == landed  # what it sent, it settled: nothing left in doubt
+    assert counts[PENDING] == 5 - landed
+    [stats] = host.runtime.service.outbox.stats()
+    assert stats.in_flight == 0  # the rest given back, free for the next worker at once
+    emulator.latency_ms = 0
+    workers.start()
+    wait_until(lambda: delivered(host, 5), timeout=30)
+    assert_each_note_once_in_order(emulator, tickets, 4)
 
 
 def test_a_workers_metrics_add_up_its_processes(

@@ -127,7 +127,7 @@ def test_serve_generates_a_token_once_and_accepts_it(tmp_path: Path) -> None:
         (["--broker", "redis://:s3cret@127.0.0.1:1/0"], 1,
          "cannot reach the broker at redis://:***@127.0.0.1:1/0: ConnectionError"),
         (["--broker", "redis://127.0.0.1:6379/11", "--lease-seconds", "2",
-          "--delivery-deadline", "3"], 2, "must be more than --delivery-deadline"),
+          "--delivery-deadline", "3"], 2, "must be more than 4/3 of --delivery-deadline"),
     ],
 )  # fmt: skip
 def test_worker_refuses_bad_settings_in_one_line_before_starting_anything(

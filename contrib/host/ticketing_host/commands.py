@@ -146,7 +146,7 @@ def serve(
     type=click.FloatRange(min=0.5),
     default=30.0,
     show_default=True,
-    help="How long a claim lasts (more than the delivery deadline).",
+    help="How long a claim lasts (more than 4/3 of the delivery deadline).",
 )
 @click.option(
     "--doubt-seconds",
@@ -165,9 +165,9 @@ def worker(
     SIGTERM finishes the deliveries in hand (within the delivery deadline) and exits; SIGKILL
     loses nothing: a killed worker's claims pass to the others once their lease is over.
     """
-    if delivery_deadline >= lease_seconds:
+    if lease_seconds <= delivery_deadline * 4 / 3:  # see attempt_in_order's renewals
         raise click.BadParameter(
-            "must be more than --delivery-deadline", param_hint="--lease-seconds"
+            "must be more than 4/3 of --delivery-deadline", param_hint="--lease-seconds"
         )
     # Before anything imports prometheus_client: the processes add up their metrics in this folder.
     metrics_folder = tempfile.mkdtemp(prefix="ticketing-metrics-")

@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 ACTOR = "deliver_ticket"
 SETTINGS_VARIABLE = "TICKETING_WORKER_SETTINGS"
 DRAIN_SECONDS = 30.0  # one message's work at most; then it hands on to a fresh message
-# Events of one ticket claimed (and settled) together: fewer transactions per note, and a run
-# takes at most RUN_LENGTH x the delivery deadline, within a lease renewed by each note's hold.
+# Events of one ticket claimed (and settled) together: fewer transactions per note. A run stops
+# between two events on SIGTERM or when the drain's budget is spent, so a message takes at most
+# DRAIN_SECONDS plus one delivery.
 RUN_LENGTH = 10
 
 
@@ -182,14 +183,22 @@ class Deliveries:
         runtime = self.runtime()
         outbox, limit = runtime.service.outbox, self.settings.instance_concurrency
         started, prefer = time.monotonic(), ticket
+
+        def spent() -> bool:
+            return time.monotonic() - started > DRAIN_SECONDS
+
         while not self.stopping.is_set():
-            if time.monotonic() - started > DRAIN_SECONDS:
+            if spent():
                 self._wake(prefer)  # more may be due: a fresh message carries on
                 return
             run = outbox.claim_next(prefer=prefer, instance_limit=limit, batch=RUN_LENGTH)
             if not run:
                 return
-            for event, outcome in attempt_in_order(outbox, runtime.service.deliver, run):
+            # Between two events of a run: stop on SIGTERM, or hand on once the budget is spent.
+            stop = lambda: self.stopping.is_set() or spent()  # noqa: E731
+            for event, outcome in attempt_in_order(
+                outbox, runtime.service.deliver, run, stopping=stop
+            ):
                 metrics.observe(event, outcome)
                 self._schedule_retry(outbox, event, outcome)
             prefer = f"{run[0].integration_id}:{run[0].ticket_id}"
