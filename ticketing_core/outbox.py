@@ -451,19 +451,44 @@ class Outbox:
         settled = row.lease_until is None or row.lease_until <= now - self.doubt
         return bool(settled and row.next_attempt_at <= now)
 
-    def due_tickets(self, *, waiting: float = 0.0, limit: int = 1000) -> list[str]:
-        """Ordering keys of tickets whose next event has been due for ``waiting`` seconds and is
-        unclaimed: what a relay wakes workers for when their wake-up was lost."""
+    def due_tickets(self, *, waiting: float = 0.0, instance_limit: int = 8) -> list[str]:
+        """What a relay wakes workers for when their wake-ups were lost: ordering keys of tickets
+        whose next event has been due for ``waiting`` seconds, unclaimed. At most one per free
+        slot of each integration (a woken worker drains on to the others), none for one whose
+        slots are full (its workers are draining) or that is paused by a 429."""
         with self.database.read() as conn:
             now = self.database.now(conn)
-            return list(
+            busy: dict[int, int] = dict(
                 conn.execute(
-                    self._due_events(now)
-                    .where(events.c.next_attempt_at <= now - timedelta(seconds=waiting))
-                    .order_by(events.c.id)
-                    .limit(limit)
-                ).scalars(2)
+                    sa.select(
+                        events.c.integration_id, sa.func.count(sa.distinct(events.c.ordering_key))
+                    )
+                    .where(
+                        events.c.claim_token.is_not(None),
+                        events.c.status == PENDING,
+                        events.c.lease_until > now - self.doubt,
+                    )
+                    .group_by(events.c.integration_id)
+                ).all()
             )
+            paused = set(
+                conn.execute(
+                    sa.select(throttles.c.integration_id).where(throttles.c.until > now)
+                ).scalars()
+            )
+            due = conn.execute(
+                self._due_events(now)
+                .where(events.c.next_attempt_at <= now - timedelta(seconds=waiting))
+                .order_by(events.c.next_attempt_at, events.c.id)
+            ).all()
+        woken: list[str] = []
+        free: dict[int, int] = {}
+        for _, integration_id, ordering_key in due:
+            free.setdefault(integration_id, instance_limit - busy.get(integration_id, 0))
+            if integration_id not in paused and free[integration_id] > 0:
+                free[integration_id] -= 1
+                woken.append(ordering_key)
+        return woken
 
     def stats(self) -> list[IntegrationStats]:
         """Per integration: events by status, live claims, and the age of the oldest pending."""
@@ -569,11 +594,10 @@ class Outbox:
         if doubt_resolved:
             values["ambiguous"] = False
         with self.database.begin() as conn:
-            now = self.database.now(conn)
             held = conn.execute(
-                self._fenced(event)
-                .where(events.c.lease_until > now)  # expired: it may be another's by now
-                .values(lease_until=now + self.lease, **values)
+                self._fenced(event).values(
+                    lease_until=self.database.now(conn) + self.lease, **values
+                )
             ).rowcount
         if not held:
             raise LeaseLost(

@@ -175,6 +175,21 @@ def test_due_tickets_are_those_with_an_unclaimed_event_due(database: Database) -
     assert outbox.due_tickets(waiting=3600) == []
 
 
+def test_the_relay_wakes_one_ticket_per_free_slot_and_none_while_paused(
+    database: Database,
+) -> None:
+    outbox = Outbox(database, backoff_initial=30)
+    outbox.enqueue(notes(1, 10) + notes(2, 10) + notes(3, 2))
+    for _ in range(3):
+        assert outbox.claim_next(prefer="1:t0", instance_limit=4)  # three of integration 1's four
+    [limited] = outbox.claim_next(prefer="3:t0", instance_limit=8)
+    outbox.failed(limited, errors.RateLimited("slow down", retry_after=30))
+
+    woken = outbox.due_tickets(instance_limit=4)
+
+    assert [key.split(":")[0] for key in woken] == ["1", "2", "2", "2", "2"]
+
+
 def test_enqueue_in_a_callers_transaction_remembers_the_tickets_to_wake(
     database: Database,
 ) -> None:
@@ -247,11 +262,11 @@ def test_a_stalled_claim_counts_against_the_limit_until_it_may_be_taken_over(
     [stalled] = outbox.claim_next(instance_limit=1)
     time.sleep(0.7)  # its lease is over; it may still be sending
 
-    assert outbox.claim_next(instance_limit=1) == []
-    with pytest.raises(LeaseLost):
-        outbox.hold(stalled)  # and it may not send any more
-    time.sleep(0.9)  # lease + doubt: taken over
+    assert outbox.claim_next(instance_limit=1) == []  # it still counts
+    time.sleep(0.9)  # lease + doubt: it may be taken over, and no longer counts
     assert [e.ticket_id for e in outbox.claim_next(instance_limit=1)] == ["t0"]
+    with pytest.raises(LeaseLost):
+        outbox.hold(stalled)  # taken over: the stalled worker may not send
 
 
 def test_a_shorter_429_never_shortens_the_pause(database: Database) -> None:

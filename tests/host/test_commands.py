@@ -120,6 +120,22 @@ def test_serve_generates_a_token_once_and_accepts_it(tmp_path: Path) -> None:
     assert "from-the-environment" not in configured
 
 
+def test_worker_refuses_a_metrics_port_already_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # noqa: S104 - as the metrics server would
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = subprocess.run(
+            [TICKETING, "worker", "--database", str(tmp_path / "w.db"), "--broker",
+             "redis://127.0.0.1:6379/11", "--metrics-port", str(port)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    assert result.returncode == 1
+    assert f"--metrics-port {port} is taken" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("arguments", "code", "said"),
     [
@@ -142,3 +158,19 @@ def test_worker_refuses_bad_settings_in_one_line_before_starting_anything(
     assert said in result.stderr
     assert "Traceback" not in result.stderr
     assert "s3cret" not in result.stderr
+
+
+def test_settings_never_show_a_database_or_broker_password() -> None:
+    from ticketing_host.runtime import Settings
+
+    settings = Settings(
+        database="postgresql://ticketing:db-pass@db/ticketing", public_url="https://q.example",
+        broker="amqp://guest:broker-pass@rabbit:5672/%2F", api_token="api-token",
+    )  # fmt: skip
+
+    shown = repr(settings)
+
+    assert "postgresql://ticketing:***@db/ticketing" in shown
+    assert "amqp://guest:***@rabbit:5672/%2F" in shown
+    assert not {"db-pass", "broker-pass", "api-token"} & set(shown.replace("'", " ").split())
+    assert "pass" not in shown.replace("***", "")

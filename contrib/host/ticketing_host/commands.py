@@ -135,6 +135,13 @@ def serve(
 )
 @fleet_options
 @click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=15,
+    show_default=True,
+    help="Failed attempts before an event is parked as dead.",
+)
+@click.option(
     "--delivery-deadline",
     type=click.FloatRange(min=0.1),
     default=20.0,
@@ -158,7 +165,7 @@ def serve(
 def worker(
     database: str, broker: str, processes: int, threads: int, instance_concurrency: int,
     metrics_port: int | None, allow_http: bool, queue: str, relay_interval: float,
-    delivery_deadline: float, lease_seconds: float, doubt_seconds: float,
+    max_attempts: int, delivery_deadline: float, lease_seconds: float, doubt_seconds: float,
 ) -> None:  # fmt: skip
     """Deliver outbox events from a broker's wake-ups (Dramatiq), beside others on other machines.
 
@@ -176,7 +183,7 @@ def worker(
         sys.exit(run_workers(
             database=database, broker=broker, public_url="http://localhost", allow_http=allow_http,
             queue=queue, relay_interval=relay_interval, instance_concurrency=instance_concurrency,
-            metrics_port=metrics_port, delivery_deadline=delivery_deadline,
+            metrics_port=metrics_port, max_attempts=max_attempts, delivery_deadline=delivery_deadline,
             lease_seconds=lease_seconds, doubt_seconds=doubt_seconds,
         ).run(processes, threads))  # fmt: skip
     finally:

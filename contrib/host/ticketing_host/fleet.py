@@ -22,9 +22,12 @@ deadline, and messages have no age limit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -40,7 +43,7 @@ from ticketing_core.errors import InvalidInput
 from ticketing_core.outbox import PENDING, Outbox, OutboxEvent, Outcome, attempt_in_order
 
 from . import metrics
-from .runtime import HostRuntime, Settings
+from .runtime import HostRuntime, Settings, shown_url
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,9 @@ def broker_for(url: str, namespace: str = "ticketing") -> dramatiq.Broker:
         return RedisBroker(url=url, namespace=namespace)  # type: ignore[no-untyped-call]
     if scheme in ("amqp", "amqps"):
         return RabbitmqBroker(url=url, confirm_delivery=True)
-    raise InvalidInput(f"--broker must be a redis:// or amqp:// URL, not {scheme or url!r}://")
+    raise InvalidInput(
+        f"--broker must be a redis:// or amqp:// URL, not {scheme or 'one without a scheme'}"
+    )
 
 
 def declare_actor(
@@ -100,40 +105,63 @@ def _never_here(ticket: str) -> None:  # pragma: no cover - serve sends, workers
 
 
 class BrokerDispatcher:
-    """``serve --broker``: sends wake-ups after commits and runs the relay; delivers nothing."""
+    """``serve --broker``: sends wake-ups after commits and runs the relay; delivers nothing.
+
+    Wake-ups go out from a thread of their own, so a request never waits on the broker; when
+    the broker is slow and the backlog full, they are dropped, and the relay sends them later.
+    """
+
+    BACKLOG = 10_000
 
     def __init__(
         self, outbox: Outbox, actor: dramatiq.Actor[[str], None], settings: Settings
     ) -> None:
-        self.relay = Relay(outbox, actor, settings.relay_interval, prune=outbox.prune)
+        self.relay = Relay(outbox, actor, settings, prune=outbox.prune)
         self.actor = actor
+        self._wakeups: queue.Queue[str | None] = queue.Queue(self.BACKLOG)
+        self._sender: threading.Thread | None = None
 
     def start(self) -> None:
         self.relay.start()
+        self._sender = threading.Thread(target=self._send, name="ticketing-wakeups", daemon=True)
+        self._sender.start()
 
     def wake(self, tickets: Collection[str] = ()) -> None:
         for ticket in sorted(tickets):
+            try:
+                self._wakeups.put_nowait(ticket)
+            except queue.Full:
+                log.warning("wake-up backlog full; the relay will wake %s", ticket)
+
+    def _send(self) -> None:
+        while (ticket := self._wakeups.get()) is not None:
             send_wakeup(self.actor, ticket)
 
     def stop(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(queue.Full):
+            self._wakeups.put(None, timeout=1)
+        if self._sender is not None:
+            self._sender.join(timeout or 10)
         self.relay.stop()
         self.actor.broker.close()
 
 
 class Relay:
-    """Every ``interval`` seconds, a wake-up for each ticket whose next event has been due that
-    long unclaimed (its message was lost); prunes delivered events now and then."""
+    """Every relay interval, wake-ups for tickets whose next event has been due that long
+    unclaimed (their messages were lost), one per free slot of each integration, none while it is
+    paused; prunes delivered events now and then."""
 
     def __init__(
         self,
         outbox: Outbox,
         actor: dramatiq.Actor[[str], None],
-        interval: float,
+        settings: Settings,
         *,
         prune: Callable[[], object],
         prune_interval: float = 600.0,
     ) -> None:
-        self.outbox, self.actor, self.interval = outbox, actor, interval
+        self.outbox, self.actor = outbox, actor
+        self.interval, self.instance_limit = settings.relay_interval, settings.instance_concurrency
         self.prune, self.prune_interval = prune, prune_interval
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -152,7 +180,10 @@ class Relay:
         last_prune = time.monotonic()
         while not self._stopping.wait(self.interval):
             try:
-                for ticket in self.outbox.due_tickets(waiting=self.interval):
+                due = self.outbox.due_tickets(
+                    waiting=self.interval, instance_limit=self.instance_limit
+                )
+                for ticket in due:
                     send_wakeup(self.actor, ticket)
                 if time.monotonic() - last_prune > self.prune_interval:
                     last_prune = time.monotonic()
@@ -244,6 +275,8 @@ class WorkerCommand:
         """Check the database (making its schema, should this worker come before any host) and
         the broker, so that a mistake is one line here rather than in every process."""
         HostRuntime(settings, deliver=False).stop()
+        if settings.metrics_port is not None:
+            check_port_free(settings.metrics_port)
         assert settings.broker is not None
         broker = broker_for(settings.broker, namespace=settings.queue)
         try:
@@ -275,21 +308,22 @@ class WorkerCommand:
         return code
 
 
+def check_port_free(port: int) -> None:
+    """Refuse a metrics port something else listens on (its server would die unnoticed)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))  # noqa: S104 - where start_http_server listens
+        except OSError as exc:
+            raise InvalidInput(f"--metrics-port {port} is taken: {exc.strerror}") from None
+
+
 def check_reachable(broker: dramatiq.Broker) -> None:
     """Raise unless the broker answers (a Redis PING, an AMQP connection)."""
     if isinstance(broker, RedisBroker):
         broker.client.ping()
     elif isinstance(broker, RabbitmqBroker):
         broker.connection  # noqa: B018 - opening it is the check
-
-
-def shown_url(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
 
 
 def worker_settings_to_environment(settings: Settings) -> dict[str, str]:

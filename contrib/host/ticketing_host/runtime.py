@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import sqlalchemy as sa
@@ -22,6 +23,18 @@ from . import metrics
 from .db import HostStore, token_hash
 
 
+def shown_url(url: str) -> str:
+    """``url`` with any password masked, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
+def _masked(url: str | None) -> str:
+    return repr(url if url is None else shown_url(url))
+
+
 @attrs.frozen
 class Settings:
     """How one host process runs. ``database`` is a SQLite path or a ``postgresql://`` URL.
@@ -30,7 +43,7 @@ class Settings:
     ``api_tokens`` are.
     """
 
-    database: str
+    database: str = attrs.field(repr=_masked)
     public_url: str
     product: str = "Qualytics"
     allow_http: bool = False
@@ -44,7 +57,7 @@ class Settings:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     poll_interval: float = 0.5
-    broker: str | None = None
+    broker: str | None = attrs.field(default=None, repr=_masked)
     """A ``redis://`` or ``amqp://`` URL: deliveries go to ``ticketing worker`` processes."""
     queue: str = "ticketing"
     instance_concurrency: int = 8

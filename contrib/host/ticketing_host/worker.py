@@ -7,11 +7,15 @@ Dramatiq imports this module in every process it starts; the settings come from 
 
 from __future__ import annotations
 
+import logging
+import time
+
 import dramatiq
 from prometheus_client import start_http_server
 
 from . import fleet, metrics
 
+log = logging.getLogger(__name__)
 settings = fleet.worker_settings_from_environment()
 deliveries = fleet.Deliveries(settings)
 assert settings.broker is not None
@@ -22,12 +26,20 @@ deliveries.actor = fleet.declare_actor(broker, settings, deliveries.drain)
 
 
 def relay() -> None:
-    """Fork: wake-ups for events whose messages were lost; prunes delivered events."""
-    runtime = deliveries.runtime()
-    outbox = runtime.service.outbox
+    """Fork: wake-ups for events whose messages were lost; prunes delivered events. Keeps trying
+    while the database cannot be reached, rather than leave this worker without a relay."""
+    while True:
+        try:
+            runtime = deliveries.runtime()
+            break
+        except Exception:
+            log.exception(
+                "relay: cannot open the database; trying again in %s s", settings.relay_interval
+            )
+            time.sleep(settings.relay_interval)
     assert deliveries.actor is not None
     fleet.Relay(
-        outbox, deliveries.actor, settings.relay_interval, prune=runtime.service.prune
+        runtime.service.outbox, deliveries.actor, settings, prune=runtime.service.prune
     ).run()
 
 
