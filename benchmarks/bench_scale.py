@@ -138,6 +138,7 @@ def deliver_through_fleet(
         queue=queue, relay_interval=2.0,
     )  # fmt: skip
     runtime = HostRuntime(settings)
+    runtime.start()  # as serve's lifespan does: the wake-up sender and the relay
     try:
         ids = [
             runtime.store.add_integration(
