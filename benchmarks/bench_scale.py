@@ -43,6 +43,7 @@ REDIS = os.environ.get("TICKETING_TEST_REDIS", "redis://127.0.0.1:6379/11")
 BIN = Path(sys.executable).parent
 LOGIN = f"admin:{DEFAULT_PASSWORD}"
 LIMIT = 8
+LAST_BUSY: list[float] = []  # the CPU share of the last delivery, from machine_busy
 
 
 @contextmanager
@@ -154,13 +155,15 @@ def deliver_through_fleet(
             for n in range(notes_per_ticket)
         ]
         total = len(events)
-        with workers(database, queue, processes):
+        with workers(database, queue, processes), machine_busy() as busy:
             started = time.perf_counter()
             with runtime.transaction() as conn:
                 runtime.service.outbox.enqueue(events, conn)
             while runtime.service.outbox.counts()[DELIVERED] < total:
                 time.sleep(0.05)
-            return time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+        LAST_BUSY[:] = busy
+        return elapsed
     finally:
         runtime.stop()
         client = redis.Redis.from_url(REDIS)
@@ -212,10 +215,10 @@ def one_against_four() -> bool:
         times, busy = {}, {}
         for processes in (1, 4):
             database = stack.enter_context(fresh_schema())
-            with machine_busy() as busy[processes]:
-                times[processes] = deliver_through_fleet(
-                    database, f"bench-{uuid.uuid4().hex[:8]}", made, per_ticket, processes
-                )
+            times[processes] = deliver_through_fleet(
+                database, f"bench-{uuid.uuid4().hex[:8]}", made, per_ticket, processes
+            )
+            busy[processes] = list(LAST_BUSY)
     notes = 4 * tickets * per_ticket
     ratio = times[1] / times[4]
     print(f"2. four integrations (four emulators, {latency} ms), {notes} notes, limit {LIMIT} each")
@@ -224,8 +227,8 @@ def one_against_four() -> bool:
         f"{times[4]:.2f} s ({notes / times[4]:.0f} notes/s); ratio {ratio:.2f} (target >= 3)"
     )
     print(
-        f"   CPU busy on this {os.cpu_count()}-core machine (workers, emulators, PostgreSQL, "
-        f"Redis together): {busy[1][0]:.0%} with one process, {busy[4][0]:.0%} with four"
+        f"   CPU busy while delivering, on this {os.cpu_count()}-core machine (workers, emulators, "
+        f"PostgreSQL, Redis): {busy[1][0]:.0%} with one process, {busy[4][0]:.0%} with four"
     )
 
     return ratio >= 3
