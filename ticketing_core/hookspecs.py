@@ -115,7 +115,9 @@ class Provider(Protocol):
 
         Repeat safety: idempotent. Setting fields twice leaves the ticket as setting them once, so
         it may be retried after any failure. Services may adjust written values (ServiceNow
-        recomputes priority); the result tells.
+        recomputes priority); the result tells. ``changes.fields`` may name only the provider's
+        declared ``Capabilities.extra_fields`` and custom fields: refuse others before sending,
+        with ``capabilities.check_fields``.
         """
 
     def add_work_note(
@@ -203,8 +205,10 @@ def register_sync_policies(register: Callable[[SyncPolicy], None]) -> None:
 def register_commands(cli: click.Group) -> None:
     """Add commands to the ``ticketing`` command line, as in ``cli.add_command(serve)``.
 
-    Called when the command line starts, for plugins that ship commands (the reference host adds
-    ``serve`` and ``demo``). Keep the plugin module's imports light, since every start loads it,
-    and import heavy libraries inside the commands. A plugin whose hook raises is reported and its
-    commands are left out; the others still load.
+    Called once, when the command line first looks up or lists its commands (not when
+    ``ticketing_core.cli`` is imported, so a plugin may import from it), for plugins that ship
+    commands (the reference host adds ``serve``, ``worker`` and ``demo``). Keep the plugin
+    module's imports light, since every start loads it, and import heavy libraries inside the
+    commands. A plugin whose hook raises is reported and its commands are left out; the others
+    still load.
     """

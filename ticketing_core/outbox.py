@@ -166,8 +166,8 @@ class IntegrationStats:
     dead: int = 0
     delivered: int = 0
     in_flight: int = 0
-    """Tickets with events claimed by a live lease right now, across every worker: deliveries
-    in flight (a worker sends a ticket's claimed events one after the other)."""
+    """Tickets with unsettled claims not yet free to be taken over, across every worker:
+    deliveries in flight (a worker sends a ticket's claimed events one after the other)."""
     oldest_pending_seconds: float | None = None
 
 
@@ -270,6 +270,16 @@ class Outbox:
         # An unsettled claim (its worker died) also waits out the doubt window.
         return sa.or_(events.c.lease_until.is_(None), events.c.lease_until <= now - self.doubt)
 
+    def _in_flight(self, now: datetime) -> sa.ColumnElement[bool]:
+        """Claimed and not yet free to be taken over (lease + doubt): what the instance limit and
+        the operator's counts call in flight. A worker that stalled past its lease may still be
+        sending."""
+        return sa.and_(
+            events.c.claim_token.is_not(None),
+            events.c.status == PENDING,
+            sa.not_(self._settled(now)),
+        )
+
     def _due_events(self, now: datetime) -> sa.Select[Any]:
         """(id, integration_id, ordering_key) of the events that may be claimed now: pending, due,
         unclaimed, the oldest undelivered of their ticket."""
@@ -338,10 +348,7 @@ class Outbox:
             # A claim counts until it is settled or may be taken over (lease + doubt): a worker
             # that stalled past its lease may still be sending.
             busy_tickets = sa.select(sa.func.count(sa.distinct(events.c.ordering_key))).where(
-                events.c.integration_id == integration_id,
-                events.c.claim_token.is_not(None),
-                events.c.status == PENDING,
-                events.c.lease_until > now - self.doubt,
+                events.c.integration_id == integration_id, self._in_flight(now)
             )
             pause = sa.select(throttles.c.until).where(
                 throttles.c.integration_id == integration_id, throttles.c.until > now
@@ -463,11 +470,7 @@ class Outbox:
                     sa.select(
                         events.c.integration_id, sa.func.count(sa.distinct(events.c.ordering_key))
                     )
-                    .where(
-                        events.c.claim_token.is_not(None),
-                        events.c.status == PENDING,
-                        events.c.lease_until > now - self.doubt,
-                    )
+                    .where(self._in_flight(now))
                     .group_by(events.c.integration_id)
                 ).all()
             )
@@ -491,21 +494,19 @@ class Outbox:
         return woken
 
     def stats(self) -> list[IntegrationStats]:
-        """Per integration: events by status, live claims, and the age of the oldest pending."""
-        live = sa.and_(
-            events.c.claim_token.is_not(None), events.c.lease_until > sa.bindparam("now")
-        )
+        """Per integration: events by status, tickets in flight (as the instance limit counts
+        them), and the age of the oldest pending event."""
         with self.database.read() as conn:
             now = self.database.now(conn)
+            in_flight = sa.case((self._in_flight(now), events.c.ordering_key))
             rows = conn.execute(
                 sa.select(
                     events.c.integration_id,
                     events.c.status,
                     sa.func.count(),
-                    sa.func.count(sa.distinct(sa.case((live, events.c.ordering_key)))),
+                    sa.func.count(sa.distinct(in_flight)),
                     sa.func.min(events.c.created),
-                ).group_by(events.c.integration_id, events.c.status),
-                {"now": now},
+                ).group_by(events.c.integration_id, events.c.status)
             ).all()
         found: dict[int, dict[str, Any]] = {}
         for integration_id, status, count, in_flight, oldest in rows:
@@ -607,18 +608,7 @@ class Outbox:
     def delivered(self, event: OutboxEvent) -> datetime | None:
         """Settle a delivered event: when, on the database's clock; None when the claim was lost
         (the settle changes nothing)."""
-        with self.database.begin() as conn:
-            now = self.database.now(conn)
-            settled = conn.execute(
-                self._fenced(event).values(
-                    status=DELIVERED,
-                    delivered_at=now,
-                    lease_until=None,
-                    claim_token=None,
-                    last_error=None,
-                )
-            ).rowcount
-            return now if settled else None
+        return self.delivered_all([event]).get(event.id)
 
     def delivered_all(self, claimed: Sequence[OutboxEvent]) -> dict[int, datetime]:
         """Settle delivered events in one transaction: when, per event id still claimed (those
