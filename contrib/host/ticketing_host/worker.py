@@ -16,6 +16,8 @@ from prometheus_client import start_http_server
 from . import fleet, metrics
 
 log = logging.getLogger(__name__)
+# Dramatiq logs at INFO; a line per HTTP request would cost more CPU than the request's own bookkeeping.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 settings = fleet.worker_settings_from_environment()
 deliveries = fleet.Deliveries(settings)
 assert settings.broker is not None
