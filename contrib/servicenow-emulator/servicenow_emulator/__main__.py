@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
-from .app import DEFAULT_PASSWORD, DEFAULT_USERS, Emulator, User
+from .app import DEFAULT_OAUTH_CLIENT_ID, DEFAULT_PASSWORD, DEFAULT_USERS, Emulator, User
 from .server import SERVER
 
 
@@ -32,6 +32,7 @@ def _build_emulator(args: argparse.Namespace) -> Emulator:
         tokens=dict(_token(spec) for spec in args.token),
         number_start=args.number_start,
         latency_ms=args.latency_ms,
+        token_lifetime=args.token_lifetime,
     )
     emulator.seed_incidents(args.seed)
     return emulator
@@ -64,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="create N incidents at start")
     parser.add_argument("--number-start", type=int, default=10001, help="first INC number")
+    parser.add_argument(
+        "--token-lifetime",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="how long an OAuth access token lasts (refresh tokens: 100 times that)",
+    )
     return parser
 
 
@@ -85,7 +93,9 @@ def _credentials_hint(args: argparse.Namespace) -> str:
     admin = "admin/" + DEFAULT_PASSWORD if "admin" not in overridden else "admin"
     others = sorted(overridden - {"admin"})
     users = ", ".join([admin, *others])
-    return f"Basic auth users: {users}; bearer tokens: {len(args.token)}"
+    # The client's secret is never printed: it is documented as DEFAULT_OAUTH_CLIENT_SECRET.
+    oauth = f"OAuth client: {DEFAULT_OAUTH_CLIENT_ID}"
+    return f"Basic auth users: {users}; bearer tokens: {len(args.token)}; {oauth}"
 
 
 if __name__ == "__main__":

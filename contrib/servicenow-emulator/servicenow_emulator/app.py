@@ -17,19 +17,27 @@ What is the instance's own, from Python or over HTTP:
   ``sys_journal_field`` (its read ACL is admin-only on many instances). A refused list or record
   GET answers 403; an incident's journal fields still display through
   ``sysparm_display_value``, as they do on a real instance.
+- OAuth 2.0 (``POST /oauth_token.do``, a form, as instances have it): the password,
+  client_credentials and refresh_token grants for ``oauth_clients``; its access tokens work as
+  bearer tokens on the Table API until ``token_lifetime`` runs out or ``expire_tokens()``
+  (``POST /__emulator/oauth {"token_lifetime": 1.5}`` or ``{"expire_tokens": true}``; a GET
+  there counts token requests). Latency, ``down`` and the faults apply to it as to the Table API.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import math
+import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, unquote_plus, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -47,9 +55,13 @@ from .query import TEXT_QUERY, Resolver, parse
 
 ADMIN_SYS_ID = "6816f79cc0a8016401c5a33be04be441"  # admin's sys_id on every real instance
 DEFAULT_PASSWORD = "admin-password"  # noqa: S105 - the emulator's documented dev credential
+DEFAULT_OAUTH_CLIENT_ID = "emulator-client"
+DEFAULT_OAUTH_CLIENT_SECRET = "emulator-client-secret"  # noqa: S105 - documented dev credential
 DEFAULT_LIMIT = 10000
 TIMESTAMP = "%Y-%m-%d %H:%M:%S"
 
+_GRANTS = ("password", "client_credentials", "refresh_token")
+_REFRESH_LIFETIMES = 100  # a refresh token lasts this many access-token lifetimes
 _WRITE_VERBS = {"POST": "Insert", "PATCH": "Update", "PUT": "Update", "DELETE": "Delete"}
 _ID_NAMESPACE = uuid.UUID("3b1c2f8e-6d4a-4f0e-9a53-5e6f7a8b9c0d")
 _HIBERNATING_PAGE = (
@@ -137,6 +149,33 @@ class _Unauthenticated(ApiError):
     def body(self) -> dict[str, Any]:
         # Key order as in the real capture, for byte-level comparisons.
         return {"error": {"detail": self.detail, "message": self.message}, "status": "failure"}
+
+
+class _OAuthError(ServiceError):
+    """An answer of ``/oauth_token.do``: OAuth's error shape, not the Table API's envelope."""
+
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(f"{status} {error}: {description}")
+        self.status, self.error, self.description = status, error, description
+
+    def response(self) -> Response:
+        # Key order as in ServiceNow's answers.
+        body = {"error_description": self.description, "error": self.error}
+        return json_response(body, status=self.status)
+
+
+def _access_denied() -> _OAuthError:
+    # ServiceNow words every refused client, user or refresh token alike, naming none of them.
+    return _OAuthError(401, "server_error", "access_denied")
+
+
+@dataclass(frozen=True)
+class _Issued:
+    """An issued OAuth token: the user it acts as, its client, and until when (monotonic)."""
+
+    user_name: str
+    client_id: str
+    expires: float
 
 
 class _FaultAnswers:
@@ -316,9 +355,16 @@ class Emulator(EmulatedService):
         latency_ms: int = 0,
         clock: Callable[[], datetime] | None = None,
         custom_fields: Iterable[str] = (),
+        oauth_clients: Mapping[str, str] | None = None,
+        oauth_client_user: str = "admin",
+        token_lifetime: float = 1800.0,
     ) -> None:
         """``tokens`` maps bearer tokens to user names; ``clock`` returns UTC datetimes;
-        ``custom_fields`` are the instance's own incident columns (``u_...``), empty by default."""
+        ``custom_fields`` are the instance's own incident columns (``u_...``), empty by default.
+
+        ``oauth_clients`` maps OAuth client ids to secrets (``{}``: none); a client_credentials
+        token acts as ``oauth_client_user`` (the OAuth app's "OAuth Application User");
+        ``token_lifetime`` is in seconds."""
         super().__init__(_FaultAnswers(), latency_ms)
         self._custom_fields = dict.fromkeys(custom_fields, "")
         self._users = {user.user_name: user for user in (DEFAULT_USERS if users is None else users)}
@@ -328,16 +374,27 @@ class Emulator(EmulatedService):
             raise ValueError(f"tokens name unknown users: {sorted(unknown)}")
         self._number_start = number_start
         self._clock = clock or (lambda: datetime.now(UTC))
+        default_clients = {DEFAULT_OAUTH_CLIENT_ID: DEFAULT_OAUTH_CLIENT_SECRET}
+        self._oauth_clients = dict(default_clients if oauth_clients is None else oauth_clients)
+        if self._oauth_clients and oauth_client_user not in self._users:
+            raise ValueError(f"oauth_client_user names an unknown user: {oauth_client_user!r}")
+        self._oauth_client_user = oauth_client_user
+        self._initial_token_lifetime = token_lifetime
         self.reset()
         self.app = Starlette(routes=self._routes())
 
     # ---- Python API -----------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget incidents, journal, faults and the request log; restore latency, ``down``, the
-        in-flight cap, no clock skew and no denied tables."""
+        """Forget incidents, journal, faults, issued OAuth tokens and the request log; restore
+        latency, ``down``, the in-flight cap, the token lifetime, no clock skew and no denied
+        tables. OAuth clients stay."""
         with self._lock:
             super().reset()
+            self.token_lifetime = self._initial_token_lifetime
+            self._access_tokens: dict[str, _Issued] = {}
+            self._refresh_tokens: dict[str, _Issued] = {}
+            self._token_requests = dict.fromkeys(_GRANTS, 0)
             self.clock_skew = timedelta(0)
             self.deny_tables: set[str] = set()  # read-denied for every user
             now = self._now()
@@ -383,6 +440,39 @@ class Emulator(EmulatedService):
                 **super().stats(),
             }
 
+    @property
+    def token_lifetime(self) -> float:
+        """Seconds an access token issued from now on lasts; a refresh token lasts 100 times
+        that."""
+        return self._token_lifetime
+
+    @token_lifetime.setter
+    def token_lifetime(self, seconds: float) -> None:
+        if not 0 <= seconds < math.inf:
+            raise ValueError("token_lifetime must be a finite number of seconds, not negative")
+        self._token_lifetime = float(seconds)
+
+    def expire_tokens(self) -> None:
+        """Expire every issued access token now (refresh tokens stay valid), so that the next
+        Table API request with one answers 401."""
+        now = time.monotonic()
+        with self._lock:
+            self._access_tokens = {
+                token: replace(issued, expires=min(issued.expires, now))
+                for token, issued in self._access_tokens.items()
+            }
+
+    def oauth_stats(self) -> dict[str, Any]:
+        """``/oauth_token.do`` requests per grant type (answered or refused) and the access
+        tokens still valid."""
+        now = time.monotonic()
+        with self._lock:
+            return {
+                "token_lifetime": self.token_lifetime,
+                "oauth_token_requests": dict(self._token_requests),
+                "oauth_tokens_active": sum(t.expires > now for t in self._access_tokens.values()),
+            }
+
     # ---- routing --------------------------------------------------------------------------
 
     def _routes(self) -> list[Route]:
@@ -392,15 +482,19 @@ class Emulator(EmulatedService):
         )
         clock = self.control_endpoint(self._control_clock)
         acl = self.control_endpoint(self._control_acl)
+        oauth = self.control_endpoint(self._control_oauth)
         return [
             Route("/api/now/table/{table}", api, methods=["GET", "POST"]),
             Route(
                 "/api/now/table/{table}/{sys_id}", api, methods=["GET", "PATCH", "PUT", "DELETE"]
             ),
+            # Behind the same latency, faults and log as the Table API: it is the same instance.
+            Route("/oauth_token.do", self.api_endpoint(self._oauth_token), methods=["POST"]),
             *self.control_routes(),
             Route("/__emulator/journal/{sys_id}", journal, methods=["GET"]),
             Route("/__emulator/clock", clock, methods=["POST"]),
             Route("/__emulator/acl", acl, methods=["POST"]),
+            Route("/__emulator/oauth", oauth, methods=["GET", "POST"]),
         ]
 
     def _control_clock(self, body: dict[str, Any], _request: Request) -> dict[str, Any]:
@@ -415,6 +509,16 @@ class Emulator(EmulatedService):
             raise ValueError(f"unknown tables: {sorted(unknown)}")
         self.deny_tables = set(tables)
         return self.stats()
+
+    def _control_oauth(self, body: dict[str, Any], _request: Request) -> dict[str, Any]:
+        if "token_lifetime" in body:
+            self.token_lifetime = float(body["token_lifetime"])
+        expire = body.get("expire_tokens", False)
+        if not isinstance(expire, bool):
+            raise TypeError("expire_tokens must be true or false")
+        if expire:
+            self.expire_tokens()
+        return self.oauth_stats()
 
     def _may_read(self, table: str, user: User) -> bool:
         if table in self.deny_tables:
@@ -432,7 +536,9 @@ class Emulator(EmulatedService):
         user = authenticate(
             request,
             basic=self._basic_user,
-            bearer=lambda token: self._users.get(self._tokens.get(token, "")),
+            bearer=lambda token: self._users.get(
+                self._tokens.get(token) or self._oauth_user(token) or ""
+            ),
             refused=_Unauthenticated,
         )
         name = request.path_params["table"]
@@ -488,6 +594,80 @@ class Emulator(EmulatedService):
         }
         page = [self._render(name, row, view) for row in rows[offset : offset + limit]]
         return json_response({"result": page}, headers=headers)
+
+    # ---- OAuth ----------------------------------------------------------------------------
+
+    async def _oauth_token(self, request: Request) -> Response:
+        form = _form(await request.body())
+        grant = form.get("grant_type", "")
+        with self._lock:  # before any check: refused requests count too
+            if grant in self._token_requests:
+                self._token_requests[grant] += 1
+        client_id = self._oauth_client(request, form)
+        with self._lock:
+            return json_response(self._grant(_required(form, "grant_type"), form, client_id))
+
+    def _oauth_client(self, request: Request, form: Mapping[str, str]) -> str:
+        """The client a token request authenticates as: by Basic auth, else by form fields."""
+        if request.headers.get("authorization"):
+            return authenticate(
+                request, basic=self._client, bearer=lambda _token: None, refused=_access_denied
+            )
+        client = self._client(form.get("client_id", ""), form.get("client_secret", ""))
+        if client is None:
+            raise _access_denied()
+        return client
+
+    def _client(self, client_id: str, secret: str) -> str | None:
+        # RFC 6749 form-encodes Basic credentials, and not every client does: accept both.
+        for name, key in ((client_id, secret), (unquote_plus(client_id), unquote_plus(secret))):
+            expected = self._oauth_clients.get(name)
+            if expected is not None and hmac.compare_digest(expected.encode(), key.encode()):
+                return name
+        return None
+
+    def _grant(self, grant: str, form: Mapping[str, str], client_id: str) -> dict[str, Any]:
+        if grant == "password":
+            user = self._basic_user(_required(form, "username"), _required(form, "password"))
+            if user is None:
+                raise _access_denied()
+            refresh = secrets.token_urlsafe(32)
+            lifetime = self.token_lifetime * _REFRESH_LIFETIMES
+            self._refresh_tokens[refresh] = _Issued(
+                user.user_name, client_id, time.monotonic() + lifetime
+            )
+            return self._issue(user.user_name, client_id, refresh)
+        if grant == "client_credentials":
+            return self._issue(self._oauth_client_user, client_id, None)
+        if grant == "refresh_token":
+            refresh = _required(form, "refresh_token")
+            issued = self._refresh_tokens.get(refresh)
+            if not (issued and issued.client_id == client_id and issued.expires > time.monotonic()):
+                raise _access_denied()
+            return self._issue(issued.user_name, client_id, refresh)
+        grants = ", ".join(_GRANTS)
+        raise _OAuthError(400, "unsupported_grant_type", f"grant_type must be one of {grants}")
+
+    def _issue(self, user_name: str, client_id: str, refresh: str | None) -> dict[str, Any]:
+        now, lifetime = time.monotonic(), self.token_lifetime
+        # Expired tokens are forgotten as new ones come, so a long run does not pile them up.
+        self._access_tokens = {t: i for t, i in self._access_tokens.items() if i.expires > now}
+        self._refresh_tokens = {t: i for t, i in self._refresh_tokens.items() if i.expires > now}
+        token = secrets.token_urlsafe(32)
+        self._access_tokens[token] = _Issued(user_name, client_id, now + lifetime)
+        return {
+            "access_token": token,
+            **({"refresh_token": refresh} if refresh else {}),
+            "scope": "useraccount",
+            "token_type": "Bearer",
+            "expires_in": int(lifetime),
+        }
+
+    def _oauth_user(self, token: str) -> str | None:
+        """The user an unexpired OAuth access token acts as."""
+        with self._lock:
+            issued = self._access_tokens.get(token)
+        return issued.user_name if issued and issued.expires > time.monotonic() else None
 
     # ---- writes ---------------------------------------------------------------------------
 
@@ -671,6 +851,19 @@ async def _read_object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "Exception while reading request", "The payload is not a JSON object")
     return body
+
+
+def _form(raw: bytes) -> dict[str, str]:
+    """A form body's fields, the first value of each; a body that is no form has none."""
+    fields = parse_qs(raw.decode(errors="replace"), keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items()}
+
+
+def _required(form: Mapping[str, str], name: str) -> str:
+    if not (value := form.get(name, "")):
+        # Names the missing field, never a value: a body may hold a secret.
+        raise _OAuthError(400, "invalid_request", f"Missing parameter: {name}")
+    return value
 
 
 def _run_state_rules(
