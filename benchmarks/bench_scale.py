@@ -30,6 +30,7 @@ import redis
 import sqlalchemy as sa
 from servicenow_emulator import DEFAULT_PASSWORD
 from ticketing_host.fleet import RUN_LENGTH
+from ticketing_host.keys import generate_key
 from ticketing_host.runtime import HostRuntime, Settings
 
 from ticketing_core.models import TicketDraft
@@ -43,6 +44,7 @@ REDIS = os.environ.get("TICKETING_TEST_REDIS", "redis://127.0.0.1:6379/11")
 BIN = Path(sys.executable).parent
 LOGIN = f"admin:{DEFAULT_PASSWORD}"
 LIMIT = 8
+SECRET_KEY = generate_key()  # encrypts the benchmark's stored credentials, for this run only
 LAST_BUSY: list[float] = []  # the CPU share of the last delivery, from machine_busy
 
 
@@ -104,10 +106,12 @@ def workers(database: str, queue: str, processes: int) -> Iterator[None]:
     command = [
         str(BIN / "ticketing"), "worker", "--database", database, "--broker", REDIS,
         "--queue", queue, "--processes", str(processes), "--threads", str(LIMIT),
-        "--instance-concurrency", str(LIMIT), "--allow-http", "--relay-interval", "2",
+        "--instance-concurrency", str(LIMIT), "--allow-http", "--allow-private-hosts",
+        "--relay-interval", "2",
     ]  # fmt: skip
     process = subprocess.Popen(
         command,
+        env=os.environ | {"TICKETING_SECRET_KEY": SECRET_KEY},
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -136,6 +140,7 @@ def deliver_through_fleet(
     """Seconds from queueing every note to the last one delivered."""
     settings = Settings(
         database=database, public_url="https://q.example", allow_http=True, broker=REDIS,
+        allow_private_hosts=True, secret_key=SECRET_KEY,
         queue=queue, relay_interval=2.0,
     )  # fmt: skip
     runtime = HostRuntime(settings)
@@ -245,7 +250,8 @@ def overhead_per_note() -> bool:
             direct = time.perf_counter() - started
 
             runtime = HostRuntime(Settings(database=database, public_url="https://q.example",
-                                           allow_http=True), deliver=False)  # fmt: skip
+                                           allow_http=True, allow_private_hosts=True,
+                                           secret_key=SECRET_KEY), deliver=False)  # fmt: skip
             try:
                 outbox: Outbox = runtime.service.outbox
                 deliver = runtime.service.deliver

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 from servicenow_emulator import Emulator
 from servicenow_emulator.server import RunningEmulator, run_in_thread
 
@@ -21,6 +22,8 @@ from ticketing_servicenow import ServiceNowProvider
 T = TypeVar("T")
 
 ADMIN_TOKEN = "admin:admin-password"
+# The key encrypting stored credentials in tests' hosts and workers (made per run, never a constant).
+SECRET_KEY = Fernet.generate_key().decode()
 BEARER_TOKEN = "bearer-token-value"
 
 

@@ -71,9 +71,10 @@ def reported_errors() -> Iterator[None]:
         sys.exit(exit_code_for(exc))
 
 
-def _remember_timeout(context: click.Context, _: click.Parameter, value: float | None) -> None:
+def _remember(context: click.Context, parameter: click.Parameter, value: object) -> None:
+    """Keep an option every command shares but none takes as an argument, for ``connected``."""
     if value is not None:
-        context.meta["ticketing.deadline"] = value
+        context.meta[f"ticketing.{parameter.name}"] = value
 
 
 def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,14 +84,22 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Provider name (default: the only installed one)."),
         click.option("--url", envvar="TICKETING_URL", required=True,
                      help="Instance base URL, e.g. https://acme.service-now.com."),
-        click.option("--token", envvar="TICKETING_TOKEN", required=True,
-                     help="Access token; for ServiceNow 'username:password' or a bearer token."),
+        click.option("--token", envvar="TICKETING_TOKEN",
+                     help="Access token; for ServiceNow 'username:password' or a bearer token "
+                          "(with --oauth-client-id: the user for the password grant, or none "
+                          "for the client-credentials grant)."),
         click.option("--allow-http", is_flag=True, envvar="TICKETING_ALLOW_HTTP",
                      help="Allow a plain http:// URL (emulators, labs)."),
         click.option("--json", "as_json", is_flag=True, help="Print the canonical JSON shape."),
-        click.option("--timeout", type=click.FloatRange(min=0.1), envvar="TICKETING_TIMEOUT",
-                     expose_value=False, callback=_remember_timeout,
+        click.option("--timeout", "deadline", type=click.FloatRange(min=0.1),
+                     envvar="TICKETING_TIMEOUT", expose_value=False, callback=_remember,
                      help="Seconds one call may take, retries included [default: 20]."),
+        click.option("--oauth-client-id", "client_id", envvar="TICKETING_OAUTH_CLIENT_ID",
+                     expose_value=False, callback=_remember,
+                     help="OAuth client (an application registered on the instance)."),
+        click.option("--oauth-client-secret", "client_secret",
+                     envvar="TICKETING_OAUTH_CLIENT_SECRET", expose_value=False,
+                     callback=_remember, help="The OAuth client's secret."),
     ]  # fmt: skip
     for option in reversed(options):
         command = option(command)
@@ -128,7 +137,7 @@ class WaitNotice(httpx.BaseTransport):
 
 @contextmanager
 def connected(
-    provider: str | None, url: str, token: str, allow_http: bool, **options: Any
+    provider: str | None, url: str, token: str | None, allow_http: bool, **options: Any
 ) -> Iterator[Provider]:
     with reported_errors():
         if url.strip().lower().startswith("http://") and not allow_http:
@@ -140,16 +149,31 @@ def connected(
         accepted = getattr(default_registry().factory(name), "options", ())
         if "transport" in accepted:
             options["transport"] = WaitNotice(httpx.HTTPTransport())
-        deadline = click.get_current_context().meta.get("ticketing.deadline")
-        if deadline is not None and "deadline" in accepted:
+        shared = click.get_current_context().meta
+        if (deadline := shared.get("ticketing.deadline")) is not None and "deadline" in accepted:
             options["deadline"] = deadline
+        options |= _oauth_options(name, accepted, shared)
+        if token is None and "client_id" not in options:
+            raise errors.InvalidInput("--token is required (or TICKETING_TOKEN)")
         client = ticketing_core.connect(
-            name, api_url=url, api_access_token=token, allow_http=allow_http, **options
+            name, api_url=url, api_access_token=token or "", allow_http=allow_http, **options
         )
         try:
             yield client
         finally:
             client.close()
+
+
+def _oauth_options(name: str, accepted: Sequence[str], shared: Mapping[str, Any]) -> dict[str, str]:
+    given = {key: shared[f"ticketing.{key}"] for key in ("client_id", "client_secret")
+             if f"ticketing.{key}" in shared}  # fmt: skip
+    if not given:
+        return {}
+    if len(given) == 1:
+        raise errors.InvalidInput("OAuth needs both --oauth-client-id and --oauth-client-secret")
+    if "client_id" not in accepted:
+        raise errors.InvalidInput(f"provider {name} takes no OAuth client: drop --oauth-client-id")
+    return given
 
 
 def _only_provider() -> str:
@@ -300,7 +324,9 @@ def providers(as_json: bool) -> None:
 
 @cli.command()
 @connection_options
-def check(provider: str | None, url: str, token: str, allow_http: bool, as_json: bool) -> None:
+def check(
+    provider: str | None, url: str, token: str | None, allow_http: bool, as_json: bool
+) -> None:
     """Check the URL and credentials."""
     with connected(provider, url, token, allow_http) as client:
         client.validate()
@@ -321,7 +347,7 @@ def check(provider: str | None, url: str, token: str, allow_http: bool, as_json:
     help="Every match, page after page (--json: one JSON object per line).",
 )
 def search(
-    provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
+    provider: str | None, url: str, token: str | None, allow_http: bool, as_json: bool,
     query: str | None, status: str | None, priority: str | None, page: int, size: int,
     every_page: bool,
 ) -> None:  # fmt: skip
@@ -389,7 +415,7 @@ def progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
 @cli.command()
 @connection_options
 @click.argument("ticket")
-def get(provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
+def get(provider: str | None, url: str, token: str | None, allow_http: bool, as_json: bool,
         ticket: str) -> None:  # fmt: skip
     """Show a ticket, by id or number."""
     with connected(provider, url, token, allow_http) as client:
@@ -409,7 +435,7 @@ def get(provider: str | None, url: str, token: str, allow_http: bool, as_json: b
 @click.option("--assignment-group")
 @click.option("--idempotency-key", help="Reuse to retry a create safely (default: a fresh one).")
 def create(
-    provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
+    provider: str | None, url: str, token: str | None, allow_http: bool, as_json: bool,
     idempotency_key: str | None, **fields: str | None,
 ) -> None:  # fmt: skip
     """Create a ticket; retrying with the same --idempotency-key never makes two."""
@@ -454,7 +480,7 @@ def parse_field(value: str) -> tuple[str, str]:
 @click.option("--resolution", help="Resolution notes, needed to resolve or close (ServiceNow).")
 @click.option("--close-code", help="ServiceNow's resolution code (default: Solved (Permanently)).")
 def update(
-    provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
+    provider: str | None, url: str, token: str | None, allow_http: bool, as_json: bool,
     ticket: str, field_values: tuple[str, ...], custom_values: tuple[str, ...],
     resolution: str | None, close_code: str | None,
 ) -> None:  # fmt: skip
@@ -488,7 +514,7 @@ def update(
 @connection_options
 @click.argument("ticket")
 @click.argument("text")
-def note(provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
+def note(provider: str | None, url: str, token: str | None, allow_http: bool, as_json: bool,
          ticket: str, text: str) -> None:  # fmt: skip
     """Add an internal work note to a ticket."""
     if not text.strip():
@@ -501,7 +527,7 @@ def note(provider: str | None, url: str, token: str, allow_http: bool, as_json: 
 @cli.command()
 @connection_options
 @click.argument("ticket")
-def status(provider: str | None, url: str, token: str, allow_http: bool, as_json: bool,
+def status(provider: str | None, url: str, token: str | None, allow_http: bool, as_json: bool,
            ticket: str) -> None:  # fmt: skip
     """Show a ticket's status."""
     with connected(provider, url, token, allow_http) as client:

@@ -6,6 +6,7 @@ provider it talks to::
     TicketingError
     ├── InvalidInput            the caller's input was wrong; fix it, don't retry
     ├── PluginError             a provider is not installed or could not be loaded
+    ├── CredentialsUnavailable  the host cannot read an integration's stored credentials now
     └── ProviderError           the provider's service refused or failed the call
         ├── AuthenticationFailed    credentials rejected (HTTP 401)
         ├── PermissionDenied        authenticated but not allowed (HTTP 403)
@@ -33,6 +34,12 @@ class TicketingError(Exception):
 
 class InvalidInput(TicketingError):
     """The caller's input is invalid; the message says which field and why."""
+
+
+class CredentialsUnavailable(TicketingError):
+    """The host cannot read an integration's stored credentials (e.g. its encryption key is not
+    configured); nothing was sent. The outbox keeps the integration's events waiting, without
+    spending their attempts, until the credentials can be read again."""
 
 
 class PluginError(TicketingError):

@@ -45,6 +45,7 @@ from ticketing_core.errors import (
     RateLimited,
     UnexpectedResponse,
 )
+from ticketing_core.oauth import OAuth, OAuthClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,6 +54,8 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 DEFAULT_DEADLINE = 20.0  # seconds for one interactive call, all attempts and reads included
 DEFAULT_ATTEMPTS = 4
+MAX_REASON = 300  # characters of a service's own error message kept in ours
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # a page of 100 incidents with long journals fits
 # Answers after which a read or an idempotent write is worth sending again.
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -116,6 +119,19 @@ class BearerAuth(httpx.Auth):
         return "BearerAuth(<redacted>)"
 
 
+def _auth(
+    api_access_token: str, oauth: OAuthClient | None, transport: httpx.BaseTransport, timeout: float
+) -> httpx.Auth:
+    if oauth is None:
+        return auth_from_token(api_access_token)
+    if api_access_token and ":" not in api_access_token:
+        raise InvalidInput(
+            "with an OAuth client the access token is user:password (password grant) or empty "
+            "(client-credentials grant)"
+        )
+    return OAuth(oauth, api_access_token, transport, timeout)
+
+
 def auth_from_token(api_access_token: str) -> httpx.Auth:
     """``user:secret`` means Basic auth; anything else is a Bearer token."""
     if not api_access_token or any(char.isspace() for char in api_access_token):
@@ -148,7 +164,10 @@ class HttpTransport:
     Retries follow the module's policy, with exponential backoff honouring ``Retry-After`` up to
     ``max_retry_wait`` seconds; ``deadline`` and ``max_attempts`` apply where no
     :func:`call_budget` is active. ``timeout`` bounds each connect and read; the deadline bounds
-    the whole call, a slowly dribbling answer included.
+    the whole call, a slowly dribbling answer included. An answer larger than
+    ``max_response_bytes``, as sent or once decompressed, is cut off. With ``oauth`` the calls
+    carry OAuth tokens (see :mod:`ticketing_core.oauth`) instead of ``api_access_token``'s
+    Basic or Bearer credentials. Redirects are not followed.
     """
 
     def __init__(
@@ -161,9 +180,12 @@ class HttpTransport:
         deadline: float = DEFAULT_DEADLINE,
         max_attempts: int = DEFAULT_ATTEMPTS,
         max_retry_wait: float = 30.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        oauth: OAuthClient | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         _check_number("deadline", deadline, minimum=0.001)
+        _check_number("max_response_bytes", max_response_bytes, minimum=1, integer=True)
         _check_number("max_attempts", max_attempts, minimum=1, integer=True)
         _check_number("max_retry_wait", max_retry_wait, minimum=0)
         if not isinstance(timeout, httpx.Timeout):
@@ -173,23 +195,36 @@ class HttpTransport:
         self.deadline = deadline
         self.max_attempts = max_attempts
         self.max_retry_wait = max_retry_wait
+        self.max_response_bytes = max_response_bytes
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        transport = transport or httpx.HTTPTransport()
+        self._auth = _auth(api_access_token, oauth, transport, self._timeout.read or 30.0)
         self._http = httpx.Client(
             base_url=self.base_url,
-            auth=auth_from_token(api_access_token),
+            auth=self._auth,
             timeout=self._timeout,
             headers={"Accept": "application/json", "User-Agent": "ticketing"},
             transport=transport,
+            follow_redirects=False,  # a redirect could lead anywhere, credentials and all
         )
 
     def __repr__(self) -> str:
         return f"HttpTransport({self.dialect.name}, base_url={self.base_url!r})"
 
-    OPTIONS = ("timeout", "deadline", "max_attempts", "max_retry_wait", "transport")
+    OPTIONS = (
+        "timeout",
+        "deadline",
+        "max_attempts",
+        "max_retry_wait",
+        "max_response_bytes",
+        "transport",
+    )
     """The keyword options above, for a provider's ``options`` (see ``ProviderFactory``)."""
 
     def close(self) -> None:
         self._http.close()
+        if isinstance(self._auth, OAuth):
+            self._auth.close()
 
     def request(
         self,
@@ -252,6 +287,10 @@ class HttpTransport:
             raise ProviderUnavailable(
                 f"cannot reach {name} at {self.base_url}: {type(exc).__name__}", sent=False
             ) from None
+        except httpx.DecodingError:
+            raise UnexpectedResponse(
+                f"{name} sent a body that does not decompress ({method} {path})"
+            ) from None
         except httpx.TimeoutException as exc:
             raise ProviderTimeout(
                 f"{name} did not answer {method} {path} in time ({type(exc).__name__})"
@@ -268,18 +307,21 @@ class HttpTransport:
     def _read(
         self, response: httpx.Response, budget: Budget, method: str, path: str
     ) -> httpx.Response:
-        """The whole response, its body read before the deadline."""
+        """The whole response, decompressed, its body read before the deadline and within the
+        size cap."""
         try:
-            raw = b"".join(self._chunks(response, budget, f"{method} {path}"))
+            body = b"".join(self._chunks(response, budget, f"{method} {path}"))
         except httpx.StreamConsumed:
             return response  # a transport that handed over a complete response (tests' mocks)
         finally:
             response.close()
-        # Built from the raw bytes: httpx decodes them (gzip, ...) as it would have.
+        headers = response.headers.copy()
+        for decoded in ("Content-Encoding", "Content-Length"):
+            headers.pop(decoded, None)
         return httpx.Response(
             response.status_code,
-            headers=response.headers,
-            content=raw,
+            headers=headers,
+            content=body,
             request=response.request,
             extensions=response.extensions,
         )
@@ -294,7 +336,15 @@ class HttpTransport:
         )
 
     def _chunks(self, response: httpx.Response, budget: Budget, what: str) -> Iterator[bytes]:
-        for chunk in response.iter_raw():
+        limit, read = self.max_response_bytes, 0
+        for chunk in response.iter_bytes():
+            read += len(chunk)
+            if read > limit or response.num_bytes_downloaded > limit:
+                raise UnexpectedResponse(
+                    f"{self.dialect.name}'s answer to {what} is larger than {limit} bytes; "
+                    "cut off (raise the max_response_bytes option if it is expected)",
+                    status_code=response.status_code,
+                )
             yield chunk
             if budget.remaining() <= 0:
                 raise ProviderTimeout(
@@ -383,6 +433,8 @@ def raise_for_status(response: httpx.Response, dialect: ServiceDialect) -> None:
             )
         return
     reason = dialect.error_reason(response)
+    if len(reason) > MAX_REASON:  # parsed, yet possibly a long text from an unknown server
+        reason = reason[: MAX_REASON - 1] + "…"
     retry_after = retry_after_seconds(response)
     if status == 401:
         raise AuthenticationFailed(f"{name} rejected the credentials: {reason}", status_code=401)

@@ -162,6 +162,9 @@ class Capabilities:
     reject bad input before calling the service; a field not listed is free text. ``user_options``
     names the factory options a user may set per connection (e.g. Jira's ``project``); hosts refuse
     any other, since the rest (timeouts, transports) are the host's own business.
+    ``secret_options`` are the user options that are credentials (ServiceNow's OAuth
+    ``client_secret``): hosts store them encrypted, as they store access tokens, and never show
+    them; providers keep them out of ``repr()``, logs and error messages.
 
     ``extra_fields`` names the provider's own fields :attr:`TicketChanges.fields` may set besides the
     canonical ones (ServiceNow: ``close_code``, ``caller_id``, ...). A name starting with
@@ -176,6 +179,7 @@ class Capabilities:
     inbound_webhooks: bool = False
     field_choices: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     user_options: tuple[str, ...] = ()
+    secret_options: tuple[str, ...] = ()
     extra_fields: tuple[str, ...] = ()
     custom_field_prefix: str | None = None
 

@@ -52,7 +52,13 @@ import sqlalchemy as sa
 from cattrs.strategies import configure_tagged_union
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ticketing_core.errors import ProviderError, RateLimited, TicketingError, may_have_landed
+from ticketing_core.errors import (
+    CredentialsUnavailable,
+    ProviderError,
+    RateLimited,
+    TicketingError,
+    may_have_landed,
+)
 from ticketing_core.policies import Action, AddWorkNote, ChangeTicket
 from ticketing_core.store import Database, UtcDateTime, metadata
 
@@ -640,6 +646,8 @@ class Outbox:
 
         Returns the new status, or None when the claim was lost (nothing is recorded).
         """
+        if isinstance(error, CredentialsUnavailable):
+            return self._wait_for_credentials(event, error)
         retryable = isinstance(error, ProviderError) and error.retryable
         landed = may_have_landed(error)
         attempts = event.attempts + 1  # exact: nobody else settles while this claim holds
@@ -663,6 +671,25 @@ class Outbox:
                 asked = timedelta(seconds=float(error.retry_after or 0))
                 self._pause(conn, event.integration_id, max(delay, asked))
         return status if settled else None
+
+    def _wait_for_credentials(
+        self, event: OutboxEvent, error: CredentialsUnavailable
+    ) -> str | None:
+        """Nothing was sent: give the event back unchanged but for its time, and pause the
+        integration, until the host can read its credentials again."""
+        delay = timedelta(seconds=self.backoff_max)
+        with self.database.begin() as conn:
+            settled = conn.execute(
+                self._fenced(event).values(
+                    next_attempt_at=self.database.now(conn) + delay,
+                    last_error=f"{type(error).__name__}: {error}"[:2000],
+                    lease_until=None,
+                    claim_token=None,
+                )
+            ).rowcount
+            if settled:
+                self._pause(conn, event.integration_id, delay)
+        return PENDING if settled else None
 
     def _pause(self, conn: sa.Connection, integration_id: int, delay: timedelta) -> None:
         """Keep fleet claims off an integration whose service answered 429, for ``delay`` (or

@@ -100,6 +100,15 @@ def engine_url(url_or_path: str) -> str:
     return f"sqlite:///{url_or_path}"
 
 
+def sqlite_path(url_or_path: str) -> str | None:
+    """The SQLite file a database URL or path names (``:memory:`` for an in-memory one), or
+    None for another database."""
+    parsed = sa.make_url(engine_url(url_or_path))
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    return parsed.database or ":memory:"
+
+
 class Database:
     """An engine with the schema in place. Thread-safe; share one per process."""
 
@@ -112,9 +121,7 @@ class Database:
         """
         self.url = engine_url(url_or_path)
         parsed = sa.make_url(self.url)
-        sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (
-            None, "", ":memory:",
-        )  # fmt: skip
+        sqlite_file = sqlite_path(url_or_path) not in (None, ":memory:")
         if (not migrate or read_only) and sqlite_file and not Path(str(parsed.database)).is_file():
             raise SchemaNotReady(
                 "there is no such file: give the database ticketing serve uses "

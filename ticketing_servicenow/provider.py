@@ -19,10 +19,12 @@ from ticketing_core.models import (
     TicketDraft,
     TicketStatus,
 )
+from ticketing_core.oauth import OAuthClient
 from ticketing_servicenow import mapping
 from ticketing_servicenow.envelopes import error_reason, result_of
 
 INCIDENTS = "/api/now/table/incident"
+OAUTH_TOKEN_PATH = "/oauth_token.do"  # noqa: S105 - the instance's OAuth 2.0 token endpoint
 # Characters that cannot change an encoded query; correlation_id holds 100 of them.
 _SAFE_KEY = re.compile(r"[A-Za-z0-9._:@-]+")
 # Display values for references (assigned_to's name) and raw values for codes, in one read.
@@ -41,7 +43,10 @@ READ_PARAMS = {
 class ServiceNowProvider(Provider):
     """A :class:`ticketing_core.Provider` for one ServiceNow instance.
 
-    ``api_access_token`` is ``username:password`` (Basic auth) or a bearer token. Options:
+    ``api_access_token`` is ``username:password`` (Basic auth) or a bearer token. With OAuth
+    options ``client_id`` and ``client_secret`` (an OAuth application registered on the
+    instance), tokens come from ``{api_url}/oauth_token.do``: ``username:password`` uses the
+    password grant, an empty token the client-credentials grant. Other options:
     ``timeout`` (seconds or ``httpx.Timeout``, per connect and read), ``deadline`` (seconds for a
     whole call where the caller sets no :func:`~ticketing_core.http.call_budget`),
     ``max_attempts`` and ``max_retry_wait`` for retries, ``close_code`` written with a resolution
@@ -53,7 +58,9 @@ class ServiceNowProvider(Provider):
     """
 
     name = "servicenow"
-    options: ClassVar[tuple[str, ...]] = ("close_code", *HttpTransport.OPTIONS)
+    options: ClassVar[tuple[str, ...]] = (
+        "close_code", "client_id", "client_secret", *HttpTransport.OPTIONS
+    )  # fmt: skip
     capabilities = Capabilities(
         work_notes=True,
         public_comments=True,
@@ -68,7 +75,8 @@ class ServiceNowProvider(Provider):
             "severity": ("1", "2", "3"),
             "notify": ("1", "2"),
         },
-        user_options=("close_code",),
+        user_options=("close_code", "client_id", "client_secret"),
+        secret_options=("client_secret",),
         extra_fields=mapping.EXTRA_FIELDS_WRITABLE,
         custom_field_prefix=mapping.CUSTOM_FIELD_PREFIX,
     )
@@ -79,11 +87,20 @@ class ServiceNowProvider(Provider):
         api_url: str,
         api_access_token: str,
         close_code: str = mapping.DEFAULT_CLOSE_CODE,
+        client_id: str | None = None,
+        client_secret: str | None = None,
         **client_options: Any,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.close_code = close_code
-        self._client = HttpTransport(self.api_url, api_access_token, DIALECT, **client_options)
+        oauth = None
+        if client_id or client_secret:
+            if not (client_id and client_secret):
+                raise InvalidInput("OAuth needs both client_id and client_secret")
+            oauth = OAuthClient(self.api_url + OAUTH_TOKEN_PATH, client_id, client_secret)
+        self._client = HttpTransport(
+            self.api_url, api_access_token, DIALECT, oauth=oauth, **client_options
+        )
 
     def __repr__(self) -> str:
         return f"ServiceNowProvider(api_url={self.api_url!r})"
@@ -92,9 +109,10 @@ class ServiceNowProvider(Provider):
         self._client.close()
 
     def validate(self) -> None:
-        self._client.request(
+        response = self._client.request(
             "GET", INCIDENTS, params={"sysparm_limit": 1, "sysparm_fields": "sys_id"}
         )
+        result_of(response)  # any JSON is not an instance: the envelope must be there
 
     def search(self, query: SearchQuery) -> Page:
         response = self._client.request(

@@ -164,8 +164,8 @@ def test_an_unknown_provider_option_names_the_allowed_ones() -> None:
         registry.connect("servicenow", api_url=URL, api_access_token="a:b", projekt="DQ")
 
     assert str(refused.value) == (
-        "servicenow has no option 'projekt'; its options are close_code, deadline, max_attempts, "
-        "max_retry_wait, timeout, transport"
+        "servicenow has no option 'projekt'; its options are client_id, client_secret, "
+        "close_code, deadline, max_attempts, max_response_bytes, max_retry_wait, timeout, transport"
     )
 
 

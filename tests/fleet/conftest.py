@@ -28,7 +28,7 @@ from ticketing_host.app import create_app, runtime_of
 from ticketing_host.runtime import HostRuntime, Settings
 from ticketing_host.server import serve_in_thread
 
-from ..conftest import ADMIN_TOKEN, postgres_schema
+from ..conftest import ADMIN_TOKEN, SECRET_KEY, postgres_schema
 
 TICKETING = str(Path(sys.executable).parent / "ticketing")
 REDIS_URL = os.environ.get("TICKETING_TEST_REDIS", "redis://127.0.0.1:6379/11")
@@ -112,7 +112,9 @@ class Workers:
         arguments = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
         process = subprocess.Popen(
             [TICKETING, "worker", "--database", self.database, "--broker", self.broker.url,
-             "--queue", self.broker.queue, "--threads", str(threads), "--allow-http", *arguments],
+             "--queue", self.broker.queue, "--threads", str(threads), "--allow-http",
+             "--allow-private-hosts", *arguments],
+            env=os.environ | {"TICKETING_SECRET_KEY": SECRET_KEY},
             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         self.running.append(process)
@@ -154,7 +156,8 @@ def start_fleet_host(fleet_database: str, broker: Broker) -> Iterator[Any]:
         def start() -> FleetHost:
             settings = Settings(
                 database=fleet_database, public_url="https://qualytics.example", allow_http=True,
-                api_token=API_TOKEN, broker=broker.url, queue=broker.queue, relay_interval=1.0,
+                allow_private_hosts=True, secret_key=SECRET_KEY, api_token=API_TOKEN,
+                broker=broker.url, queue=broker.queue, relay_interval=1.0,
                 **TIMING,
             )  # fmt: skip
             app = create_app(settings)

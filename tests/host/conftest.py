@@ -17,7 +17,7 @@ from ticketing_host.demo import ANOMALY, ANOMALY_ID, TICKET_REQUEST  # the seed'
 from ticketing_host.runtime import HostRuntime, Settings
 from ticketing_host.server import serve_in_thread
 
-from ..conftest import ADMIN_TOKEN, wait_until
+from ..conftest import ADMIN_TOKEN, SECRET_KEY, wait_until
 
 T = TypeVar("T")
 
@@ -56,7 +56,9 @@ def start_host(tmp_path: Path) -> Iterator[StartHost]:
                 database=str(tmp_path / "host.db"),
                 public_url=PUBLIC_URL,
                 allow_http=True,
+                allow_private_hosts=True,  # the emulator listens on 127.0.0.1
                 api_token=API_TOKEN,
+                secret_key=SECRET_KEY,
             )
             app = create_app(attrs.evolve(settings, **overrides))
             running = stack.enter_context(serve_in_thread(app))

@@ -99,7 +99,8 @@ def test_serve_generates_a_token_once_and_accepts_it(tmp_path: Path) -> None:
     database, port = tmp_path / "serve.db", free_port()
 
     with serving(database, port) as first:
-        # Printed before the server starts, so the line is there once the port is open.
+        # Printed before the server starts, so the lines are there once the port is open.
+        key_line = first.stderr.readline() if first.stderr else ""
         line = first.stderr.readline() if first.stderr else ""
         token = line.strip().removeprefix(TOKEN_LINE)
         with_generated = statuses(port, token, "guess")
@@ -110,6 +111,10 @@ def test_serve_generates_a_token_once_and_accepts_it(tmp_path: Path) -> None:
         with_environment = statuses(port, "from-the-environment", token)
         configured = stop(third)
 
+    key_file = tmp_path / "serve.db.key"
+    assert key_line.startswith(f"Generated the encryption key for stored credentials in {key_file}")
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert "encryption key" not in again  # said once, when it was made
     assert line.startswith(TOKEN_LINE)
     assert len(token) > 30
     assert with_generated == [200, 401]

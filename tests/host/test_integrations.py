@@ -46,7 +46,7 @@ def test_openapi_is_public_and_lists_every_endpoint(host: Host) -> None:
     assert document["info"]["title"] == "ticketing host"
     assert {path: sorted(ops) for path, ops in document["paths"].items()} == {
         "/api/integrations": ["get", "post"],
-        "/api/integrations/{integration_id}": ["delete", "get"],
+        "/api/integrations/{integration_id}": ["delete", "get", "patch"],
         "/api/integrations/ticketing/tickets/search": ["get"],
         "/api/integrations/ticketing/anomalies/{anomaly_id}/tickets": ["post"],
         "/api/integrations/ticketing/anomalies/{anomaly_id}/links": ["post"],

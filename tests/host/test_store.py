@@ -6,10 +6,13 @@ from datetime import UTC, datetime
 
 import pytest
 from ticketing_host.db import DuplicateRecord, HostStore, UnknownRecord, token_hash
+from ticketing_host.keys import Keyring
 
 from ticketing_core.models import Anomaly, FailedCheck
 from ticketing_core.service import INTEGRATION
 from ticketing_core.store import Database, LinkStore
+
+from ..conftest import SECRET_KEY
 
 ANOMALY = Anomaly(
     id=12345,
@@ -18,10 +21,11 @@ ANOMALY = Anomaly(
     failed_checks=(FailedCheck("not_null", "customer_email"),),
 )
 CHANGED_AT = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
+KEYRING = Keyring.parse(SECRET_KEY, "the tests' key")
 
 
 def test_anomalies_keep_caller_ids_and_number_the_rest(database: Database) -> None:
-    store = HostStore(database)
+    store = HostStore(database, KEYRING)
 
     given = store.add_anomaly(ANOMALY, assign_id=False)
     assigned = store.add_anomaly(ANOMALY, assign_id=True)
@@ -34,7 +38,7 @@ def test_anomalies_keep_caller_ids_and_number_the_rest(database: Database) -> No
 
 
 def test_comments_and_status_changes(database: Database) -> None:
-    store = HostStore(database)
+    store = HostStore(database, KEYRING)
     store.add_anomaly(ANOMALY, assign_id=False)
 
     with database.begin() as conn:
@@ -52,7 +56,7 @@ def test_comments_and_status_changes(database: Database) -> None:
 def test_an_integration_keeps_its_token_out_of_repr_and_takes_its_links_along(
     database: Database,
 ) -> None:
-    store = HostStore(database)
+    store = HostStore(database, KEYRING)
     integration = store.add_integration(
         type="servicenow",
         api_url="https://x",
@@ -73,7 +77,7 @@ def test_an_integration_keeps_its_token_out_of_repr_and_takes_its_links_along(
 
 
 def test_only_token_hashes_are_stored(database: Database) -> None:
-    store = HostStore(database)
+    store = HostStore(database, KEYRING)
 
     store.add_token_hash(token_hash("the-token"))
 

@@ -19,10 +19,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ticketing_core.errors import (
     AuthenticationFailed,
     Conflict,
+    CredentialsUnavailable,
     InvalidInput,
     NotFound,
     PermissionDenied,
@@ -30,6 +32,7 @@ from ticketing_core.errors import (
 )
 from ticketing_core.hookspecs import Provider
 from ticketing_core.models import MAX_PAGE_SIZE, SearchQuery
+from ticketing_core.network import BlockedAddress
 from ticketing_core.plugins import check_api_url
 from ticketing_core.store import utcnow
 
@@ -45,10 +48,12 @@ from .db import (
 )
 from .runtime import HostRuntime, Settings
 from .schemas import (
+    ERROR_RESPONSES,
     AnomalyIn,
     AnomalyOut,
     CommentIn,
     CommentOut,
+    IntegrationChange,
     IntegrationIn,
     IntegrationOut,
     LinkRequest,
@@ -58,6 +63,8 @@ from .schemas import (
     TicketRequest,
     TicketResult,
 )
+
+MAX_BODY_BYTES = 1024 * 1024
 
 
 class Rejected(ValueError):
@@ -70,6 +77,8 @@ ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (UnknownRecord, 404),
     (DuplicateRecord, 409),
     (Conflict, 409),  # an Idempotency-Key reused for another request, or still in progress
+    (BlockedAddress, 422),  # before InvalidInput: never a 400 "unusable connection"
+    (CredentialsUnavailable, 503),  # the host's key configuration, not the caller's request
     (InvalidInput, 422),
     (sa.exc.DataError, 422),  # a value the database cannot store (PostgreSQL: a NUL character)
     (UnicodeEncodeError, 422),  # text with an unpaired surrogate cannot be stored or sent
@@ -102,10 +111,46 @@ def create_app(settings: Settings) -> FastAPI:
         """Delivery metrics and the outbox's counts, in Prometheus' text format (no token)."""
         return Response(metrics.exposition(registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     for error, _status in ERROR_STATUS:
         app.add_exception_handler(error, error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)
     return app
+
+
+class BodyLimit:
+    """Refuses a request body over ``limit`` bytes with 413, before it is read and before the
+    token is checked: by its Content-Length, or, for a chunked body, once that much arrived."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            await self.too_large()(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                # FastAPI re-raises an HTTPException met while reading the body, as is.
+                raise HTTPException(413, self.message())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def too_large(self) -> JSONResponse:
+        return JSONResponse({"detail": self.message()}, status_code=413)
+
+    def message(self) -> str:
+        return f"the request body is larger than {self.limit} bytes"
 
 
 def runtime_of(app: FastAPI) -> HostRuntime:
@@ -202,38 +247,82 @@ def resolve_integration(store: HostStore, integration_id: int | None) -> Integra
     return found[0]
 
 
-api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+api = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
 
 # -- integrations ----------------------------------------------------------------------------------
 
 
-@api.post("/integrations", status_code=201)
+@api.post("/integrations", status_code=201, response_model_exclude_none=True)
 def create_integration(body: IntegrationIn, runtime: Runtime) -> IntegrationOut:
-    """Connect a ticketing instance; the credentials are checked before anything is stored."""
+    """Connect a ticketing instance; the URL and credentials are checked before anything is
+    stored, and the credentials (token, secret options) are stored encrypted."""
     check_choice("type", body.type, (info.name for info in runtime.registry.providers()))
     check_choice("sync_policy", body.sync_policy, runtime.registry.policy_names())
     token = body.api_access_token.get_secret_value()
-    try:
-        api_url = check_api_url(body.api_url, allow_http=runtime.settings.allow_http)
-        provider = runtime.connect(body.type, api_url, token, body.options)
-        try:
-            provider.validate()
-        finally:
-            provider.close()
-    except UNUSABLE_CONNECTION as exc:
-        raise Rejected(str(exc)) from None
+    api_url = checked_connection(runtime, body.type, body.api_url, token, body.options)
     integration = runtime.store.add_integration(
         type=body.type,
         api_url=api_url,
         api_access_token=token,
         sync_policy=body.sync_policy,
         options=body.options,
+        secret_names=runtime.capabilities(body.type).secret_options,
     )
     runtime.pool(integration.id)  # connected now, outside any transaction (see HostRuntime.start)
     return IntegrationOut.of(integration)
 
 
-@api.get("/integrations")
+@api.patch("/integrations/{integration_id}", response_model_exclude_none=True)
+def change_integration(
+    integration_id: IntegrationId, body: IntegrationChange, runtime: Runtime
+) -> IntegrationOut:
+    """Rotate credentials or move the instance: what is given replaces what is stored (all the
+    options at once) once checked like a new integration; links and queued events stay."""
+    stored = runtime.store.integration(integration_id)
+    given = body.model_dump(exclude_unset=True)
+    if "api_access_token" not in given or "options" not in given:
+        stored.checked()  # what is kept must be readable, to be stored again
+    token = (
+        body.api_access_token.get_secret_value()
+        if body.api_access_token is not None
+        else stored.api_access_token
+    )
+    options = body.options if body.options is not None else dict(stored.options)
+    api_url = checked_connection(
+        runtime, stored.type, body.api_url or stored.api_url, token, options
+    )
+    integration = runtime.store.update_integration(
+        integration_id,
+        api_url=api_url,
+        api_access_token=token,
+        options=options,
+        secret_names=runtime.capabilities(stored.type).secret_options,
+    )
+    runtime.pool.forget(integration_id)
+    return IntegrationOut.of(integration)
+
+
+def checked_connection(
+    runtime: HostRuntime, type: str, api_url: str, token: str, options: Mapping[str, str]
+) -> str:
+    """The URL, normalised, once the address rule allows it (422) and the instance accepts the
+    credentials (400 when it does not); nothing is stored."""
+    try:
+        api_url = check_api_url(api_url, allow_http=runtime.settings.allow_http)
+    except InvalidInput as exc:
+        raise Rejected(str(exc)) from None
+    runtime.network.check_url(api_url)
+    try:
+        with runtime.connect(type, api_url, token, options) as provider:
+            provider.validate()
+    except BlockedAddress:
+        raise
+    except UNUSABLE_CONNECTION as exc:
+        raise Rejected(str(exc)) from None
+    return api_url
+
+
+@api.get("/integrations", response_model_exclude_none=True)
 def list_integrations(runtime: Runtime) -> list[IntegrationOut]:
     return [IntegrationOut.of(integration) for integration in runtime.store.integrations()]
 
@@ -258,7 +347,7 @@ def search_tickets(
     return PageOut.of(found)
 
 
-@api.get("/integrations/{integration_id}")
+@api.get("/integrations/{integration_id}", response_model_exclude_none=True)
 def get_integration(integration_id: IntegrationId, runtime: Runtime) -> IntegrationOut:
     return IntegrationOut.of(runtime.store.integration(integration_id))
 

@@ -19,6 +19,39 @@ from ticketing_core.cli import database_option
 from ticketing_core.errors import TicketingError
 
 TOKEN_VARIABLE = "TICKETING_API_TOKEN"  # noqa: S105 - a variable's name, not a secret
+SECRET_KEY_VARIABLE = "TICKETING_SECRET_KEY"  # noqa: S105 - a variable's name, not a secret
+
+
+def access_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """What ``serve`` and ``worker`` share about reaching instances and reading credentials."""
+    options = [
+        click.option("--allow-http", is_flag=True, envvar="TICKETING_ALLOW_HTTP",
+                     help="Allow plain http:// instance URLs (emulators, labs)."),
+        click.option("--allow-private-hosts", is_flag=True, envvar="TICKETING_ALLOW_PRIVATE_HOSTS",
+                     help="Let integrations reach loopback and private addresses (labs, local "
+                          "emulators); refused by default."),
+        click.option("--allowed-hosts", envvar="TICKETING_ALLOWED_HOSTS", metavar="PATTERNS",
+                     help="Comma-separated host patterns integrations must match, e.g. "
+                          "'*.service-now.com,*.atlassian.net'."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def access_settings(
+    allow_http: bool, allow_private_hosts: bool, allowed_hosts: str | None
+) -> dict[str, Any]:
+    """Settings keywords for :func:`access_options`, with the key from TICKETING_SECRET_KEY."""
+    from ticketing_core.network import NetworkPolicy
+
+    policy = NetworkPolicy.from_patterns(allowed_hosts, allow_private=allow_private_hosts)
+    return {
+        "allow_http": allow_http,
+        "allow_private_hosts": policy.allow_private,
+        "allowed_hosts": policy.allowed_hosts,
+        "secret_key": os.environ.get(SECRET_KEY_VARIABLE) or None,
+    }
 
 
 def fleet_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -42,9 +75,7 @@ def fleet_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--public-url", help="Base URL of the anomaly pages tickets link to [http://HOST:PORT]."
 )
-@click.option(
-    "--allow-http", is_flag=True, help="Allow plain http:// instance URLs (emulators, labs)."
-)
+@access_options
 @click.option(
     "--product", default="Qualytics", show_default=True, help="Name used in ticket texts."
 )
@@ -55,10 +86,13 @@ def fleet_options(command: Callable[..., Any]) -> Callable[..., Any]:
 )
 @fleet_options
 def serve(
-    host: str, port: int, database: str, public_url: str | None, allow_http: bool, product: str,
-    broker: str | None, queue: str, relay_interval: float,
+    host: str, port: int, database: str, public_url: str | None, allow_http: bool,
+    allow_private_hosts: bool, allowed_hosts: str | None, product: str, broker: str | None,
+    queue: str, relay_interval: float,
 ) -> None:  # fmt: skip
-    """Run the host API and its background sync. The API token comes from TICKETING_API_TOKEN.
+    """Run the host API and its background sync. The API token comes from TICKETING_API_TOKEN,
+    the key encrypting stored credentials from TICKETING_SECRET_KEY (on SQLite, without it, from
+    a key file made beside the database).
 
     Without --broker, deliveries run in this process. With it, this process sends each ticket's
     wake-up to the broker once the request's transaction commits, and relays lost ones;
@@ -75,19 +109,23 @@ def serve(
         database=database,
         public_url=public_url or f"http://{host}:{port}",
         product=product,
-        allow_http=allow_http,
         api_token=os.environ.get(TOKEN_VARIABLE) or None,
+        **access_settings(allow_http, allow_private_hosts, allowed_hosts),
         broker=broker,
         queue=queue,
         relay_interval=relay_interval,
     )
     try:
         app = create_app(settings)
-        generated = runtime_of(app).ensure_api_token()
+        runtime = runtime_of(app)
+        generated = runtime.ensure_api_token()
     except OPEN_ERRORS as exc:
         raise click.ClickException(open_error(database, exc)) from None
     except TicketingError as exc:
         raise click.ClickException(str(exc)) from None
+    for notice in (runtime.key_notice, *runtime.unreadable_integrations()):
+        if notice:
+            click.echo(notice, err=True)
     click.echo(token_notice(settings.api_token is not None, generated), err=True)
     uvicorn.run(app, host=host, port=port)
 
@@ -127,12 +165,7 @@ def serve(
     type=click.IntRange(1, 65535),
     help="Serve Prometheus /metrics for this worker's processes on this port.",
 )
-@click.option(
-    "--allow-http",
-    is_flag=True,
-    envvar="TICKETING_ALLOW_HTTP",
-    help="Allow plain http:// instance URLs (emulators, labs).",
-)
+@access_options
 @fleet_options
 @click.option(
     "--max-attempts",
@@ -164,8 +197,9 @@ def serve(
 )
 def worker(
     database: str, broker: str, processes: int, threads: int, instance_concurrency: int,
-    metrics_port: int | None, allow_http: bool, queue: str, relay_interval: float,
-    max_attempts: int, delivery_deadline: float, lease_seconds: float, doubt_seconds: float,
+    metrics_port: int | None, allow_http: bool, allow_private_hosts: bool,
+    allowed_hosts: str | None, queue: str, relay_interval: float, max_attempts: int,
+    delivery_deadline: float, lease_seconds: float, doubt_seconds: float,
 ) -> None:  # fmt: skip
     """Deliver outbox events from a broker's wake-ups (Dramatiq), beside others on other machines.
 
@@ -181,8 +215,9 @@ def worker(
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
     try:
         sys.exit(run_workers(
-            database=database, broker=broker, public_url="http://localhost", allow_http=allow_http,
-            queue=queue, relay_interval=relay_interval, instance_concurrency=instance_concurrency,
+            database=database, broker=broker, public_url="http://localhost",
+            **access_settings(allow_http, allow_private_hosts, allowed_hosts), queue=queue,
+            relay_interval=relay_interval, instance_concurrency=instance_concurrency,
             metrics_port=metrics_port, max_attempts=max_attempts, delivery_deadline=delivery_deadline,
             lease_seconds=lease_seconds, doubt_seconds=doubt_seconds,
         ).run(processes, threads))  # fmt: skip
@@ -222,3 +257,44 @@ def demo() -> None:
     from . import demo as flows
 
     flows.main()
+
+
+@click.group()
+def keys() -> None:
+    """The keys encrypting stored credentials (TICKETING_SECRET_KEY, or a SQLite key file)."""
+
+
+@keys.command("generate")
+def generate_key_command() -> None:
+    """Print a new key. To rotate: put it first in TICKETING_SECRET_KEY, followed by the old
+    ones (comma-separated), run `ticketing keys rotate`, then drop the old ones."""
+    from .keys import generate_key
+
+    click.echo(generate_key())
+
+
+@keys.command()
+@database_option
+def rotate(database: str) -> None:
+    """Re-encrypt every stored credential under the first key; the others only decrypt.
+
+    Exit 1 when some credentials cannot be decrypted with any configured key (they are left
+    as they are, and named).
+    """
+    from ticketing_core.store import OPEN_ERRORS, Database, open_error
+
+    from .db import HostStore
+    from .keys import keyring_for
+
+    try:
+        keyring, _ = keyring_for(database, os.environ.get(SECRET_KEY_VARIABLE), create=False)
+        rotated, unreadable = HostStore(Database(database, migrate=False), keyring).rotate_keys()
+    except OPEN_ERRORS as exc:
+        raise click.ClickException(open_error(database, exc)) from None
+    except TicketingError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"re-encrypted {rotated} integration(s) under key {keyring.ids[0]}")
+    for reason in unreadable:
+        click.echo(f"error: {reason}", err=True)
+    if unreadable:
+        sys.exit(1)

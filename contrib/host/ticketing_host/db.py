@@ -6,7 +6,8 @@ They live beside ticketing_core's tables in the same database, under their own s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +20,9 @@ from ticketing_core.policies import DEFAULT_POLICY
 from ticketing_core.service import USER
 from ticketing_core.store import Database, LinkStore, UtcDateTime, utcnow
 
-SCHEMA_VERSION = 1
+from .keys import CredentialsUnreadable, Keyring
+
+SCHEMA_VERSION = 2  # 2: credentials encrypted (keys.py), secret options apart
 MAX_ANOMALY_ID = 2**63 - 1  # BigInteger
 MAX_INTEGRATION_ID = 2**31 - 1  # Integer
 TYPE_LENGTH = 64
@@ -32,7 +35,8 @@ integrations = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("type", sa.String(TYPE_LENGTH), nullable=False),
     sa.Column("api_url", sa.Text, nullable=False),
-    sa.Column("api_access_token", sa.Text, nullable=False),
+    sa.Column("api_access_token", sa.Text, nullable=False),  # encrypted (Keyring.encrypt)
+    sa.Column("secret_options", sa.Text),  # encrypted JSON object, when the provider has any
     sa.Column("sync_policy", sa.String(64), nullable=False, default=DEFAULT_POLICY),
     sa.Column("options", sa.JSON, nullable=False, default=dict),  # provider keyword settings
     sa.Column("connected", sa.Boolean, nullable=False, default=True),
@@ -87,17 +91,29 @@ class DuplicateRecord(ValueError):
 
 @attrs.frozen
 class IntegrationRecord:
-    """A stored integration; the access token stays out of ``repr``."""
+    """A stored integration, its credentials decrypted; they stay out of ``repr``.
+
+    ``options`` holds the secret ones too. When the configured keys cannot decrypt the
+    credentials, ``api_access_token`` is empty, ``options`` holds only the others, and
+    ``unreadable`` says why (see :meth:`checked`).
+    """
 
     id: int
     type: str
     api_url: str
     api_access_token: str = attrs.field(repr=False)
     sync_policy: str
-    options: Mapping[str, Any]
+    options: Mapping[str, Any] = attrs.field(repr=False)
     connected: bool
     status: str
     created: datetime
+    unreadable: str | None = None
+
+    def checked(self) -> IntegrationRecord:
+        """This record, if its credentials could be read; else raises CredentialsUnreadable."""
+        if self.unreadable is not None:
+            raise CredentialsUnreadable(self.unreadable)
+        return self
 
 
 @attrs.frozen
@@ -126,11 +142,29 @@ def token_hash(token: str) -> str:
 
 
 class HostStore:
-    """Reads and writes the host tables; ``conn`` joins the caller's transaction."""
+    """Reads and writes the host tables; ``conn`` joins the caller's transaction. Credentials
+    are encrypted with ``keyring`` on the way in and decrypted on the way out."""
 
-    def __init__(self, database: Database) -> None:
-        database.migrate(host_metadata, component="ticketing_host", version=SCHEMA_VERSION)
+    def __init__(self, database: Database, keyring: Keyring) -> None:
+        self.keyring = keyring
+        database.migrate(
+            host_metadata,
+            component="ticketing_host",
+            version=SCHEMA_VERSION,
+            upgrades={1: self._encrypt_credentials},
+        )
         self.database = database
+
+    def _encrypt_credentials(self, conn: sa.Connection) -> None:
+        """Schema 1 to 2: tokens were stored in the clear."""
+        conn.execute(sa.text("ALTER TABLE integrations ADD COLUMN secret_options TEXT"))
+        rows = conn.execute(sa.select(integrations.c.id, integrations.c.api_access_token))
+        for integration_id, token in rows.all():
+            conn.execute(
+                integrations.update()
+                .where(integrations.c.id == integration_id)
+                .values(api_access_token=self.keyring.encrypt(token))
+            )
 
     # -- integrations ------------------------------------------------------------------------------
 
@@ -142,26 +176,103 @@ class HostStore:
         api_access_token: str,
         sync_policy: str,
         options: Mapping[str, Any],
+        secret_names: Iterable[str] = (),
     ) -> IntegrationRecord:
+        """Store an integration; the options named in ``secret_names`` are stored encrypted."""
         with self.database.begin() as conn:
             row = conn.execute(
                 integrations.insert()
                 .values(
                     type=type,
                     api_url=api_url,
-                    api_access_token=api_access_token,
                     sync_policy=sync_policy,
-                    options=dict(options),
                     created=utcnow(),
+                    **self._credentials(api_access_token, options, secret_names),
                 )
                 .returning(*integrations.c)
             ).mappings()
-            return IntegrationRecord(**row.one())
+            return self._record(row.one())
+
+    def update_integration(
+        self,
+        integration_id: int,
+        *,
+        api_url: str,
+        api_access_token: str,
+        options: Mapping[str, Any],
+        secret_names: Iterable[str] = (),
+    ) -> IntegrationRecord:
+        """Replace an integration's URL and credentials; its links and queued events stay."""
+        with self.database.begin() as conn:
+            row = conn.execute(
+                integrations.update()
+                .where(integrations.c.id == integration_id)
+                .values(
+                    api_url=api_url, **self._credentials(api_access_token, options, secret_names)
+                )
+                .returning(*integrations.c)
+            ).mappings()
+            found = row.first()
+        if found is None:
+            raise UnknownRecord(f"integration {integration_id} does not exist")
+        return self._record(found)
+
+    def rotate_keys(self) -> tuple[int, list[str]]:
+        """Re-encrypt every credential under the first key; returns how many integrations were
+        re-encrypted and why those that could not be were left as they are."""
+        rotated, unreadable = 0, []
+        with self.database.begin() as conn:
+            rows = conn.execute(sa.select(integrations).with_for_update()).mappings().all()
+            for row in rows:
+                what = f"integration {row['id']}'s credentials"
+                stored = [row["api_access_token"], row["secret_options"]]
+                if all(value is None or self.keyring.is_current(value) for value in stored):
+                    continue
+                try:
+                    token, secrets = (
+                        None if value is None else self.keyring.rotate(value, what)
+                        for value in stored
+                    )
+                except CredentialsUnreadable as exc:
+                    unreadable.append(str(exc))
+                    continue
+                conn.execute(
+                    integrations.update()
+                    .where(integrations.c.id == row["id"])
+                    .values(api_access_token=token, secret_options=secrets)
+                )
+                rotated += 1
+        return rotated, unreadable
+
+    def _credentials(
+        self, token: str, options: Mapping[str, Any], secret_names: Iterable[str]
+    ) -> dict[str, Any]:
+        """The columns holding ``token`` and ``options``, the secret ones encrypted."""
+        secret = {name: value for name, value in options.items() if name in set(secret_names)}
+        return {
+            "api_access_token": self.keyring.encrypt(token),
+            "options": {name: value for name, value in options.items() if name not in secret},
+            "secret_options": self.keyring.encrypt(json.dumps(secret)) if secret else None,
+        }
+
+    def _record(self, row: sa.RowMapping) -> IntegrationRecord:
+        fields = dict(row)
+        stored_token, stored_secrets = fields.pop("api_access_token"), fields.pop("secret_options")
+        what = f"integration {row['id']}'s credentials"
+        try:
+            token = self.keyring.decrypt(stored_token, what)
+            secrets = (
+                json.loads(self.keyring.decrypt(stored_secrets, what)) if stored_secrets else {}
+            )
+        except CredentialsUnreadable as exc:
+            return IntegrationRecord(**fields, api_access_token="", unreadable=str(exc))
+        options = {**fields.pop("options"), **secrets}
+        return IntegrationRecord(**fields, api_access_token=token, options=options)
 
     def integrations(self) -> list[IntegrationRecord]:
         with self.database.read() as conn:
             rows = conn.execute(sa.select(integrations).order_by(integrations.c.id)).mappings()
-            return [IntegrationRecord(**row) for row in rows]
+            return [self._record(row) for row in rows]
 
     def integration(
         self, integration_id: int, conn: sa.Connection | None = None
@@ -174,7 +285,7 @@ class HostStore:
             )
         if row is None:
             raise UnknownRecord(f"integration {integration_id} does not exist")
-        return IntegrationRecord(**row)
+        return self._record(row)
 
     def delete_integration(self, integration_id: int) -> None:
         """Delete an integration, its ticket links and its undelivered syncs."""

@@ -61,6 +61,7 @@ def main() -> None:
             database=str(Path(tmp) / "demo.db"),
             public_url="https://qualytics.example.com",
             allow_http=True,
+            allow_private_hosts=True,  # the emulator listens on 127.0.0.1
             api_token=token,
         )
         app = create_app(settings)

@@ -1,4 +1,4 @@
-"""Entry point of the host: adds ``serve``, ``worker`` and ``demo`` to the ``ticketing`` command line."""
+"""Entry point of the host: adds ``serve``, ``worker``, ``demo`` and ``keys`` to ``ticketing``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import click
 
 from ticketing_core import hookimpl
 
-from .commands import demo, serve, worker
+from .commands import demo, keys, serve, worker
 
 
 @hookimpl
@@ -14,3 +14,4 @@ def register_commands(cli: click.Group) -> None:
     cli.add_command(serve)
     cli.add_command(worker)
     cli.add_command(demo)
+    cli.add_command(keys)

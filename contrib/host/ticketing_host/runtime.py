@@ -13,6 +13,8 @@ import sqlalchemy as sa
 
 from ticketing_core.errors import InvalidInput, TicketingError
 from ticketing_core.hookspecs import Provider
+from ticketing_core.models import Capabilities
+from ticketing_core.network import NetworkPolicy, patterns
 from ticketing_core.outbox import Dispatcher, Outbox, ThreadedDispatcher
 from ticketing_core.plugins import default_registry
 from ticketing_core.policies import Messages, SyncPolicy
@@ -21,6 +23,7 @@ from ticketing_core.store import Database
 
 from . import metrics
 from .db import HostStore, token_hash
+from .keys import keyring_for
 
 
 def shown_url(url: str) -> str:
@@ -64,6 +67,12 @@ class Settings:
     """With a broker: most deliveries in flight to one integration's instance, fleet-wide."""
     relay_interval: float = 5.0
     metrics_port: int | None = None
+    secret_key: str | None = attrs.field(default=None, repr=False)
+    """TICKETING_SECRET_KEY: Fernet keys, comma-separated, the first encrypting (see keys.py)."""
+    allow_private_hosts: bool = False
+    """Let integrations reach loopback and private addresses (labs, local emulators)."""
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=patterns)
+    """TICKETING_ALLOWED_HOSTS patterns an integration's host must match, when any are given."""
 
 
 class HostRuntime:
@@ -76,8 +85,10 @@ class HostRuntime:
 
     def __init__(self, settings: Settings, *, deliver: bool = True) -> None:
         self.settings = settings
+        self.network = NetworkPolicy(settings.allow_private_hosts, settings.allowed_hosts)
+        keyring, self.key_notice = keyring_for(settings.database, settings.secret_key, create=True)
         self.database = Database(settings.database)
-        self.store = HostStore(self.database)
+        self.store = HostStore(self.database, keyring)
         self.registry = default_registry()
         self.pool = ProviderPool(self._connect_stored)
         outbox = Outbox(
@@ -118,36 +129,55 @@ class HostRuntime:
     def connect(
         self, type: str, api_url: str, api_access_token: str, options: Mapping[str, Any]
     ) -> Provider:
-        """A provider of ``type`` for one instance (no network I/O).
+        """A provider of ``type`` for one instance (no network I/O), its connections held to
+        the network policy.
 
-        ``options`` come from users, so only those the provider lists as ``user_options`` pass:
-        the provider is built without them first, to read its capabilities.
+        ``options`` come from users, so only those the provider lists as ``user_options`` pass.
         """
-        provider = self.registry.connect(
-            type,
-            api_url=api_url,
-            api_access_token=api_access_token,
-            allow_http=self.settings.allow_http,
-        )
-        if not options:
-            return provider
-        provider.close()
-        if unknown := sorted(set(options) - set(provider.capabilities.user_options)):
-            allowed = ", ".join(provider.capabilities.user_options) or "none"
+        user_options = self.capabilities(type).user_options
+        if unknown := sorted(set(options) - set(user_options)):
+            allowed = ", ".join(user_options) or "none"
             raise InvalidInput(f"options: {type} cannot use them: {unknown} (allowed: {allowed})")
         try:
-            return self.registry.connect(
-                type,
-                api_url=api_url,
-                api_access_token=api_access_token,
-                allow_http=self.settings.allow_http,
-                **options,
-            )
+            return self._build(type, api_url, api_access_token, **options)
         except TicketingError:
             raise
         except Exception as exc:
             # Building a provider does no I/O, so any other failure is the options' fault.
             raise InvalidInput(f"options: {type} cannot use them: {exc}") from None
+
+    def capabilities(self, type: str) -> Capabilities:
+        """What providers of ``type`` support: the factory's (a provider class's) declaration,
+        else that of a provider built without options."""
+        declared = getattr(self.registry.factory(type), "capabilities", None)
+        if isinstance(declared, Capabilities):
+            return declared
+        with self._build(type, "https://capabilities.invalid", "-:-") as provider:
+            return provider.capabilities
+
+    def _build(self, type: str, api_url: str, api_access_token: str, **options: Any) -> Provider:
+        if "transport" in (getattr(self.registry.factory(type), "options", None) or ()):
+            options["transport"] = self.network.transport()
+        elif not self.settings.allow_private_hosts:
+            raise InvalidInput(
+                f"provider {type} takes no transport, so its connections cannot be held to the "
+                "address rule; only a host run with --allow-private-hosts may use it"
+            )
+        return self.registry.connect(
+            type,
+            api_url=api_url,
+            api_access_token=api_access_token,
+            allow_http=self.settings.allow_http,
+            **options,
+        )
+
+    def unreadable_integrations(self) -> list[str]:
+        """A warning per integration whose credentials the configured keys cannot decrypt."""
+        return [
+            f"warning: {integration.unreadable}"
+            for integration in self.store.integrations()
+            if integration.unreadable is not None
+        ]
 
     def ensure_api_token(self) -> str | None:
         """Make an API token when none is configured or stored; returns it (only its hash is kept)."""
@@ -183,7 +213,7 @@ class HostRuntime:
         self.database.dispose()
 
     def _connect_stored(self, integration_id: int, conn: sa.Connection | None) -> Provider:
-        integration = self.store.integration(integration_id, conn)
+        integration = self.store.integration(integration_id, conn).checked()
         return self.connect(
             integration.type,
             integration.api_url,

@@ -36,10 +36,50 @@ AnomalyStatus = Literal["Active", "Acknowledged", "Resolved", "Invalid", "Duplic
 Reference = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 IntegrationIdField = Annotated[int, Field(ge=1, le=MAX_INTEGRATION_ID)]
 INTEGRATION_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# Texts that become a ticket's fields or work notes: far above what a person writes, far below
+# what would hold up a delivery (the body itself is capped at 1 MB before it is read).
+MAX_TITLE = 1_000
+MAX_TEXT = 100_000
+Title = Annotated[str, Field(max_length=MAX_TITLE)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
 
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class Issue(BaseModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class InvalidOut(BaseModel):
+    """A 422: the fields that failed validation, or one sentence for input checked later."""
+
+    detail: list[Issue] | str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The request cannot be served as asked."},
+    401: {"model": ErrorOut, "description": "Missing or invalid API token."},
+    404: {"model": ErrorOut, "description": "No such integration, anomaly or ticket."},
+    409: {
+        "model": ErrorOut,
+        "description": "Clashes with an earlier request, or is still running.",
+    },
+    413: {"model": ErrorOut, "description": "The request body is larger than 1 MB."},
+    422: {"model": InvalidOut, "description": "Invalid input."},
+    502: {"model": ErrorOut, "description": "The ticketing instance failed or refused the call."},
+    503: {"model": ErrorOut, "description": "The host cannot read the integration's credentials."},
+}
 
 
 # -- integrations ----------------------------------------------------------------------------------
@@ -54,6 +94,14 @@ class IntegrationIn(Body):
     options: dict[str, StrictStr] = Field(default_factory=dict)
 
 
+class IntegrationChange(Body):
+    """A PATCH: the fields given replace the stored ones (``options`` as a whole)."""
+
+    api_url: str | None = None
+    api_access_token: SecretStr | None = None
+    options: dict[str, StrictStr] | None = None
+
+
 class IntegrationOut(BaseModel):
     id: int
     type: str
@@ -62,17 +110,21 @@ class IntegrationOut(BaseModel):
     connected: bool
     status: str
     created: str
+    error: str | None = Field(
+        default=None, description="Why the host cannot use the integration now, if it cannot."
+    )
 
     @classmethod
     def of(cls, integration: IntegrationRecord) -> Self:
-        # Field by field: the record holds the access token, which no response may carry.
+        # Field by field: the record holds the credentials, which no response may carry.
         return cls(
             id=integration.id,
             type=integration.type,
             api_url=integration.api_url,
-            connected=integration.connected,
-            status=integration.status,
+            connected=integration.connected and integration.unreadable is None,
+            status="credentials unreadable" if integration.unreadable else integration.status,
             created=integration.created.strftime(INTEGRATION_TIME_FORMAT),
+            error=integration.unreadable,
         )
 
 
@@ -111,8 +163,8 @@ class PageOut(BaseModel):
 class TicketRequest(Body):
     model_config = ConfigDict(coerce_numbers_to_str=True)  # merged with Body's: "2" or 2
 
-    title: str
-    description: str
+    title: Title
+    description: Text
     priority: str
     # Required where the provider has them (its field_choices), e.g. ServiceNow; Jira has neither.
     urgency: str | None = None
@@ -203,7 +255,7 @@ class AnomalyIn(Body):
     )
     type: str = Field(max_length=TYPE_LENGTH)
     status: AnomalyStatus
-    description: str = ""
+    description: Text = ""
     datastore: str | None = None
     container: str | None = None
     field: str | None = None
@@ -227,7 +279,7 @@ class StatusIn(Body):
 
 
 class CommentIn(Body):
-    message: str
+    message: Text
 
 
 class CommentOut(BaseModel):

@@ -1,0 +1,129 @@
+"""Encryption at rest for integration credentials: Fernet keys from TICKETING_SECRET_KEY or a key
+file beside a SQLite database, used through MultiFernet (the first key encrypts, all decrypt).
+
+Stored values are ``<key id>:<Fernet token>``; the key id (a short digest of the key, not the key)
+tells an operator which key a credential was stored under when it can no longer be read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import attrs
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from ticketing_core.errors import CredentialsUnavailable, TicketingError
+from ticketing_core.store import sqlite_path
+
+KEY_VARIABLE = "TICKETING_SECRET_KEY"
+KEY_FILE_SUFFIX = ".key"
+
+
+class KeysMisconfigured(TicketingError):
+    """The keys are missing or malformed (an operator's configuration error)."""
+
+
+class CredentialsUnreadable(CredentialsUnavailable):
+    """A stored credential cannot be decrypted with the configured keys; nothing was sent."""
+
+
+def key_id(key: bytes) -> str:
+    return hashlib.sha256(key).hexdigest()[:8]
+
+
+@attrs.frozen
+class Keyring:
+    """The configured keys, newest first; ``source`` says where they came from, for messages."""
+
+    keys: tuple[bytes, ...] = attrs.field(repr=False)
+    source: str
+
+    @classmethod
+    def parse(cls, value: str, source: str) -> Keyring:
+        keys = tuple(k.strip().encode() for k in value.split(",") if k.strip())
+        if not keys:
+            raise KeysMisconfigured(
+                f"{source} holds no key: make one with `ticketing keys generate`"
+            )
+        for position, key in enumerate(keys, 1):
+            try:
+                Fernet(key)
+            except ValueError:
+                raise KeysMisconfigured(
+                    f"{source}: key {position} of {len(keys)} is not a Fernet key (32 url-safe "
+                    "base64-encoded bytes): make one with `ticketing keys generate`"
+                ) from None
+        return cls(keys, source)
+
+    @property
+    def ids(self) -> list[str]:
+        return [key_id(key) for key in self.keys]
+
+    def encrypt(self, secret: str) -> str:
+        return f"{key_id(self.keys[0])}:{self._fernet().encrypt(secret.encode()).decode()}"
+
+    def decrypt(self, stored: str, what: str) -> str:
+        stored_under, _, token = stored.partition(":")
+        try:
+            return self._fernet().decrypt(token.encode()).decode()
+        except InvalidToken:
+            raise CredentialsUnreadable(
+                f"{what} cannot be decrypted: it was stored under key {stored_under}, and "
+                f"{self.source} holds {', '.join(self.ids)}; configure the key it was stored "
+                "with (nothing is sent meanwhile, queued events wait)"
+            ) from None
+
+    def is_current(self, stored: str) -> bool:
+        return stored.partition(":")[0] == key_id(self.keys[0])
+
+    def rotate(self, stored: str, what: str) -> str:
+        """``stored`` re-encrypted under the first key."""
+        return self.encrypt(self.decrypt(stored, what))
+
+    def _fernet(self) -> MultiFernet:
+        return MultiFernet([Fernet(key) for key in self.keys])
+
+
+def generate_key() -> str:
+    return Fernet.generate_key().decode()
+
+
+def keyring_for(
+    database: str, configured: str | None, *, create: bool
+) -> tuple[Keyring, str | None]:
+    """The keys for ``database`` and, when a key file was just made, a notice saying where.
+
+    ``configured`` (TICKETING_SECRET_KEY) wins. Without it a SQLite database uses the key file
+    beside it, made (mode 0600) when ``create`` and there is none; an in-memory database gets
+    a key for the process. PostgreSQL requires a configured key: its rows may be read by anyone
+    with database access, and a key file beside a server has no obvious place.
+    """
+    if configured:
+        return Keyring.parse(configured, KEY_VARIABLE), None
+    path = sqlite_path(database)
+    if path is None:
+        raise KeysMisconfigured(
+            f"{KEY_VARIABLE} is required with PostgreSQL (it encrypts stored credentials): "
+            "make one with `ticketing keys generate`"
+        )
+    if path == ":memory:":
+        return Keyring((generate_key().encode(),), "this process's key"), None
+    key_file = Path(path + KEY_FILE_SUFFIX)
+    notice = None
+    if not key_file.exists():
+        if not create:
+            raise KeysMisconfigured(f"no {KEY_VARIABLE} and no key file {key_file}")
+        _write_private(key_file, generate_key())
+        notice = (
+            f"Generated the encryption key for stored credentials in {key_file} (mode 0600): "
+            f"back it up with the database, or set {KEY_VARIABLE} instead"
+        )
+    return Keyring.parse(key_file.read_text(), f"key file {key_file}"), notice
+
+
+def _write_private(path: Path, content: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(content + "\n")

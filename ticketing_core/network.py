@@ -1,0 +1,153 @@
+"""Which network addresses a host's outbound calls may reach, enforced before and at connect time.
+
+A host that connects to URLs its users give must not become a way into its own network (SSRF).
+:class:`NetworkPolicy` refuses hosts that are, or resolve to, loopback, private, link-local,
+multicast, reserved or unspecified addresses (IPv4 and IPv6, and every spelling the resolver
+accepts: ``localhost``, ``2130706433``, ``0x7f000001``, ``127.1``, ``::ffff:127.0.0.1``), and
+optionally names outside an allow-list such as ``*.service-now.com``.
+
+It checks twice: :meth:`NetworkPolicy.check_url` when a URL is given (no connection is opened),
+and :meth:`NetworkPolicy.transport`'s connections at connect time, which resolve the name once,
+check every address and connect to the checked address itself, so a name that resolves
+differently the second time (DNS rebinding) cannot slip through.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import socket
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import httpcore
+import httpx
+
+from ticketing_core.errors import InvalidInput
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# In the order they are named: the first that applies is the rule a refusal names.
+_RULES: tuple[tuple[str, str], ...] = (
+    ("is_unspecified", "unspecified"),
+    ("is_loopback", "loopback"),
+    ("is_link_local", "link-local"),
+    ("is_multicast", "multicast"),
+    ("is_private", "private"),
+    ("is_reserved", "reserved"),
+)
+
+
+class BlockedAddress(InvalidInput):
+    """A URL whose host the network policy refuses; nothing was sent to it."""
+
+
+def refused_kind(address: Address) -> str | None:
+    """Why ``address`` is not a public one ("loopback", "private", ...), or None if it is."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    for attribute, kind in _RULES:
+        if getattr(address, attribute):
+            return kind
+    return None if address.is_global else "not globally routable"
+
+
+def patterns(values: Iterable[str]) -> tuple[str, ...]:
+    """Host patterns as the policy compares them: lowercase, a tuple."""
+    return tuple(value.lower() for value in values)
+
+
+def resolve(host: str, port: int) -> list[Address]:
+    """Every address ``host`` resolves to (numeric spellings included); empty if none."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return []
+    # The scope of a link-local IPv6 address (fe80::1%eth0) is not part of the address.
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]
+
+
+@attrs.frozen
+class NetworkPolicy:
+    """Where outbound calls may go. The default refuses every non-public address.
+
+    ``allow_private`` lifts the address rule (labs, local emulators); ``allowed_hosts`` are
+    shell-style patterns (``*.service-now.com``) a host name must match, when any are given.
+    """
+
+    allow_private: bool = False
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=patterns)
+
+    @classmethod
+    def from_patterns(cls, patterns: str | None, *, allow_private: bool = False) -> NetworkPolicy:
+        """From a comma-separated list such as ``TICKETING_ALLOWED_HOSTS``."""
+        names = [p.strip().lower() for p in (patterns or "").split(",") if p.strip()]
+        return cls(allow_private=allow_private, allowed_hosts=tuple(names))
+
+    def check_url(self, url: str) -> None:
+        """Refuse ``url`` if its host breaks the policy, naming the rule; opens no connection.
+
+        A name that does not resolve passes here: connecting to it fails anyway, and the
+        connect-time check sees whatever it resolves to then.
+        """
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        self.check_name(host)
+        if not self.allow_private:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            self.check_addresses(host, resolve(host, port))
+
+    def check_name(self, host: str) -> None:
+        if self.allowed_hosts and not any(
+            fnmatch.fnmatchcase(host.lower(), pattern) for pattern in self.allowed_hosts
+        ):
+            raise BlockedAddress(
+                f"{host!r} is not an allowed host (TICKETING_ALLOWED_HOSTS: "
+                f"{', '.join(self.allowed_hosts)})"
+            )
+
+    def check_addresses(self, host: str, addresses: Iterable[Address]) -> None:
+        if self.allow_private:
+            return
+        for address in addresses:
+            if (kind := refused_kind(address)) is not None:
+                shown = host if host == str(address) else f"{host} ({address})"
+                raise BlockedAddress(
+                    f"refusing {shown}: a {kind} address; this host only connects to public "
+                    "addresses (serve --allow-private-hosts lifts the rule for labs)"
+                )
+
+    def transport(self, **options: Any) -> httpx.HTTPTransport:
+        """An httpx transport whose every connection obeys this policy at connect time.
+
+        A client given this transport uses no environment proxy, which would connect unchecked.
+        """
+        transport = httpx.HTTPTransport(**options)
+        pool = transport._pool
+        assert isinstance(pool, httpcore.ConnectionPool)  # no proxy was given
+        pool._network_backend = _CheckedBackend(self)
+        return transport
+
+
+class _CheckedBackend(httpcore.SyncBackend):
+    """Resolves once, checks every address, then connects to the checked address itself."""
+
+    def __init__(self, policy: NetworkPolicy) -> None:
+        self._policy = policy
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        self._policy.check_name(host)
+        addresses = resolve(host, port)
+        if not addresses:
+            raise httpcore.ConnectError(f"cannot resolve {host}")
+        self._policy.check_addresses(host, addresses)
+        # TLS still verifies and sends the name (httpcore takes it from the request, not here).
+        return super().connect_tcp(str(addresses[0]), port, timeout, local_address, socket_options)

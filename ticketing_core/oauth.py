@@ -1,0 +1,163 @@
+"""OAuth 2.0 for :class:`~ticketing_core.http.HttpTransport`, on httpx-auth's grants and token cache.
+
+With a user and password the password grant is used, without them the client-credentials grant.
+httpx-auth caches tokens process-wide, keyed by the token URL and the credentials, so every
+thread and every provider of one integration in a process shares one token. It renews a token
+30 s before it expires, through the refresh-token grant when the service issued a refresh token.
+:class:`OAuth` adds what httpx-auth leaves out: a 401 answer to a call renews the token once and
+sends the call once more (a 401 means the service did nothing), and token endpoint failures map
+to the error tree, parsed and bounded, never quoting the endpoint's body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import attrs
+import httpx
+from httpx_auth import (
+    OAuth2ClientCredentials,
+    OAuth2ResourceOwnerPasswordCredentials,
+)
+from httpx_auth._errors import HttpxAuthException, InvalidGrantRequest
+from httpx_auth._oauth2.common import OAuth2
+
+from ticketing_core.errors import AuthenticationFailed, ProviderUnavailable
+
+RENEW_BEFORE_EXPIRY = 30.0  # seconds: a token must not expire on its way to the service
+REASON_LENGTH = 200
+
+
+@attrs.frozen
+class OAuthClient:
+    """An OAuth client registered with the service; the secret stays out of ``repr``."""
+
+    token_url: str
+    client_id: str
+    client_secret: str = attrs.field(repr=False)
+
+
+class TokenRefused(InvalidGrantRequest):
+    """The token endpoint refused (4xx); httpx-auth falls back from a refused refresh to a new
+    grant on this type. Carries only the parsed OAuth error, never the body."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        HttpxAuthException.__init__(self, f"HTTP {status}: {reason}")
+        self.status, self.reason = status, reason
+
+
+class OAuth(httpx.Auth):
+    """Bearer tokens from ``client``'s token endpoint, for ``login`` (``user:password``) or,
+    when ``login`` is empty, for the client itself. Token requests go through ``transport``."""
+
+    def __init__(
+        self, client: OAuthClient, login: str, transport: httpx.BaseTransport, timeout: float
+    ) -> None:
+        self._client_id = client.client_id
+        self._token_client = httpx.Client(
+            transport=_Shared(transport),
+            timeout=timeout,
+            headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+            event_hooks={"response": [_check_token_response]},
+        )
+        # Form fields rather than Basic client auth: ServiceNow's oauth_token.do reads both.
+        credentials = {"client_id": client.client_id, "client_secret": client.client_secret}
+        username, _, password = login.partition(":")
+        common: dict[str, Any] = {
+            "client": self._token_client,
+            "early_expiry": RENEW_BEFORE_EXPIRY,
+            "timeout": max(1, int(timeout)),
+        }
+        self._grant: OAuth2ResourceOwnerPasswordCredentials | OAuth2ClientCredentials
+        if username:
+            self._grant = OAuth2ResourceOwnerPasswordCredentials(
+                client.token_url, username, password, **common, **credentials
+            )
+        else:
+            self._grant = OAuth2ClientCredentials(
+                client.token_url, client.client_id, client.client_secret, **common
+            )
+
+    def __repr__(self) -> str:
+        return "OAuth(<redacted>)"
+
+    def close(self) -> None:
+        self._token_client.close()
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        sent = self._authorize(request)
+        response = yield request
+        if response.status_code == 401:
+            self._expire(sent)
+            self._authorize(request)
+            yield request
+
+    def _authorize(self, request: httpx.Request) -> str:
+        try:
+            token = OAuth2.token_cache.get_token(
+                self._grant.state,
+                early_expiry=RENEW_BEFORE_EXPIRY,
+                on_missing_token=self._grant.request_new_token,
+                on_expired_token=getattr(self._grant, "refresh_token", None),
+            )
+        except TokenRefused as exc:
+            raise AuthenticationFailed(
+                f"the OAuth token endpoint refused client {self._client_id!r} ({exc}): check "
+                "the client id and secret, and the user's password for the password grant",
+                status_code=exc.status,
+            ) from None
+        except HttpxAuthException as exc:  # no token in a 2xx answer, and the like
+            raise AuthenticationFailed(
+                f"the OAuth token endpoint gave no usable token: {type(exc).__name__}"
+            ) from None
+        request.headers["Authorization"] = f"Bearer {token}"
+        return str(token)
+
+    def _expire(self, sent: str) -> None:
+        """Mark the cached token expired, unless another thread renewed it already; its refresh
+        token (if any) is kept for the renewal."""
+        cache = OAuth2.token_cache
+        with cache._forbid_concurrent_cache_access:
+            cached = cache.tokens.get(self._grant.state)
+            if cached is not None and cached[0] == sent:
+                cache.tokens[self._grant.state] = (cached[0], 0.0, *cached[2:])
+
+
+class _Shared(httpx.BaseTransport):
+    """The provider's transport, lent to the token client: closing that client leaves it open."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self._inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._inner.handle_request(request)
+
+
+def _check_token_response(response: httpx.Response) -> None:
+    """Errors before httpx-auth reads the answer, which would quote a body that is not JSON."""
+    if response.status_code < 300:
+        if response.headers.get("Content-Encoding", "identity") != "identity":
+            raise ProviderUnavailable("the OAuth token endpoint sent a compressed answer")
+        return
+    response.read()
+    reason = _oauth_error(response)
+    if response.status_code >= 500:
+        raise ProviderUnavailable(
+            f"the OAuth token endpoint is unavailable (HTTP {response.status_code}: {reason})",
+            status_code=response.status_code,
+            sent=False,  # no token, so the call itself was never sent
+        )
+    raise TokenRefused(response.status_code, reason)
+
+
+def _oauth_error(response: httpx.Response) -> str:
+    """``error: error_description`` from an RFC 6749 error body, else the status line."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        parts = [body["error"], str(body.get("error_description") or "")]
+        return ": ".join(p for p in parts if p)[:REASON_LENGTH]
+    return f"HTTP {response.status_code} {response.reason_phrase}".strip()
