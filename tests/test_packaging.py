@@ -39,7 +39,7 @@ def test_the_core_wheel_holds_the_library_and_the_servicenow_provider_only(tmp_p
 
     assert top_level == {"ticketing_core", "ticketing_servicenow", "ticketing-0.1.0.dist-info"}
     assert sorted(r.split(">")[0] for r in required) == [
-        "attrs", "cattrs", "httpx", "pluggy", "stamina",
+        "attrs", "cattrs", "httpx", "httpx-auth", "pluggy", "stamina",
     ]  # fmt: skip
     assert set(metadata.get_all("Provides-Extra") or []) == {"cli", "sync", "postgres", "testing"}
     entry_points = dist_info(wheel, "entry_points.txt")

@@ -168,7 +168,12 @@ class ProviderFactory(Protocol):
     provider-specific keyword settings (timeouts, retry bounds, a project); a factory lists every
     one it takes in an ``options`` attribute (a class attribute, for a provider class), so that
     :func:`ticketing_core.connect` refuses any other with ``InvalidInput`` naming them. Those a user
-    may set are listed in ``Capabilities.user_options``.
+    may set are listed in ``Capabilities.user_options``; those that are credentials (an OAuth
+    client secret) also in ``Capabilities.secret_options``, which hosts store encrypted and never
+    show, and which the provider keeps out of ``repr()``, logs and errors as it does the token.
+    Every factory takes a ``transport`` option (an ``httpx.BaseTransport``) and sends all of its
+    requests through it, token requests included: hosts pass one that enforces their network
+    rules at connect time (:class:`ticketing_core.network.NetworkPolicy`), tests a recorder.
     Building must not do network I/O: hosts call :meth:`Provider.validate` when they want a check.
     """
 

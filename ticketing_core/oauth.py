@@ -11,6 +11,8 @@ to the error tree, parsed and bounded, never quoting the endpoint's body.
 
 from __future__ import annotations
 
+import threading
+from collections import defaultdict
 from collections.abc import Generator
 from typing import Any
 
@@ -27,6 +29,9 @@ from ticketing_core.errors import AuthenticationFailed, ProviderUnavailable
 
 RENEW_BEFORE_EXPIRY = 30.0  # seconds: a token must not expire on its way to the service
 REASON_LENGTH = 200
+# One per credentials (httpx-auth's cache key): threads that find no token wait for the one that
+# asks for it, instead of each asking (httpx-auth serialises the asking, but asks again).
+_fetching: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 
 @attrs.frozen
@@ -95,12 +100,13 @@ class OAuth(httpx.Auth):
 
     def _authorize(self, request: httpx.Request) -> str:
         try:
-            token = OAuth2.token_cache.get_token(
-                self._grant.state,
-                early_expiry=RENEW_BEFORE_EXPIRY,
-                on_missing_token=self._grant.request_new_token,
-                on_expired_token=getattr(self._grant, "refresh_token", None),
-            )
+            with _fetching[self._grant.state]:
+                token = OAuth2.token_cache.get_token(
+                    self._grant.state,
+                    early_expiry=RENEW_BEFORE_EXPIRY,
+                    on_missing_token=self._grant.request_new_token,
+                    on_expired_token=getattr(self._grant, "refresh_token", None),
+                )
         except TokenRefused as exc:
             raise AuthenticationFailed(
                 f"the OAuth token endpoint refused client {self._client_id!r} ({exc}): check "

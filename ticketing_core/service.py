@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -58,35 +59,75 @@ CommentOnAnomaly = Callable[[int, str], None]
 
 
 class ProviderPool:
-    """Connected providers by integration id, built on first use and reused (one HTTP client each)."""
+    """Connected providers by integration id, built on first use and reused (one HTTP client each).
 
-    def __init__(self, connect: ProviderFor) -> None:
-        self._connect = connect
-        self._providers: dict[int, Provider] = {}
+    With ``revision`` (what an integration's stored settings are now, e.g. its row), a provider
+    older than ``recheck_seconds`` is checked against it and rebuilt if they changed, so that
+    every process of a fleet takes up rotated credentials. A replaced provider is closed with
+    the pool, not at once: another thread may be in the middle of a call with it.
+    """
+
+    def __init__(
+        self,
+        connect: ProviderFor,
+        *,
+        revision: Callable[[int, sa.Connection | None], object] | None = None,
+        recheck_seconds: float = 30.0,
+    ) -> None:
+        self._connect, self._revision, self._recheck = connect, revision, recheck_seconds
+        self._providers: dict[int, _Pooled] = {}
+        self._retired: list[Provider] = []
         self._lock = threading.Lock()
 
     def __call__(self, integration_id: int, conn: sa.Connection | None = None) -> Provider:
         with self._lock:
-            provider = self._providers.get(integration_id)
-        if provider is not None:
-            return provider
+            pooled = self._providers.get(integration_id)
+        if pooled is not None and self._still_current(pooled, integration_id, conn):
+            return pooled.provider
         # Built outside the lock: connecting may read the host's database.
-        built = self._connect(integration_id, conn)
+        revision = self._revision(integration_id, conn) if self._revision else None
+        built = _Pooled(self._connect(integration_id, conn), revision, time.monotonic())
         with self._lock:
-            provider = self._providers.setdefault(integration_id, built)
-        if provider is not built:
-            built.close()
-        return provider
+            current = self._providers.get(integration_id)
+            if current is pooled:  # nobody replaced it meanwhile
+                self._providers[integration_id] = built
+                if pooled is not None:
+                    self._retired.append(pooled.provider)
+                return built.provider
+        built.provider.close()
+        return self(integration_id, conn)
+
+    def _still_current(
+        self, pooled: _Pooled, integration_id: int, conn: sa.Connection | None
+    ) -> bool:
+        if self._revision is None or time.monotonic() - pooled.checked < self._recheck:
+            return True
+        if self._revision(integration_id, conn) != pooled.revision:
+            return False
+        with self._lock:
+            pooled.checked = time.monotonic()
+        return True
 
     def forget(self, integration_id: int) -> None:
+        """Build the integration's provider afresh on next use (its settings changed)."""
         with self._lock:
-            provider = self._providers.pop(integration_id, None)
-        if provider is not None:
-            provider.close()
+            pooled = self._providers.pop(integration_id, None)
+            if pooled is not None:
+                self._retired.append(pooled.provider)
 
     def close(self) -> None:
-        for integration_id in list(self._providers):
-            self.forget(integration_id)
+        with self._lock:
+            providers = [p.provider for p in self._providers.values()] + self._retired
+            self._providers, self._retired = {}, []
+        for provider in providers:
+            provider.close()
+
+
+@attrs.define
+class _Pooled:
+    provider: Provider
+    revision: object
+    checked: float
 
 
 class CreatedTicket(NamedTuple):

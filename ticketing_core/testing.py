@@ -130,6 +130,10 @@ class ProviderContract:
     """The HTTP method of the request that makes a ticket, failed after commit by the kit."""
     note_method: ClassVar[str] = "POST"
     """The HTTP method of the request that adds a work note (a PATCH of a journal field, say)."""
+    secret_options_example: ClassVar[dict[str, str]] = {}
+    """Options to connect with when checking the secret ones stay hidden, if a secret option
+    needs companions (ServiceNow's ``client_secret`` needs a ``client_id``); the kit sets every
+    secret option to a value of its own."""
 
     @pytest.fixture
     def service(self) -> FakeService:
@@ -186,7 +190,10 @@ class ProviderContract:
         accepted = getattr(factory, "options", None)
         assert accepted is not None, "the factory must list its keyword options in `options`"
         assert set(self.options) <= set(accepted)
-        assert set(factory.capabilities.user_options) <= set(accepted)  # type: ignore[attr-defined]
+        capabilities = factory.capabilities  # type: ignore[attr-defined]
+        assert set(capabilities.user_options) <= set(accepted)
+        assert set(capabilities.secret_options) <= set(capabilities.user_options)
+        assert "transport" in accepted, "hosts hold connections to their rules through `transport`"
         with pytest.raises(errors.InvalidInput, match="no option 'conformance_unknown'"):
             registry.connect(
                 self.provider_name,
@@ -356,6 +363,29 @@ class ProviderContract:
         assert secret_part(service.token) not in repr(
             self.connect(registry, service, service.token)
         )
+
+    def test_secret_options_stay_out_of_reprs_and_errors(
+        self, registry: PluginRegistry, service: FakeService
+    ) -> None:
+        secret_names = registry.factory(self.provider_name).capabilities.secret_options  # type: ignore[attr-defined]
+        secret = "kit-secret-option-value-7f3a"  # noqa: S105 - a marker to look for
+        options = self.secret_options_example | dict.fromkeys(secret_names, secret)
+        provider = registry.connect(
+            self.provider_name,
+            api_url=service.url,
+            api_access_token=service.wrong_token,
+            allow_http=True,
+            **self.options,
+            **options,
+        )
+
+        with pytest.raises(errors.TicketingError) as caught:
+            provider.validate()  # refused: a secret the service does not know
+
+        assert secret not in repr(provider)
+        assert secret not in str(caught.value)
+        assert secret not in repr(caught.value)
+        provider.close()
 
     def test_missing_ticket_is_not_found(self, provider: Provider) -> None:
         created = provider.create(DRAFT)

@@ -207,7 +207,7 @@ def test_hook_register_commands() -> None:
     ]
 
 
-def test_the_host_adds_serve_worker_and_demo_through_the_hook() -> None:
+def test_the_host_adds_its_commands_through_the_hook() -> None:
 
     registry = PluginRegistry()
     registry.load_entry_points(["host"])
@@ -215,7 +215,7 @@ def test_the_host_adds_serve_worker_and_demo_through_the_hook() -> None:
 
     registry.add_commands(group)
 
-    assert sorted(group.commands) == ["demo", "serve", "worker"]
+    assert sorted(group.commands) == ["demo", "keys", "serve", "worker"]
     assert registry.providers() == []
 
 

@@ -12,7 +12,7 @@ from servicenow_emulator import Emulator
 from ticketing_core.models import Anomaly, FailedCheck, TicketDraft
 from ticketing_core.outbox import DELIVERED, Outbox, ThreadedDispatcher
 from ticketing_core.policies import Messages, StateMapping, SyncPolicy, WorkNotesOnly
-from ticketing_core.service import INTEGRATION, SyncService
+from ticketing_core.service import INTEGRATION, ProviderPool, SyncService
 from ticketing_core.store import Database
 from ticketing_servicenow import ServiceNowProvider
 
@@ -297,3 +297,39 @@ def test_linking_a_ticket_without_a_description_adds_no_blank_lines(
     assert ticket.description.startswith(
         "---\n\n## Qualytics Anomaly Linked\n\n- Anomaly ID: 12345"
     )
+
+
+class _Recorded:
+    """A stand-in provider that remembers which settings built it and whether it was closed."""
+
+    def __init__(self, settings: str) -> None:
+        self.settings, self.closed = settings, False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_pool_rebuilds_a_provider_whose_stored_settings_changed() -> None:
+    stored = {"settings": "token-1"}
+    pool = ProviderPool(
+        lambda _id, _conn: _Recorded(stored["settings"]),  # type: ignore[arg-type, return-value]
+        revision=lambda _id, _conn: stored["settings"],
+        recheck_seconds=0.05,
+    )
+
+    first = pool(1)
+    unchanged = pool(1)
+    stored["settings"] = "token-2"  # rotated by another process, through PATCH
+    within_recheck = pool(1)
+    time.sleep(0.06)
+    rebuilt = pool(1)
+    replaced_still_open = not first.closed  # type: ignore[attr-defined]
+    pool.close()
+
+    assert unchanged is first
+    assert within_recheck is first
+    assert rebuilt is not first
+    assert rebuilt.settings == "token-2"  # type: ignore[attr-defined]
+    assert replaced_still_open  # a call in another thread may still be using it
+    assert first.closed  # type: ignore[attr-defined]
+    assert rebuilt.closed  # type: ignore[attr-defined]

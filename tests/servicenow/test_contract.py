@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 from servicenow_emulator import DEFAULT_PASSWORD, Emulator
 
@@ -42,6 +44,7 @@ class TestServiceNowContract(ProviderContract):
     provider_name = "servicenow"
     distribution = "ticketing"
     note_method = "PATCH"  # a work note is a write to the incident's work_notes field
+    secret_options_example: ClassVar[dict[str, str]] = {"client_id": "emulator-client"}
 
     @pytest.fixture
     def service(self, emulator: Emulator, emulator_url: str) -> ServiceNowFake:

@@ -15,10 +15,14 @@ from typing import Annotated, cast
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ticketing_core.errors import (
@@ -115,6 +119,7 @@ def create_app(settings: Settings) -> FastAPI:
     for error, _status in ERROR_STATUS:
         app.add_exception_handler(error, error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)
+    app.add_exception_handler(StarletteHTTPException, http_error_response)
     return app
 
 
@@ -165,6 +170,20 @@ async def error_response(_: Request, exc: Exception) -> JSONResponse:
     # A database error's text carries the SQL and its parameters; the driver's reason alone does not.
     detail = str(exc.orig) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
     return JSONResponse({"detail": detail}, status_code=status)
+
+
+async def http_error_response(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer, but a 405 lists every method of the path (RFC 9110), not only those of
+    the one route that matched it: FastAPI routes each method of a path on its own."""
+    error = cast(StarletteHTTPException, exc)
+    if error.status_code == 405:
+        allowed = sorted(
+            {method for route in api.routes
+             if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE
+             for method in route.methods or ()}
+        )  # fmt: skip
+        error.headers = {**(error.headers or {}), "Allow": ", ".join(allowed)}
+    return await http_exception_handler(request, error)
 
 
 async def validation_error_response(_: Request, exc: Exception) -> JSONResponse:

@@ -287,6 +287,15 @@ class HostStore:
             raise UnknownRecord(f"integration {integration_id} does not exist")
         return self._record(row)
 
+    def revision(self, integration_id: int, conn: sa.Connection | None = None) -> object:
+        """What the integration's URL and credentials are stored as now: it changes with every
+        update (each encryption differs), so providers built from an older one are stale."""
+        columns = (integrations.c.api_url, integrations.c.api_access_token,
+                   integrations.c.options, integrations.c.secret_options)  # fmt: skip
+        with self.database.read(conn) as c:
+            row = c.execute(sa.select(*columns).where(integrations.c.id == integration_id)).first()
+        return None if row is None else repr(tuple(row))
+
     def delete_integration(self, integration_id: int) -> None:
         """Delete an integration, its ticket links and its undelivered syncs."""
         with self.database.begin() as conn:

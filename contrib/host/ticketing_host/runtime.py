@@ -90,7 +90,7 @@ class HostRuntime:
         self.database = Database(settings.database)
         self.store = HostStore(self.database, keyring)
         self.registry = default_registry()
-        self.pool = ProviderPool(self._connect_stored)
+        self.pool = ProviderPool(self._connect_stored, revision=self.store.revision)
         outbox = Outbox(
             self.database,
             max_attempts=settings.max_attempts,

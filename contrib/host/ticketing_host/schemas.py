@@ -279,7 +279,7 @@ class StatusIn(Body):
 
 
 class CommentIn(Body):
-    message: Text
+    message: Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
 
 
 class CommentOut(BaseModel):

@@ -1,0 +1,357 @@
+"""Enterprise access through the host: the address rule (SSRF), encrypted credentials and their
+keys, credential rotation over PATCH, OAuth, and bounded request bodies."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+from httpx_auth._oauth2.common import OAuth2
+from servicenow_emulator import Emulator
+from servicenow_emulator.app import DEFAULT_OAUTH_CLIENT_ID, DEFAULT_OAUTH_CLIENT_SECRET
+
+from ..conftest import ADMIN_TOKEN, SECRET_KEY, postgres_schema, wait_until
+from .conftest import API_TOKEN, Host, StartHost, create_integration, ok, work_notes
+from .test_commands import TICKETING
+
+PASSWORD = ADMIN_TOKEN.split(":")[1]
+
+
+@pytest.fixture(autouse=True)
+def no_cached_tokens() -> None:
+    """The emulator forgets its tokens between tests, as an instance would on a restart; the
+    process-wide token cache must not carry one from an earlier test into the counts."""
+    OAuth2.token_cache.clear()
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A socket listening on 127.0.0.1 (and the port on ::1 where there is IPv6), never accepting:
+    a connection attempt would sit in its backlog, where the test can see it."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.setblocking(False)
+        yield server
+
+
+def connections_seen(server: socket.socket) -> int:
+    seen = 0
+    while True:
+        try:
+            server.accept()[0].close()
+            seen += 1
+        except BlockingIOError:
+            return seen
+
+
+def integration_body(api_url: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "servicenow", "api_url": api_url, "api_access_token": ADMIN_TOKEN, **extra}
+
+
+# -- the address rule --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host_part", "rule"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("localhost", "loopback"),
+        ("2130706433", "loopback"),  # 127.0.0.1 as one decimal number
+        ("0x7f000001", "loopback"),  # and in hexadecimal
+        ("127.1", "loopback"),
+        ("[::1]", "loopback"),
+        ("[::ffff:127.0.0.1]", "loopback"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.10", "private"),
+        ("169.254.169.254", "link-local"),  # the cloud metadata service
+        ("0.0.0.0", "unspecified"),  # noqa: S104 - a URL refused, not a socket bound
+        ("224.0.0.1", "multicast"),
+        ("100.64.0.1", "not globally routable"),
+    ],
+)
+def test_non_public_addresses_are_refused_without_a_connection(
+    start_host: StartHost, listener: socket.socket, host_part: str, rule: str
+) -> None:
+    host = start_host(allow_private_hosts=False)
+    port = listener.getsockname()[1]
+
+    response = host.api.post(
+        "/api/integrations", json=integration_body(f"http://{host_part}:{port}")
+    )
+
+    assert response.status_code == 422, response.text
+    assert f"a {rule} address" in response.json()["detail"]
+    assert "--allow-private-hosts" in response.json()["detail"]
+    assert connections_seen(listener) == 0
+    assert host.api.get("/api/integrations").json() == []
+
+
+def test_allow_http_alone_does_not_lift_the_rule(
+    start_host: StartHost, emulator_url: str, emulator: Emulator
+) -> None:
+    host = start_host(allow_http=True, allow_private_hosts=False)
+
+    response = host.api.post("/api/integrations", json=integration_body(emulator_url))
+
+    assert response.status_code == 422
+    assert emulator.requests == []
+
+
+def test_the_allow_list_refuses_other_hosts(start_host: StartHost, emulator_url: str) -> None:
+    host = start_host(allowed_hosts=("*.service-now.com",))
+
+    response = host.api.post("/api/integrations", json=integration_body(emulator_url))
+
+    assert response.status_code == 422
+    assert "'127.0.0.1' is not an allowed host" in response.json()["detail"]
+
+
+def test_a_stored_integration_is_checked_again_at_connect_time(
+    start_host: StartHost, emulator: Emulator, emulator_url: str
+) -> None:
+    """An integration stored while the rule was lifted (or whose name now resolves to a private
+    address) sends nothing once the rule holds: the check is made on every connection."""
+    lab = start_host()
+    integration = create_integration(lab, emulator_url)
+    emulator.reset()
+    guarded = start_host(allow_private_hosts=False)  # the same database
+
+    response = guarded.api.get(
+        "/api/integrations/ticketing/tickets/search",
+        params={"integration_id": integration["id"]},
+    )
+
+    assert response.status_code == 422
+    assert "a loopback address" in response.json()["detail"]
+    assert emulator.requests == []
+
+
+# -- encrypted credentials ------------------------------------------------------------------------
+
+
+def stored_bytes(host: Host) -> bytes:
+    """Everything the database holds, as bytes: the SQLite files (WAL included), or every
+    column of the integrations table on PostgreSQL."""
+    database = host.runtime.database
+    if database.is_postgresql:
+        with database.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT * FROM integrations")).all()
+        return repr(rows).encode()
+    path = Path(str(database.engine.url.database))
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*") if p.is_file())
+
+
+def test_credentials_are_stored_encrypted(
+    database_url: str, start_host: StartHost, emulator_url: str
+) -> None:
+    host = start_host(database=database_url)
+    body = integration_body(
+        emulator_url,
+        options={
+            "client_id": DEFAULT_OAUTH_CLIENT_ID,
+            "client_secret": DEFAULT_OAUTH_CLIENT_SECRET,
+        },
+    )
+
+    created = ok(host.api.post("/api/integrations", json=body), 201)
+    shown = ok(host.api.get(f"/api/integrations/{created['id']}"))
+
+    held = stored_bytes(host)
+    assert PASSWORD.encode() not in held
+    assert DEFAULT_OAUTH_CLIENT_SECRET.encode() not in held
+    assert DEFAULT_OAUTH_CLIENT_ID.encode() in held  # not a secret: kept readable
+    assert PASSWORD not in str(shown)
+    assert DEFAULT_OAUTH_CLIENT_SECRET not in str(created)
+
+
+def test_a_wrong_key_keeps_events_queued_until_the_right_key_is_back(
+    start_host: StartHost, emulator: Emulator, emulator_url: str, tmp_path: Path
+) -> None:
+    database = str(tmp_path / "keys.db")
+    first = start_host(database=database)
+    integration = create_integration(first, emulator_url)
+    ok(first.api.post("/api/anomalies", json={"id": 7, "type": "Record", "status": "Active"}), 201)
+    ticket = ok(first.api.post("/api/integrations/ticketing/anomalies/7/tickets", json={
+        "title": "t", "description": "d", "priority": "3", "urgency": "3", "impact": "3",
+    }))["ticket"]  # fmt: skip
+    first.runtime.stop()
+    sent_before = len(emulator.requests)
+    other_key = Fernet.generate_key().decode()
+
+    wrong = start_host(database=database, secret_key=other_key, backoff_max=0.5)
+    shown = ok(wrong.api.get(f"/api/integrations/{integration['id']}"))
+    searched = wrong.api.get("/api/integrations/ticketing/tickets/search")
+    ok(wrong.api.post("/api/anomalies/7/comments", json={"message": "while the key is wrong"}), 201)
+    outbox = wrong.runtime.service.outbox
+    waiting = wait_until(lambda: [e for e in outbox.entries() if e.last_error] or None)
+    wrong.runtime.stop()
+
+    assert shown["connected"] is False
+    assert searched.status_code == 503
+    assert "cannot be decrypted" in searched.json()["detail"]
+    assert "cannot be decrypted" in shown["error"]
+    assert "TICKETING_SECRET_KEY" in shown["error"]
+    assert waiting[0].status == "pending"
+    assert waiting[0].attempts == 0
+    assert len(emulator.requests) == sent_before
+
+    right = start_host(database=database)  # SECRET_KEY again
+    wait_until(
+        lambda: "while the key is wrong" in " ".join(work_notes(emulator, ticket["ticket_id"]))
+    )
+    assert right.runtime.service.outbox.counts()["dead"] == 0
+
+
+def test_keys_rotate_re_encrypts_under_the_first_key(
+    start_host: StartHost, emulator: Emulator, emulator_url: str, tmp_path: Path
+) -> None:
+    database = str(tmp_path / "rotate.db")
+    create_integration(start_host(database=database), emulator_url)
+    new_key = Fernet.generate_key().decode()
+
+    def rotate(keys: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [TICKETING, "keys", "rotate", "--database", database],
+            env={"TICKETING_SECRET_KEY": keys, "PATH": ""}, capture_output=True, text=True,
+        )  # fmt: skip
+
+    rotated = rotate(f"{new_key},{SECRET_KEY}")
+    again = rotate(f"{new_key},{SECRET_KEY}")
+    without_old = rotate(new_key)
+    with_old_only = start_host(database=database, secret_key=SECRET_KEY)
+
+    assert rotated.returncode == 0, rotated.stderr
+    assert rotated.stdout.startswith("re-encrypted 1 integration(s)")
+    assert again.stdout.startswith("re-encrypted 0 integration(s)")
+    assert without_old.returncode == 0
+    assert "cannot be decrypted" in with_old_only.api.get("/api/integrations").json()[0]["error"]
+    under_new = start_host(database=database, secret_key=new_key)
+    assert "error" not in under_new.api.get("/api/integrations").json()[0]
+    wrong = rotate(Fernet.generate_key().decode())
+    assert wrong.returncode == 1
+    assert "cannot be decrypted" in wrong.stderr
+
+
+def test_postgresql_needs_a_configured_key(start_host: StartHost) -> None:
+    with (
+        postgres_schema() as url,
+        pytest.raises(Exception, match="TICKETING_SECRET_KEY is required with PostgreSQL"),
+    ):
+        start_host(database=url, secret_key=None)
+
+
+# -- rotation over PATCH ----------------------------------------------------------------------------
+
+
+def test_patch_rotates_the_token_after_checking_it_and_keeps_queued_events(
+    host: Host, emulator: Emulator, emulator_url: str, ticket: dict[str, Any]
+) -> None:
+    integration_id = ticket["integration_id"]
+    path = f"/api/integrations/{integration_id}"
+
+    oauth = {"client_id": DEFAULT_OAUTH_CLIENT_ID, "client_secret": DEFAULT_OAUTH_CLIENT_SECRET}
+    host.runtime.stop()  # deliveries paused: the comment below waits in the outbox
+    ok(host.api.post("/api/anomalies/12345/comments", json={"message": "queued before"}), 201)
+
+    refused = host.api.patch(path, json={"api_access_token": "admin:wrong"})
+    kept = ok(host.api.get(path))
+    changed = host.api.patch(path, json={"api_access_token": "", "options": oauth})
+    host.runtime.start()
+
+    assert refused.status_code == 400, refused.text
+    assert kept["connected"] is True
+    assert changed.status_code == 200, changed.text
+    sys_id = ticket["ticket"]["ticket_id"]
+    wait_until(lambda: "queued before" in " ".join(work_notes(emulator, sys_id)))
+    assert emulator.oauth_stats()["oauth_token_requests"]["client_credentials"] == 1
+    assert ok(host.api.get("/api/anomalies/12345/ticket-links"))[0]["ticket_id"] == sys_id
+
+
+def test_patch_checks_the_address_rule(start_host: StartHost, emulator_url: str) -> None:
+    lab = start_host()
+    integration = create_integration(lab, emulator_url)
+    guarded = start_host(allow_private_hosts=False)  # the same database
+
+    response = guarded.api.patch(
+        f"/api/integrations/{integration['id']}", json={"api_url": "http://169.254.169.254"}
+    )
+
+    assert response.status_code == 422
+    assert "link-local" in response.json()["detail"]
+    assert ok(lab.api.get(f"/api/integrations/{integration['id']}"))["api_url"] == emulator_url
+
+
+# -- OAuth ----------------------------------------------------------------------------------------
+
+
+def test_an_oauth_integration_uses_bearer_tokens_and_renews_them(
+    host: Host, emulator: Emulator, emulator_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    oauth = {"client_id": DEFAULT_OAUTH_CLIENT_ID, "client_secret": DEFAULT_OAUTH_CLIENT_SECRET}
+    created = ok(
+        host.api.post("/api/integrations", json=integration_body(emulator_url, options=oauth)), 201
+    )
+    ok(host.api.post("/api/anomalies", json={"id": 9, "type": "Record", "status": "Active"}), 201)
+    ticket = ok(host.api.post("/api/integrations/ticketing/anomalies/9/tickets", json={
+        "title": "t", "description": "d", "priority": "3", "urgency": "3", "impact": "3",
+        "integration_id": created["id"],
+    }))["ticket"]  # fmt: skip
+    emulator.expire_tokens()
+    ok(host.api.post("/api/anomalies/9/comments", json={"message": "after expiry"}), 201)
+
+    wait_until(lambda: "after expiry" in " ".join(work_notes(emulator, ticket["ticket_id"])))
+    grants = emulator.oauth_stats()["oauth_token_requests"]
+    assert grants["password"] == 1
+    assert grants["refresh_token"] == 1
+    assert [r["status"] for r in emulator.requests if r["status"] == 401] == [401]  # renewed once
+    assert DEFAULT_OAUTH_CLIENT_SECRET not in caplog.text
+    assert PASSWORD not in caplog.text
+    assert DEFAULT_OAUTH_CLIENT_SECRET not in str(host.api.get("/api/integrations").json())
+
+
+def test_a_rejected_oauth_client_is_400_naming_oauth(host: Host, emulator_url: str) -> None:
+    oauth = {"client_id": DEFAULT_OAUTH_CLIENT_ID, "client_secret": "not-the-secret"}
+
+    response = host.api.post(
+        "/api/integrations", json=integration_body(emulator_url, options=oauth)
+    )
+
+    assert response.status_code == 400
+    assert "OAuth token endpoint refused client 'emulator-client'" in response.json()["detail"]
+    assert "not-the-secret" not in response.text
+    assert host.api.get("/api/integrations").json() == []
+
+
+# -- bounded request bodies -------------------------------------------------------------------------
+
+
+def test_a_large_body_is_413_before_the_token_is_checked(host: Host) -> None:
+    unauthenticated = {"Authorization": "Bearer wrong"}
+
+    declared = host.api.post("/api/anomalies", content=b"x" * 2_000_000, headers=unauthenticated)
+    chunked = host.api.post(
+        "/api/anomalies", content=iter([b"y" * 100_000] * 20), headers=unauthenticated
+    )
+
+    assert declared.status_code == chunked.status_code == 413
+    assert declared.json() == {"detail": "the request body is larger than 1048576 bytes"}
+
+
+def test_a_long_comment_is_422_and_nothing_is_queued(host: Host, ticket: dict[str, Any]) -> None:
+    response = host.api.post("/api/anomalies/12345/comments", json={"message": "m" * 100_001})
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "message"]
+    assert host.runtime.service.outbox.counts()["pending"] == 0
+
+
+def test_the_api_token_stays_required(host: Host) -> None:
+    assert host.api.get("/api/integrations", headers={"Authorization": ""}).status_code == 401
+    assert API_TOKEN  # the fixture's token is what the other calls send

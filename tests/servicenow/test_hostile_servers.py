@@ -1,0 +1,220 @@
+"""What a provider does against servers that are not a well-behaved instance: a gzip bomb, an
+endless body, a redirect elsewhere, a token endpoint that fails, an address that changes between
+the check and the connection. Each is a real HTTP server on a socket."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import ipaddress
+import json
+import resource
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from servicenow_emulator.app import DEFAULT_OAUTH_CLIENT_ID, DEFAULT_OAUTH_CLIENT_SECRET
+
+from ticketing_core.errors import (
+    AuthenticationFailed,
+    ProviderError,
+    ProviderUnavailable,
+    UnexpectedResponse,
+)
+from ticketing_core.network import BlockedAddress, NetworkPolicy
+from ticketing_servicenow import ServiceNowProvider
+
+from ..conftest import ADMIN_TOKEN
+
+Answer = Callable[[http.server.BaseHTTPRequestHandler], None]
+# 64 MiB of zeros: about 64 KB once compressed, 64 MiB again when a client inflates it.
+BOMB = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)
+
+
+class Server:
+    """A threaded HTTP server on 127.0.0.1 answering every request with ``answer``; it records
+    each request's path."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.paths: list[str] = []
+        served = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                served.paths.append(self.path)
+                answer(self)
+
+            do_POST = do_PATCH = do_GET
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Answer], Server]]:
+    servers: list[Server] = []
+
+    def start(answer: Answer) -> Server:
+        servers.append(Server(answer))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def reply(status: int, body: bytes, **headers: str) -> Answer:
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(status)
+        for name, value in {"Content-Type": "application/json", **headers}.items():
+            handler.send_header(name.replace("_", "-"), value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return answer
+
+
+def connect(url: str, **options: Any) -> ServiceNowProvider:
+    return ServiceNowProvider(api_url=url, api_access_token=ADMIN_TOKEN, **options)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_a_gzip_bomb_is_cut_off_at_the_size_cap(serve: Callable[[Answer], Server]) -> None:
+    server = serve(reply(200, BOMB, Content_Encoding="gzip"))
+    before = peak_rss_mib()
+
+    with (
+        connect(server.url, max_response_bytes=4 * 1024 * 1024) as provider,
+        pytest.raises(UnexpectedResponse, match="larger than 4194304 bytes"),
+    ):
+        provider.validate()
+
+    assert peak_rss_mib() - before < 32  # never near the bomb's 64 MiB
+
+
+def test_an_answer_larger_than_the_cap_is_cut_off(serve: Callable[[Answer], Server]) -> None:
+    server = serve(reply(200, b"[" + b"0," * 3_000_000 + b"0]"))
+
+    with (
+        connect(server.url, max_response_bytes=1024 * 1024) as provider,
+        pytest.raises(UnexpectedResponse, match="max_response_bytes"),
+    ):
+        provider.validate()
+
+
+def test_a_redirect_is_not_followed(serve: Callable[[Answer], Server]) -> None:
+    elsewhere = serve(reply(200, b'{"result": []}'))
+    server = serve(reply(302, b"", Location=f"{elsewhere.url}/stolen"))
+
+    with connect(server.url) as provider, pytest.raises(ProviderError):
+        provider.validate()
+
+    assert elsewhere.paths == []
+
+
+def test_a_json_answer_without_the_envelope_is_not_an_instance(
+    serve: Callable[[Answer], Server],
+) -> None:
+    """An internal service answering JSON must not pass for an instance."""
+    server = serve(reply(200, b'{"rows": [{"db_password": "hunter2"}]}'))
+
+    with connect(server.url) as provider, pytest.raises(UnexpectedResponse) as caught:
+        provider.validate()
+
+    assert "hunter2" not in str(caught.value)
+
+
+def test_an_error_reason_is_bounded(serve: Callable[[Answer], Server]) -> None:
+    body = {"error": {"message": "x" * 5000 + "db_password=hunter2"}, "status": "failure"}
+    server = serve(reply(400, json.dumps(body).encode()))
+
+    with connect(server.url) as provider, pytest.raises(ProviderError) as caught:
+        provider.validate()
+
+    assert len(str(caught.value)) < 400
+    assert "hunter2" not in str(caught.value)
+
+
+# -- the address rule at connect time --------------------------------------------------------------
+
+
+def test_a_name_that_resolves_elsewhere_at_connect_time_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: public when the URL is checked, loopback when connecting. The connection
+    goes to the address that was checked, so the second answer is the one refused."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        answers = iter(
+            [[ipaddress.ip_address("93.184.215.14")], [ipaddress.ip_address("127.0.0.1")]]
+        )
+        monkeypatch.setattr("ticketing_core.network.resolve", lambda host, port: next(answers))
+        policy = NetworkPolicy()
+        url = f"http://rebinding.example:{port}"
+
+        policy.check_url(url)  # the first answer: public
+        with (
+            connect(url, transport=policy.transport()) as provider,
+            pytest.raises(BlockedAddress, match="a loopback address"),
+        ):
+            provider.validate()
+
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+
+
+# -- OAuth ----------------------------------------------------------------------------------------
+
+OAUTH = {"client_id": DEFAULT_OAUTH_CLIENT_ID, "client_secret": DEFAULT_OAUTH_CLIENT_SECRET}
+
+
+@pytest.fixture(autouse=True)
+def no_cached_tokens() -> None:
+    from httpx_auth._oauth2.common import OAuth2
+
+    OAuth2.token_cache.clear()
+
+
+def test_a_failing_token_endpoint_is_unavailable_and_never_quoted(
+    serve: Callable[[Answer], Server],
+) -> None:
+    server = serve(reply(503, b"<html>db_password=hunter2</html>", Content_Type="text/html"))
+
+    with connect(server.url, **OAUTH) as provider, pytest.raises(ProviderUnavailable) as caught:
+        provider.validate()
+
+    assert caught.value.may_have_landed is False  # no token: the call itself never left
+    assert "hunter2" not in str(caught.value)
+    assert server.paths == ["/oauth_token.do"] * len(server.paths)
+
+
+def test_a_refused_client_is_an_authentication_error_naming_oauth(
+    serve: Callable[[Answer], Server],
+) -> None:
+    refusal = {"error_description": "access_denied", "error": "server_error"}
+    server = serve(reply(401, json.dumps(refusal).encode()))
+
+    with connect(server.url, **OAUTH) as provider, pytest.raises(AuthenticationFailed) as caught:
+        provider.validate()
+
+    assert "OAuth token endpoint refused client 'emulator-client'" in str(caught.value)
+    assert DEFAULT_OAUTH_CLIENT_SECRET not in str(caught.value)
+    assert DEFAULT_OAUTH_CLIENT_SECRET not in repr(provider)
