@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -71,17 +72,27 @@ SECRET_HEADERS = ("authorization", "cookie", "set-cookie")
 def vcr_config() -> dict[str, object]:
     return {
         "filter_headers": list(SECRET_HEADERS),  # request headers only
-        "before_record_response": without_cookies,
+        # OAuth token requests (form bodies) and answers: neither may reach a cassette.
+        "filter_post_data_parameters": ["password", "client_secret", "refresh_token"],
+        "before_record_response": without_secrets,
         "match_on": ["method", "path", "query", "body"],
         "decode_compressed_response": True,
     }
 
 
-def without_cookies(response: dict[str, Any]) -> dict[str, Any]:
-    """A response with its session cookies dropped (vcrpy filters only request headers)."""
+def without_secrets(response: dict[str, Any]) -> dict[str, Any]:
+    """A response without its session cookies (vcrpy filters only request headers) and with any
+    OAuth tokens it issued replaced."""
     headers = response["headers"]
     for name in [name for name in headers if name.lower() == "set-cookie"]:
         del headers[name]
+    body = response["body"]["string"]
+    if b"access_token" in body:
+        issued = json.loads(body)
+        for field in ("access_token", "refresh_token"):
+            if field in issued:
+                issued[field] = "recorded-token"
+        response["body"]["string"] = json.dumps(issued).encode()
     return response
 
 

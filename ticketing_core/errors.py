@@ -6,7 +6,7 @@ provider it talks to::
     TicketingError
     ├── InvalidInput            the caller's input was wrong; fix it, don't retry
     ├── PluginError             a provider is not installed or could not be loaded
-    ├── CredentialsUnavailable  the host cannot read an integration's stored credentials now
+    ├── IntegrationUnusable     this host cannot use the integration as configured (its key, its rules)
     └── ProviderError           the provider's service refused or failed the call
         ├── AuthenticationFailed    credentials rejected (HTTP 401)
         ├── PermissionDenied        authenticated but not allowed (HTTP 403)
@@ -36,10 +36,11 @@ class InvalidInput(TicketingError):
     """The caller's input is invalid; the message says which field and why."""
 
 
-class CredentialsUnavailable(TicketingError):
-    """The host cannot read an integration's stored credentials (e.g. its encryption key is not
-    configured); nothing was sent. The outbox keeps the integration's events waiting, without
-    spending their attempts, until the credentials can be read again."""
+class IntegrationUnusable(TicketingError):
+    """This host cannot use the integration as it is configured: it cannot decrypt the stored
+    credentials (a key is missing), or its network rule refuses the address. Nothing was sent;
+    the outbox keeps the integration's events waiting, without spending their attempts, until
+    the configuration is put right."""
 
 
 class PluginError(TicketingError):

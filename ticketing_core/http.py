@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-import zlib
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -46,6 +45,7 @@ from ticketing_core.errors import (
     RateLimited,
     UnexpectedResponse,
 )
+from ticketing_core.limits import ACCEPT_ENCODING, BoundedTransport
 from ticketing_core.oauth import OAuth, OAuthClient
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,10 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 DEFAULT_DEADLINE = 20.0  # seconds for one interactive call, all attempts and reads included
 DEFAULT_ATTEMPTS = 4
-# The encodings we ask for (Accept-Encoding), and how zlib reads each.
-INFLATE_WBITS = {"identity": 0, "gzip": 16 + zlib.MAX_WBITS, "deflate": 32 + zlib.MAX_WBITS}
 MAX_REASON = 300  # characters of a service's own error message kept in ours
-DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # a page of 100 incidents with long journals fits
+# A page of 100 incidents, or an incident's long journal, fits; parsed, 8 MiB of JSON can take
+# some hundreds of MB, so the cap stays well below what a host can afford a few times at once.
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 # Answers after which a read or an idempotent write is worth sending again.
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -84,6 +84,11 @@ _service: contextvars.ContextVar[str] = contextvars.ContextVar("service", defaul
 def current_budget() -> Budget | None:
     """The budget of the enclosing :func:`call_budget` block (inside a request: the request's)."""
     return _budget.get()
+
+
+def _remaining() -> float | None:
+    budget = _budget.get()
+    return None if budget is None else budget.remaining()
 
 
 @contextmanager
@@ -132,7 +137,7 @@ def _auth(
             "with an OAuth client the access token is user:password (password grant) or empty "
             "(client-credentials grant)"
         )
-    return OAuth(oauth, api_access_token, transport, timeout)
+    return OAuth(oauth, api_access_token, transport, timeout, _remaining)
 
 
 def auth_from_token(api_access_token: str) -> httpx.Auth:
@@ -200,7 +205,12 @@ class HttpTransport:
         self.max_retry_wait = max_retry_wait
         self.max_response_bytes = max_response_bytes
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        transport = transport or httpx.HTTPTransport()
+        transport = BoundedTransport(
+            transport or httpx.HTTPTransport(),
+            max_bytes=max_response_bytes,
+            service=dialect.name,
+            remaining=_remaining,
+        )
         self._auth = _auth(api_access_token, oauth, transport, self._timeout.read or 30.0)
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -208,7 +218,7 @@ class HttpTransport:
             timeout=self._timeout,
             headers={
                 "Accept": "application/json",
-                "Accept-Encoding": "gzip, deflate",  # those _chunks inflates within the cap
+                "Accept-Encoding": ACCEPT_ENCODING,  # those BoundedTransport inflates
                 "User-Agent": "ticketing",
             },
             transport=transport,
@@ -289,11 +299,7 @@ class HttpTransport:
             method, path, params=params, json=json, timeout=self._bounded_timeout(remaining)
         )
         try:
-            response = self._read(self._http.send(request, stream=True), budget, method, path)
-        except zlib.error:
-            raise UnexpectedResponse(
-                f"{name} sent a body that does not decompress ({method} {path})"
-            ) from None
+            response = self._read(self._http.send(request, stream=True))
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ProviderUnavailable(
                 f"cannot reach {name} at {self.base_url}: {type(exc).__name__}", sent=False
@@ -311,27 +317,15 @@ class HttpTransport:
         raise_for_status(response, self.dialect)
         return response
 
-    def _read(
-        self, response: httpx.Response, budget: Budget, method: str, path: str
-    ) -> httpx.Response:
-        """The whole response, decompressed, its body read before the deadline and within the
-        size cap."""
+    @staticmethod
+    def _read(response: httpx.Response) -> httpx.Response:
+        """The whole response, read through :class:`~ticketing_core.limits.BoundedTransport`:
+        within the size cap and before the deadline."""
         try:
-            body = b"".join(self._chunks(response, budget, f"{method} {path}"))
-        except httpx.StreamConsumed:
-            return response  # a transport that handed over a complete response (tests' mocks)
+            response.read()
         finally:
             response.close()
-        headers = response.headers.copy()
-        for decoded in ("Content-Encoding", "Content-Length"):
-            headers.pop(decoded, None)
-        return httpx.Response(
-            response.status_code,
-            headers=headers,
-            content=body,
-            request=response.request,
-            extensions=response.extensions,
-        )
+        return response
 
     def _bounded_timeout(self, remaining: float) -> httpx.Timeout:
         def bound(limit: float | None) -> float:
@@ -341,40 +335,6 @@ class HttpTransport:
         return httpx.Timeout(
             connect=bound(t.connect), read=bound(t.read), write=bound(t.write), pool=bound(t.pool)
         )
-
-    def _chunks(self, response: httpx.Response, budget: Budget, what: str) -> Iterator[bytes]:
-        """The body, decompressed here rather than by httpx, so that no chunk inflates past the
-        cap (a 64 KB gzip chunk can hold 64 MB)."""
-        limit, name = self.max_response_bytes, self.dialect.name
-        too_large = UnexpectedResponse(
-            f"{name}'s answer to {what} is larger than {limit} bytes; cut off (raise the "
-            "max_response_bytes option if it is expected)",
-            status_code=response.status_code,
-        )
-        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in INFLATE_WBITS:
-            raise UnexpectedResponse(
-                f"{name} answered {what} in an encoding we did not ask for: {encoding[:40]!r}"
-            )
-        inflater = zlib.decompressobj(INFLATE_WBITS[encoding]) if encoding != "identity" else None
-        read = 0
-        for raw in response.iter_raw():
-            while raw:
-                if inflater is None:
-                    chunk, raw = raw, b""
-                else:
-                    chunk = inflater.decompress(raw, limit - read + 1)
-                    raw = inflater.unconsumed_tail
-                read += len(chunk)
-                if read > limit:
-                    raise too_large
-                yield chunk
-            if budget.remaining() <= 0:
-                raise ProviderTimeout(
-                    f"{name} was still sending its answer to {what} at the deadline"
-                )
-        if inflater is not None and not inflater.eof:
-            raise UnexpectedResponse(f"{name} sent a truncated compressed body ({what})")
 
 
 def _check_number(name: str, value: object, *, minimum: float, integer: bool = False) -> None:

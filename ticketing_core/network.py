@@ -25,7 +25,7 @@ import attrs
 import httpcore
 import httpx
 
-from ticketing_core.errors import InvalidInput
+from ticketing_core.errors import IntegrationUnusable, InvalidInput
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # In the order they are named: the first that applies is the rule a refusal names.
@@ -39,18 +39,46 @@ _RULES: tuple[tuple[str, str], ...] = (
 )
 
 
-class BlockedAddress(InvalidInput):
-    """A URL whose host the network policy refuses; nothing was sent to it."""
+class BlockedAddress(InvalidInput, IntegrationUnusable):
+    """A URL whose host the network policy refuses; nothing was sent to it. Invalid input where
+    a user gives the URL; where a stored integration's name now resolves to a refused address,
+    or a worker runs with a stricter rule than the host, its events wait."""
+
+
+# Refused whatever this Python's tables say (they change between patch releases): IPv6 site-local,
+# documentation and benchmarking ranges, and the translation prefixes checked by what they embed.
+_NOT_PUBLIC_V6 = tuple(
+    ipaddress.ip_network(n) for n in ("fec0::/10", "2001:db8::/32", "3fff::/20", "2001:2::/48")
+)
+_NAT64 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48"))
 
 
 def refused_kind(address: Address) -> str | None:
-    """Why ``address`` is not a public one ("loopback", "private", ...), or None if it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    """Why ``address`` is not a public one ("loopback", "private", ...), or None if it is.
+
+    An IPv6 address that carries an IPv4 one (mapped, 6to4, Teredo, NAT64, IPv4-compatible) is
+    judged by the IPv4 address too, since that is where a translating network would send it.
+    """
+    for embedded in _embedded_ipv4(address):
+        if (kind := refused_kind(embedded)) is not None:
+            return kind
     for attribute, kind in _RULES:
         if getattr(address, attribute):
             return kind
+    if isinstance(address, ipaddress.IPv6Address) and any(address in n for n in _NOT_PUBLIC_V6):
+        return "reserved"
     return None if address.is_global else "not globally routable"
+
+
+def _embedded_ipv4(address: Address) -> list[ipaddress.IPv4Address]:
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    found = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    compatible = int(address) >> 32 == 0 and int(address) > 1  # ::a.b.c.d, but not :: or ::1
+    if compatible or any(address in n for n in _NAT64):
+        found.append(low32)
+    return [a for a in found if a is not None]
 
 
 def patterns(values: Iterable[str]) -> tuple[str, ...]:
@@ -150,4 +178,12 @@ class _CheckedBackend(httpcore.SyncBackend):
             raise httpcore.ConnectError(f"cannot resolve {host}")
         self._policy.check_addresses(host, addresses)
         # TLS still verifies and sends the name (httpcore takes it from the request, not here).
-        return super().connect_tcp(str(addresses[0]), port, timeout, local_address, socket_options)
+        *others, last = addresses
+        for address in others:
+            try:
+                return super().connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
+                )
+            except httpcore.ConnectError:
+                continue  # a dual-stack name: the next checked address may answer
+        return super().connect_tcp(str(last), port, timeout, local_address, socket_options)

@@ -11,9 +11,11 @@ to the error tree, parsed and bounded, never quoting the endpoint's body.
 
 from __future__ import annotations
 
+import hmac
+import secrets
 import threading
 from collections import defaultdict
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import attrs
@@ -25,13 +27,20 @@ from httpx_auth import (
 from httpx_auth._errors import HttpxAuthException, InvalidGrantRequest
 from httpx_auth._oauth2.common import OAuth2
 
-from ticketing_core.errors import AuthenticationFailed, ProviderUnavailable
+from ticketing_core.errors import (
+    AuthenticationFailed,
+    InvalidInput,
+    ProviderTimeout,
+    ProviderUnavailable,
+    TicketingError,
+)
 
 RENEW_BEFORE_EXPIRY = 30.0  # seconds: a token must not expire on its way to the service
 REASON_LENGTH = 200
 # One per credentials (httpx-auth's cache key): threads that find no token wait for the one that
 # asks for it, instead of each asking (httpx-auth serialises the asking, but asks again).
 _fetching: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+_CACHE_KEY = secrets.token_bytes(32)
 
 
 @attrs.frozen
@@ -57,18 +66,25 @@ class OAuth(httpx.Auth):
     when ``login`` is empty, for the client itself. Token requests go through ``transport``."""
 
     def __init__(
-        self, client: OAuthClient, login: str, transport: httpx.BaseTransport, timeout: float
+        self,
+        client: OAuthClient,
+        login: str,
+        transport: httpx.BaseTransport,
+        timeout: float,
+        remaining: Callable[[], float | None],
     ) -> None:
-        self._client_id = client.client_id
+        self._client_id, self._remaining = client.client_id, remaining
         self._token_client = httpx.Client(
             transport=_Shared(transport),
             timeout=timeout,
-            headers={"Accept": "application/json", "Accept-Encoding": "identity"},
-            event_hooks={"response": [_check_token_response]},
+            headers={"Accept": "application/json"},
+            event_hooks={"request": [self._within_deadline], "response": [_check_token_response]},
         )
         # Form fields rather than Basic client auth: ServiceNow's oauth_token.do reads both.
         credentials = {"client_id": client.client_id, "client_secret": client.client_secret}
-        username, _, password = login.partition(":")
+        username, colon, password = login.partition(":")
+        if colon and not username:
+            raise InvalidInput("the access token's user is empty: give user:password, or none")
         common: dict[str, Any] = {
             "client": self._token_client,
             "early_expiry": RENEW_BEFORE_EXPIRY,
@@ -83,6 +99,9 @@ class OAuth(httpx.Auth):
             self._grant = OAuth2ClientCredentials(
                 client.token_url, client.client_id, client.client_secret, **common
             )
+        # httpx-auth's cache key is a digest of the credentials, and its debug log shows it:
+        # keyed under an HMAC with a key of this process, a logged key confirms no guess.
+        self._grant.state = hmac.new(_CACHE_KEY, self._grant.state.encode(), "sha256").hexdigest()
 
     def __repr__(self) -> str:
         return "OAuth(<redacted>)"
@@ -99,26 +118,49 @@ class OAuth(httpx.Auth):
             yield request
 
     def _authorize(self, request: httpx.Request) -> str:
+        remaining = self._remaining()
+        lock = _fetching[self._grant.state]
+        if not lock.acquire(timeout=-1 if remaining is None else max(0.0, remaining)):
+            raise ProviderTimeout(
+                "waited past the deadline for the OAuth token another call asks for"
+            )
         try:
-            with _fetching[self._grant.state]:
-                token = OAuth2.token_cache.get_token(
-                    self._grant.state,
-                    early_expiry=RENEW_BEFORE_EXPIRY,
-                    on_missing_token=self._grant.request_new_token,
-                    on_expired_token=getattr(self._grant, "refresh_token", None),
-                )
+            token = OAuth2.token_cache.get_token(
+                self._grant.state,
+                early_expiry=RENEW_BEFORE_EXPIRY,
+                on_missing_token=self._grant.request_new_token,
+                on_expired_token=getattr(self._grant, "refresh_token", None),
+            )
+        except (TicketingError, httpx.TransportError):
+            raise  # ours (from the response hook, the bounds), or the network's: mapped by callers
         except TokenRefused as exc:
             raise AuthenticationFailed(
                 f"the OAuth token endpoint refused client {self._client_id!r} ({exc}): check "
                 "the client id and secret, and the user's password for the password grant",
                 status_code=exc.status,
             ) from None
-        except HttpxAuthException as exc:  # no token in a 2xx answer, and the like
-            raise AuthenticationFailed(
-                f"the OAuth token endpoint gave no usable token: {type(exc).__name__}"
+        except Exception as exc:  # a 2xx answer without a usable token: JSON, fields, expiry
+            raise ProviderUnavailable(
+                f"the OAuth token endpoint's answer holds no usable token ({type(exc).__name__})",
+                sent=False,
             ) from None
+        finally:
+            lock.release()
         request.headers["Authorization"] = f"Bearer {token}"
         return str(token)
+
+    def _within_deadline(self, request: httpx.Request) -> None:
+        """A token request's connect and reads end with the call's deadline, like the call's."""
+        remaining = self._remaining()
+        if remaining is not None:
+            limits = request.extensions.get("timeout", {})
+            request.extensions["timeout"] = {
+                phase: remaining if limit is None else min(limit, remaining)
+                for phase, limit in {
+                    **dict.fromkeys(("connect", "read", "write", "pool")),
+                    **limits,
+                }.items()
+            }
 
     def _expire(self, sent: str) -> None:
         """Mark the cached token expired, unless another thread renewed it already; its refresh
@@ -143,10 +185,8 @@ class _Shared(httpx.BaseTransport):
 def _check_token_response(response: httpx.Response) -> None:
     """Errors before httpx-auth reads the answer, which would quote a body that is not JSON."""
     if response.status_code < 300:
-        if response.headers.get("Content-Encoding", "identity") != "identity":
-            raise ProviderUnavailable("the OAuth token endpoint sent a compressed answer")
         return
-    response.read()
+    response.read()  # bounded: the provider's BoundedTransport is underneath
     reason = _oauth_error(response)
     if response.status_code >= 500:
         raise ProviderUnavailable(

@@ -53,7 +53,7 @@ from cattrs.strategies import configure_tagged_union
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ticketing_core.errors import (
-    CredentialsUnavailable,
+    IntegrationUnusable,
     ProviderError,
     RateLimited,
     TicketingError,
@@ -646,8 +646,8 @@ class Outbox:
 
         Returns the new status, or None when the claim was lost (nothing is recorded).
         """
-        if isinstance(error, CredentialsUnavailable):
-            return self._wait_for_credentials(event, error)
+        if isinstance(error, IntegrationUnusable):
+            return self._wait_until_usable(event, error)
         retryable = isinstance(error, ProviderError) and error.retryable
         landed = may_have_landed(error)
         attempts = event.attempts + 1  # exact: nobody else settles while this claim holds
@@ -672,11 +672,9 @@ class Outbox:
                 self._pause(conn, event.integration_id, max(delay, asked))
         return status if settled else None
 
-    def _wait_for_credentials(
-        self, event: OutboxEvent, error: CredentialsUnavailable
-    ) -> str | None:
+    def _wait_until_usable(self, event: OutboxEvent, error: IntegrationUnusable) -> str | None:
         """Nothing was sent: give the event back unchanged but for its time, and pause the
-        integration, until the host can read its credentials again."""
+        integration, until the host can use it again (its key, its network rule)."""
         delay = timedelta(seconds=self.backoff_max)
         with self.database.begin() as conn:
             settled = conn.execute(

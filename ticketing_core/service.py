@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import attrs
 import sqlalchemy as sa
 
-from ticketing_core.errors import InvalidInput, ProviderError, TicketingError
+from ticketing_core.errors import IntegrationUnusable, InvalidInput, ProviderError, TicketingError
 from ticketing_core.hookspecs import Provider
 from ticketing_core.http import DEFAULT_DEADLINE, call_budget
 from ticketing_core.models import (
@@ -63,8 +63,8 @@ class ProviderPool:
 
     With ``revision`` (what an integration's stored settings are now, e.g. its row), a provider
     older than ``recheck_seconds`` is checked against it and rebuilt if they changed, so that
-    every process of a fleet takes up rotated credentials. A replaced provider is closed with
-    the pool, not at once: another thread may be in the middle of a call with it.
+    every process of a fleet takes up rotated credentials. A replaced provider is closed
+    ``retire_seconds`` later, not at once: another thread may be in the middle of a call with it.
     """
 
     def __init__(
@@ -73,10 +73,12 @@ class ProviderPool:
         *,
         revision: Callable[[int, sa.Connection | None], object] | None = None,
         recheck_seconds: float = 30.0,
+        retire_seconds: float = 2 * DEFAULT_DEADLINE,
     ) -> None:
         self._connect, self._revision, self._recheck = connect, revision, recheck_seconds
+        self._retire_after = retire_seconds
         self._providers: dict[int, _Pooled] = {}
-        self._retired: list[Provider] = []
+        self._retired: dict[int, threading.Timer] = {}  # by id(provider)
         self._lock = threading.Lock()
 
     def __call__(self, integration_id: int, conn: sa.Connection | None = None) -> Provider:
@@ -92,7 +94,7 @@ class ProviderPool:
             if current is pooled:  # nobody replaced it meanwhile
                 self._providers[integration_id] = built
                 if pooled is not None:
-                    self._retired.append(pooled.provider)
+                    self._retire(pooled.provider)
                 return built.provider
         built.provider.close()
         return self(integration_id, conn)
@@ -113,14 +115,31 @@ class ProviderPool:
         with self._lock:
             pooled = self._providers.pop(integration_id, None)
             if pooled is not None:
-                self._retired.append(pooled.provider)
+                self._retire(pooled.provider)
 
     def close(self) -> None:
         with self._lock:
-            providers = [p.provider for p in self._providers.values()] + self._retired
-            self._providers, self._retired = {}, []
+            providers = [p.provider for p in self._providers.values()]
+            self._providers = {}
+            retired, self._retired = self._retired, {}
+        for timer in retired.values():
+            timer.cancel()
+            timer.function()  # close it now
         for provider in providers:
             provider.close()
+
+    def _retire(self, provider: Provider) -> None:
+        """Close ``provider`` once calls begun with it are over (the caller holds the lock)."""
+
+        def close() -> None:
+            with self._lock:
+                self._retired.pop(id(provider), None)
+            provider.close()
+
+        timer = threading.Timer(self._retire_after, close)
+        timer.daemon = True
+        self._retired[id(provider)] = timer
+        timer.start()
 
 
 @attrs.define
@@ -269,13 +288,13 @@ class SyncService:
         status while the others are refreshed; only when none can be read is the error raised.
         """
         links = self.links.for_anomaly(anomaly_id)
-        failures: list[ProviderError] = []
+        failures: list[ProviderError | IntegrationUnusable] = []
         for link in links:
             try:
                 with call_budget(deadline=self.interactive_deadline):
                     provider = self.provider_for(link.integration_id, None)
                     status = provider.get_status(link.ticket_id)
-            except ProviderError as exc:
+            except (ProviderError, IntegrationUnusable) as exc:
                 log.warning(
                     "cannot pull %s for anomaly %s: %s", link.ticket_number, anomaly_id, exc
                 )

@@ -315,6 +315,7 @@ def test_the_pool_rebuilds_a_provider_whose_stored_settings_changed() -> None:
         lambda _id, _conn: _Recorded(stored["settings"]),  # type: ignore[arg-type, return-value]
         revision=lambda _id, _conn: stored["settings"],
         recheck_seconds=0.05,
+        retire_seconds=0.2,
     )
 
     first = pool(1)
@@ -324,6 +325,7 @@ def test_the_pool_rebuilds_a_provider_whose_stored_settings_changed() -> None:
     time.sleep(0.06)
     rebuilt = pool(1)
     replaced_still_open = not first.closed  # type: ignore[attr-defined]
+    closed_later = wait_until(lambda: first.closed)  # type: ignore[attr-defined]
     pool.close()
 
     assert unchanged is first
@@ -331,5 +333,5 @@ def test_the_pool_rebuilds_a_provider_whose_stored_settings_changed() -> None:
     assert rebuilt is not first
     assert rebuilt.settings == "token-2"  # type: ignore[attr-defined]
     assert replaced_still_open  # a call in another thread may still be using it
-    assert first.closed  # type: ignore[attr-defined]
+    assert closed_later
     assert rebuilt.closed  # type: ignore[attr-defined]

@@ -18,7 +18,11 @@ from click.testing import CliRunner
 from ticketing_core.cli import cli
 
 # The console script installed beside this interpreter, as an operator would run it.
+from ..conftest import SECRET_KEY
+
 TICKETING = str(Path(sys.executable).parent / "ticketing")
+# A worker never makes a key of its own: it uses serve's (here, for databases no serve opened).
+WITH_KEY = os.environ | {"TICKETING_SECRET_KEY": SECRET_KEY}
 TOKEN_LINE = "Generated API token (shown once, only its hash is stored): "
 
 
@@ -134,7 +138,7 @@ def test_worker_refuses_a_metrics_port_already_taken(tmp_path: Path) -> None:
         result = subprocess.run(
             [TICKETING, "worker", "--database", str(tmp_path / "w.db"), "--broker",
              "redis://127.0.0.1:6379/11", "--metrics-port", str(port)],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True, text=True, timeout=60, check=False, env=WITH_KEY,
         )  # fmt: skip
 
     assert result.returncode == 1
@@ -156,7 +160,7 @@ def test_worker_refuses_bad_settings_in_one_line_before_starting_anything(
 ) -> None:
     result = subprocess.run(
         [TICKETING, "worker", "--database", str(tmp_path / "w.db"), *arguments],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=60, check=False, env=WITH_KEY,
     )  # fmt: skip
 
     assert result.returncode == code, result.stderr

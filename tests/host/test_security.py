@@ -68,6 +68,9 @@ def integration_body(api_url: str, **extra: Any) -> dict[str, Any]:
         ("127.1", "loopback"),
         ("[::1]", "loopback"),
         ("[::ffff:127.0.0.1]", "loopback"),
+        ("[2002:7f00:1::]", "loopback"),  # 6to4, carrying 127.0.0.1
+        ("[64:ff9b::a9fe:a9fe]", "link-local"),  # NAT64, carrying 169.254.169.254
+        ("[fec0::1]", "reserved"),  # IPv6 site-local
         ("10.1.2.3", "private"),
         ("192.168.0.10", "private"),
         ("169.254.169.254", "link-local"),  # the cloud metadata service
@@ -274,13 +277,60 @@ def test_patch_rotates_the_token_after_checking_it_and_keeps_queued_events(
     assert ok(host.api.get("/api/anomalies/12345/ticket-links"))[0]["ticket_id"] == sys_id
 
 
+def test_moving_to_another_host_needs_the_credentials_again(
+    host: Host, emulator: Emulator, emulator_url: str
+) -> None:
+    oauth = {"client_id": DEFAULT_OAUTH_CLIENT_ID, "client_secret": DEFAULT_OAUTH_CLIENT_SECRET}
+    created = ok(
+        host.api.post("/api/integrations", json=integration_body(emulator_url, options=oauth)),
+        201,
+    )
+    path, elsewhere = (
+        f"/api/integrations/{created['id']}",
+        emulator_url.replace("127.0.0.1", "localhost"),
+    )
+    sent_before = len(emulator.requests)
+
+    bare = host.api.patch(path, json={"api_url": elsewhere})
+    token_only = host.api.patch(path, json={"api_url": elsewhere, "api_access_token": ADMIN_TOKEN})
+    sent_when_refused = len(emulator.requests)
+    whole = host.api.patch(
+        path, json={"api_url": elsewhere, "api_access_token": ADMIN_TOKEN, "options": oauth}
+    )
+
+    assert bare.status_code == 422
+    assert "needs its credentials again (api_access_token, options)" in bare.json()["detail"]
+    assert token_only.status_code == 422
+    assert "(options)" in token_only.json()["detail"]
+    assert sent_when_refused == sent_before  # nothing went anywhere
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["api_url"] == elsewhere
+
+
+def test_a_database_whose_key_file_is_missing_gets_no_new_key(
+    start_host: StartHost, emulator_url: str, tmp_path: Path
+) -> None:
+    database = tmp_path / "restored.db"
+    first = start_host(database=str(database), secret_key=None)
+    create_integration(first, emulator_url)
+    first.runtime.stop()
+    key_file = Path(f"{database}.key")
+    key_file.unlink()  # a restore without it
+
+    with pytest.raises(Exception, match="holds credentials, but not its key file"):
+        start_host(database=str(database), secret_key=None)
+
+    assert not key_file.exists()
+
+
 def test_patch_checks_the_address_rule(start_host: StartHost, emulator_url: str) -> None:
     lab = start_host()
     integration = create_integration(lab, emulator_url)
     guarded = start_host(allow_private_hosts=False)  # the same database
 
     response = guarded.api.patch(
-        f"/api/integrations/{integration['id']}", json={"api_url": "http://169.254.169.254"}
+        f"/api/integrations/{integration['id']}",
+        json={"api_url": "http://169.254.169.254", "api_access_token": ADMIN_TOKEN},
     )
 
     assert response.status_code == 422

@@ -11,6 +11,7 @@ import json
 import resource
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from servicenow_emulator.app import DEFAULT_OAUTH_CLIENT_ID, DEFAULT_OAUTH_CLIEN
 from ticketing_core.errors import (
     AuthenticationFailed,
     ProviderError,
+    ProviderTimeout,
     ProviderUnavailable,
     UnexpectedResponse,
 )
@@ -198,7 +200,10 @@ def test_a_failing_token_endpoint_is_unavailable_and_never_quoted(
 ) -> None:
     server = serve(reply(503, b"<html>db_password=hunter2</html>", Content_Type="text/html"))
 
-    with connect(server.url, **OAUTH) as provider, pytest.raises(ProviderUnavailable) as caught:
+    with (
+        connect(server.url, max_attempts=1, **OAUTH) as provider,
+        pytest.raises(ProviderUnavailable) as caught,
+    ):
         provider.validate()
 
     assert caught.value.may_have_landed is False  # no token: the call itself never left
@@ -218,3 +223,91 @@ def test_a_refused_client_is_an_authentication_error_naming_oauth(
     assert "OAuth token endpoint refused client 'emulator-client'" in str(caught.value)
     assert DEFAULT_OAUTH_CLIENT_SECRET not in str(caught.value)
     assert DEFAULT_OAUTH_CLIENT_SECRET not in repr(provider)
+
+
+def by_path(token_answer: Answer, other: Answer) -> Answer:
+    """``token_answer`` for the OAuth token endpoint, ``other`` for every other request."""
+
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        (token_answer if handler.path.startswith("/oauth_token.do") else other)(handler)
+
+    return answer
+
+
+TOKEN = json.dumps({"access_token": "t", "token_type": "Bearer", "expires_in": 1800}).encode()
+
+
+def test_a_401_carrying_a_gzip_bomb_is_cut_off_before_the_oauth_retry(
+    serve: Callable[[Answer], Server],
+) -> None:
+    """httpx reads a 401 before an auth flow sends the call again: that read is bounded too."""
+    server = serve(by_path(reply(200, TOKEN), reply(401, BOMB, Content_Encoding="gzip")))
+    before = peak_rss_mib()
+
+    with (
+        connect(server.url, max_response_bytes=1024 * 1024, **OAUTH) as provider,
+        pytest.raises(UnexpectedResponse, match="larger than 1048576 bytes"),
+    ):
+        provider.validate()
+
+    assert peak_rss_mib() - before < 32
+
+
+def test_a_token_endpoint_that_dribbles_is_cut_off_at_the_deadline(
+    serve: Callable[[Answer], Server],
+) -> None:
+    def dribble(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(TOKEN)))
+        handler.end_headers()
+        for byte in TOKEN:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            time.sleep(0.2)
+
+    server = serve(dribble)
+    started = time.monotonic()
+
+    with connect(server.url, deadline=1.5, **OAUTH) as provider, pytest.raises(ProviderTimeout):
+        provider.validate()
+
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<html>Instance hibernating</html>", b"[1]", b'{"access_token": "t", "expires_in": "soon"}'],
+)
+def test_a_token_answer_without_a_usable_token_is_unavailable(
+    serve: Callable[[Answer], Server], body: bytes
+) -> None:
+    """A hibernating instance answers 200 with a page: retryable, never a crash (or a 500)."""
+    server = serve(reply(200, body))
+
+    with (
+        connect(server.url, max_attempts=1, **OAUTH) as provider,
+        pytest.raises(ProviderUnavailable) as caught,
+    ):
+        provider.validate()
+
+    assert caught.value.retryable
+    assert caught.value.may_have_landed is False
+
+
+def test_data_after_a_compressed_body_is_refused(serve: Callable[[Answer], Server]) -> None:
+    body = gzip.compress(b'{"result": []}') + b"\0" * 2_000_000
+    server = serve(reply(200, body, Content_Encoding="gzip"))
+
+    with (
+        connect(server.url, max_response_bytes=1024 * 1024) as provider,
+        pytest.raises(UnexpectedResponse),
+    ):
+        provider.validate()
+
+
+def test_an_encoding_not_asked_for_is_refused(serve: Callable[[Answer], Server]) -> None:
+    server = serve(reply(200, b"\x28\xb5\x2f\xfd", Content_Encoding="zstd"))
+
+    with connect(server.url) as provider, pytest.raises(UnexpectedResponse, match="did not ask"):
+        provider.validate()

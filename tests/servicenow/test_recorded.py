@@ -87,9 +87,18 @@ def test_cassettes_hold_no_secret() -> None:
             assert f"\n      {header}:" not in text.lower(), f"{cassette.name} keeps {header}"
 
 
-def test_session_cookies_are_not_recorded() -> None:
-    from ..conftest import without_cookies
+def test_session_cookies_and_oauth_tokens_are_not_recorded() -> None:
+    from ..conftest import without_secrets
 
-    response = {"headers": {"Set-Cookie": ["JSESSIONID=SESSION-SECRET"], "Server": ["ServiceNow"]}}
+    issued = (
+        b'{"access_token": "ACCESS-SECRET", "refresh_token": "REFRESH-SECRET", "expires_in": 1}'
+    )
+    response = {
+        "headers": {"Set-Cookie": ["JSESSIONID=SESSION-SECRET"], "Server": ["ServiceNow"]},
+        "body": {"string": issued},
+    }
 
-    assert without_cookies(response)["headers"] == {"Server": ["ServiceNow"]}
+    recorded = without_secrets(response)
+
+    assert recorded["headers"] == {"Server": ["ServiceNow"]}
+    assert b"SECRET" not in recorded["body"]["string"]

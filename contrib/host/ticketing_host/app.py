@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from typing import Annotated, cast
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ticketing_core.errors import (
     AuthenticationFailed,
     Conflict,
-    CredentialsUnavailable,
+    IntegrationUnusable,
     InvalidInput,
     NotFound,
     PermissionDenied,
@@ -82,7 +83,7 @@ ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (DuplicateRecord, 409),
     (Conflict, 409),  # an Idempotency-Key reused for another request, or still in progress
     (BlockedAddress, 422),  # before InvalidInput: never a 400 "unusable connection"
-    (CredentialsUnavailable, 503),  # the host's key configuration, not the caller's request
+    (IntegrationUnusable, 503),  # the host's key configuration, not the caller's request
     (InvalidInput, 422),
     (sa.exc.DataError, 422),  # a value the database cannot store (PostgreSQL: a NUL character)
     (UnicodeEncodeError, 422),  # text with an unpaired surrogate cannot be stored or sent
@@ -299,6 +300,16 @@ def change_integration(
     options at once) once checked like a new integration; links and queued events stay."""
     stored = runtime.store.integration(integration_id)
     given = body.model_dump(exclude_unset=True)
+    secret_names = runtime.capabilities(stored.type).secret_options
+    if body.api_url is not None and _origin(body.api_url) != _origin(stored.api_url):
+        needed = ["api_access_token"] + (
+            ["options"] if set(stored.options) & set(secret_names) else []
+        )
+        if missing := [name for name in needed if name not in given]:
+            raise InvalidInput(
+                f"moving integration {integration_id} to another host needs its credentials "
+                f"again ({', '.join(missing)}): stored credentials are never sent to a new host"
+            )
     if "api_access_token" not in given or "options" not in given:
         stored.checked()  # what is kept must be readable, to be stored again
     token = (
@@ -315,10 +326,19 @@ def change_integration(
         api_url=api_url,
         api_access_token=token,
         options=options,
-        secret_names=runtime.capabilities(stored.type).secret_options,
+        secret_names=secret_names,
     )
     runtime.pool.forget(integration_id)
     return IntegrationOut.of(integration)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # malformed: check_api_url refuses it
+    return parts.scheme.lower(), (parts.hostname or "").lower().rstrip("."), port
 
 
 def checked_connection(

@@ -123,9 +123,8 @@ def serve(
         raise click.ClickException(open_error(database, exc)) from None
     except TicketingError as exc:
         raise click.ClickException(str(exc)) from None
-    for notice in (runtime.key_notice, *runtime.unreadable_integrations()):
-        if notice:
-            click.echo(notice, err=True)
+    for notice in (*runtime.key_notices, *runtime.unreadable_integrations()):
+        click.echo(notice, err=True)
     click.echo(token_notice(settings.api_token is not None, generated), err=True)
     uvicorn.run(app, host=host, port=port)
 

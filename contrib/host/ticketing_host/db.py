@@ -37,6 +37,8 @@ integrations = sa.Table(
     sa.Column("api_url", sa.Text, nullable=False),
     sa.Column("api_access_token", sa.Text, nullable=False),  # encrypted (Keyring.encrypt)
     sa.Column("secret_options", sa.Text),  # encrypted JSON object, when the provider has any
+    # Bumped by every change of URL or credentials (not by re-encryption): see revision().
+    sa.Column("revision", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("sync_policy", sa.String(64), nullable=False, default=DEFAULT_POLICY),
     sa.Column("options", sa.JSON, nullable=False, default=dict),  # provider keyword settings
     sa.Column("connected", sa.Boolean, nullable=False, default=True),
@@ -158,6 +160,9 @@ class HostStore:
     def _encrypt_credentials(self, conn: sa.Connection) -> None:
         """Schema 1 to 2: tokens were stored in the clear."""
         conn.execute(sa.text("ALTER TABLE integrations ADD COLUMN secret_options TEXT"))
+        conn.execute(
+            sa.text("ALTER TABLE integrations ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
+        )
         rows = conn.execute(sa.select(integrations.c.id, integrations.c.api_access_token))
         for integration_id, token in rows.all():
             conn.execute(
@@ -208,7 +213,9 @@ class HostStore:
                 integrations.update()
                 .where(integrations.c.id == integration_id)
                 .values(
-                    api_url=api_url, **self._credentials(api_access_token, options, secret_names)
+                    api_url=api_url,
+                    revision=integrations.c.revision + 1,
+                    **self._credentials(api_access_token, options, secret_names),
                 )
                 .returning(*integrations.c)
             ).mappings()
@@ -257,6 +264,7 @@ class HostStore:
 
     def _record(self, row: sa.RowMapping) -> IntegrationRecord:
         fields = dict(row)
+        fields.pop("revision")
         stored_token, stored_secrets = fields.pop("api_access_token"), fields.pop("secret_options")
         what = f"integration {row['id']}'s credentials"
         try:
@@ -287,14 +295,13 @@ class HostStore:
             raise UnknownRecord(f"integration {integration_id} does not exist")
         return self._record(row)
 
-    def revision(self, integration_id: int, conn: sa.Connection | None = None) -> object:
-        """What the integration's URL and credentials are stored as now: it changes with every
-        update (each encryption differs), so providers built from an older one are stale."""
-        columns = (integrations.c.api_url, integrations.c.api_access_token,
-                   integrations.c.options, integrations.c.secret_options)  # fmt: skip
+    def revision(self, integration_id: int, conn: sa.Connection | None = None) -> int | None:
+        """How many times the integration's URL or credentials changed: providers built at an
+        older revision are stale. Re-encryption under a new key changes nothing here."""
         with self.database.read(conn) as c:
-            row = c.execute(sa.select(*columns).where(integrations.c.id == integration_id)).first()
-        return None if row is None else repr(tuple(row))
+            return c.execute(
+                sa.select(integrations.c.revision).where(integrations.c.id == integration_id)
+            ).scalar()
 
     def delete_integration(self, integration_id: int) -> None:
         """Delete an integration, its ticket links and its undelivered syncs."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import attrs
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from ticketing_core.errors import CredentialsUnavailable, TicketingError
+from ticketing_core.errors import IntegrationUnusable, TicketingError
 from ticketing_core.store import sqlite_path
 
 KEY_VARIABLE = "TICKETING_SECRET_KEY"
@@ -25,7 +25,7 @@ class KeysMisconfigured(TicketingError):
     """The keys are missing or malformed (an operator's configuration error)."""
 
 
-class CredentialsUnreadable(CredentialsUnavailable):
+class CredentialsUnreadable(IntegrationUnusable):
     """A stored credential cannot be decrypted with the configured keys; nothing was sent."""
 
 
@@ -90,10 +90,35 @@ def generate_key() -> str:
     return Fernet.generate_key().decode()
 
 
+@attrs.frozen
+class KeyFile:
+    """Where a SQLite database's key file is, and what happened to it on opening."""
+
+    path: Path
+    created: bool = False
+    shared: bool = False  # readable or writable by others than its owner
+
+    def notices(self) -> list[str]:
+        said = []
+        if self.created:
+            said.append(
+                f"Generated the encryption key for stored credentials in {self.path} (mode "
+                f"0600): back it up with the database, or set {KEY_VARIABLE} instead"
+            )
+        if self.shared:
+            said.append(f"warning: {self.path} is readable by others: chmod 600 {self.path}")
+        return said
+
+    def discard(self) -> None:
+        """Undo a key file just made (the database turned out to hold another key's data)."""
+        if self.created:
+            self.path.unlink(missing_ok=True)
+
+
 def keyring_for(
     database: str, configured: str | None, *, create: bool
-) -> tuple[Keyring, str | None]:
-    """The keys for ``database`` and, when a key file was just made, a notice saying where.
+) -> tuple[Keyring, KeyFile | None]:
+    """The keys for ``database``, and its key file if they come from one.
 
     ``configured`` (TICKETING_SECRET_KEY) wins. Without it a SQLite database uses the key file
     beside it, made (mode 0600) when ``create`` and there is none; an in-memory database gets
@@ -111,19 +136,27 @@ def keyring_for(
     if path == ":memory:":
         return Keyring((generate_key().encode(),), "this process's key"), None
     key_file = Path(path + KEY_FILE_SUFFIX)
-    notice = None
+    created = False
     if not key_file.exists():
         if not create:
             raise KeysMisconfigured(f"no {KEY_VARIABLE} and no key file {key_file}")
-        _write_private(key_file, generate_key())
-        notice = (
-            f"Generated the encryption key for stored credentials in {key_file} (mode 0600): "
-            f"back it up with the database, or set {KEY_VARIABLE} instead"
-        )
-    return Keyring.parse(key_file.read_text(), f"key file {key_file}"), notice
+        created = _write_private(key_file, generate_key())
+    keyring = Keyring.parse(key_file.read_text(), "the key file beside the database")
+    shared = bool(key_file.stat().st_mode & 0o077)
+    return keyring, KeyFile(key_file, created, shared)
 
 
-def _write_private(path: Path, content: str) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def _write_private(path: Path, content: str) -> bool:
+    """Write ``path`` whole, mode 0600, unless it exists (another process made it first): a
+    reader never sees it half-written. Returns whether this call made it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:
         file.write(content + "\n")
+    try:
+        os.link(temporary, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink()

@@ -23,7 +23,7 @@ from ticketing_core.store import Database
 
 from . import metrics
 from .db import HostStore, token_hash
-from .keys import keyring_for
+from .keys import KeysMisconfigured, keyring_for
 
 
 def shown_url(url: str) -> str:
@@ -86,9 +86,17 @@ class HostRuntime:
     def __init__(self, settings: Settings, *, deliver: bool = True) -> None:
         self.settings = settings
         self.network = NetworkPolicy(settings.allow_private_hosts, settings.allowed_hosts)
-        keyring, self.key_notice = keyring_for(settings.database, settings.secret_key, create=True)
+        # A worker (deliver=False) never makes a key: it must use the one serve made.
+        keyring, key_file = keyring_for(settings.database, settings.secret_key, create=deliver)
         self.database = Database(settings.database)
         self.store = HostStore(self.database, keyring)
+        if key_file is not None and key_file.created and self.unreadable_integrations():
+            key_file.discard()
+            raise KeysMisconfigured(
+                f"{settings.database} holds credentials, but not its key file {key_file.path}: "
+                "restore the key file or set TICKETING_SECRET_KEY (no new key was made)"
+            )
+        self.key_notices = key_file.notices() if key_file else []
         self.registry = default_registry()
         self.pool = ProviderPool(self._connect_stored, revision=self.store.revision)
         outbox = Outbox(
