@@ -136,6 +136,25 @@ def test_a_stored_integration_is_checked_again_at_connect_time(
     assert emulator.requests == []
 
 
+def test_a_refused_address_keeps_events_waiting_without_spending_attempts(
+    start_host: StartHost, emulator: Emulator, ticket: dict[str, Any], host: Host
+) -> None:
+    """A worker or host run with a stricter rule than the one that stored the integration (or a
+    name now resolving to a private address) sends nothing, and dead-parks nothing either."""
+    host.runtime.stop()
+    sent_before = len(emulator.requests)
+    guarded = start_host(allow_private_hosts=False, backoff_max=0.5)  # the same database
+
+    ok(guarded.api.post("/api/anomalies/12345/comments", json={"message": "held back"}), 201)
+    outbox = guarded.runtime.service.outbox
+    [waiting] = wait_until(lambda: [e for e in outbox.entries() if e.last_error] or None)
+
+    assert waiting.status == "pending"
+    assert waiting.attempts == 0
+    assert "BlockedAddress" in (waiting.last_error or "")
+    assert len(emulator.requests) == sent_before
+
+
 # -- encrypted credentials ------------------------------------------------------------------------
 
 
