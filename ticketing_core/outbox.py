@@ -262,15 +262,14 @@ class Outbox:
                 # PostgreSQL: racing workers skip each other's rows; SQLite serialises writers.
                 .with_for_update(skip_locked=True, of=events)
             ).all()
-            claimed: list[int] = []
+            claimed: list[sa.RowMapping] = []
             for event_id, integration_id, _ in candidates:
                 if len(claimed) == limit:
                     break
                 if fits is not None and not fits(integration_id):
                     continue
-                if self._lease(conn, [event_id], now, settled):
-                    claimed.append(event_id)
-            return self._load(conn, claimed)
+                claimed += self._lease(conn, [event_id], now, settled)
+            return self._loaded(conn, claimed)
 
     def _settled(self, now: datetime) -> sa.ColumnElement[bool]:
         # An unsettled claim (its worker died) also waits out the doubt window.
@@ -364,17 +363,17 @@ class Outbox:
             ).one()
             if paused is not None or busy >= instance_limit:
                 return []
-            head = self._head_if_due(conn, prefer, now) if prefer else None
-            if head is None:
-                head = self._due_head(conn, integration_id, now)
-            if head is None:
+            run = self._run_if_due(conn, prefer, now, batch) if prefer else []
+            if not run and (head := self._due_head(conn, integration_id, now)) is not None:
+                run = [head.id, *self._due_after(conn, head.ordering_key, head, now, batch - 1)]
+            if not run:
                 return []
-            run = [head.id, *self._due_after(conn, head.ordering_key, head, now, batch - 1)]
             leased = self._lease(conn, run, now, self._settled(now))
-            if leased != run[: len(leased)] or not leased:  # raced for (part of) it: none of it
-                self._release(conn, leased)
+            leased_ids = [row["id"] for row in leased]
+            if leased_ids != run[: len(leased)] or not leased:  # raced for (part of) it: none
+                self._release(conn, leased_ids)
                 return []
-            return self._load(conn, leased)
+            return self._loaded(conn, leased)
 
     def _due_head(self, conn: sa.Connection, integration_id: int, now: datetime) -> Any:
         """The integration's ticket head (id, ordering key) due the longest, if any may be claimed.
@@ -407,21 +406,31 @@ class Outbox:
             .with_for_update(skip_locked=True)
         ).first()
 
-    def _head_if_due(self, conn: sa.Connection, ordering_key: str, now: datetime) -> Any:
-        """The ticket's oldest undelivered event (id, ordering key) if it may be claimed now: one
-        index lookup; the lease's conditional update checks again."""
-        head = conn.execute(
+    def _run_if_due(
+        self, conn: sa.Connection, ordering_key: str, now: datetime, batch: int
+    ) -> list[int]:
+        """The ticket's oldest undelivered events, from the first while they may be claimed (the
+        rule of :meth:`_due_after`), in one index range; the lease's conditional update checks
+        again. Empty if its oldest may not be claimed now."""
+        rows = conn.execute(
             sa.select(
-                events.c.id, events.c.ordering_key, events.c.status, events.c.next_attempt_at,
-                events.c.lease_until, events.c.ambiguous,
+                events.c.id, events.c.status, events.c.next_attempt_at, events.c.lease_until,
+                events.c.ambiguous,
             )
             .where(events.c.ordering_key == ordering_key, events.c.status.in_((PENDING, DEAD)))
             .order_by(events.c.id)
-            .limit(1)
-        ).first()  # fmt: skip
-        if head is None or head.status != PENDING or not self._may_claim(head, now):
-            return None
-        return head
+            .limit(batch)
+        ).all()  # fmt: skip
+        if not rows or rows[0].status != PENDING or not self._may_claim(rows[0], now):
+            return []
+        run = [int(rows[0].id)]
+        if self._maybe_attempted(rows[0]):
+            return run  # in doubt: alone
+        for row in rows[1:]:
+            if row.status != PENDING or not self._may_claim(row, now) or self._maybe_attempted(row):
+                break
+            run.append(int(row.id))
+        return run
 
     def _due_after(
         self, conn: sa.Connection, ordering_key: str, head: Any, now: datetime, count: int
@@ -529,8 +538,8 @@ class Outbox:
         event_ids: Sequence[int],
         now: datetime,
         settled: sa.ColumnElement[bool],
-    ) -> list[int]:
-        """Lease those of the events still free, under one fencing token; their ids, in order.
+    ) -> list[sa.RowMapping]:
+        """Lease those of the events still free, under one fencing token; their rows, in order.
 
         Conditional: of two workers racing for one event, exactly one wins. SET reads the row as
         it was: a lease still there belongs to a claim nobody settled (the event is in doubt).
@@ -545,9 +554,9 @@ class Outbox:
                 claimed_at=now,
                 ambiguous=sa.or_(events.c.ambiguous, events.c.lease_until.is_not(None)),
             )
-            .returning(events.c.id)
-        ).scalars()
-        return sorted(leased)
+            .returning(*events.c)
+        ).mappings()
+        return sorted(leased, key=lambda row: int(row["id"]))
 
     @staticmethod
     def _release(conn: sa.Connection, event_ids: Sequence[int]) -> None:
@@ -823,6 +832,9 @@ class Outbox:
         rows = conn.execute(
             sa.select(events).where(events.c.id.in_(event_ids)).order_by(events.c.id)
         ).mappings()
+        return self._loaded(conn, list(rows))
+
+    def _loaded(self, conn: sa.Connection, rows: Sequence[sa.RowMapping]) -> list[OutboxEvent]:
         loaded = [_event(row, self.database.installation_id) for row in rows]
         # Only a check asks how many identical notes went before, and only events in doubt check.
         return [self._counted(conn, event) if event.in_doubt else event for event in loaded]
