@@ -45,7 +45,7 @@ from ticketing_core.errors import (
     RateLimited,
     UnexpectedResponse,
 )
-from ticketing_core.limits import ACCEPT_ENCODING, BoundedTransport
+from ticketing_core.limits import ACCEPT_ENCODING, BoundedTransport, within
 from ticketing_core.oauth import OAuth, OAuthClient
 
 log = logging.getLogger(__name__)
@@ -296,7 +296,7 @@ class HttpTransport:
         if remaining <= 0:
             raise ProviderTimeout(f"{name} did not answer {method} {path} before the deadline")
         request = self._http.build_request(
-            method, path, params=params, json=json, timeout=self._bounded_timeout(remaining)
+            method, path, params=params, json=json, timeout=within(self._timeout, remaining)
         )
         try:
             response = self._read(self._http.send(request, stream=True))
@@ -326,15 +326,6 @@ class HttpTransport:
         finally:
             response.close()
         return response
-
-    def _bounded_timeout(self, remaining: float) -> httpx.Timeout:
-        def bound(limit: float | None) -> float:
-            return remaining if limit is None else min(limit, remaining)
-
-        t = self._timeout
-        return httpx.Timeout(
-            connect=bound(t.connect), read=bound(t.read), write=bound(t.write), pool=bound(t.pool)
-        )
 
 
 def _check_number(name: str, value: object, *, minimum: float, integer: bool = False) -> None:

@@ -23,6 +23,19 @@ ACCEPT_ENCODING = "gzip, deflate"
 _DROPPED = (b"content-encoding", b"content-length")  # they describe the bytes as sent
 
 
+def within(timeout: httpx.Timeout, remaining: float) -> httpx.Timeout:
+    """``timeout`` with no phase (connect, read, write, pool) outlasting the ``remaining``
+    seconds of a call's deadline."""
+
+    def bound(limit: float | None) -> float:
+        return remaining if limit is None else min(limit, remaining)
+
+    t = timeout
+    return httpx.Timeout(
+        connect=bound(t.connect), read=bound(t.read), write=bound(t.write), pool=bound(t.pool)
+    )
+
+
 class BoundedTransport(httpx.BaseTransport):
     """``inner``, with every answer capped at ``max_bytes`` and read before ``remaining()``
     (seconds left of the call's deadline, None without one) runs out."""

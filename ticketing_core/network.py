@@ -121,10 +121,18 @@ class NetworkPolicy:
         """
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
+        if self.allow_private:
+            self.check_name(host)  # no address to check: no need to resolve
+        else:
+            self.addresses(host, parts.port or (443 if parts.scheme == "https" else 80))
+
+    def addresses(self, host: str, port: int) -> list[Address]:
+        """Every address ``host`` resolves to, once the name and each address pass the policy
+        (raises ``BlockedAddress`` naming the rule otherwise)."""
         self.check_name(host)
-        if not self.allow_private:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            self.check_addresses(host, resolve(host, port))
+        found = resolve(host, port)
+        self.check_addresses(host, found)
+        return found
 
     def check_name(self, host: str) -> None:
         if self.allowed_hosts and not any(
@@ -172,11 +180,9 @@ class _CheckedBackend(httpcore.SyncBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        self._policy.check_name(host)
-        addresses = resolve(host, port)
+        addresses = self._policy.addresses(host, port)
         if not addresses:
             raise httpcore.ConnectError(f"cannot resolve {host}")
-        self._policy.check_addresses(host, addresses)
         # TLS still verifies and sends the name (httpcore takes it from the request, not here).
         *others, last = addresses
         for address in others:

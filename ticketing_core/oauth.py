@@ -34,6 +34,7 @@ from ticketing_core.errors import (
     ProviderUnavailable,
     TicketingError,
 )
+from ticketing_core.limits import within
 
 RENEW_BEFORE_EXPIRY = 30.0  # seconds: a token must not expire on its way to the service
 REASON_LENGTH = 200
@@ -153,14 +154,8 @@ class OAuth(httpx.Auth):
         """A token request's connect and reads end with the call's deadline, like the call's."""
         remaining = self._remaining()
         if remaining is not None:
-            limits = request.extensions.get("timeout", {})
-            request.extensions["timeout"] = {
-                phase: remaining if limit is None else min(limit, remaining)
-                for phase, limit in {
-                    **dict.fromkeys(("connect", "read", "write", "pool")),
-                    **limits,
-                }.items()
-            }
+            given = httpx.Timeout(**request.extensions["timeout"])  # build_request sets it
+            request.extensions["timeout"] = within(given, remaining).as_dict()
 
     def _expire(self, sent: str) -> None:
         """Mark the cached token expired, unless another thread renewed it already; its refresh

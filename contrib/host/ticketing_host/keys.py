@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -62,25 +63,33 @@ class Keyring:
         return [key_id(key) for key in self.keys]
 
     def encrypt(self, secret: str) -> str:
-        return f"{key_id(self.keys[0])}:{self._fernet().encrypt(secret.encode()).decode()}"
+        return self._stored(self._fernet().encrypt(secret.encode()))
 
     def decrypt(self, stored: str, what: str) -> str:
+        return self._opened(stored, what, MultiFernet.decrypt).decode()
+
+    def is_current(self, stored: str) -> bool:
+        return stored.partition(":")[0] == key_id(self.keys[0])
+
+    def rotate(self, stored: str, what: str) -> str:
+        """``stored`` re-encrypted under the first key (MultiFernet's rotation)."""
+        return self._stored(self._opened(stored, what, MultiFernet.rotate))
+
+    def _stored(self, token: bytes) -> str:
+        return f"{key_id(self.keys[0])}:{token.decode()}"
+
+    def _opened(
+        self, stored: str, what: str, operation: Callable[[MultiFernet, bytes], bytes]
+    ) -> bytes:
         stored_under, _, token = stored.partition(":")
         try:
-            return self._fernet().decrypt(token.encode()).decode()
+            return operation(self._fernet(), token.encode())
         except InvalidToken:
             raise CredentialsUnreadable(
                 f"{what} cannot be decrypted: it was stored under key {stored_under}, and "
                 f"{self.source} holds {', '.join(self.ids)}; configure the key it was stored "
                 "with (nothing is sent meanwhile, queued events wait)"
             ) from None
-
-    def is_current(self, stored: str) -> bool:
-        return stored.partition(":")[0] == key_id(self.keys[0])
-
-    def rotate(self, stored: str, what: str) -> str:
-        """``stored`` re-encrypted under the first key."""
-        return self.encrypt(self.decrypt(stored, what))
 
     def _fernet(self) -> MultiFernet:
         return MultiFernet([Fernet(key) for key in self.keys])
