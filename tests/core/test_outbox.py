@@ -78,6 +78,30 @@ def test_retryable_failure_backs_off_then_dies_after_max_attempts(database: Data
     assert dead.last_error == "RateLimited: ServiceNow rate limit: HTTP 429"
 
 
+def test_an_integration_this_host_cannot_use_keeps_its_events_without_spending_attempts(
+    database: Database,
+) -> None:
+    """A key that cannot decrypt the credentials, an address the rule refuses: nothing was sent,
+    so however often it happens the event stays pending, its attempts untouched, and the
+    integration's fleet claims pause meanwhile."""
+    outbox = Outbox(database, max_attempts=1, backoff_max=0.3)
+    outbox.enqueue([note("t", "x"), note("u", "y")])
+    unusable = errors.IntegrationUnusable("integration 1's credentials cannot be decrypted")
+
+    statuses = []
+    for _ in range(3):
+        (event,) = outbox.claim(1)
+        statuses.append(outbox.failed(event, unusable))
+        paused = outbox.claim_next(instance_limit=8)  # the other ticket's event, due, waits too
+        time.sleep(0.35)
+
+    assert statuses == [PENDING] * 3
+    assert paused == []
+    waiting = {e.ticket_id: e for e in outbox.entries()}
+    assert {(e.status, e.attempts) for e in waiting.values()} == {(PENDING, 0)}
+    assert waiting["t"].last_error == f"IntegrationUnusable: {unusable}"
+
+
 def test_retry_after_sets_the_next_attempt(database: Database) -> None:
     outbox = Outbox(database)
     outbox.enqueue([note("t", "x")])
