@@ -33,6 +33,7 @@ from ticketing_core.models import (
     TicketChanges,
     TicketDraft,
 )
+from ticketing_core.network import tls_context
 from ticketing_core.plugins import default_registry
 
 T = TypeVar("T")
@@ -148,7 +149,7 @@ def connected(
         name = provider or _only_provider()
         accepted = getattr(default_registry().factory(name), "options", ())
         if "transport" in accepted:
-            options["transport"] = WaitNotice(httpx.HTTPTransport())
+            options["transport"] = WaitNotice(httpx.HTTPTransport(verify=tls_context()))
         shared = click.get_current_context().meta
         if (deadline := shared.get("ticketing.deadline")) is not None and "deadline" in accepted:
             options["deadline"] = deadline

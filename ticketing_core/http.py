@@ -46,6 +46,7 @@ from ticketing_core.errors import (
     UnexpectedResponse,
 )
 from ticketing_core.limits import ACCEPT_ENCODING, BoundedTransport, within
+from ticketing_core.network import tls_context
 from ticketing_core.oauth import OAuth, OAuthClient
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ class HttpTransport:
         self.max_response_bytes = max_response_bytes
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         transport = BoundedTransport(
-            transport or httpx.HTTPTransport(),
+            transport or httpx.HTTPTransport(verify=tls_context()),
             max_bytes=max_response_bytes,
             service=dialect.name,
             remaining=_remaining,

@@ -54,6 +54,9 @@ DRAIN_SECONDS = 30.0  # one message's work at most; then it hands on to a fresh 
 # between two events on SIGTERM or when the drain's budget is spent, so a message takes at most
 # DRAIN_SECONDS plus one delivery.
 RUN_LENGTH = 10
+# How long an idle worker's Redis consumers sleep between polls at most (Dramatiq's default is 1 s,
+# which a wake-up would wait out). RabbitMQ pushes messages, so it does not poll.
+IDLE_POLL_MS = 250
 
 
 def broker_for(url: str, namespace: str = "ticketing") -> dramatiq.Broker:
@@ -252,10 +255,14 @@ class Deliveries:
 
 
 class Draining(dramatiq.Middleware):
-    """On SIGTERM, tell the drains to stop after the event in hand; Dramatiq waits for them."""
+    """Prompt wake-ups, and on SIGTERM, tell the drains to stop after the event in hand;
+    Dramatiq waits for them."""
 
     def __init__(self, deliveries: Deliveries) -> None:
         self.deliveries = deliveries
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        worker.worker_timeout = IDLE_POLL_MS  # before its consumers exist: they take it over
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.deliveries.stopping.set()
