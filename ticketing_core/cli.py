@@ -595,7 +595,8 @@ def outbox_list(database: str, status: str | None, limit: int, as_json: bool) ->
     if as_json:
         rows = [{"id": e.id, "integration_id": e.integration_id, "ticket_id": e.ticket_id,
                  "anomaly_id": e.anomaly_id, "status": e.status, "attempts": e.attempts,
-                 "last_error": e.last_error, "action": describe(e.action)}
+                 "outage_attempts": e.outage_attempts, "last_error": e.last_error,
+                 "action": describe(e.action)}
                 for e in entries]  # fmt: skip
         click.echo(json.dumps(rows, indent=2))
         return

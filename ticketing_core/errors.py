@@ -21,6 +21,11 @@ provider it talks to::
 timeout, a dropped connection or a 5xx can come after the service committed; a 4xx (429 included)
 or a connection that was never made cannot. Whoever repeats a write must look first when it is true.
 
+``ProviderError.outage`` tells whether the failure says the service as a whole is not taking requests
+now (unreachable, no answer in time, a gateway's 502/503/504, a 429, a page in place of its API)
+rather than that this request failed (a 500, say): a worker waits an outage out, however long it
+lasts, instead of counting it against the request.
+
 Messages name the cause and never carry a secret: providers build them from status codes and the
 service's own error text, never from request headers or URLs with credentials.
 """
@@ -62,6 +67,7 @@ class ProviderError(TicketingError):
 
     retryable = False
     may_have_landed = False
+    outage = False
 
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
@@ -85,6 +91,7 @@ class RateLimited(ProviderError):
     """The service asked us to slow down; ``retry_after`` is its wait in seconds, if it gave one."""
 
     retryable = True
+    outage = True
 
     def __init__(
         self, message: str, *, retry_after: float | None = None, status_code: int | None = 429
@@ -117,6 +124,8 @@ class ProviderUnavailable(ProviderError):
         self.retry_after = retry_after
         self.may_have_landed = sent
         self.answered = answered
+        # No status: the network failed or timed out. A 500 is this request's failure.
+        self.outage = status_code in (None, 502, 503, 504)
 
 
 class ProviderTimeout(ProviderUnavailable):
@@ -127,10 +136,17 @@ class UnexpectedResponse(ProviderError):
     """The service answered with something we cannot read (wrong content type, broken envelope).
 
     A write answered so may have been stored (a proxy's page after the instance committed).
+    ``outage`` when a page came in place of the API (a hibernating instance's, a portal's).
     """
 
     retryable = True
     may_have_landed = True
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, outage: bool = False
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.outage = outage
 
 
 def may_have_landed(error: BaseException) -> bool:

@@ -69,7 +69,9 @@ class Provider(Protocol):
 
     **Repeat safety.** Any write can be committed by the service and then answered with a 503, a
     timeout or a dropped connection. Each write below says whether repeating it is safe and how; a
-    failure that may have come after the service acted has ``may_have_landed`` set. Providers built
+    failure that may have come after the service acted has ``may_have_landed`` set, and one that
+    says the service as a whole is down or refusing (see ``ProviderError.outage``) has ``outage``
+    set: a host's outbox waits those out instead of counting them against an event. Providers built
     on :class:`ticketing_core.http.HttpTransport` get the retry policy (reads and idempotent writes
     retried, other writes re-sent only after a refusal such as 429) and honour the caller's
     :func:`ticketing_core.http.call_budget` (attempts and one deadline); others must do the same.

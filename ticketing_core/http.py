@@ -407,6 +407,7 @@ def raise_for_status(response: httpx.Response, dialect: ServiceDialect) -> None:
                 f"{name} answered HTTP {status} with {content_type(response)!r} instead of JSON"
                 + hint,
                 status_code=status,
+                outage=True,
             )
         return
     reason = dialect.error_reason(response)

@@ -22,6 +22,11 @@ Delivery = claim (a lease with a fencing token) -> one attempt -> settle (only w
 - retryable failures back off exponentially (or by the service's ``Retry-After``); after
   ``max_attempts`` failures, or at once for a failure retrying cannot fix, the event is parked as dead,
   listed and retryable;
+- an outage (``ProviderError.outage``: the service unreachable, not answering in time, a 502/503/504,
+  a 429, a page in place of its API) is not counted against ``max_attempts``: events wait as long as
+  it lasts. It pauses every claim of the integration instead, 1 s at first (``backoff_initial``),
+  doubled up to ``backoff_max`` each time the calls claimed after a pause fail too, so a service that
+  is down sees a few probes per pause rather than one call per waiting ticket;
 - delivered events are pruned after ``retention``; the tally they leave behind is kept.
 
 At-least-once attempts plus keyed writes give an exactly-once effect, assuming a worker does not
@@ -55,7 +60,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ticketing_core.errors import (
     IntegrationUnusable,
     ProviderError,
-    RateLimited,
     TicketingError,
     may_have_landed,
 )
@@ -82,6 +86,8 @@ events = sa.Table(
     sa.Column("note_digest", sa.String(64)),  # a note's text, hashed: finds identical ones
     sa.Column("status", sa.String(16), nullable=False, default=PENDING),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    # Of those, the failures during an outage: max_attempts does not count them.
+    sa.Column("outage_attempts", sa.Integer, nullable=False, default=0),
     sa.Column("claims", sa.Integer, nullable=False, default=0),
     # In doubt: an attempt may have landed; cleared once a check of the ticket says it did not.
     sa.Column("ambiguous", sa.Boolean, nullable=False, default=False),
@@ -114,9 +120,12 @@ note_tally = sa.Table(
 throttles = sa.Table(
     "sync_throttle",
     metadata,
-    # An integration whose service answered 429: fleet claims (claim_next) leave it alone until then.
+    # An integration whose service is down or asked to slow down (429), or that this host cannot use:
+    # claims leave it alone until then. ``seconds``: how long the pause was, which the next one doubles
+    # if the calls claimed after it fail too.
     sa.Column("integration_id", sa.Integer, primary_key=True),
     sa.Column("until", UtcDateTime, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False, default=0.0),
 )
 
 # A claim given back before anything was attempted: as if it had not been made.
@@ -144,6 +153,10 @@ class OutboxEvent:
     created: datetime
     next_attempt_at: datetime
     delivered_at: datetime | None
+    outage_attempts: int = 0
+    """Of ``attempts``, those that failed during an outage (not counted against max_attempts)."""
+    claimed_at: datetime | None = None
+    """When this claim was made, on the database's clock."""
     claim_token: str | None = attrs.field(default=None, repr=False)
     identical_before: int = 0
     """For a note: how many notes with its text this outbox delivered to the ticket before it."""
@@ -287,7 +300,7 @@ class Outbox:
 
     def _due_events(self, now: datetime) -> sa.Select[Any]:
         """(id, integration_id, ordering_key) of the events that may be claimed now: pending, due,
-        unclaimed, the oldest undelivered of their ticket."""
+        unclaimed, the oldest undelivered of their ticket, of an integration not paused."""
         earlier = events.alias("earlier")
         # Dead events count: a ticket's later events wait until its dead one is retried.
         oldest_of_ticket = (
@@ -298,11 +311,13 @@ class Outbox:
             )
             .scalar_subquery()
         )
+        paused = sa.select(throttles.c.integration_id).where(throttles.c.until > now)
         return sa.select(events.c.id, events.c.integration_id, events.c.ordering_key).where(
             events.c.status == PENDING,
             events.c.next_attempt_at <= now,
             self._settled(now),
             events.c.id == oldest_of_ticket,
+            events.c.integration_id.not_in(paused),
         )
 
     def claim_next(
@@ -315,8 +330,8 @@ class Outbox:
 
         The fleet's claim: at most ``instance_limit`` tickets with live claims per integration
         across every process sharing the database (counted and leased under a per-integration
-        lock), and none for an integration whose service asked it to slow down (429) until its
-        pause is over.
+        lock), and none for a paused integration (its service is down or asked it to slow down)
+        until its pause is over.
         """
         preferred = [int(prefer.split(":", 1)[0])] if prefer else []
         if preferred and (
@@ -477,7 +492,7 @@ class Outbox:
         """What a relay wakes workers for when their wake-ups were lost: ordering keys of tickets
         whose next event has been due for ``waiting`` seconds, unclaimed. At most one per free
         slot of each integration (a woken worker drains on to the others), none for one whose
-        slots are full (its workers are draining) or that is paused by a 429."""
+        slots are full (its workers are draining) or that is paused."""
         with self.database.read() as conn:
             now = self.database.now(conn)
             busy: dict[int, int] = dict(
@@ -489,11 +504,6 @@ class Outbox:
                     .group_by(events.c.integration_id)
                 ).all()
             )
-            paused = set(
-                conn.execute(
-                    sa.select(throttles.c.integration_id).where(throttles.c.until > now)
-                ).scalars()
-            )
             due = conn.execute(
                 self._due_events(now)
                 .where(events.c.next_attempt_at <= now - timedelta(seconds=waiting))
@@ -503,7 +513,7 @@ class Outbox:
         free: dict[int, int] = {}
         for _, integration_id, ordering_key in due:
             free.setdefault(integration_id, instance_limit - busy.get(integration_id, 0))
-            if integration_id not in paused and free[integration_id] > 0:
+            if free[integration_id] > 0:
                 free[integration_id] -= 1
                 woken.append(ordering_key)
         return woken
@@ -651,63 +661,107 @@ class Outbox:
             return dict.fromkeys(settled, now)
 
     def failed(self, event: OutboxEvent, error: BaseException) -> str | None:
-        """Record a failed attempt: back off and retry, or park as dead.
+        """Record a failed attempt: back off and retry, or park as dead; in an outage, wait.
 
         Returns the new status, or None when the claim was lost (nothing is recorded).
         """
         if isinstance(error, IntegrationUnusable):
             return self._wait_until_usable(event, error)
+        outage = isinstance(error, ProviderError) and error.outage
         retryable = isinstance(error, ProviderError) and error.retryable
         landed = may_have_landed(error)
-        attempts = event.attempts + 1  # exact: nobody else settles while this claim holds
-        status = PENDING if retryable and attempts < self.max_attempts else DEAD
-        delay = self._backoff(attempts, error)
-        if landed:
-            delay = max(delay, self.doubt)
+        # Exact: nobody else settles while this claim holds.
+        counted = event.attempts - event.outage_attempts + 1
+        status = PENDING if outage or (retryable and counted < self.max_attempts) else DEAD
         with self.database.begin() as conn:
+            now = self.database.now(conn)
+
+            def due(at: datetime) -> datetime:  # a call that may have landed waits out its doubt
+                return max(at, now + self.doubt) if landed else at
+
+            wait = timedelta(0) if outage else self._backoff(counted, error)
             settled = conn.execute(
                 self._fenced(event).values(
                     status=status,
                     attempts=events.c.attempts + 1,
+                    outage_attempts=events.c.outage_attempts + int(outage),
                     ambiguous=sa.true() if landed else events.c.ambiguous,
                     last_error=f"{type(error).__name__}: {error}"[:2000],
-                    next_attempt_at=self.database.now(conn) + delay,
+                    next_attempt_at=due(now + wait),
                     lease_until=None,
                     claim_token=None,
                 )
             ).rowcount
-            if settled and isinstance(error, RateLimited):
-                asked = timedelta(seconds=float(error.retry_after or 0))
-                self._pause(conn, event.integration_id, max(delay, asked))
+            if settled and outage:  # the event's row first, as every writer orders its locks
+                until, seconds = self._outage_pause(conn, event, now, error)
+                self._pause(conn, event.integration_id, until, seconds)
+                conn.execute(
+                    events.update()
+                    .where(events.c.id == event.id)
+                    .values(next_attempt_at=due(until))
+                )
         return status if settled else None
+
+    def _outage_pause(
+        self, conn: sa.Connection, event: OutboxEvent, now: datetime, error: BaseException
+    ) -> tuple[datetime, float]:
+        """Until when the integration's claims pause after ``event`` failed in an outage, and
+        for how many seconds.
+
+        The outage's first failure pauses for ``backoff_initial``. A call claimed after the last
+        pause ended (within ``backoff_max`` of its end) that fails too says the service is still
+        down: the pause doubles, up to ``backoff_max``. A call claimed before the pause ended was
+        on its way already and changes nothing. A longer ``Retry-After`` wins.
+        """
+        last = conn.execute(
+            sa.select(throttles.c.until, throttles.c.seconds).where(
+                throttles.c.integration_id == event.integration_id
+            )
+        ).first()
+        claimed = event.claimed_at or now
+        if last is not None and claimed < last.until:
+            until, seconds = last.until, last.seconds
+        else:
+            seconds = self.backoff_initial
+            window = timedelta(seconds=self.backoff_max)
+            if last is not None and claimed <= last.until + window:  # still down
+                seconds = max(seconds, 2 * last.seconds)
+            seconds = min(self.backoff_max, seconds)
+            until = now + timedelta(seconds=seconds)
+        asked = timedelta(seconds=float(getattr(error, "retry_after", None) or 0))
+        return max(until, now + asked), seconds
 
     def _wait_until_usable(self, event: OutboxEvent, error: IntegrationUnusable) -> str | None:
         """Nothing was sent: give the event back unchanged but for its time, and pause the
         integration, until the host can use it again (its key, its network rule)."""
-        delay = timedelta(seconds=self.backoff_max)
         with self.database.begin() as conn:
+            until = self.database.now(conn) + timedelta(seconds=self.backoff_max)
             settled = conn.execute(
                 self._fenced(event).values(
-                    next_attempt_at=self.database.now(conn) + delay,
+                    next_attempt_at=until,
                     last_error=f"{type(error).__name__}: {error}"[:2000],
                     lease_until=None,
                     claim_token=None,
                 )
             ).rowcount
             if settled:
-                self._pause(conn, event.integration_id, delay)
+                self._pause(conn, event.integration_id, until, self.backoff_max)
         return PENDING if settled else None
 
-    def _pause(self, conn: sa.Connection, integration_id: int, delay: timedelta) -> None:
-        """Keep fleet claims off an integration whose service answered 429, for ``delay`` (or
-        longer, if an earlier 429 asked for longer)."""
+    def _pause(
+        self, conn: sa.Connection, integration_id: int, until: datetime, seconds: float
+    ) -> None:
+        """Keep claims off an integration until ``until`` (or later, if an earlier pause asked
+        for longer), remembering the pause's length."""
         insert = (postgresql.insert if self.database.is_postgresql else sqlite.insert)(throttles)
-        until = self.database.now(conn) + delay
         later = sa.func.greatest if self.database.is_postgresql else sa.func.max  # two-argument
         conn.execute(
-            insert.values(integration_id=integration_id, until=until).on_conflict_do_update(
+            insert.values(
+                integration_id=integration_id, until=until, seconds=seconds
+            ).on_conflict_do_update(
                 index_elements=[throttles.c.integration_id],
-                set_={"until": later(throttles.c.until, until)},  # a shorter wait never shortens it
+                # A shorter wait never shortens it.
+                set_={"until": later(throttles.c.until, until), "seconds": seconds},
             )
         )
 
@@ -741,7 +795,11 @@ class Outbox:
             return int(
                 conn.execute(
                     query.values(
-                        status=PENDING, attempts=0, next_attempt_at=waited, lease_until=None
+                        status=PENDING,
+                        attempts=0,
+                        outage_attempts=0,
+                        next_attempt_at=waited,
+                        lease_until=None,
                     )
                 ).rowcount
             )
@@ -880,6 +938,7 @@ def _row(event: NewEvent, now: datetime) -> dict[str, object]:
         else None,
         "status": PENDING,
         "attempts": 0,
+        "outage_attempts": 0,
         "claims": 0,
         "ambiguous": False,
         "next_attempt_at": now,
@@ -902,6 +961,8 @@ def _event(row: sa.RowMapping, installation_id: str) -> OutboxEvent:
         created=row["created"],
         next_attempt_at=row["next_attempt_at"],
         delivered_at=row["delivered_at"],
+        outage_attempts=row["outage_attempts"],
+        claimed_at=row["claimed_at"],
         claim_token=row["claim_token"],
         idempotency_key=f"{installation_id}-outbox-{row['id']}",
     )

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from ticketing_core.models import TicketLink
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Connections per process: above the host's worker threads (anyio's 40) plus its deliveries, so a
 # request never waits for a connection another request holds while waiting itself.
 POOL_SIZE, MAX_OVERFLOW = 10, 50
@@ -448,4 +448,17 @@ def _outbox_v3(conn: sa.Connection) -> None:
         )
 
 
-CORE_UPGRADES: Mapping[int, Upgrade] = {1: _outbox_v2, 2: _outbox_v3}
+def _outages_v4(conn: sa.Connection) -> None:
+    """Schema 3 to 4: failures during outages counted apart, and how long a pause lasted."""
+    inspector = sa.inspect(conn)
+    if inspector.has_table("sync_outbox"):
+        conn.exec_driver_sql(
+            "ALTER TABLE sync_outbox ADD COLUMN outage_attempts INTEGER NOT NULL DEFAULT 0"
+        )
+    if inspector.has_table("sync_throttle"):
+        conn.exec_driver_sql(
+            "ALTER TABLE sync_throttle ADD COLUMN seconds FLOAT NOT NULL DEFAULT 0"
+        )
+
+
+CORE_UPGRADES: Mapping[int, Upgrade] = {1: _outbox_v2, 2: _outbox_v3, 3: _outages_v4}

@@ -12,7 +12,7 @@ import pytest
 from servicenow_emulator import Emulator
 
 from ticketing_core.models import Anomaly, TicketDraft
-from ticketing_core.outbox import DELIVERED, Outbox, ThreadedDispatcher
+from ticketing_core.outbox import DEAD, DELIVERED, Outbox, ThreadedDispatcher
 from ticketing_core.policies import WorkNotesOnly
 from ticketing_core.service import SyncService
 from ticketing_core.store import Database
@@ -139,6 +139,34 @@ def test_one_note_during_an_outage_costs_one_request_per_attempt(
     # One PATCH per attempt; once in doubt, one read before each later one: never stacked retries.
     assert len(emulator.requests) <= 2 * (attempts + 1)
     assert notes(emulator, row["sys_id"]) == ["Comment from Qualytics: during the outage"]
+
+
+def test_an_outage_longer_than_max_attempts_is_waited_out_with_few_probes(
+    service: SyncService, emulator: Emulator, ticket_id: str
+) -> None:
+    """Issue 9: events wait as long as the instance is down. Twenty tickets' notes through an
+    outage of twelve times max_attempts' worth of backoff: none parked as dead, each delivered
+    once when it is back, and the down instance probed a few calls per pause, not per ticket."""
+    service.outbox.max_attempts, service.outbox.backoff_max = 2, 0.4
+    # Distinct drafts: an identical create request would get the first one's ticket.
+    drafts = [TicketDraft(title=f"t{n}", description="d") for n in range(19)]
+    tickets = [ticket_id] + [service.create_ticket(ANOMALY, 1, d)[0].id for d in drafts]
+    emulator.down = True
+    sent_before = len(emulator.requests)
+
+    service.anomaly_commented(ANOMALY.id, "during the outage")
+    time.sleep(3.0)
+    probes = len(emulator.requests) - sent_before
+    assert service.outbox.counts()[DEAD] == 0
+    emulator.down = False
+
+    delivered(service, 20)
+    for sys_id in tickets:
+        assert notes(emulator, sys_id) == ["Comment from Qualytics: during the outage"]
+    # Pauses of 0.05, 0.1, 0.2, then 0.4 s: at most 12 in 3 s, each letting 7 deliveries through
+    # (the dispatcher's share for one integration). Per ticket, backing off alone: 200 or so.
+    assert probes <= 7 * 12, probes
+    assert max(e.attempts for e in service.outbox.entries()) > service.outbox.max_attempts
 
 
 def test_a_create_committed_after_the_client_gave_up_is_made_once(

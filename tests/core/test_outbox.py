@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from ticketing_core import errors
 from ticketing_core.models import TicketChanges
@@ -20,6 +21,7 @@ from ticketing_core.outbox import (
     Outbox,
     OutboxEvent,
     ThreadedDispatcher,
+    throttles,
 )
 from ticketing_core.policies import AddWorkNote, ChangeTicket
 from ticketing_core.store import Database
@@ -29,6 +31,11 @@ from ..conftest import wait_until
 
 def note(ticket: str, text: str) -> NewEvent:
     return NewEvent(integration_id=1, ticket_id=ticket, action=AddWorkNote(text), anomaly_id=7)
+
+
+def other(ticket: str, text: str) -> NewEvent:
+    """A note for a second integration."""
+    return NewEvent(integration_id=2, ticket_id=ticket, action=AddWorkNote(text), anomaly_id=7)
 
 
 def test_actions_round_trip_through_the_database(database: Database) -> None:
@@ -63,19 +70,87 @@ def test_concurrent_claims_never_share_an_event(database: Database) -> None:
 
 
 def test_retryable_failure_backs_off_then_dies_after_max_attempts(database: Database) -> None:
-    outbox = Outbox(database, max_attempts=3, backoff_initial=0.0)
+    outbox = Outbox(database, max_attempts=3, backoff_initial=0.0, doubt_seconds=0)
     outbox.enqueue([note("t", "x")])
-    down = errors.RateLimited("ServiceNow rate limit: HTTP 429", retry_after=0)
+    broken = errors.ProviderUnavailable("ServiceNow is unavailable: HTTP 500", status_code=500)
 
     statuses = []
     for _ in range(3):
         (event,) = outbox.claim(1)
-        statuses.append(outbox.failed(event, down))
+        statuses.append(outbox.failed(event, broken))
 
     assert statuses == [PENDING, PENDING, DEAD]
     (dead,) = outbox.entries(status=DEAD)
     assert dead.attempts == 3
-    assert dead.last_error == "RateLimited: ServiceNow rate limit: HTTP 429"
+    assert dead.last_error == "ProviderUnavailable: ServiceNow is unavailable: HTTP 500"
+
+
+OUTAGES = [
+    errors.RateLimited("ServiceNow rate limit: HTTP 429", retry_after=0),
+    errors.ProviderUnavailable("ServiceNow is unavailable: HTTP 503", status_code=503),
+    errors.ProviderUnavailable("cannot connect", sent=False),
+    errors.ProviderTimeout("ServiceNow did not answer in 20 s"),
+    errors.UnexpectedResponse("an HTML page in place of JSON", status_code=200, outage=True),
+]
+
+
+def claim_when_due(outbox: Outbox) -> OutboxEvent:
+    claimed: list[OutboxEvent] = []
+    wait_until(lambda: bool(claimed.extend(outbox.claim(1)) or claimed), timeout=10)
+    return claimed[0]
+
+
+def test_an_outage_is_waited_out_however_many_attempts_it_takes(database: Database) -> None:
+    """Events wait as long as the instance is down: outage failures are not counted against
+    max_attempts, and the failures that are counted still park the event once there are enough."""
+    outbox = Outbox(
+        database, max_attempts=2, backoff_initial=0.01, backoff_max=0.05, doubt_seconds=0
+    )
+    outbox.enqueue([note("t", "x")])
+
+    statuses = [outbox.failed(claim_when_due(outbox), outage) for outage in OUTAGES * 2]
+
+    assert statuses == [PENDING] * 10  # five times max_attempts
+    [waiting] = outbox.entries()
+    assert (waiting.attempts, waiting.outage_attempts) == (10, 10)
+    broken = errors.ProviderUnavailable("ServiceNow is unavailable: HTTP 500", status_code=500)
+    assert outbox.failed(claim_when_due(outbox), broken) == PENDING
+    assert outbox.failed(claim_when_due(outbox), broken) == DEAD
+    assert outbox.retry() == 1
+    [retried] = outbox.entries()
+    assert (retried.attempts, retried.outage_attempts) == (0, 0)
+
+
+def pause_seconds(database: Database) -> float:
+    with database.read() as conn:
+        return float(conn.execute(sa.select(throttles.c.seconds)).scalar_one())
+
+
+def test_an_outage_pauses_the_integration_doubling_while_it_lasts(database: Database) -> None:
+    """One call per pause probes a service that is down, rather than one per waiting ticket;
+    calls already on their way when it began do not lengthen it."""
+    outbox = Outbox(database, backoff_initial=0.2, backoff_max=0.8, doubt_seconds=0)
+    outbox.enqueue([note(f"t{n}", "x") for n in range(6)] + [other("u", "y")])
+    down = errors.ProviderUnavailable("ServiceNow is unavailable: HTTP 503", status_code=503)
+    first, in_flight = outbox.claim(2, lambda integration: integration == 1)
+
+    outbox.failed(first, down)
+    assert [e.integration_id for e in outbox.claim(10)] == [2]  # integration 1 waits
+    assert outbox.claim_next(instance_limit=8) == []
+    outbox.failed(in_flight, down)  # sent before the pause: no longer
+    assert pause_seconds(database) == 0.2
+
+    lengths = []
+    for _ in range(3):  # each probe after a pause fails too
+        probe = claim_when_due(outbox)
+        outbox.failed(probe, down)
+        lengths.append(pause_seconds(database))
+    assert lengths == [0.4, 0.8, 0.8]
+
+    time.sleep(0.8 + 0.8 + 0.1)  # the pause, then longer than backoff_max: the outage is over
+    outbox.failed(claim_when_due(outbox), down)
+    assert pause_seconds(database) == 0.2  # a new outage starts again from backoff_initial
+    assert outbox.counts()[DEAD] == 0
 
 
 def test_an_integration_this_host_cannot_use_keeps_its_events_without_spending_attempts(
@@ -483,7 +558,8 @@ def test_retrying_a_dead_event_in_doubt_still_waits_out_its_window(database: Dat
     outbox = Outbox(database, max_attempts=1, doubt_seconds=0.5, backoff_initial=0.0)
     outbox.enqueue([note("t", "x"), note("u", "y")])
     in_doubt, refused = outbox.claim(2)
-    assert outbox.failed(in_doubt, errors.ProviderTimeout("no answer")) == DEAD
+    broken = errors.ProviderUnavailable("HTTP 500", status_code=500)  # after the commit, maybe
+    assert outbox.failed(in_doubt, broken) == DEAD
     assert outbox.failed(refused, errors.PermissionDenied("ACL")) == DEAD
 
     assert outbox.retry() == 2

@@ -40,6 +40,7 @@ from ticketing_core.outbox import (
     OutboxEvent,
     events,
     note_tally,
+    throttles,
 )
 from ticketing_core.policies import AddWorkNote
 from ticketing_core.store import Database
@@ -78,6 +79,7 @@ class Note:
     due_hi: datetime
     status: str = PENDING
     attempts: int = 0
+    outage_attempts: int = 0  # of those, failures during an outage: never counted to dead
     token: str | None = None  # the fencing token of the current claim
     lease_until: datetime | None = None
     ambiguous: bool = False
@@ -103,6 +105,7 @@ class OutboxMachine(RuleBasedStateMachine):
         with database.begin() as conn:  # a fresh outbox per example
             conn.execute(events.delete())
             conn.execute(note_tally.delete())
+            conn.execute(throttles.delete())
         self.clock = Clock()
         database.now = lambda conn: self.clock.now  # type: ignore[method-assign]
         self.database = database
@@ -118,6 +121,9 @@ class OutboxMachine(RuleBasedStateMachine):
         self.enqueued: dict[str, list[str]] = {t: [] for t in TICKETS}  # texts, in enqueue order
         self.ticket: dict[str, list[str]] = {t: [] for t in TICKETS}  # the notes that landed
         self.workers = {w: Worker() for w in WORKERS}
+        # The integration's outage pause: claims wait until then; its length, which probes double.
+        self.pause_until: datetime | None = None
+        self.pause_seconds = 0.0
         self.in_step = False  # set while a step runs: teardown must not mask its failure
 
     # -- helpers ------------------------------------------------------------------------------
@@ -185,17 +191,45 @@ class OutboxMachine(RuleBasedStateMachine):
             return
         note = self._note(event)
         note.attempts += 1
-        expected = PENDING if note.attempts < MAX_ATTEMPTS else DEAD
+        if error.outage:
+            note.outage_attempts += 1
+            expected = PENDING
+            lo = hi = self._pause_after(claim, error)
+        else:
+            counted = note.attempts - note.outage_attempts
+            expected = PENDING if counted < MAX_ATTEMPTS else DEAD
+            exponential = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (counted - 1))
+            asked = min(getattr(error, "retry_after", None) or 0.0, BACKOFF_MAX)
+            lo = self.now + timedelta(seconds=max(exponential * 0.8, asked))
+            hi = self.now + timedelta(seconds=max(exponential * 1.2, asked))
         assert status == expected, f"event {event.id}: {status}, not {expected}"
         note.status, note.token, note.lease_until = expected, None, None
-        exponential = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (note.attempts - 1))
-        asked = min(getattr(error, "retry_after", None) or 0.0, BACKOFF_MAX)
-        lo, hi = max(exponential * 0.8, asked), max(exponential * 1.2, asked)
         if landed:
             note.ambiguous = True
-            lo, hi = max(lo, DOUBT), max(hi, DOUBT)
-        note.due_lo = self.now + timedelta(seconds=lo) - EPSILON
-        note.due_hi = self.now + timedelta(seconds=hi) + EPSILON
+            doubt = self.now + timedelta(seconds=DOUBT)
+            lo, hi = max(lo, doubt), max(hi, doubt)
+        note.due_lo, note.due_hi = lo - EPSILON, hi + EPSILON
+
+    def _pause_after(self, claim: Claim, error: errors.ProviderError) -> datetime:
+        """The integration's pause after an outage failure of ``claim``; when the event is due.
+
+        A call claimed before the pause ended changes nothing; a probe claimed within
+        BACKOFF_MAX after it ended doubles it; anything later starts a new outage.
+        """
+        last = self.pause_until
+        if last is not None and claim.claimed_at < last:
+            until, seconds = last, self.pause_seconds
+        else:
+            seconds = BACKOFF_INITIAL
+            if last is not None and claim.claimed_at <= last + timedelta(seconds=BACKOFF_MAX):
+                seconds = max(seconds, 2 * self.pause_seconds)
+            seconds = min(BACKOFF_MAX, seconds)
+            until = self.now + timedelta(seconds=seconds)
+        asked = getattr(error, "retry_after", None) or 0.0
+        until = max(until, self.now + timedelta(seconds=asked))
+        self.pause_until = until if last is None else max(last, until)
+        self.pause_seconds = seconds
+        return until
 
     # -- rules --------------------------------------------------------------------------------
 
@@ -233,8 +267,10 @@ class OutboxMachine(RuleBasedStateMachine):
     def claim(self, worker: int, limit: int) -> None:
         """A worker leases due events: only the eligible ones, and every one surely due."""
         self._begin()
-        possible = {n.id for n in self.notes.values() if self._eligible(n) and n.due_lo <= self.now}
-        surely = {n.id for n in self.notes.values() if self._eligible(n) and n.due_hi <= self.now}
+        paused = self.pause_until is not None and self.now < self.pause_until
+        eligible = [n for n in self.notes.values() if self._eligible(n) and not paused]
+        possible = {n.id for n in eligible if n.due_lo <= self.now}
+        surely = {n.id for n in eligible if n.due_hi <= self.now}
         claimed = self.outbox.claim(limit)
         ids = [event.id for event in claimed]
         assert len(ids) <= limit
@@ -311,10 +347,13 @@ class OutboxMachine(RuleBasedStateMachine):
     @rule(
         pick=st.integers(0, 20),
         look_first=st.booleans(),
-        how=st.sampled_from(["refused", "timeout-before-landing", "landed-answer-lost"]),
+        how=st.sampled_from(
+            ["refused", "timeout-before-landing", "landed-answer-lost", "500", "landed-then-500"]
+        ),
     )
     def fail(self, pick: int, look_first: bool, how: str) -> None:
-        """A worker sends a note and fails: refused (nothing landed) or timed out (it may have)."""
+        """A worker sends a note and fails: refused (nothing landed), timed out (it may have:
+        both outages), or answered 500 (it may have: counted towards dead)."""
         self._begin()
         if acting := self._act(pick, look_first):
             worker, claim = acting
@@ -322,10 +361,14 @@ class OutboxMachine(RuleBasedStateMachine):
                 refusal = errors.RateLimited("ServiceNow rate limit: HTTP 429", retry_after=None)
                 self._settle_failed(worker, claim, refusal, landed=False)
                 return
-            if how == "landed-answer-lost":
+            if how in ("landed-answer-lost", "landed-then-500"):
                 self._land(claim)
-            timeout = errors.ProviderTimeout("ServiceNow did not answer in 30 s")
-            self._settle_failed(worker, claim, timeout, landed=True)
+            failure = (
+                errors.ProviderUnavailable("ServiceNow is unavailable: HTTP 500", status_code=500)
+                if how.endswith("500")
+                else errors.ProviderTimeout("ServiceNow did not answer in 30 s")
+            )
+            self._settle_failed(worker, claim, failure, landed=True)
 
     @precondition(lambda self: self._claims(sent=False))
     @rule(pick=st.integers(0, 20), look_first=st.booleans())
@@ -389,7 +432,8 @@ class OutboxMachine(RuleBasedStateMachine):
         dead = [n for n in self.notes.values() if n.status == DEAD]
         assert self.outbox.retry() == len(dead)
         for note in dead:
-            note.status, note.attempts, note.lease_until = PENDING, 0, None
+            note.status, note.attempts, note.outage_attempts = PENDING, 0, 0
+            note.lease_until = None
             if note.ambiguous:  # not before its doubt window is over
                 note.due_lo, note.due_hi = max(note.due_lo, self.now), max(note.due_hi, self.now)
             else:
@@ -406,6 +450,7 @@ class OutboxMachine(RuleBasedStateMachine):
                     events.c.ticket_id,
                     events.c.status,
                     events.c.attempts,
+                    events.c.outage_attempts,
                     events.c.claim_token,
                     events.c.lease_until,
                     events.c.next_attempt_at,
@@ -418,6 +463,7 @@ class OutboxMachine(RuleBasedStateMachine):
             assert row.claim_token == note.token, f"event {row.id}: claim token differs"
             if note.status == PENDING:
                 assert row.attempts == note.attempts, f"event {row.id}: attempts differ"
+                assert row.outage_attempts == note.outage_attempts, f"event {row.id}: outages"
                 assert row.lease_until == note.lease_until, f"event {row.id}: lease differs"
                 assert note.due_lo <= row.next_attempt_at <= note.due_hi, (
                     f"event {row.id}: due at {row.next_attempt_at}"

@@ -178,3 +178,31 @@ def test_a_schema_1_outbox_is_upgraded_keeping_its_events(database_url: str) -> 
 
     assert (delivered.status, delivered.in_doubt) == ("delivered", False)
     assert (cut_short.status, cut_short.attempts, cut_short.in_doubt) == ("pending", 1, True)
+
+
+def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(database_url: str) -> None:
+    from ticketing_core import errors
+    from ticketing_core.outbox import NewEvent, Outbox
+    from ticketing_core.policies import AddWorkNote
+
+    database = Database(database_url)
+    outbox = Outbox(database, backoff_initial=30)
+    outbox.enqueue([NewEvent(1, "t", AddWorkNote("x")), NewEvent(1, "u", AddWorkNote("y"))])
+    [event] = outbox.claim(1)
+    outbox.failed(event, errors.RateLimited("slow down"))  # a pause, and one attempt
+    database.dispose()
+    engine = sa.create_engine(engine_url(database_url))
+    with engine.begin() as conn:  # back to schema 3: neither column existed
+        conn.execute(sa.text("ALTER TABLE sync_outbox DROP COLUMN outage_attempts"))
+        conn.execute(sa.text("ALTER TABLE sync_throttle DROP COLUMN seconds"))
+        conn.execute(sa.text("UPDATE schema_version SET version = 3"))
+    engine.dispose()
+
+    database = Database(database_url)
+    try:
+        outbox = Outbox(database)
+        waiting = {e.ticket_id: e for e in outbox.entries()}
+        assert (waiting["t"].attempts, waiting["t"].outage_attempts) == (1, 0)
+        assert outbox.claim(2) == []  # the pause survived the upgrade
+    finally:
+        database.dispose()

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from servicenow_emulator import Emulator
 
-from ticketing_core.outbox import DELIVERED, PENDING
+from ticketing_core.outbox import DEAD, DELIVERED, PENDING
 
 from ..conftest import wait_until
 from .conftest import INSTANCE_LIMIT, Broker, FleetHost, Workers, connect_instance
@@ -132,6 +132,32 @@ def test_a_worker_started_before_the_host_delivers_once_the_host_queues(
     comment(host, 3)
 
     wait_until(lambda: delivered(host, 2 + 2 * 3), timeout=30)
+    assert_each_note_once_in_order(emulator, tickets, 3)
+
+
+def test_an_instance_down_for_longer_than_max_attempts_allow_is_waited_out(
+    start_fleet_host: Any, workers: Workers, instance: Any
+) -> None:
+    """No age limit: events wait as long as an instance is down, however many attempts that
+    takes, and arrive once it is back."""
+    emulator: Emulator = instance.emulator
+    host = start_fleet_host()
+    connect_instance(host, instance.url)
+    tickets = link_tickets(host, emulator, 3)
+    workers.start(max_attempts=2)
+    wait_until(lambda: delivered(host, 3), timeout=30)
+    emulator.down = True
+
+    comment(host, 3)
+    outbox = host.runtime.service.outbox
+    wait_until(
+        lambda: max((e.attempts for e in outbox.entries(status=PENDING)), default=0) >= 3,
+        timeout=30,
+    )
+    assert outbox.counts()[DEAD] == 0
+    emulator.down = False
+
+    wait_until(lambda: delivered(host, 3 + 3 * 3), timeout=60)
     assert_each_note_once_in_order(emulator, tickets, 3)
 
 

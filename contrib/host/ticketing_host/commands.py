@@ -171,7 +171,7 @@ def serve(
     type=click.IntRange(min=1),
     default=15,
     show_default=True,
-    help="Failed attempts before an event is parked as dead.",
+    help="Failed attempts before an event is parked as dead (outages are not counted).",
 )
 @click.option(
     "--delivery-deadline",

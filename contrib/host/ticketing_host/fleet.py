@@ -9,7 +9,8 @@ ordering key, ``<integration id>:<ticket id>``):
   and goes on with that ticket, then with other due tickets, until nothing is due (or its drain
   budget is spent, when it sends a wake-up to carry on). Claims go through
   :meth:`~ticketing_core.outbox.Outbox.claim_next`, which keeps at most ``instance_concurrency``
-  live claims per integration across the whole fleet and none while the instance's 429 pause lasts;
+  live claims per integration across the whole fleet, and none while its pause (after a 429 or
+  an outage) lasts;
 - a failed event is retried at its backoff by a delayed message, and the relay (in ``serve`` and
   in every ``ticketing worker``) re-sends wake-ups for events left due by lost messages (a broker
   restart or flush, a crash between commit and send).
