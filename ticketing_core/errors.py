@@ -24,7 +24,7 @@ or a connection that was never made cannot. Whoever repeats a write must look fi
 ``ProviderError.outage`` tells whether the failure says the service as a whole is not taking requests
 now (unreachable, no answer in time, a gateway's 502/503/504, a 429, a page in place of its API)
 rather than that this request failed (a 500, say): a worker waits an outage out, however long it
-lasts, instead of counting it against the request.
+lasts, instead of counting it against the request (unless the service delivers other calls meanwhile).
 
 Messages name the cause and never carry a secret: providers build them from status codes and the
 service's own error text, never from request headers or URLs with credentials.
@@ -85,6 +85,10 @@ class PermissionDenied(ProviderError):
 
 class NotFound(ProviderError):
     """The ticket does not exist, or the user may not see it."""
+
+
+MAX_RETRY_AFTER = 3600.0
+"""Seconds: the longest ``retry_after`` honoured (ServiceNow's rate limits are hourly)."""
 
 
 class RateLimited(ProviderError):

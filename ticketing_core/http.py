@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ import stamina
 from stamina.instrumentation import RetryDetails
 
 from ticketing_core.errors import (
+    MAX_RETRY_AFTER,
     AuthenticationFailed,
     InvalidInput,
     NotFound,
@@ -446,10 +448,13 @@ def status_line(response: httpx.Response) -> str:
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
+    """The service's ``Retry-After`` in seconds, at most an hour (ServiceNow's rate limits are
+    hourly); None when absent or not a number."""
     try:
-        return max(0.0, float(response.headers["Retry-After"]))
+        seconds = float(response.headers["Retry-After"])
     except (KeyError, ValueError):
         return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER) if math.isfinite(seconds) else None
 
 
 def content_type(response: httpx.Response) -> str:

@@ -32,6 +32,7 @@ from ticketing_core.errors import (
     InvalidInput,
     ProviderTimeout,
     ProviderUnavailable,
+    RateLimited,
     TicketingError,
 )
 from ticketing_core.limits import within
@@ -189,6 +190,8 @@ def _check_token_response(response: httpx.Response) -> None:
             status_code=response.status_code,
             sent=False,  # no token, so the call itself was never sent
         )
+    if response.status_code == 429:
+        raise RateLimited(f"the OAuth token endpoint rate limit (HTTP 429: {reason})")
     raise TokenRefused(response.status_code, reason)
 
 

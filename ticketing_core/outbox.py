@@ -23,10 +23,12 @@ Delivery = claim (a lease with a fencing token) -> one attempt -> settle (only w
   ``max_attempts`` failures, or at once for a failure retrying cannot fix, the event is parked as dead,
   listed and retryable;
 - an outage (``ProviderError.outage``: the service unreachable, not answering in time, a 502/503/504,
-  a 429, a page in place of its API) is not counted against ``max_attempts``: events wait as long as
-  it lasts. It pauses every claim of the integration instead, 1 s at first (``backoff_initial``),
-  doubled up to ``backoff_max`` each time the calls claimed after a pause fail too, so a service that
-  is down sees a few probes per pause rather than one call per waiting ticket;
+  a 429, a page in place of its API, while nothing sent to it is delivered) is not counted against
+  ``max_attempts``: events wait as long as it lasts. It pauses every claim of the integration
+  instead, ``backoff_initial`` at first, doubled up to ``backoff_max`` each time the calls claimed
+  after a pause fail too, until a delivery succeeds (or for the ``Retry-After`` asked, up to an
+  hour), so a service that is down sees a few probes per pause rather than one call per waiting
+  ticket. A 429 is always waited out; a call failing so while others are delivered is counted;
 - delivered events are pruned after ``retention``; the tally they leave behind is kept.
 
 At-least-once attempts plus keyed writes give an exactly-once effect, assuming a worker does not
@@ -58,8 +60,10 @@ from cattrs.strategies import configure_tagged_union
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ticketing_core.errors import (
+    MAX_RETRY_AFTER,
     IntegrationUnusable,
     ProviderError,
+    RateLimited,
     TicketingError,
     may_have_landed,
 )
@@ -122,10 +126,12 @@ throttles = sa.Table(
     metadata,
     # An integration whose service is down or asked to slow down (429), or that this host cannot use:
     # claims leave it alone until then. ``seconds``: how long the pause was, which the next one doubles
-    # if the calls claimed after it fail too.
+    # if the calls claimed after it fail too (0 after a delivery).
     sa.Column("integration_id", sa.Integer, primary_key=True),
     sa.Column("until", UtcDateTime, nullable=False),
     sa.Column("seconds", sa.Float, nullable=False, default=0.0),
+    # When a delivery to it last succeeded: a failure of a call claimed before then is the call's.
+    sa.Column("delivered_at", UtcDateTime),
 )
 
 # A claim given back before anything was attempted: as if it had not been made.
@@ -311,13 +317,12 @@ class Outbox:
             )
             .scalar_subquery()
         )
-        paused = sa.select(throttles.c.integration_id).where(throttles.c.until > now)
         return sa.select(events.c.id, events.c.integration_id, events.c.ordering_key).where(
             events.c.status == PENDING,
             events.c.next_attempt_at <= now,
             self._settled(now),
             events.c.id == oldest_of_ticket,
-            events.c.integration_id.not_in(paused),
+            events.c.integration_id.not_in(_paused(now)),
         )
 
     def claim_next(
@@ -348,6 +353,7 @@ class Outbox:
                     events.c.status == PENDING,
                     events.c.next_attempt_at <= now,
                     events.c.integration_id.not_in(preferred),
+                    events.c.integration_id.not_in(_paused(now)),
                 )
                 .group_by(events.c.integration_id)
                 .order_by(sa.func.min(events.c.next_attempt_at))
@@ -657,8 +663,13 @@ class Outbox:
                     last_error=None,
                 )
                 .returning(events.c.id)
-            ).scalars()
-            return dict.fromkeys(settled, now)
+            ).all()
+            settled_ids = {event_id for (event_id,) in settled}
+            for integration_id in sorted(
+                {event.integration_id for event in claimed if event.id in settled_ids}
+            ):
+                self._delivered_to(conn, integration_id, now)
+            return dict.fromkeys(settled_ids, now)
 
     def failed(self, event: OutboxEvent, error: BaseException) -> str | None:
         """Record a failed attempt: back off and retry, or park as dead; in an outage, wait.
@@ -667,69 +678,70 @@ class Outbox:
         """
         if isinstance(error, IntegrationUnusable):
             return self._wait_until_usable(event, error)
-        outage = isinstance(error, ProviderError) and error.outage
         retryable = isinstance(error, ProviderError) and error.retryable
         landed = may_have_landed(error)
-        # Exact: nobody else settles while this claim holds.
-        counted = event.attempts - event.outage_attempts + 1
-        status = PENDING if outage or (retryable and counted < self.max_attempts) else DEAD
         with self.database.begin() as conn:
+            # The event's row, then the integration's: the order every writer takes them in.
+            if conn.execute(self._fenced_row(event)).first() is None:
+                return None  # the claim was lost
+            last = conn.execute(
+                sa.select(throttles)
+                .where(throttles.c.integration_id == event.integration_id)
+                .with_for_update()
+            ).first()
             now = self.database.now(conn)
-
-            def due(at: datetime) -> datetime:  # a call that may have landed waits out its doubt
-                return max(at, now + self.doubt) if landed else at
-
-            wait = timedelta(0) if outage else self._backoff(counted, error)
-            settled = conn.execute(
+            waits = _waits_out(event, error, last)
+            # Exact: nobody else settles while this claim holds.
+            counted = event.attempts - event.outage_attempts + (not waits)
+            status = PENDING if waits or (retryable and counted < self.max_attempts) else DEAD
+            if waits:
+                until, seconds = self._outage_pause(event, now, error, last)
+                self._pause(conn, event.integration_id, until, seconds)
+                next_attempt = until
+            else:
+                next_attempt = now + self._backoff(counted, error)
+            if landed:  # not before the service is done with the call
+                next_attempt = max(next_attempt, now + self.doubt)
+            conn.execute(
                 self._fenced(event).values(
                     status=status,
                     attempts=events.c.attempts + 1,
-                    outage_attempts=events.c.outage_attempts + int(outage),
+                    outage_attempts=events.c.outage_attempts + int(waits),
                     ambiguous=sa.true() if landed else events.c.ambiguous,
                     last_error=f"{type(error).__name__}: {error}"[:2000],
-                    next_attempt_at=due(now + wait),
+                    next_attempt_at=next_attempt,
                     lease_until=None,
                     claim_token=None,
                 )
-            ).rowcount
-            if settled and outage:  # the event's row first, as every writer orders its locks
-                until, seconds = self._outage_pause(conn, event, now, error)
-                self._pause(conn, event.integration_id, until, seconds)
-                conn.execute(
-                    events.update()
-                    .where(events.c.id == event.id)
-                    .values(next_attempt_at=due(until))
-                )
-        return status if settled else None
+            )
+        return status
 
     def _outage_pause(
-        self, conn: sa.Connection, event: OutboxEvent, now: datetime, error: BaseException
+        self, event: OutboxEvent, now: datetime, error: BaseException, last: Any
     ) -> tuple[datetime, float]:
         """Until when the integration's claims pause after ``event`` failed in an outage, and
-        for how many seconds.
+        the pause's length in seconds, given its ``last`` pause (a ``throttles`` row, or None).
 
         The outage's first failure pauses for ``backoff_initial``. A call claimed after the last
-        pause ended (within ``backoff_max`` of its end) that fails too says the service is still
-        down: the pause doubles, up to ``backoff_max``. A call claimed before the pause ended was
-        on its way already and changes nothing. A longer ``Retry-After`` wins.
+        pause ended (within ``backoff_max`` of its end, with no delivery since) that fails too
+        says the service is still down: the pause doubles, up to ``backoff_max``. A call claimed
+        before the pause ended was on its way already and changes nothing. When the service
+        said how long to wait (``Retry-After``), that is the pause.
         """
-        last = conn.execute(
-            sa.select(throttles.c.until, throttles.c.seconds).where(
-                throttles.c.integration_id == event.integration_id
-            )
-        ).first()
-        claimed = event.claimed_at or now
-        if last is not None and claimed < last.until:
+        asked = getattr(error, "retry_after", None)
+        if last is not None and event.claimed_at is not None and event.claimed_at < last.until:
             until, seconds = last.until, last.seconds
         else:
             seconds = self.backoff_initial
             window = timedelta(seconds=self.backoff_max)
-            if last is not None and claimed <= last.until + window:  # still down
+            claimed = event.claimed_at or now
+            if last is not None and last.seconds and claimed <= last.until + window:
                 seconds = max(seconds, 2 * last.seconds)
             seconds = min(self.backoff_max, seconds)
-            until = now + timedelta(seconds=seconds)
-        asked = timedelta(seconds=float(getattr(error, "retry_after", None) or 0))
-        return max(until, now + asked), seconds
+            until = now + timedelta(seconds=seconds if asked is None else 0)
+        if asked is not None:
+            until = max(until, now + timedelta(seconds=min(float(asked), MAX_RETRY_AFTER)))
+        return until, seconds
 
     def _wait_until_usable(self, event: OutboxEvent, error: IntegrationUnusable) -> str | None:
         """Nothing was sent: give the event back unchanged but for its time, and pause the
@@ -745,24 +757,52 @@ class Outbox:
                 )
             ).rowcount
             if settled:
-                self._pause(conn, event.integration_id, until, self.backoff_max)
+                self._pause(conn, event.integration_id, until, 0.0)  # no outage to double
         return PENDING if settled else None
+
+    def _upsert_throttle(
+        self, conn: sa.Connection, integration_id: int, row: dict[str, Any], **changes: Any
+    ) -> None:
+        insert = (postgresql.insert if self.database.is_postgresql else sqlite.insert)(throttles)
+        conn.execute(
+            insert.values(integration_id=integration_id, **row).on_conflict_do_update(
+                index_elements=[throttles.c.integration_id], set_=changes
+            )
+        )
 
     def _pause(
         self, conn: sa.Connection, integration_id: int, until: datetime, seconds: float
     ) -> None:
         """Keep claims off an integration until ``until`` (or later, if an earlier pause asked
         for longer), remembering the pause's length."""
-        insert = (postgresql.insert if self.database.is_postgresql else sqlite.insert)(throttles)
         later = sa.func.greatest if self.database.is_postgresql else sa.func.max  # two-argument
-        conn.execute(
-            insert.values(
-                integration_id=integration_id, until=until, seconds=seconds
-            ).on_conflict_do_update(
-                index_elements=[throttles.c.integration_id],
-                # A shorter wait never shortens it.
-                set_={"until": later(throttles.c.until, until), "seconds": seconds},
+        self._upsert_throttle(
+            conn,
+            integration_id,
+            {"until": until, "seconds": seconds},
+            until=later(throttles.c.until, until),  # a shorter wait never shortens it
+            seconds=seconds,
+        )
+
+    def _delivered_to(self, conn: sa.Connection, integration_id: int, now: datetime) -> None:
+        """A delivery succeeded: the service is up. Later failures of calls claimed before now
+        count against their events, and the next outage's pauses start from the shortest."""
+        self._upsert_throttle(
+            conn, integration_id, {"until": now, "seconds": 0.0, "delivered_at": now},
+            delivered_at=now, seconds=0.0,
+        )  # fmt: skip
+
+    @staticmethod
+    def _fenced_row(event: OutboxEvent) -> sa.Select[Any]:
+        """The event's row while this claim holds it, locked for the settle."""
+        return (
+            sa.select(events.c.id)
+            .where(
+                events.c.id == event.id,
+                events.c.claim_token == event.claim_token,
+                events.c.status == PENDING,
             )
+            .with_for_update()
         )
 
     @staticmethod
@@ -916,6 +956,23 @@ class Outbox:
         )
         before = conn.execute(kept).scalar_one() + (conn.execute(pruned).scalar() or 0)
         return attrs.evolve(event, identical_before=before)
+
+
+def _paused(now: datetime) -> sa.Select[Any]:
+    return sa.select(throttles.c.integration_id).where(throttles.c.until > now)
+
+
+def _waits_out(event: OutboxEvent, error: BaseException, last: Any) -> bool:
+    """Whether ``error`` is waited out rather than counted against ``event``: a 429 (the
+    service asks for room), or an outage while nothing sent to the integration has been
+    delivered since this call was claimed (``last``: its ``throttles`` row). A service that
+    delivered other calls meanwhile is up, so this call's 504 or timeout is its own."""
+    if isinstance(error, RateLimited):
+        return True
+    if not (isinstance(error, ProviderError) and error.outage):
+        return False
+    delivered = None if last is None else last.delivered_at
+    return delivered is None or event.claimed_at is None or delivered <= event.claimed_at
 
 
 def _ordering_key(integration_id: int, ticket_id: str) -> str:

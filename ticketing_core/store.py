@@ -449,8 +449,10 @@ def _outbox_v3(conn: sa.Connection) -> None:
 
 
 def _outages_v4(conn: sa.Connection) -> None:
-    """Schema 3 to 4: failures during outages counted apart, and how long a pause lasted."""
+    """Schema 3 to 4: failures during outages counted apart; how long a pause lasted and when a
+    delivery last succeeded."""
     inspector = sa.inspect(conn)
+    timestamp = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
     if inspector.has_table("sync_outbox"):
         conn.exec_driver_sql(
             "ALTER TABLE sync_outbox ADD COLUMN outage_attempts INTEGER NOT NULL DEFAULT 0"
@@ -459,6 +461,7 @@ def _outages_v4(conn: sa.Connection) -> None:
         conn.exec_driver_sql(
             "ALTER TABLE sync_throttle ADD COLUMN seconds FLOAT NOT NULL DEFAULT 0"
         )
+        conn.exec_driver_sql(f"ALTER TABLE sync_throttle ADD COLUMN delivered_at {timestamp}")
 
 
 CORE_UPGRADES: Mapping[int, Upgrade] = {1: _outbox_v2, 2: _outbox_v3, 3: _outages_v4}

@@ -7,10 +7,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from ticketing_core import errors
+from ticketing_core.http import retry_after_seconds
 from ticketing_core.models import TicketChanges
 from ticketing_core.outbox import (
     DEAD,
@@ -151,6 +153,70 @@ def test_an_outage_pauses_the_integration_doubling_while_it_lasts(database: Data
     outbox.failed(claim_when_due(outbox), down)
     assert pause_seconds(database) == 0.2  # a new outage starts again from backoff_initial
     assert outbox.counts()[DEAD] == 0
+
+
+def pause_row(database: Database) -> tuple[float, float]:
+    """The integration's pause: seconds left (negative once over), and its length."""
+    with database.read() as conn:
+        until, seconds = conn.execute(sa.select(throttles.c.until, throttles.c.seconds)).one()
+        return (until - database.now(conn)).total_seconds(), float(seconds)
+
+
+def test_a_call_failing_alone_while_others_are_delivered_is_counted(database: Database) -> None:
+    """A 504 or a timeout of one call while the instance delivers the others is that call's
+    own (a slow business rule, a gateway refusing its body): counted against it, so it is
+    parked once there are enough, and the integration is not paused for it."""
+    outbox = Outbox(
+        database, max_attempts=2, backoff_initial=0.01, backoff_max=0.05, doubt_seconds=0
+    )
+    outbox.enqueue([note("t", "poison"), note("u", "fine"), note("v", "fine too")])
+    gateway = errors.ProviderUnavailable("ServiceNow is unavailable: HTTP 504", status_code=504)
+    poison, *healthy = outbox.claim(3)
+    statuses = []
+    for other_call in healthy:
+        assert outbox.delivered(other_call)  # after the poison event was claimed
+        statuses.append(outbox.failed(poison, gateway))
+        assert pause_row(database)[0] <= 0  # not paused
+        poison = claim_when_due(outbox) if statuses[-1] == PENDING else poison
+
+    assert statuses == [PENDING, DEAD]
+    [dead] = outbox.entries(status=DEAD)
+    assert (dead.attempts, dead.outage_attempts) == (2, 0)
+
+
+def test_a_delivery_ends_the_outage_and_its_doubling(database: Database) -> None:
+    outbox = Outbox(database, backoff_initial=0.2, backoff_max=0.8, doubt_seconds=0)
+    outbox.enqueue([note(f"t{n}", "x") for n in range(4)])
+    down = errors.ProviderUnavailable("ServiceNow is unavailable: HTTP 503", status_code=503)
+    outbox.failed(claim_when_due(outbox), down)
+    outbox.failed(claim_when_due(outbox), down)
+    assert pause_row(database)[1] == 0.4
+
+    assert outbox.delivered(claim_when_due(outbox))  # the instance is back
+    assert pause_row(database)[1] == 0.0
+    outbox.failed(claim_when_due(outbox), down)  # a new outage starts from the shortest pause
+    assert pause_row(database)[1] == 0.2
+
+
+def test_the_wait_a_service_asks_for_is_the_pause_up_to_an_hour(database: Database) -> None:
+    outbox = Outbox(database, backoff_initial=5, doubt_seconds=0)
+    outbox.enqueue([note("t", "x"), note("u", "y")])
+    first, second = outbox.claim(2)
+
+    outbox.failed(first, errors.RateLimited("slow down", retry_after=0.1))
+    assert 0 < pause_row(database)[0] <= 0.1  # not backoff_initial's 5 s
+    time.sleep(0.15)
+    outbox.failed(second, errors.RateLimited("slow down", retry_after=864_000))  # ten days
+    assert 3590 < pause_row(database)[0] <= 3600
+
+
+def test_retry_after_is_read_as_finite_seconds_up_to_an_hour() -> None:
+    def asked(value: str) -> float | None:
+        return retry_after_seconds(httpx.Response(429, headers={"Retry-After": value}))
+
+    assert [asked(v) for v in ("1", "0.5", "-3", "864000", "inf", "nan", "soon")] == [
+        1.0, 0.5, 0.0, 3600.0, None, None, None,
+    ]  # fmt: skip
 
 
 def test_an_integration_this_host_cannot_use_keeps_its_events_without_spending_attempts(

@@ -121,9 +121,11 @@ class OutboxMachine(RuleBasedStateMachine):
         self.enqueued: dict[str, list[str]] = {t: [] for t in TICKETS}  # texts, in enqueue order
         self.ticket: dict[str, list[str]] = {t: [] for t in TICKETS}  # the notes that landed
         self.workers = {w: Worker() for w in WORKERS}
-        # The integration's outage pause: claims wait until then; its length, which probes double.
+        # The integration's outage pause: claims wait until then; its length, which probes double
+        # and a delivery resets; when a delivery last succeeded.
         self.pause_until: datetime | None = None
         self.pause_seconds = 0.0
+        self.delivered_at: datetime | None = None
         self.in_step = False  # set while a step runs: teardown must not mask its failure
 
     # -- helpers ------------------------------------------------------------------------------
@@ -178,6 +180,8 @@ class OutboxMachine(RuleBasedStateMachine):
         if valid:
             note = self._note(event)
             note.status, note.token, note.lease_until = DELIVERED, None, None
+            self.delivered_at, self.pause_seconds = self.now, 0.0
+            self.pause_until = self.pause_until or self.now
 
     def _settle_failed(
         self, worker: Worker, claim: Claim, error: errors.ProviderError, *, landed: bool
@@ -191,7 +195,8 @@ class OutboxMachine(RuleBasedStateMachine):
             return
         note = self._note(event)
         note.attempts += 1
-        if error.outage:
+        up = self.delivered_at is not None and self.delivered_at > claim.claimed_at
+        if isinstance(error, errors.RateLimited) or (error.outage and not up):
             note.outage_attempts += 1
             expected = PENDING
             lo = hi = self._pause_after(claim, error)
@@ -214,19 +219,22 @@ class OutboxMachine(RuleBasedStateMachine):
         """The integration's pause after an outage failure of ``claim``; when the event is due.
 
         A call claimed before the pause ended changes nothing; a probe claimed within
-        BACKOFF_MAX after it ended doubles it; anything later starts a new outage.
+        BACKOFF_MAX after it ended, with no delivery since, doubles it; anything else starts a
+        new outage. A Retry-After is the pause.
         """
+        asked = getattr(error, "retry_after", None)
         last = self.pause_until
         if last is not None and claim.claimed_at < last:
             until, seconds = last, self.pause_seconds
         else:
             seconds = BACKOFF_INITIAL
-            if last is not None and claim.claimed_at <= last + timedelta(seconds=BACKOFF_MAX):
+            window = timedelta(seconds=BACKOFF_MAX)
+            if last is not None and self.pause_seconds and claim.claimed_at <= last + window:
                 seconds = max(seconds, 2 * self.pause_seconds)
             seconds = min(BACKOFF_MAX, seconds)
-            until = self.now + timedelta(seconds=seconds)
-        asked = getattr(error, "retry_after", None) or 0.0
-        until = max(until, self.now + timedelta(seconds=asked))
+            until = self.now + timedelta(seconds=seconds if asked is None else 0)
+        if asked is not None:
+            until = max(until, self.now + timedelta(seconds=min(asked, 3600)))
         self.pause_until = until if last is None else max(last, until)
         self.pause_seconds = seconds
         return until

@@ -195,6 +195,7 @@ def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(databas
     with engine.begin() as conn:  # back to schema 3: neither column existed
         conn.execute(sa.text("ALTER TABLE sync_outbox DROP COLUMN outage_attempts"))
         conn.execute(sa.text("ALTER TABLE sync_throttle DROP COLUMN seconds"))
+        conn.execute(sa.text("ALTER TABLE sync_throttle DROP COLUMN delivered_at"))
         conn.execute(sa.text("UPDATE schema_version SET version = 3"))
     engine.dispose()
 
