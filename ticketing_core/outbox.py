@@ -728,19 +728,20 @@ class Outbox:
         before the pause ended was on its way already and changes nothing. When the service
         said how long to wait (``Retry-After``), that is the pause.
         """
-        asked = getattr(error, "retry_after", None)
-        if last is not None and event.claimed_at is not None and event.claimed_at < last.until:
+        claimed = event.claimed_at or now
+        in_flight = last is not None and claimed < last.until
+        if in_flight:
             until, seconds = last.until, last.seconds
         else:
             seconds = self.backoff_initial
             window = timedelta(seconds=self.backoff_max)
-            claimed = event.claimed_at or now
             if last is not None and last.seconds and claimed <= last.until + window:
                 seconds = max(seconds, 2 * last.seconds)
             seconds = min(self.backoff_max, seconds)
-            until = now + timedelta(seconds=seconds if asked is None else 0)
-        if asked is not None:
-            until = max(until, now + timedelta(seconds=min(float(asked), MAX_RETRY_AFTER)))
+            until = now + timedelta(seconds=seconds)
+        if (asked := getattr(error, "retry_after", None)) is not None:
+            wanted = now + timedelta(seconds=min(float(asked), MAX_RETRY_AFTER))
+            until = max(until, wanted) if in_flight else wanted
         return until, seconds
 
     def _wait_until_usable(self, event: OutboxEvent, error: IntegrationUnusable) -> str | None:
