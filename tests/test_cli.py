@@ -60,7 +60,7 @@ def test_providers_lists_servicenow_from_its_entry_point() -> None:
 
     assert json.loads(result.stdout) == [
         {"name": "jira", "distribution": "ticketing-jira", "version": "0.1.0"},
-        {"name": "servicenow", "distribution": "ticketing", "version": "0.1.0"},
+        {"name": "servicenow", "distribution": "ticketing-framework", "version": "0.1.0"},
     ]
 
 

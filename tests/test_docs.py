@@ -154,8 +154,11 @@ def test_the_guide_and_hookspecs_spell_the_entry_point_alike() -> None:
 
 
 def test_the_guide_names_the_kits_extra() -> None:
-    assert "pip install 'ticketing[testing]'" in GUIDE
-    assert "ticketing[testing]" in guide_pyproject()["project"]["optional-dependencies"]["test"]
+    assert "pip install 'ticketing-framework[testing]'" in GUIDE
+    assert (
+        "ticketing-framework[testing]"
+        in guide_pyproject()["project"]["optional-dependencies"]["test"]
+    )
 
 
 def test_the_guides_example_passes_the_conformance_kit(tmp_path: Path) -> None:

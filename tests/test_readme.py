@@ -33,7 +33,7 @@ def test_the_python_example_runs_against_the_emulator(
 
     assert result.returncode == 0, result.stderr
     providers, created = result.stdout.splitlines()
-    assert "ProviderInfo(name='servicenow', distribution='ticketing'" in providers
+    assert "ProviderInfo(name='servicenow', distribution='ticketing-framework'" in providers
     [incident] = emulator.incidents
     assert created == f"{incident['number']} 1"
     assert [entry["value"] for entry in emulator.journal(incident["sys_id"])] == ["Investigating"]

@@ -34,7 +34,7 @@ from ticketing_core.models import (
     TicketDraft,
 )
 from ticketing_core.network import tls_context
-from ticketing_core.plugins import default_registry
+from ticketing_core.plugins import DISTRIBUTION, default_registry
 
 T = TypeVar("T")
 
@@ -298,7 +298,7 @@ class PluginCommands(click.Group):
 
 
 @click.group(cls=PluginCommands)
-@click.version_option(package_name="ticketing")
+@click.version_option(package_name=DISTRIBUTION)
 @click.pass_context
 def cli(context: click.Context) -> None:
     """Operate ticketing providers (ServiceNow, ...) from the command line."""
@@ -563,7 +563,7 @@ def open_outbox(database: str, *, read_only: bool = False) -> Any:
         from ticketing_core.store import OPEN_ERRORS, Database, open_error
     except ImportError:
         raise errors.PluginError(
-            "the outbox needs its extra: pip install 'ticketing[sync]'"
+            "the outbox needs its extra: pip install 'ticketing-framework[sync]'"
         ) from None
     try:
         return Outbox(Database(database, migrate=False, read_only=read_only))

@@ -11,5 +11,7 @@ def main() -> None:
     except ModuleNotFoundError as missing:
         if missing.name not in ("click", "rich"):
             raise
-        sys.exit(f"error: the ticketing command needs {missing.name}: pip install 'ticketing[cli]'")
+        sys.exit(
+            f"error: the ticketing command needs {missing.name}: pip install 'ticketing-framework[cli]'"
+        )
     run()

@@ -28,12 +28,13 @@ from ticketing_core.policies import SyncPolicy
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "ticketing"
-_OWN_DISTRIBUTION = "ticketing"
+# The library's distribution name. Not "ticketing": that name on PyPI is somebody else's package.
+DISTRIBUTION = "ticketing-framework"
 
 
 def _own_version() -> str:
     try:
-        return version(_OWN_DISTRIBUTION)
+        return version(DISTRIBUTION)
     except PackageNotFoundError:
         return "unknown"
 
@@ -65,7 +66,7 @@ class PluginRegistry:
         self.failures: list[PluginFailure] = []
         self._distributions: dict[str, tuple[str, str]] = {}
         self._registered: dict[str, dict[str, _Registration]] = {}
-        self.register(policies, "ticketing-policies", (_OWN_DISTRIBUTION, _own_version()))
+        self.register(policies, "ticketing-policies", (DISTRIBUTION, _own_version()))
 
     def load_entry_points(self, only: Iterable[str] | None = None) -> None:
         """Load and register every installed ``ticketing`` entry point (or just those in ``only``)."""

@@ -284,7 +284,8 @@ def open_error(url_or_path: str, error: BaseException) -> str:
         shown = "the given URL"
     if isinstance(error, ImportError) and "psycopg" in str(error):
         return (
-            f"cannot open the database {shown}: PostgreSQL needs pip install 'ticketing[postgres]'"
+            f"cannot open the database {shown}: "
+            "PostgreSQL needs pip install 'ticketing-framework[postgres]'"
         )
     if isinstance(error, SchemaNotReady):
         return f"cannot open the database {shown}: {error}"

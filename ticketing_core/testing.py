@@ -45,7 +45,8 @@ try:
     import pytest
 except ModuleNotFoundError:  # pragma: no cover - the kit without its extra
     raise ModuleNotFoundError(
-        "the conformance kit needs pytest: pip install 'ticketing[testing]'", name="pytest"
+        "the conformance kit needs pytest: pip install 'ticketing-framework[testing]'",
+        name="pytest",
     ) from None
 
 from ticketing_core import errors

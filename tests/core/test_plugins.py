@@ -32,7 +32,7 @@ def test_servicenow_is_found_through_its_entry_point() -> None:
 
     infos = {info.name: info for info in registry.providers()}
 
-    assert infos["servicenow"].distribution == "ticketing"
+    assert infos["servicenow"].distribution == "ticketing-framework"
     assert infos["servicenow"].version
     assert registry.factory("servicenow") is ServiceNowProvider
     assert registry.failures == []

@@ -42,7 +42,7 @@ class ServiceNowFake:
 
 class TestServiceNowContract(ProviderContract):
     provider_name = "servicenow"
-    distribution = "ticketing"
+    distribution = "ticketing-framework"
     note_method = "PATCH"  # a work note is a write to the incident's work_notes field
     secret_options_example: ClassVar[dict[str, str]] = {"client_id": "emulator-client"}
 

@@ -38,7 +38,7 @@ from ticketing_core.errors import (
 from ticketing_core.hookspecs import Provider
 from ticketing_core.models import MAX_PAGE_SIZE, SearchQuery
 from ticketing_core.network import BlockedAddress
-from ticketing_core.plugins import check_api_url
+from ticketing_core.plugins import DISTRIBUTION, check_api_url
 from ticketing_core.store import utcnow
 
 from . import metrics
@@ -106,7 +106,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             runtime.stop()
 
-    app = FastAPI(title="ticketing host", version=version("ticketing"), lifespan=lifespan)
+    app = FastAPI(title="ticketing host", version=version(DISTRIBUTION), lifespan=lifespan)
     app.state.runtime = runtime
     app.include_router(api)
     registry = metrics.registry_for(runtime.service.outbox)
