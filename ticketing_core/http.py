@@ -412,7 +412,10 @@ def raise_for_status(response: httpx.Response, dialect: ServiceDialect) -> None:
                 outage=True,
             )
         return
-    reason = dialect.error_reason(response)
+    try:
+        reason = dialect.error_reason(response)
+    except (UndecodableBody, RecursionError) as exc:  # the status still says what happened
+        reason = f"{status_line(response)} (its error body is unreadable: {_unreadable(exc)})"
     if len(reason) > MAX_REASON:  # parsed, yet possibly a long text from an unknown server
         reason = reason[: MAX_REASON - 1] + "…"
     retry_after = retry_after_seconds(response)
@@ -434,13 +437,38 @@ def raise_for_status(response: httpx.Response, dialect: ServiceDialect) -> None:
     raise ProviderError(f"{name} rejected the request: {reason}", status_code=status)
 
 
+class UndecodableBody(UnexpectedResponse):
+    """A body that is not JSON, not text, or JSON nested deeper than the parser recurses (a
+    hostile server's ``[[[[...``); ``why`` says which, in a few words."""
+
+    def __init__(self, message: str, *, why: str, status_code: int) -> None:
+        super().__init__(message, status_code=status_code)
+        self.why = why
+
+
 def json_body(response: httpx.Response, service: str) -> Any:
+    """The answer's JSON, or :class:`UndecodableBody` (an :class:`UnexpectedResponse`): every
+    decoding failure of every provider's answers becomes that one error here."""
+    status = response.status_code
     try:
         return response.json()
-    except ValueError:
-        raise UnexpectedResponse(
-            f"{service} sent a body that is not JSON (HTTP {response.status_code})"
+    except RecursionError:
+        raise UndecodableBody(
+            f"{service} sent JSON nested too deeply to read (HTTP {status})",
+            why="JSON nested too deeply",
+            status_code=status,
         ) from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        raise UndecodableBody(
+            f"{service} sent a body that is not JSON (HTTP {status})",
+            why="not JSON",
+            status_code=status,
+        ) from None
+
+
+def _unreadable(error: Exception) -> str:
+    """Why an error body could not be read, in a few words (never its text)."""
+    return error.why if isinstance(error, UndecodableBody) else "nested too deeply"
 
 
 def status_line(response: httpx.Response) -> str:

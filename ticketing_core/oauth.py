@@ -199,7 +199,7 @@ def _oauth_error(response: httpx.Response) -> str:
     """``error: error_description`` from an RFC 6749 error body, else the status line."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's recursion
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         parts = [body["error"], str(body.get("error_description") or "")]

@@ -22,15 +22,18 @@ def result_of(response: httpx.Response) -> Any:
 
 
 def error_reason(response: httpx.Response) -> str:
-    """``message: detail`` from ServiceNow's error envelope, or the HTTP status line."""
+    """``message: detail`` from ServiceNow's error envelope, or the HTTP status line.
+
+    A JSON body that cannot be decoded raises :class:`~ticketing_core.http.UndecodableBody`,
+    which :func:`~ticketing_core.http.raise_for_status` reports beside the status.
+    """
     reason = status_line(response)
     if not is_json(response):
         return reason
-    try:
-        error = response.json().get("error") or {}
-    except (ValueError, AttributeError):
+    body = json_body(response, "ServiceNow")
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
         return reason
-    message = str(error.get("message") or "").strip()
-    detail = str(error.get("detail") or "").strip()
-    text = ": ".join(part for part in (message, detail) if part)
+    parts = (error.get("message"), error.get("detail"))
+    text = ": ".join(part.strip() for part in parts if isinstance(part, str) and part.strip())
     return f"{text} ({reason})" if text else reason

@@ -311,3 +311,59 @@ def test_an_encoding_not_asked_for_is_refused(serve: Callable[[Answer], Server])
 
     with connect(server.url) as provider, pytest.raises(UnexpectedResponse, match="did not ask"):
         provider.validate()
+
+
+# -- bodies the JSON parser cannot take -----------------------------------------------------------
+
+NESTED = b"[" * 200_000  # the parser recurses once per "[": far past Python's recursion limit
+
+
+def test_json_nested_too_deeply_is_an_unexpected_response(
+    serve: Callable[[Answer], Server],
+) -> None:
+    server = serve(reply(200, NESTED))
+
+    with (
+        connect(server.url, max_attempts=1) as provider,
+        pytest.raises(UnexpectedResponse) as caught,
+    ):
+        provider.validate()
+
+    assert str(caught.value) == "ServiceNow sent JSON nested too deeply to read (HTTP 200)"
+    assert caught.value.status_code == 200
+
+
+def test_an_error_answer_nested_too_deeply_is_reported_with_its_status(
+    serve: Callable[[Answer], Server],
+) -> None:
+    """The status says what happened (a refusal); the body only fails to explain it."""
+    server = serve(reply(400, NESTED))
+
+    with connect(server.url) as provider, pytest.raises(ProviderError) as caught:
+        provider.validate()
+
+    assert str(caught.value) == (
+        "ServiceNow rejected the request: HTTP 400 Bad Request "
+        "(its error body is unreadable: JSON nested too deeply)"
+    )
+    assert caught.value.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"error": {"message": ' + b"[" * 5_000 + b"]" * 5_000 + b"}}",  # too deep, inside
+        b'{"error": {"message": "\xff\xfe not UTF-8"}}',
+        b'{"error": "just a string"}',
+    ],
+)
+def test_an_error_body_of_any_shape_keeps_its_status(
+    serve: Callable[[Answer], Server], body: bytes
+) -> None:
+    server = serve(reply(403, body))
+
+    with connect(server.url) as provider, pytest.raises(ProviderError) as caught:
+        provider.validate()
+
+    assert caught.value.status_code == 403
+    assert "HTTP 403 Forbidden" in str(caught.value)

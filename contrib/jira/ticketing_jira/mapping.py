@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from ticketing_core.errors import InvalidInput, UnexpectedResponse
-from ticketing_core.http import is_json, status_line
+from ticketing_core.http import is_json, json_body, status_line
 from ticketing_core.models import SearchQuery, Ticket, TicketChanges, TicketDraft, TicketStatus
 from ticketing_jira.adf import adf_to_text, text_to_adf
 
@@ -230,10 +230,8 @@ def category_of(status: Mapping[str, Any]) -> str:
 def error_reason(response: httpx.Response) -> str:
     """Jira's ``errorMessages`` and field ``errors`` (``field: message``), or the status line."""
     reason = status_line(response)
-    try:
-        body = response.json() if is_json(response) else {}
-    except ValueError:
-        return reason
+    # A JSON body that cannot be decoded raises UndecodableBody: raise_for_status reports it.
+    body = json_body(response, "Jira") if is_json(response) else {}
     if not isinstance(body, dict):
         return reason
     messages = [str(m) for m in body.get("errorMessages") or [] if str(m).strip()]
