@@ -51,6 +51,12 @@ EXIT_CODES: tuple[tuple[type[errors.TicketingError], int], ...] = (
     (errors.PermissionDenied, 6),
     (errors.TicketingError, 1),
 )
+# The options giving the credentials a provider refuses by name (InvalidInput.field).
+CREDENTIAL_OPTIONS = {
+    "api_access_token": "--token",
+    "client_id": "--oauth-client-id",
+    "client_secret": "--oauth-client-secret",
+}
 CANONICAL_FIELDS = frozenset(
     ("title", "description", "status", "priority", "urgency", "impact", "category", "subcategory",
      "assigned_to", "assignment_group")
@@ -156,9 +162,14 @@ def connected(
         options |= _oauth_options(name, accepted, shared)
         if token is None and "client_id" not in options:
             raise errors.InvalidInput("--token is required (or TICKETING_TOKEN)")
-        client = ticketing_core.connect(
-            name, api_url=url, api_access_token=token or "", allow_http=allow_http, **options
-        )
+        try:
+            client = ticketing_core.connect(
+                name, api_url=url, api_access_token=token or "", allow_http=allow_http, **options
+            )
+        except errors.InvalidInput as refused:
+            if (option := CREDENTIAL_OPTIONS.get(refused.field or "")) is None:
+                raise
+            raise errors.InvalidInput(f"{option}: {refused}", field=refused.field) from None
         try:
             yield client
         finally:

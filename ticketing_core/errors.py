@@ -38,7 +38,16 @@ class TicketingError(Exception):
 
 
 class InvalidInput(TicketingError):
-    """The caller's input is invalid; the message says which field and why."""
+    """The caller's input is invalid; the message says which field and why.
+
+    ``field`` names the argument or option at fault when the message alone would not tell a
+    caller that maps errors to its own names (the host: a body field; the command line: an
+    option), e.g. ``"api_access_token"`` or ``"client_secret"``.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class IntegrationUnusable(TicketingError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httpx
 import pytest
@@ -203,12 +204,62 @@ def test_malformed_urls_are_400(host: Host, api_url: str) -> None:
     assert "api_url must be an absolute https:// URL" in response.json()["detail"]
 
 
-def test_a_token_with_a_line_break_is_400_and_not_echoed(host: Host, emulator_url: str) -> None:
-    body = {"type": "servicenow", "api_url": emulator_url, "api_access_token": "Secret\ntoken"}
+CONTROL_CHARACTERS = ["\x00", "\r", "\n", "\x1b", "\x7f"]
+
+
+@pytest.mark.parametrize("control", CONTROL_CHARACTERS)
+@pytest.mark.parametrize("token", ["Secret{}token", "admin:Secret{}password"])
+def test_a_token_with_a_control_character_is_422_naming_it_and_not_echoed(
+    host: Host, emulator: Emulator, emulator_url: str, token: str, control: str
+) -> None:
+    body = {"type": "servicenow", "api_url": emulator_url, "api_access_token": token}
+
+    response = host.api.post(
+        "/api/integrations", json=body | {"api_access_token": token.format(control)}
+    )
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "api_access_token"]
+    assert error["msg"].startswith("the access token must not")
+    assert "Secret" not in response.text
+    assert emulator.requests == []  # refused before anything was sent
+    assert ok(host.api.get("/api/integrations")) == []
+
+
+@pytest.mark.parametrize("control", CONTROL_CHARACTERS)
+def test_patching_in_a_token_with_a_control_character_is_422_and_keeps_the_stored_one(
+    host: Host, integration: dict[str, Any], control: str
+) -> None:
+    path = f"/api/integrations/{integration['id']}"
+
+    response = host.api.patch(path, json={"api_access_token": f"admin:Secret{control}password"})
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "api_access_token"]
+    assert "Secret" not in response.text
+    assert ok(host.api.get(path))["connected"] is True
+    assert host.api.get("/api/integrations/ticketing/tickets/search").status_code == 200
+
+
+@pytest.mark.parametrize("option", ["client_id", "client_secret"])
+def test_oauth_options_with_a_control_character_are_422_naming_the_option(
+    host: Host, emulator_url: str, option: str
+) -> None:
+    options = {"client_id": "client", "client_secret": "secret"} | {option: "Secret\x00value"}
+    body = {
+        "type": "servicenow",
+        "api_url": emulator_url,
+        "api_access_token": "",
+        "options": options,
+    }
 
     response = host.api.post("/api/integrations", json=body)
 
-    assert response.status_code == 400
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "options", option]
     assert "Secret" not in response.text
 
 

@@ -30,12 +30,14 @@ DELETE_INTEGRATION = "/api/integrations/{integration_id}"
 
 # Schema-valid requests the host turns down, with a status it documents for every operation: rules
 # the schema does not (and partly cannot) state. Seen with this seed:
-#   400  PATCH with an empty api_access_token, or options the provider cannot use;
-#   422  a ``type`` that is no installed provider, a search ``status``/``priority`` outside the
-#        provider's choices, a LinkRequest with both ticket_id and ticket_number,  a comment of
-#        white space only ("comment text must not be empty"), and an anomaly id
-#        above 2**63 - 1: the served schema's AnomalyIn.id maximum is 9.223372036854776e+18 (a float,
-#        2**63), not 9223372036854775807 (FastAPI's OpenAPI model holds anyOf bounds as floats).
+#   400  options the provider cannot use;
+#   422  an api_access_token that is empty or holds white space or a control character (checked
+#        by the provider), a ``type`` that is no installed provider, a search
+#        ``status``/``priority`` outside the provider's choices, a LinkRequest with both
+#        ticket_id and ticket_number, a comment of white space only ("comment text must not be
+#        empty"), and an anomaly id above 2**63 - 1: the served schema's AnomalyIn.id maximum
+#        is 9.223372036854776e+18 (a float, 2**63), not 9223372036854775807 (FastAPI's OpenAPI
+#        model holds anyOf bounds as floats).
 ACCEPTED_VALID_DATA = ["2xx", "3xx", "400", "401", "403", "404", "409", "422", "429", "5xx"]
 CONFIG = {
     "seed": 20240611,

@@ -194,11 +194,15 @@ async def validation_error_response(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": jsonable_encoder(details)}, status_code=422)
 
 
-def invalid_fields(problems: dict[str, str], where: str = "body") -> RequestValidationError:
-    """A 422 in FastAPI's own shape, for fields checked against what is installed."""
+def invalid_fields(
+    problems: dict[str, str], where: str | tuple[str, ...] = "body"
+) -> RequestValidationError:
+    """A 422 in FastAPI's own shape, for fields checked against what is installed; ``where``
+    is the location of the fields (``"query"``, or ``("body", "options")`` for nested ones)."""
+    prefix = (where,) if isinstance(where, str) else where
     return RequestValidationError(
         [
-            {"type": "value_error", "loc": (where, name), "msg": msg}
+            {"type": "value_error", "loc": (*prefix, name), "msg": msg}
             for name, msg in problems.items()
         ]
     )
@@ -357,6 +361,10 @@ def checked_connection(
     except BlockedAddress:
         raise
     except UNUSABLE_CONNECTION as exc:
+        if isinstance(exc, InvalidInput) and exc.field is not None:
+            # A credential the provider refused to send (a control character): the field's fault.
+            where = ("options",) if exc.field in options else ()
+            raise invalid_fields({exc.field: str(exc)}, where=("body", *where)) from None
         raise Rejected(str(exc)) from None
     return api_url
 
