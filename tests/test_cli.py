@@ -170,6 +170,19 @@ def test_each_create_without_a_key_makes_a_new_incident(run: Any, emulator: Emul
     assert len(keys) == 2
 
 
+def test_a_given_key_is_looked_up_first_and_a_fresh_one_is_not(
+    run: Any, emulator: Emulator
+) -> None:
+    # The same meaning as the Python API's: a key that made a ticket returns it. The CLI's own
+    # fresh key cannot have made one, so that create skips the lookup.
+    assert run("create", *create_args(), "--idempotency-key", "op-43").exit_code == 0
+    given = [r["method"] for r in emulator.requests]
+    assert run("create", *create_args()).exit_code == 0
+
+    assert given == ["GET", "POST"]
+    assert [r["method"] for r in emulator.requests][len(given) :] == ["POST"]
+
+
 def test_search_table_and_json(run: Any, emulator: Emulator) -> None:
     emulator.seed_incidents(3, short_description="data quality {i}")
     emulator.seed_incidents(2, short_description="printer")

@@ -39,6 +39,26 @@ def test_the_python_example_runs_against_the_emulator(
     assert [entry["value"] for entry in emulator.journal(incident["sys_id"])] == ["Investigating"]
 
 
+def test_the_python_example_run_twice_makes_one_incident(
+    emulator_url: str, emulator: Emulator
+) -> None:
+    """The snippet's idempotency key means what it says: running it again finds its incident."""
+    [code] = re.findall(r"```python\n(.*?)```", section("Using it from Python"), re.DOTALL)
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code.replace(EMULATOR_IN_README, emulator_url)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        for _ in range(2)
+    ]
+
+    assert [run.returncode for run in runs] == [0, 0], [run.stderr for run in runs]
+    [incident] = emulator.incidents
+    assert [run.stdout.splitlines()[1] for run in runs] == [f"{incident['number']} 1"] * 2
+
+
 def test_the_demo_output_shown_is_the_demos_own() -> None:
     [shown] = re.findall(r"```\n(.*?)```", section("The demo"), re.DOTALL)
 

@@ -445,12 +445,15 @@ def get(provider: str | None, url: str, token: str | None, allow_http: bool, as_
 @click.option("--subcategory")
 @click.option("--assigned-to")
 @click.option("--assignment-group")
-@click.option("--idempotency-key", help="Reuse to retry a create safely (default: a fresh one).")
+@click.option(
+    "--idempotency-key",
+    help="A key that already made a ticket shows that ticket instead (default: a fresh key).",
+)
 def create(
     provider: str | None, url: str, token: str | None, allow_http: bool, as_json: bool,
     idempotency_key: str | None, **fields: str | None,
 ) -> None:  # fmt: skip
-    """Create a ticket; retrying with the same --idempotency-key never makes two."""
+    """Create a ticket; run again with the same --idempotency-key, it shows the same ticket."""
     key = idempotency_key or str(uuid.uuid4())
     with connected(provider, url, token, allow_http) as client:
         check_choices(
@@ -458,8 +461,8 @@ def create(
         )
         draft = TicketDraft(**fields)  # type: ignore[arg-type]
         try:
-            # A key the user gives may have been sent before: look for its ticket first.
-            created = client.create(draft, idempotency_key=key, retrying=bool(idempotency_key))
+            # A key the user gives is looked up first; one made here was never sent before.
+            created = client.create(draft, idempotency_key=key, key_is_fresh=not idempotency_key)
         except errors.ProviderUnavailable:
             click.echo(f"note: retry with --idempotency-key {key} to avoid a duplicate", err=True)
             raise

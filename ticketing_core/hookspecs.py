@@ -97,19 +97,25 @@ class Provider(Protocol):
         """Return the ticket with this human-facing number (e.g. ``INC0010042``, ``DQ-12``)."""
 
     def create(
-        self, draft: TicketDraft, *, idempotency_key: str | None = None, retrying: bool = False
+        self, draft: TicketDraft, *, idempotency_key: str | None = None, key_is_fresh: bool = False
     ) -> Ticket:
         """Create a ticket and return it as the service stored it.
 
-        Repeat safety: keyed. With ``idempotency_key`` (stored with the ticket, e.g. ServiceNow's
-        ``correlation_id``) one call makes at most one ticket and, on the happy path, sends one
-        write: only after a failure that may have landed does it look the key up, and it sends again
-        only if the key is absent and the service itself answered (so it has finished with the
-        request); after a timeout, a dropped connection or a gateway's page it raises instead.
-        ``retrying=True`` says an earlier call with this key may have reached the service (the
-        caller crashed or gave up): the key is looked up first and the ticket found is returned.
-        A key the service cannot store or query safely raises ``InvalidInput``. Without a key the
-        create is sent again only after a refusal (429).
+        Repeat safety: keyed. ``idempotency_key`` is stored with the ticket (e.g. ServiceNow's
+        ``correlation_id``), and a create with a key that already made a ticket returns that
+        ticket instead of making another: the key is looked up first, and the ticket is made only
+        if the key is absent. Inside the call, a failure that may have landed is followed by
+        another lookup, and the create is sent again only if the key is still absent and the
+        service itself answered (so it has finished with the request); after a timeout, a dropped
+        connection or a gateway's page it raises instead, and a later call with the key finds the
+        ticket if one was made. ``key_is_fresh=True`` is the caller's word that no earlier call
+        sent this key (the host knows it from its request store; the command line for a key it
+        made itself): the first lookup, one read, is skipped, and the key means the same for
+        every later call. Calls with one key at the same moment are not serialised (both may find
+        it absent); the host serialises them. A key the service cannot store or query safely
+        raises ``InvalidInput``. Without a key the create is sent again only after a refusal
+        (429). The former ``retrying`` argument is gone from the contract: the bundled providers
+        accept it, ignore it and warn.
         """
 
     def update(self, ticket_id: str, changes: TicketChanges) -> Ticket:

@@ -398,21 +398,33 @@ def _worth_repeating(exc: Exception, repeatable: bool) -> bool:
     return repeatable and (exc.status_code is None or exc.status_code in RETRIED_STATUSES)
 
 
-def create_once(
-    find_existing: Callable[[], T | None], post: Callable[[], T], *, retrying: bool = False
-) -> T:
-    """Create through ``post`` at most once, as identified by a key ``find_existing`` looks up.
+RETRYING_DEPRECATED = (
+    "create(retrying=...) is deprecated and changes nothing: a create with a key always looks the "
+    "key up first (pass key_is_fresh=True to skip that for a key no earlier call sent)"
+)
+"""The warning of a provider that still accepts ``create``'s former ``retrying`` argument."""
 
-    The happy path is one ``post``. After a failure that may have landed the key is looked up.
-    If the service itself answered (a 5xx in its own error format), it has finished with the
-    request, so an absent key means nothing was made and ``post`` is sent again, as often as the
-    active :func:`call_budget` allows. Otherwise (a timeout, a dropped connection, a gateway's
-    page) the request may still be running there and a lookup proves nothing yet: the failure is
-    raised for the caller to retry later with ``retrying``, which says an earlier call with this
-    key may have reached the service, so the key is looked up first.
+
+def create_once(
+    find_existing: Callable[[], T | None], post: Callable[[], T], *, key_is_fresh: bool = False
+) -> T:
+    """Create through ``post`` at most once per key, as ``find_existing`` looks the key up.
+
+    A key that already made a ticket returns that ticket instead of making another: the key is
+    looked up first, and ``post`` is sent only if it is absent. ``key_is_fresh=True`` skips that
+    first lookup, for a caller that knows no earlier call sent this key (the host knows it from its
+    request store): then the happy path is one ``post``.
+
+    After a failure that may have landed the key is looked up again. If the service itself answered
+    (a 5xx in its own error format), it has finished with the request, so an absent key means
+    nothing was made and ``post`` is sent again, as often as the active :func:`call_budget` allows.
+    Otherwise (a timeout, a dropped connection, a gateway's page) the request may still be running
+    there and a lookup proves nothing yet: the failure is raised, and a later call with the key
+    looks it up first. If that lookup fails, the create's failure is raised (from the lookup's), so
+    the caller still learns that the create may have landed.
     """
     with call_budget() as budget:
-        if retrying and (existing := find_existing()) is not None:
+        if not key_is_fresh and (existing := find_existing()) is not None:
             return existing
         for round_left in reversed(range(budget.attempts)):
             try:
@@ -421,7 +433,11 @@ def create_once(
                 if not exc.may_have_landed or round_left == 0 or budget.remaining() <= 0:
                     raise
                 log.info("create may have landed (%s); looking for its key", exc)
-                if (existing := find_existing()) is not None:
+                try:
+                    existing = find_existing()
+                except ProviderError as lookup_failed:
+                    raise exc from lookup_failed
+                if existing is not None:
                     return existing
                 if not getattr(exc, "answered", False):
                     raise

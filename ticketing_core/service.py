@@ -222,7 +222,9 @@ class SyncService:
         key = self._provider_key(scope) if provider.capabilities.idempotency_keys else None
 
         def create(retrying: bool) -> Ticket:
-            return provider.create(full_draft, idempotency_key=key, retrying=retrying)
+            # Not retrying: no earlier attempt with this key reached the provider, whose lookup
+            # would find nothing, so it is skipped. Retrying: the provider looks first.
+            return provider.create(full_draft, idempotency_key=key, key_is_fresh=not retrying)
 
         def record(ticket: Ticket, conn: sa.Connection) -> Mapping[str, Any]:
             link = self._store_link(anomaly.id, integration_id, ticket, conn)

@@ -15,8 +15,9 @@ provider's registered name, and a running fake of the service behind a :class:`F
 
 Then ``pytest`` runs every check: discovery through the ``ticketing`` entry point, validate, search paging
 (page/size, total, pages, stable order), get and find, create (with a key where the provider says it
-supports keys: ``retrying=True`` finds the first ticket, and a create answered with a failure after the
-service committed it still makes one ticket), update, work notes (found by key or by counting identical
+supports keys: a create with a key that already made a ticket returns that ticket, ``key_is_fresh``
+only skips the first lookup, and a create answered with a failure after the service committed it
+still makes one ticket), update, work notes (found by key or by counting identical
 texts, never by clock; one answered with a failure after commit is not sent again), status, the error
 tree (bad credentials, not found, rate limited with a wait, unavailable, unreadable answers, and
 error pages that are not JSON: a gateway's 502 HTML page, a web server's plain-text 404), and that
@@ -229,27 +230,41 @@ class ProviderContract:
         assert provider.get(created.id) == created
         assert provider.find(created.number).id == created.id
 
-    def test_create_with_a_key_is_idempotent(self, provider: Provider) -> None:
+    def test_create_with_a_used_key_returns_its_ticket(self, provider: Provider) -> None:
         if not provider.capabilities.idempotency_keys:
             pytest.skip("the provider declares no idempotency-key support")
-        first = provider.create(DRAFT, idempotency_key="conformance-key-1")
-        again = provider.create(DRAFT, idempotency_key="conformance-key-1", retrying=True)
-        other = provider.create(DRAFT, idempotency_key="conformance-key-2")
+        draft = TicketDraft(title="Conformance key used twice", description="one ticket")
+        first = provider.create(draft, idempotency_key="conformance-key-1")
+        again = provider.create(draft, idempotency_key="conformance-key-1")
+        other = provider.create(draft, idempotency_key="conformance-key-2")
 
         assert again.id == first.id
         assert other.id != first.id
+        found = provider.search(SearchQuery(text="Conformance key used twice"))
+        assert sorted(t.id for t in found.items) == sorted({first.id, other.id})
 
+    def test_a_fresh_key_makes_a_ticket_its_key_finds(self, provider: Provider) -> None:
+        if not provider.capabilities.idempotency_keys:
+            pytest.skip("the provider declares no idempotency-key support")
+        # key_is_fresh only skips the first lookup: the key is stored as any key is.
+        first = provider.create(DRAFT, idempotency_key="conformance-fresh-1", key_is_fresh=True)
+        again = provider.create(DRAFT, idempotency_key="conformance-fresh-1")
+
+        assert again.id == first.id
+
+    @pytest.mark.parametrize("key_is_fresh", [False, True], ids=["key", "fresh-key"])
     @pytest.mark.parametrize("fault", AFTER_COMMIT_FAULTS)
     def test_keyed_create_failed_after_commit_makes_one_ticket(
-        self, provider: Provider, service: FakeService, fault: str
+        self, provider: Provider, service: FakeService, fault: str, key_is_fresh: bool
     ) -> None:
         if not provider.capabilities.idempotency_keys:
             pytest.skip("the provider declares no idempotency-key support")
         draft = TicketDraft(title="Conformance keyed create", description="answer lost")
         service.fail_next(fault, method=self.create_method)
 
-        created = provider.create(draft, idempotency_key="conformance-lost-1")
-        again = provider.create(draft, idempotency_key="conformance-lost-1", retrying=True)
+        key = "conformance-lost-1"
+        created = provider.create(draft, idempotency_key=key, key_is_fresh=key_is_fresh)
+        again = provider.create(draft, idempotency_key=key)
 
         assert again.id == created.id
         found = provider.search(SearchQuery(text="Conformance keyed create"))

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any, ClassVar
 
 import httpx
 
 from ticketing_core.errors import InvalidInput, NotFound
 from ticketing_core.hookspecs import Provider
-from ticketing_core.http import HttpTransport, ServiceDialect, create_once
+from ticketing_core.http import (
+    RETRYING_DEPRECATED,
+    HttpTransport,
+    ServiceDialect,
+    create_once,
+)
 from ticketing_core.models import (
     Capabilities,
     Page,
@@ -52,7 +58,8 @@ class ServiceNowProvider(Provider):
     ``max_attempts`` and ``max_retry_wait`` for retries, ``close_code`` written with a resolution
     (most instances require one to resolve), ``transport`` (an httpx transport, for tests).
 
-    Keyed creates store the key in ``correlation_id``. Work notes carry no marker: whether one
+    Keyed creates store the key in ``correlation_id`` and look it up there first (one GET with
+    ``sysparm_limit=1``; none with ``key_is_fresh``). Work notes carry no marker: whether one
     landed is told by counting its text in the incident's ``work_notes`` journal, read through
     display values, which an integration user with incident rights alone may do.
     """
@@ -144,14 +151,23 @@ class ServiceNowProvider(Provider):
         return found
 
     def create(
-        self, draft: TicketDraft, *, idempotency_key: str | None = None, retrying: bool = False
+        self,
+        draft: TicketDraft,
+        *,
+        idempotency_key: str | None = None,
+        key_is_fresh: bool = False,
+        retrying: bool | None = None,  # deprecated: changes nothing
     ) -> Ticket:
+        if retrying is not None:
+            warnings.warn(RETRYING_DEPRECATED, DeprecationWarning, stacklevel=2)
         payload = mapping.draft_payload(draft, idempotency_key)
         if idempotency_key is None:
             return self._post(payload)
         condition = f"correlation_id={_checked_key(idempotency_key)}"
         return create_once(
-            lambda: self._first_where(condition), lambda: self._post(payload), retrying=retrying
+            lambda: self._first_where(condition),
+            lambda: self._post(payload),
+            key_is_fresh=key_is_fresh,
         )
 
     def update(self, ticket_id: str, changes: TicketChanges) -> Ticket:

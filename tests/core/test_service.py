@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from servicenow_emulator import Emulator
 
-from ticketing_core.models import Anomaly, FailedCheck, TicketDraft
+from ticketing_core import errors
+from ticketing_core.models import Anomaly, FailedCheck, Ticket, TicketDraft
 from ticketing_core.outbox import DELIVERED, Outbox, ThreadedDispatcher
 from ticketing_core.policies import Messages, StateMapping, SyncPolicy, WorkNotesOnly
 from ticketing_core.service import INTEGRATION, ProviderPool, SyncService
@@ -19,6 +21,7 @@ from ticketing_servicenow import ServiceNowProvider
 from ..conftest import wait_until
 
 INTEGRATION_ID = 34
+INCIDENTS = "/api/now/table/incident"
 ANOMALY = Anomaly(
     id=12345,
     type="Record",
@@ -106,6 +109,42 @@ def test_a_retried_create_makes_no_second_incident(
     assert again.id == first.id
     assert len(emulator.incidents) == 1
     assert len(service.links.for_anomaly(12345)) == 1
+
+
+def test_the_host_skips_the_lookup_for_a_key_its_store_has_never_sent(
+    service: SyncService, emulator: Emulator
+) -> None:
+    service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+
+    assert [(r["method"], r["path"]) for r in emulator.requests] == [("POST", INCIDENTS)]
+
+
+def test_the_host_looks_its_key_up_after_an_attempt_that_may_have_landed(
+    service: SyncService,
+    provider: ServiceNowProvider,
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fresh: list[bool] = []
+    create = provider.create
+
+    def answer_lost_once(draft: TicketDraft, **options: Any) -> Ticket:
+        fresh.append(options["key_is_fresh"])
+        ticket = create(draft, **options)
+        if len(fresh) == 1:
+            raise errors.ProviderTimeout("the answer was lost")
+        return ticket
+
+    monkeypatch.setattr(provider, "create", answer_lost_once)
+    with pytest.raises(errors.ProviderTimeout):
+        service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+    time.sleep(service.requests.doubt.total_seconds() + 0.1)
+
+    again, _, existing = service.create_ticket(ANOMALY, INTEGRATION_ID, DRAFT)
+
+    assert fresh == [True, False]
+    assert [row["sys_id"] for row in emulator.incidents] == [again.id]
+    assert not existing
 
 
 def test_link_appends_the_block_once_and_notes_the_linkage(

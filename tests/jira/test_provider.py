@@ -174,35 +174,48 @@ def test_field_errors_are_invalid_input_naming_the_field(
 # ---- idempotent create -------------------------------------------------------------------------
 
 
-def test_keyed_create_sends_one_post_and_no_search(
+def test_keyed_create_looks_its_key_up_then_posts(
     provider: JiraProvider, emulator: JiraEmulator
 ) -> None:
     ticket = provider.create(DRAFT, idempotency_key="anomaly 12345 create")
 
     assert emulator.issues[0]["labels"][0] == "ticketing-key-anomaly_12345_create"
+    assert [issue["id"] for issue in emulator.issues] == [ticket.id]
+    assert calls(emulator) == [("GET", SEARCH), ("POST", ISSUES), ("GET", f"{ISSUES}/{ticket.id}")]
+
+
+def test_a_fresh_key_sends_one_post_and_no_search(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    ticket = provider.create(DRAFT, idempotency_key="fresh 1", key_is_fresh=True)
+
+    assert emulator.issues[0]["labels"][0] == "ticketing-key-fresh_1"
     assert calls(emulator) == [("POST", ISSUES), ("GET", f"{ISSUES}/{ticket.id}")]
 
 
-def test_retrying_create_finds_the_earlier_issue(
+def test_a_key_that_made_an_issue_returns_it_instead_of_making_another(
     provider: JiraProvider, emulator: JiraEmulator
 ) -> None:
     first = provider.create(DRAFT, idempotency_key="anomaly 12345 create")
     before = len(emulator.requests)
 
-    again = provider.create(DRAFT, idempotency_key="anomaly 12345 create", retrying=True)
+    again = provider.create(DRAFT, idempotency_key="anomaly 12345 create")
 
     assert again == first
     assert len(emulator.issues) == 1
     assert calls(emulator)[before:] == [("GET", SEARCH)]
 
 
-def test_retrying_create_posts_when_the_key_is_absent(
+def test_retrying_is_deprecated_and_changes_nothing(
     provider: JiraProvider, emulator: JiraEmulator
 ) -> None:
-    ticket = provider.create(DRAFT, idempotency_key="never-sent", retrying=True)
+    first = provider.create(DRAFT, idempotency_key="old caller")
 
-    assert [issue["id"] for issue in emulator.issues] == [ticket.id]
-    assert calls(emulator)[:2] == [("GET", SEARCH), ("POST", ISSUES)]
+    with pytest.warns(DeprecationWarning, match="retrying"):
+        again = provider.create(DRAFT, idempotency_key="old caller", retrying=False)
+
+    assert again == first
+    assert len(emulator.issues) == 1
 
 
 def test_the_same_key_in_another_project_is_another_issue(
@@ -211,7 +224,7 @@ def test_the_same_key_in_another_project_is_another_issue(
     desk = connect(server, project="SD", issue_type="[System] Incident")
 
     assert provider.create(DRAFT, idempotency_key="k").number == "DQ-1"
-    assert desk.create(DRAFT, idempotency_key="k", retrying=True).number == "SD-1"
+    assert desk.create(DRAFT, idempotency_key="k").number == "SD-1"
 
 
 @pytest.mark.parametrize("fault", AFTER_COMMIT)
@@ -220,7 +233,7 @@ def test_lost_create_answer_is_looked_up_instead_of_posting_twice(
 ) -> None:
     emulator.add_fault(fault, method="POST")
 
-    ticket = provider.create(DRAFT, idempotency_key="key-after-commit")
+    ticket = provider.create(DRAFT, idempotency_key="key-after-commit", key_is_fresh=True)
 
     assert [issue["id"] for issue in emulator.issues] == [ticket.id]
     assert calls(emulator) == [("POST", ISSUES), ("GET", SEARCH)]
@@ -231,7 +244,7 @@ def test_create_refused_with_503_before_commit_is_looked_up_then_sent_again(
 ) -> None:
     emulator.add_fault("503", method="POST")  # the emulator refuses before storing anything
 
-    ticket = provider.create(DRAFT, idempotency_key="key-after-503")
+    ticket = provider.create(DRAFT, idempotency_key="key-after-503", key_is_fresh=True)
 
     assert [issue["id"] for issue in emulator.issues] == [ticket.id]
     assert calls(emulator)[:3] == [("POST", ISSUES), ("GET", SEARCH), ("POST", ISSUES)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from urllib.parse import parse_qs
 
 import pytest
 from servicenow_emulator import Emulator
@@ -319,16 +320,38 @@ def test_unreachable_instance_is_unavailable() -> None:
         provider.validate()
 
 
-def test_create_with_key_is_idempotent_across_calls(
+def test_a_key_that_made_an_incident_returns_it_instead_of_making_another(
     provider: ServiceNowProvider, emulator: Emulator
 ) -> None:
     first = provider.create(DRAFT, idempotency_key="qualytics-anomaly-1-k1")
-    again = provider.create(DRAFT, idempotency_key="qualytics-anomaly-1-k1", retrying=True)
+    again = provider.create(DRAFT, idempotency_key="qualytics-anomaly-1-k1")
 
     assert again.id == first.id
     assert len(emulator.incidents) == 1
     assert first.extras["correlation_id"] == "qualytics-anomaly-1-k1"
-    assert [r["method"] for r in emulator.requests] == ["POST", "GET"]  # one POST, one lookup
+    # Each keyed create looks its key up first: absent, so one POST; then found.
+    assert [r["method"] for r in emulator.requests] == ["GET", "POST", "GET"]
+    [lookup] = parse_qs(emulator.requests[0]["query"])["sysparm_query"]
+    assert lookup.startswith("correlation_id=qualytics-anomaly-1-k1^")
+
+
+def test_a_fresh_key_skips_the_lookup(provider: ServiceNowProvider, emulator: Emulator) -> None:
+    ticket = provider.create(DRAFT, idempotency_key="fresh-1", key_is_fresh=True)
+
+    assert [r["method"] for r in emulator.requests] == ["POST"]
+    assert ticket.extras["correlation_id"] == "fresh-1"
+
+
+def test_retrying_is_deprecated_and_changes_nothing(
+    provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    first = provider.create(DRAFT, idempotency_key="old-caller-1")
+
+    with pytest.warns(DeprecationWarning, match="retrying"):
+        again = provider.create(DRAFT, idempotency_key="old-caller-1", retrying=False)
+
+    assert again.id == first.id
+    assert len(emulator.incidents) == 1
 
 
 def test_ambiguous_create_failure_looks_the_key_up_instead_of_posting_twice(
@@ -340,7 +363,7 @@ def test_ambiguous_create_failure_looks_the_key_up_instead_of_posting_twice(
 
     assert len(emulator.incidents) == 1
     assert ticket.id == emulator.incidents[0]["sys_id"]
-    assert [r["method"] for r in emulator.requests] == ["POST", "GET"]
+    assert [r["method"] for r in emulator.requests] == ["GET", "POST", "GET"]
 
 
 def test_a_create_refused_with_a_503_is_sent_again_once_its_key_is_absent(
@@ -348,7 +371,7 @@ def test_a_create_refused_with_a_503_is_sent_again_once_its_key_is_absent(
 ) -> None:
     emulator.add_fault("503", count=1, method="POST")
 
-    provider.create(DRAFT, idempotency_key="key-refused")
+    provider.create(DRAFT, idempotency_key="key-refused", key_is_fresh=True)
 
     assert len(emulator.incidents) == 1
     assert [r["method"] for r in emulator.requests] == ["POST", "GET", "POST"]
@@ -360,7 +383,7 @@ def test_a_create_whose_answer_was_lost_is_found_by_its_key(
 ) -> None:
     emulator.add_fault(fault, method="POST")
 
-    ticket = provider.create(DRAFT, idempotency_key="key-lost")
+    ticket = provider.create(DRAFT, idempotency_key="key-lost", key_is_fresh=True)
 
     assert [row["sys_id"] for row in emulator.incidents] == [ticket.id]
 
@@ -376,7 +399,7 @@ def test_ambiguous_timeout_on_create_does_not_duplicate(
         provider.create(DRAFT, idempotency_key="key-after-timeout")
     assert emulator.incidents == []
     time.sleep(1.2)  # the instance commits the POST after the client gave up
-    again = provider.create(DRAFT, idempotency_key="key-after-timeout", retrying=True)
+    again = provider.create(DRAFT, idempotency_key="key-after-timeout")
 
     assert [row["sys_id"] for row in emulator.incidents] == [again.id]
 
@@ -445,7 +468,34 @@ def test_a_create_answered_by_a_gateway_page_is_not_sent_again() -> None:
         provider.create(DRAFT, idempotency_key="behind-a-gateway")
 
     assert failure.value.may_have_landed
-    assert sent == ["POST", "GET"]  # looked, found nothing yet, and did not post again
+    # Looked (absent), posted, looked again (nothing yet), and did not post again.
+    assert sent == ["GET", "POST", "GET"]
+
+
+def test_a_create_whose_lookup_fails_after_a_503_still_says_it_may_have_landed() -> None:
+    import httpx
+
+    sent: list[str] = []
+
+    def instance(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        if request.method == "POST":  # committed, then answered 503 in the instance's format
+            return httpx.Response(503, json={"error": {"message": "busy"}, "status": "failure"})
+        return httpx.Response(403, json={"error": {"message": "ACL"}, "status": "failure"})
+
+    provider = ServiceNowProvider(
+        api_url="https://acme.service-now.test",
+        api_access_token="admin:x",
+        transport=httpx.MockTransport(instance),
+    )
+
+    with pytest.raises(errors.ProviderUnavailable) as failure:
+        provider.create(DRAFT, idempotency_key="lookup-refused", key_is_fresh=True)
+
+    # Whoever holds the key must look before sending it again: the failure keeps saying so.
+    assert failure.value.may_have_landed
+    assert isinstance(failure.value.__cause__, errors.PermissionDenied)
+    assert sent == ["POST", "GET"]
 
 
 def test_journal_fields_cannot_be_set_by_an_update(

@@ -45,7 +45,7 @@ def test_incident_lifecycle(recorded: ServiceNowProvider) -> None:
     assert created.status == "New"
     assert recorded.get(created.id) == created
     assert recorded.find(created.number).id == created.id
-    again = recorded.create(DRAFT, idempotency_key="ticketing-recorded-lifecycle-1", retrying=True)
+    again = recorded.create(DRAFT, idempotency_key="ticketing-recorded-lifecycle-1")
     assert again.id == created.id
 
     updated = recorded.update(created.id, TicketChanges(status="In Progress", urgency="1"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -15,7 +16,13 @@ from ticketing_core.errors import (
     UnexpectedResponse,
 )
 from ticketing_core.hookspecs import Provider
-from ticketing_core.http import HttpTransport, ServiceDialect, create_once, json_body
+from ticketing_core.http import (
+    RETRYING_DEPRECATED,
+    HttpTransport,
+    ServiceDialect,
+    create_once,
+    json_body,
+)
 from ticketing_core.models import (
     Capabilities,
     Page,
@@ -52,7 +59,8 @@ class JiraProvider(Provider):
     :class:`ticketing_core.http.HttpTransport` (``timeout``, ``deadline``, ``max_attempts``,
     ``max_retry_wait``, ``transport``).
 
-    Keyed creates carry the key as a label (``ticketing-key-<key>``); keyed notes carry it in a
+    Keyed creates carry the key as a label (``ticketing-key-<key>``) and look it up first (one
+    JQL search; none with ``key_is_fresh``); keyed notes carry it in a
     comment property (:data:`ticketing_jira.mapping.NOTE_KEY_PROPERTY`), so the text stays as given.
     """
 
@@ -121,8 +129,15 @@ class JiraProvider(Provider):
         return mapping.to_ticket(issue, self.api_url)
 
     def create(
-        self, draft: TicketDraft, *, idempotency_key: str | None = None, retrying: bool = False
+        self,
+        draft: TicketDraft,
+        *,
+        idempotency_key: str | None = None,
+        key_is_fresh: bool = False,
+        retrying: bool | None = None,  # deprecated: changes nothing
     ) -> Ticket:
+        if retrying is not None:
+            warnings.warn(RETRYING_DEPRECATED, DeprecationWarning, stacklevel=2)
         key_label = None if idempotency_key is None else mapping.idempotency_label(idempotency_key)
         fields = mapping.draft_fields(
             draft, project=self.project, issue_type=self.issue_type, key_label=key_label
@@ -130,7 +145,9 @@ class JiraProvider(Provider):
         if key_label is None:
             return self._create(fields)
         return create_once(
-            lambda: self._first_labelled(key_label), lambda: self._create(fields), retrying=retrying
+            lambda: self._first_labelled(key_label),
+            lambda: self._create(fields),
+            key_is_fresh=key_is_fresh,
         )
 
     def update(self, ticket_id: str, changes: TicketChanges) -> Ticket:
