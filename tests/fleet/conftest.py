@@ -2,7 +2,8 @@
 with Redis and with RabbitMQ, in front of the ServiceNow emulator over HTTP.
 
 Each test has its own PostgreSQL schema and its own queue name (the Redis key prefix too), and
-deletes its queues and keys afterwards: other users of the services are left alone.
+deletes its queues and keys afterwards: other users of the services are left alone. Its workers
+have a temporary directory of their own (their metrics folders), removed afterwards too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -102,8 +104,8 @@ def instance() -> Iterator[Any]:
 class Workers:
     """``ticketing worker`` processes, each in a session of its own, as on separate machines."""
 
-    def __init__(self, database: str, broker: Broker) -> None:
-        self.database, self.broker = database, broker
+    def __init__(self, database: str, broker: Broker, temp: Path) -> None:
+        self.database, self.broker, self.temp = database, broker, temp
         self.running: list[subprocess.Popen[bytes]] = []
 
     def start(self, *, threads: int = 4, **options: Any) -> subprocess.Popen[bytes]:
@@ -114,7 +116,7 @@ class Workers:
             [TICKETING, "worker", "--database", self.database, "--broker", self.broker.url,
              "--queue", self.broker.queue, "--threads", str(threads), "--allow-http",
              "--allow-private-hosts", *arguments],
-            env=os.environ | {"TICKETING_SECRET_KEY": SECRET_KEY},
+            env=os.environ | {"TICKETING_SECRET_KEY": SECRET_KEY, "TMPDIR": str(self.temp)},
             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         self.running.append(process)
@@ -130,12 +132,16 @@ class Workers:
         for process in list(self.running):
             self.kill(process)
 
+    def metrics_folders(self) -> set[Path]:
+        return set(self.temp.glob("ticketing-metrics-*"))
+
 
 @pytest.fixture
 def workers(fleet_database: str, broker: Broker) -> Iterator[Workers]:
-    started = Workers(fleet_database, broker)
-    yield started
-    started.kill_all()
+    with tempfile.TemporaryDirectory(prefix="ticketing-fleet-") as temp:
+        started = Workers(fleet_database, broker, Path(temp))
+        yield started
+        started.kill_all()
 
 
 @attrs.frozen

@@ -7,10 +7,11 @@ SQLAlchemy, uvicorn) happen only when one of them runs.
 from __future__ import annotations
 
 import os
-import shutil
+import signal
 import sys
-import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -209,10 +210,12 @@ def worker(
         raise click.BadParameter(
             "must be more than 4/3 of --delivery-deadline", param_hint="--lease-seconds"
         )
-    # Before anything imports prometheus_client: the processes add up their metrics in this folder.
-    metrics_folder = tempfile.mkdtemp(prefix="ticketing-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
-    try:
+    from .metrics_folder import metrics_folder
+
+    # Before anything imports prometheus_client: the processes add up their metrics in this folder,
+    # removed on every exit this process sees (a SIGKILLed worker's goes at the next start).
+    with termination_exits(), metrics_folder() as folder:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
         sys.exit(run_workers(
             database=database, broker=broker, public_url="http://localhost",
             **access_settings(allow_http, allow_private_hosts, allowed_hosts), queue=queue,
@@ -220,8 +223,25 @@ def worker(
             metrics_port=metrics_port, max_attempts=max_attempts, delivery_deadline=delivery_deadline,
             lease_seconds=lease_seconds, doubt_seconds=doubt_seconds,
         ).run(processes, threads))  # fmt: skip
+
+
+@contextmanager
+def termination_exits() -> Iterator[None]:
+    """SIGTERM and SIGHUP exit through ``SystemExit`` (128 + the signal), so that clean-ups run,
+    until something else handles them (Dramatiq does once its processes are started)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def leave(signum: int, _frame: object) -> None:
+        sys.exit(128 + signum)
+
+    previous = {number: signal.signal(number, leave) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
     finally:
-        shutil.rmtree(metrics_folder, ignore_errors=True)
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
 
 
 def run_workers(**settings: Any) -> Any:
