@@ -1,6 +1,9 @@
 """OAuth 2.0 for :class:`~ticketing_core.http.HttpTransport`, on httpx-auth's grants and token cache.
 
 With a user and password the password grant is used, without them the client-credentials grant.
+Every token request carries the client's id and secret as the form fields ``client_id`` and
+``client_secret``, as ServiceNow documents for ``/oauth_token.do``, never in an ``Authorization``
+header.
 httpx-auth caches tokens process-wide, keyed by the token URL and the credentials, so every
 thread and every provider of one integration in a process shares one token. It renews a token
 30 s before it expires, through the refresh-token grant when the service issued a refresh token.
@@ -82,7 +85,8 @@ class OAuth(httpx.Auth):
             headers={"Accept": "application/json"},
             event_hooks={"request": [self._within_deadline], "response": [_check_token_response]},
         )
-        # Form fields rather than Basic client auth: ServiceNow's oauth_token.do reads both.
+        # Form fields, as ServiceNow documents for every grant (refresh included): httpx-auth
+        # adds a grant's extra keyword arguments to its form.
         credentials = {"client_id": client.client_id, "client_secret": client.client_secret}
         username, colon, password = login.partition(":")
         if colon and not username:
@@ -98,7 +102,7 @@ class OAuth(httpx.Auth):
                 client.token_url, username, password, **common, **credentials
             )
         else:
-            self._grant = OAuth2ClientCredentials(
+            self._grant = _ClientCredentialsInForm(
                 client.token_url, client.client_id, client.client_secret, **common
             )
         # httpx-auth's cache key is a digest of the credentials, and its debug log shows it:
@@ -166,6 +170,25 @@ class OAuth(httpx.Auth):
             cached = cache.tokens.get(self._grant.state)
             if cached is not None and cached[0] == sent:
                 cache.tokens[self._grant.state] = (cached[0], 0.0, *cached[2:])
+
+
+class _ClientCredentialsInForm(OAuth2ClientCredentials):
+    """httpx-auth's client-credentials grant (its token cache and expiry), with the client's id
+    and secret as form fields of the token request instead of a Basic ``Authorization`` header.
+
+    httpx-auth sends them only as Basic auth, and its public API cannot move them: extra keyword
+    arguments become form fields, but ``client_id`` and ``client_secret`` are the names of its
+    own parameters. So they are added to the form it posts, and the token client is given no
+    auth. Tests against the emulator, which refuses a token request with an ``Authorization``
+    header, fail if a new httpx-auth sends them some other way.
+    """
+
+    def __init__(self, token_url: str, client_id: str, client_secret: str, **options: Any) -> None:
+        super().__init__(token_url, client_id, client_secret, **options)
+        self.data.update(client_id=client_id, client_secret=client_secret)
+
+    def _configure_client(self, client: httpx.Client) -> None:
+        client.timeout = self.timeout  # what httpx-auth sets, but not the client's Basic auth
 
 
 class _Shared(httpx.BaseTransport):

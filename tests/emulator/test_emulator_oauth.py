@@ -117,13 +117,32 @@ def test_client_credentials_grant_acts_as_the_oauth_client_user(http: httpx.Clie
     assert created.json()["result"]["sys_created_by"] == "svc.sync"
 
 
-def test_client_credentials_in_a_basic_header(http: httpx.Client) -> None:
-    for client, secret in [(CLIENT, SECRET), (OTHER_CLIENT, OTHER_SECRET)]:
+@pytest.mark.parametrize("grant", ["client_credentials", "password"])
+def test_a_client_in_a_basic_header_is_refused_as_servicenow_documents_form_fields(
+    http: httpx.Client, grant: str
+) -> None:
+    form = {"grant_type": grant, "username": "bob", "password": BOB_PASSWORD}
+    in_header = http.post(TOKEN, data=form, auth=(CLIENT, SECRET))
+    # With the client in the form as well: still refused, so a client that sends both is caught.
+    in_both = http.post(
+        TOKEN, data={**form, "client_id": CLIENT, "client_secret": SECRET}, auth=(CLIENT, SECRET)
+    )
+
+    for response in (in_header, in_both):
+        assert response.status_code == 401
+        assert response.json() == ACCESS_DENIED
+
+
+def test_a_client_in_a_basic_header_is_accepted_where_the_emulator_is_told_to() -> None:
+    lenient = Emulator(oauth_clients={CLIENT: SECRET}, oauth_basic_client_auth=True)
+    with run_in_thread(lenient) as running, httpx.Client(base_url=running.url) as http:
         response = http.post(
-            TOKEN, data={"grant_type": "client_credentials"}, auth=(client, secret)
+            TOKEN, data={"grant_type": "client_credentials"}, auth=(CLIENT, SECRET)
         )
         assert response.status_code == 200, response.text
         assert http.get(INCIDENTS, headers=bearer(response.json()["access_token"])).is_success
+        wrong = http.post(TOKEN, data={"grant_type": "client_credentials"}, auth=(CLIENT, "x"))
+        assert wrong.status_code == 401
 
 
 def test_refresh_grant_issues_a_new_working_access_token(
@@ -151,6 +170,7 @@ def test_refresh_grant_issues_a_new_working_access_token(
     [
         pytest.param({"client_id": CLIENT, "client_secret": "wrong-secret-123"}, None, id="form"),
         pytest.param({}, (CLIENT, "wrong-secret-123"), id="basic"),
+        pytest.param({}, (CLIENT, SECRET), id="basic-right-secret"),
         pytest.param({"client_id": "nobody", "client_secret": SECRET}, None, id="unknown"),
         pytest.param({"client_id": CLIENT}, None, id="no-secret"),
         pytest.param({}, None, id="no-client"),
@@ -206,9 +226,10 @@ def test_a_malformed_request_answers_400(
 
 
 def test_a_json_body_is_not_a_form(http: httpx.Client) -> None:
-    response = http.post(TOKEN, json={"grant_type": "client_credentials"}, auth=(CLIENT, SECRET))
-    assert response.status_code == 400
-    assert response.json()["error"] == "invalid_request"
+    body = {"grant_type": "client_credentials", "client_id": CLIENT, "client_secret": SECRET}
+    response = http.post(TOKEN, json=body)
+    assert response.status_code == 401  # no client in a form
+    assert response.json() == ACCESS_DENIED
 
 
 def test_a_bad_refresh_token_answers_401(http: httpx.Client) -> None:
@@ -217,8 +238,13 @@ def test_a_bad_refresh_token_answers_401(http: httpx.Client) -> None:
     assert unknown.status_code == 401
     assert unknown.json() == ACCESS_DENIED
     # A refresh token belongs to the client it was issued to.
-    data = {"grant_type": "refresh_token", "refresh_token": refresh}
-    stolen = http.post(TOKEN, data=data, auth=(OTHER_CLIENT, OTHER_SECRET))
+    stolen = token(
+        http,
+        grant_type="refresh_token",
+        refresh_token=refresh,
+        client_id=OTHER_CLIENT,
+        client_secret=OTHER_SECRET,
+    )
     assert stolen.status_code == 401
     assert stolen.json() == ACCESS_DENIED
 
@@ -328,7 +354,7 @@ def test_stats_count_token_requests_per_grant(http: httpx.Client, emulator: Emul
 
 def test_the_request_log_never_holds_credentials(http: httpx.Client, emulator: Emulator) -> None:
     password_grant(http)
-    http.post(TOKEN, data={"grant_type": "client_credentials"}, auth=(CLIENT, SECRET))
+    token(http, grant_type="client_credentials")
     log = repr(emulator.requests)
     for secret in (SECRET, BOB_PASSWORD):
         assert secret not in log
@@ -353,13 +379,13 @@ def test_faults_and_down_apply_to_the_token_endpoint(
 
 
 def test_the_default_client_acts_as_admin(emulator_url: str) -> None:
-    data = {"grant_type": "client_credentials"}
-    credentials = (DEFAULT_OAUTH_CLIENT_ID, DEFAULT_OAUTH_CLIENT_SECRET)
-    access = httpx.post(emulator_url + TOKEN, data=data, auth=credentials).json()["access_token"]
+    client = {"client_id": DEFAULT_OAUTH_CLIENT_ID, "client_secret": DEFAULT_OAUTH_CLIENT_SECRET}
+    data = {"grant_type": "client_credentials", **client}
+    access = httpx.post(emulator_url + TOKEN, data=data).json()["access_token"]
     created = httpx.post(emulator_url + INCIDENTS, json={}, headers=bearer(access))
     assert created.json()["result"]["sys_created_by"] == "admin"
-    form = {"grant_type": "password", "username": "admin", "password": DEFAULT_PASSWORD}
-    assert httpx.post(emulator_url + TOKEN, data=form, auth=credentials).status_code == 200
+    form = {"grant_type": "password", "username": "admin", "password": DEFAULT_PASSWORD, **client}
+    assert httpx.post(emulator_url + TOKEN, data=form).status_code == 200
 
 
 def test_construction_refuses_bad_oauth_settings() -> None:

@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
+import httpx
 import pytest
+import vcr
 from click.testing import CliRunner
 from httpx_auth._oauth2.common import OAuth2
 from servicenow_emulator import Emulator
@@ -58,6 +63,85 @@ def test_an_empty_token_uses_the_client_credentials_grant(
 
     assert grants(emulator)["client_credentials"] == 1
     assert grants(emulator)["password"] == 0
+
+
+class Recording(httpx.HTTPTransport):
+    """The provider's transport, keeping each token request (its headers and form) as sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token_requests: list[tuple[httpx.Headers, dict[str, list[str]]]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth_token.do":
+            form = parse_qs(request.read().decode())
+            self.token_requests.append((request.headers, form))
+        return super().handle_request(request)
+
+
+@pytest.mark.parametrize(
+    ("login", "grant"), [("", "client_credentials"), (ADMIN_TOKEN, "password")]
+)
+def test_every_grant_sends_the_client_as_form_fields_and_no_authorization_header(
+    emulator: Emulator, emulator_url: str, login: str, grant: str
+) -> None:
+    recording = Recording()
+    with ServiceNowProvider(
+        api_url=emulator_url, api_access_token=login, transport=recording, **OAUTH
+    ) as snow:
+        snow.validate()
+        emulator.expire_tokens()
+        snow.validate()  # renewed: by the refresh-token grant where one was issued
+
+    grants_sent = [form["grant_type"] for _, form in recording.token_requests]
+    renewal = "refresh_token" if grant == "password" else grant
+    assert grants_sent == [[grant], [renewal]]
+    for headers, form in recording.token_requests:
+        assert "authorization" not in headers
+        assert form["client_id"] == [DEFAULT_OAUTH_CLIENT_ID]
+        assert form["client_secret"] == [DEFAULT_OAUTH_CLIENT_SECRET]
+    # The emulator, strict as ServiceNow documents, refuses a client in a Basic header.
+    assert [status for path, status in statuses(emulator) if path == "/oauth_token.do"] == [
+        200,
+        200,
+    ]
+
+
+def test_the_client_secret_stays_out_of_logs_reprs_and_errors(
+    emulator: Emulator, emulator_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "wrong-client-secret-in-form"
+    with ServiceNowProvider(api_url=emulator_url, api_access_token="", **OAUTH) as snow:
+        snow.validate()
+    refused = ServiceNowProvider(
+        api_url=emulator_url, api_access_token="", client_id=DEFAULT_OAUTH_CLIENT_ID,
+        client_secret=wrong,
+    )  # fmt: skip
+    with refused, pytest.raises(AuthenticationFailed) as caught:
+        refused.validate()
+
+    assert grants(emulator)["client_credentials"] == 2
+    for text in (caplog.text, repr(snow), repr(refused), str(caught.value), repr(caught.value)):
+        assert DEFAULT_OAUTH_CLIENT_SECRET not in text
+        assert wrong not in text
+
+
+def test_a_cassette_of_the_client_credentials_grant_holds_no_secret(
+    emulator_url: str, tmp_path: Path, vcr_config: dict[str, Any]
+) -> None:
+    cassette = tmp_path / "client-credentials.yaml"
+    with (
+        vcr.VCR(**vcr_config).use_cassette(str(cassette), record_mode="all"),
+        ServiceNowProvider(api_url=emulator_url, api_access_token="", **OAUTH) as snow,
+    ):
+        snow.validate()
+
+    recorded = cassette.read_text()
+    assert "grant_type=client_credentials" in recorded
+    assert f"client_id={DEFAULT_OAUTH_CLIENT_ID}" in recorded
+    assert DEFAULT_OAUTH_CLIENT_SECRET not in recorded
+    assert "authorization:" not in recorded.lower()
 
 
 def test_an_expired_token_is_renewed_once_on_the_401_and_the_call_sent_again(

@@ -18,7 +18,10 @@ What is the instance's own, from Python or over HTTP:
   GET answers 403; an incident's journal fields still display through
   ``sysparm_display_value``, as they do on a real instance.
 - OAuth 2.0 (``POST /oauth_token.do``, a form, as instances have it): the password,
-  client_credentials and refresh_token grants for ``oauth_clients``; its access tokens work as
+  client_credentials and refresh_token grants for ``oauth_clients``, the client named by the
+  form fields ``client_id`` and ``client_secret`` as ServiceNow documents for every grant (a
+  request with an ``Authorization`` header is refused, unless ``oauth_basic_client_auth`` lets
+  the client come in a Basic header instead); its access tokens work as
   bearer tokens on the Table API until ``token_lifetime`` runs out or ``expire_tokens()``
   (``POST /__emulator/oauth {"token_lifetime": 1.5}`` or ``{"expire_tokens": true}``; a GET
   there counts token requests). Latency, ``down`` and the faults apply to it as to the Table API.
@@ -357,6 +360,7 @@ class Emulator(EmulatedService):
         custom_fields: Iterable[str] = (),
         oauth_clients: Mapping[str, str] | None = None,
         oauth_client_user: str = "admin",
+        oauth_basic_client_auth: bool = False,
         token_lifetime: float = 1800.0,
     ) -> None:
         """``tokens`` maps bearer tokens to user names; ``clock`` returns UTC datetimes;
@@ -364,7 +368,10 @@ class Emulator(EmulatedService):
 
         ``oauth_clients`` maps OAuth client ids to secrets (``{}``: none); a client_credentials
         token acts as ``oauth_client_user`` (the OAuth app's "OAuth Application User");
-        ``token_lifetime`` is in seconds."""
+        ``oauth_basic_client_auth`` also takes the client from a Basic ``Authorization`` header
+        of a token request, which ServiceNow does not document (by default such a request is
+        refused, so that a client's tests prove it sends form fields); ``token_lifetime`` is in
+        seconds."""
         super().__init__(_FaultAnswers(), latency_ms)
         self._custom_fields = dict.fromkeys(custom_fields, "")
         self._users = {user.user_name: user for user in (DEFAULT_USERS if users is None else users)}
@@ -379,6 +386,7 @@ class Emulator(EmulatedService):
         if self._oauth_clients and oauth_client_user not in self._users:
             raise ValueError(f"oauth_client_user names an unknown user: {oauth_client_user!r}")
         self._oauth_client_user = oauth_client_user
+        self.oauth_basic_client_auth = oauth_basic_client_auth
         self._initial_token_lifetime = token_lifetime
         self.reset()
         self.app = Starlette(routes=self._routes())
@@ -608,8 +616,11 @@ class Emulator(EmulatedService):
             return json_response(self._grant(_required(form, "grant_type"), form, client_id))
 
     def _oauth_client(self, request: Request, form: Mapping[str, str]) -> str:
-        """The client a token request authenticates as: by Basic auth, else by form fields."""
+        """The client a token request authenticates as: by its form fields, as ServiceNow
+        documents; by a Basic header only where ``oauth_basic_client_auth`` allows it."""
         if request.headers.get("authorization"):
+            if not self.oauth_basic_client_auth:
+                raise _access_denied()
             return authenticate(
                 request, basic=self._client, bearer=lambda _token: None, refused=_access_denied
             )
