@@ -135,8 +135,10 @@ class Provider(Protocol):
 
         Repeat safety: keyed, checked by the caller. The note is never sent twice by one call: a
         failure that may have landed raises, and before trying again the caller asks
-        :meth:`has_work_note`. ``text`` is stored exactly as given (no marker is added); a provider
-        that can keep ``idempotency_key`` beside the note (Jira: a comment property) does so.
+        :meth:`has_work_note`. ``text`` is stored as given (no marker is added), or escaped where
+        the service's format demands it, one-to-one so that two texts are never stored alike; a
+        provider that can keep ``idempotency_key`` beside the note (Jira: a comment property) does
+        so.
         """
 
     def has_work_note(
@@ -148,9 +150,14 @@ class Provider(Protocol):
         ``identical_before`` is how many notes with exactly this ``text`` the caller added to the
         ticket before this one (the outbox counts them). A provider that stored the key looks for
         it; one that could not (ServiceNow, whose journal holds only text) counts the notes with
-        this text and answers whether there are more than ``identical_before``. Needs only the
-        rights :meth:`add_work_note` needs (ServiceNow: read on the incident, not on
-        ``sys_journal_field``).
+        this text and answers whether there are more than ``identical_before``: exactly, whatever
+        the texts on the ticket hold (a line shaped like an entry's header, a forged entry inside
+        another note). Needs only the rights :meth:`add_work_note` needs (ServiceNow: read on the
+        incident, not on ``sys_journal_field``).
+
+        The caller looks at once after a failure that may have landed: True settles the note,
+        while False may mean "not yet" (the service still working on the call), so the caller
+        sends again only once the service is certainly done with it.
         """
 
     def get_status(self, ticket_id: str) -> TicketStatus:

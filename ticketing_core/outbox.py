@@ -13,12 +13,14 @@ Delivery = claim (a lease with a fencing token) -> one attempt -> settle (only w
   expired can neither renew nor settle (its token no longer matches), so it cannot undo another
   worker's delivery;
 - an event whose earlier attempt may have landed (its worker died, or the call failed after the
-  request left: a timeout, a dropped connection, a 5xx) is *in doubt*: it is not attempted again
-  until ``doubt_seconds`` have passed (the service finishes or cancels a request by then:
-  ServiceNow's transaction quota is 60 s), and then the deliverer asks the ticket whether it landed
-  before acting again. For notes the question is keyed and counts notes with the same text against
-  how many this outbox delivered to that ticket before (kept in :data:`note_tally` once delivered
-  events are pruned); no clocks are compared;
+  request left: a timeout, a dropped connection, a 5xx) is *in doubt*. A note in doubt is looked for
+  on its ticket at its next try: found, it is delivered. Not found, it is not sent again before its
+  doubt window (``doubt_seconds``) is over, since the service may still be working on the earlier
+  attempt (it finishes or cancels a request by then: ServiceNow's transaction quota is 60 s):
+  :meth:`Outbox.hold` refuses with :class:`StillInDoubt`, and it is looked for again then. A change
+  in doubt has nothing to look for and is not due before its window is over. The look is keyed and
+  counts notes with the same text against how many this outbox delivered to that ticket before
+  (kept in :data:`note_tally` once delivered events are pruned); no clocks are compared;
 - retryable failures back off exponentially (or by the service's ``Retry-After``); after
   ``max_attempts`` failures, or at once for a failure retrying cannot fix, the event is parked as dead,
   listed and retryable;
@@ -33,7 +35,8 @@ Delivery = claim (a lease with a fencing token) -> one attempt -> settle (only w
 
 At-least-once attempts plus keyed writes give an exactly-once effect, assuming a worker does not
 stall for longer than ``lease_seconds + doubt_seconds`` between confirming its claim and sending,
-and that nobody else writes a note with exactly the same text on the same ticket.
+and that a provider's look counts exactly the notes written with the text (ServiceNow's escapes what
+it writes so that it can: :func:`ticketing_servicenow.mapping.journal_safe`).
 
 The :class:`Dispatcher` protocol is the seam for other executors (a Dramatiq actor, say): the
 in-process :class:`ThreadedDispatcher` is the embedded default.
@@ -95,6 +98,9 @@ events = sa.Table(
     sa.Column("claims", sa.Integer, nullable=False, default=0),
     # In doubt: an attempt may have landed; cleared once a check of the ticket says it did not.
     sa.Column("ambiguous", sa.Boolean, nullable=False, default=False),
+    # Until then the service may still be working on an attempt in doubt: it is not sent again
+    # before (a note is looked for at once all the same).
+    sa.Column("doubt_until", UtcDateTime),
     sa.Column("claim_token", sa.String(32)),  # the fencing token of the current claim
     sa.Column("claimed_at", UtcDateTime),
     sa.Column("next_attempt_at", UtcDateTime, nullable=False),
@@ -198,6 +204,17 @@ class IntegrationStats:
 
 class LeaseLost(TicketingError):
     """This worker's claim on an event expired and may be another's now: it must not act on it."""
+
+
+class StillInDoubt(TicketingError):
+    """An event in doubt was not found at its ticket, but the service may still be working on
+    the earlier attempt: it is looked for again once its doubt window is over, not sent now."""
+
+    def __init__(self, event_id: int, until: datetime) -> None:
+        super().__init__(
+            f"outbox event {event_id}: not at its ticket yet; looked for again at {until}"
+        )
+        self.until = until
 
 
 class Outbox:
@@ -612,29 +629,32 @@ class Outbox:
                 ).rowcount
             )
 
-    def hold(self, event: OutboxEvent, *, doubt_resolved: bool = False) -> None:
-        """Confirm the claim just before acting (and record that a check found the action absent).
+    def hold(self, event: OutboxEvent) -> None:
+        """Confirm the claim just before sending; for an event in doubt (whose check found it
+        absent), also that its doubt window is over, and clear the doubt.
 
-        Raises :class:`LeaseLost` when the claim is no longer this worker's. A claim made less than
-        a third of a lease ago is certainly still held (clocks may disagree on the time, not on how
-        fast it passes), so confirming it costs no write.
+        Raises :class:`LeaseLost` when the claim is no longer this worker's, and
+        :class:`StillInDoubt` when the service may still be working on an earlier attempt. A claim
+        made less than a third of a lease ago is certainly still held (clocks may disagree on the
+        time, not on how fast it passes), so confirming it costs no write.
         """
         fresh = time.monotonic() - event.claimed_monotonic < self.lease.total_seconds() / 3
-        if fresh and not doubt_resolved:
+        if fresh and not event.in_doubt:
             return
-        values: dict[str, object] = {}
-        if doubt_resolved:
-            values["ambiguous"] = False
         with self.database.begin() as conn:
+            now = self.database.now(conn)
+            window_over = sa.or_(events.c.doubt_until.is_(None), events.c.doubt_until <= now)
             held = conn.execute(
-                self._fenced(event).values(
-                    lease_until=self.database.now(conn) + self.lease, **values
-                )
+                self._fenced(event)
+                .where(window_over)
+                .values(lease_until=now + self.lease, ambiguous=False)
             ).rowcount
-        if not held:
-            raise LeaseLost(
-                f"outbox event {event.id}: the lease expired; another worker may hold it"
-            )
+            if held:
+                return
+            until = conn.execute(sa.select(events.c.doubt_until).where(self._held(event))).scalar()
+        if until is not None:
+            raise StillInDoubt(event.id, until)
+        raise LeaseLost(f"outbox event {event.id}: the lease expired; another worker may hold it")
 
     def delivered(self, event: OutboxEvent) -> datetime | None:
         """Settle a delivered event: when, on the database's clock; None when the claim was lost
@@ -678,6 +698,8 @@ class Outbox:
         """
         if isinstance(error, IntegrationUnusable):
             return self._wait_until_usable(event, error)
+        if isinstance(error, StillInDoubt):
+            return self._look_again(event, error.until)
         retryable = isinstance(error, ProviderError) and error.retryable
         landed = may_have_landed(error)
         with self.database.begin() as conn:
@@ -700,7 +722,8 @@ class Outbox:
                 next_attempt = until
             else:
                 next_attempt = now + self._backoff(counted, error)
-            if landed:  # not before the service is done with the call
+            if landed and not isinstance(event.action, AddWorkNote):
+                # Nothing to look for: not before the service is done with the call.
                 next_attempt = max(next_attempt, now + self.doubt)
             conn.execute(
                 self._fenced(event).values(
@@ -708,6 +731,7 @@ class Outbox:
                     attempts=events.c.attempts + 1,
                     outage_attempts=events.c.outage_attempts + int(waits),
                     ambiguous=sa.true() if landed else events.c.ambiguous,
+                    doubt_until=now + self.doubt if landed else events.c.doubt_until,
                     last_error=f"{type(error).__name__}: {error}"[:2000],
                     next_attempt_at=next_attempt,
                     lease_until=None,
@@ -761,6 +785,17 @@ class Outbox:
                 self._pause(conn, event.integration_id, until, 0.0)  # no outage to double
         return PENDING if settled else None
 
+    def _look_again(self, event: OutboxEvent, until: datetime) -> str | None:
+        """A note in doubt not found yet: give it back unchanged but for its time, to be looked
+        for again once the service is certainly done with the earlier attempt."""
+        with self.database.begin() as conn:
+            settled = conn.execute(
+                self._fenced(event).values(
+                    next_attempt_at=until, lease_until=None, claim_token=None
+                )
+            ).rowcount
+        return PENDING if settled else None
+
     def _upsert_throttle(
         self, conn: sa.Connection, integration_id: int, row: dict[str, Any], **changes: Any
     ) -> None:
@@ -794,25 +829,20 @@ class Outbox:
         )  # fmt: skip
 
     @staticmethod
-    def _fenced_row(event: OutboxEvent) -> sa.Select[Any]:
-        """The event's row while this claim holds it, locked for the settle."""
-        return (
-            sa.select(events.c.id)
-            .where(
-                events.c.id == event.id,
-                events.c.claim_token == event.claim_token,
-                events.c.status == PENDING,
-            )
-            .with_for_update()
-        )
-
-    @staticmethod
-    def _fenced(event: OutboxEvent) -> sa.Update:
-        return events.update().where(
+    def _held(event: OutboxEvent) -> sa.ColumnElement[bool]:
+        """The event's row while this claim holds it: the fence of every settle."""
+        return sa.and_(
             events.c.id == event.id,
             events.c.claim_token == event.claim_token,
             events.c.status == PENDING,
         )
+
+    def _fenced_row(self, event: OutboxEvent) -> sa.Select[Any]:
+        """The event's row while this claim holds it, locked for the settle."""
+        return sa.select(events.c.id).where(self._held(event)).with_for_update()
+
+    def _fenced(self, event: OutboxEvent) -> sa.Update:
+        return events.update().where(self._held(event))
 
     def _backoff(self, attempts: int, error: BaseException) -> timedelta:
         exponential = min(self.backoff_max, self.backoff_initial * 2 ** (attempts - 1))
@@ -823,23 +853,20 @@ class Outbox:
     def retry(self, event_ids: Sequence[int] | None = None) -> int:
         """Put dead events (all, or those given) back in line with fresh attempts; returns how many.
 
-        Doubt is kept: an event that may have landed is checked before it is sent again, and not
-        before its doubt window is over.
+        Doubt is kept: an event that may have landed is looked for before it is sent again, and
+        not sent before its doubt window is over (:meth:`hold`).
         """
         query = events.update().where(events.c.status == DEAD)
         if event_ids is not None:
             query = query.where(events.c.id.in_(event_ids))
         with self.database.begin() as conn:
-            now = self.database.now(conn)
-            in_window = sa.and_(events.c.ambiguous, events.c.next_attempt_at > now)
-            waited = sa.case((in_window, events.c.next_attempt_at), else_=now)
             return int(
                 conn.execute(
                     query.values(
                         status=PENDING,
                         attempts=0,
                         outage_attempts=0,
-                        next_attempt_at=waited,
+                        next_attempt_at=self.database.now(conn),
                         lease_until=None,
                     )
                 ).rowcount

@@ -359,7 +359,7 @@ class SyncService:
                     identical_before=event.identical_before,
                 ):  # fmt: skip
                     return
-                self.outbox.hold(event, doubt_resolved=event.in_doubt)
+                self.outbox.hold(event)
                 provider.add_work_note(event.ticket_id, action.text, idempotency_key=key)
             elif isinstance(action, ChangeTicket):
                 self.outbox.hold(event)  # idempotent, but a stale worker must not undo later ones

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from ticketing_core.models import TicketLink
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Connections per process: above the host's worker threads (anyio's 40) plus its deliveries, so a
 # request never waits for a connection another request holds while waiting itself.
 POOL_SIZE, MAX_OVERFLOW = 10, 50
@@ -465,4 +465,14 @@ def _outages_v4(conn: sa.Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE sync_throttle ADD COLUMN delivered_at {timestamp}")
 
 
-CORE_UPGRADES: Mapping[int, Upgrade] = {1: _outbox_v2, 2: _outbox_v3, 3: _outages_v4}
+def _doubt_window_v5(conn: sa.Connection) -> None:
+    """Schema 4 to 5: when an event's doubt window ends, so a note in doubt is looked for at once
+    and only its sending waits (events already in doubt waited their window in next_attempt_at)."""
+    if sa.inspect(conn).has_table("sync_outbox"):
+        timestamp = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+        conn.exec_driver_sql(f"ALTER TABLE sync_outbox ADD COLUMN doubt_until {timestamp}")
+
+
+CORE_UPGRADES: Mapping[int, Upgrade] = {
+    1: _outbox_v2, 2: _outbox_v3, 3: _outages_v4, 4: _doubt_window_v5
+}  # fmt: skip

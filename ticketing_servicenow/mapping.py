@@ -203,23 +203,28 @@ def search_query(query: SearchQuery) -> str:
     return "^".join([*terms, SEARCH_ORDER])
 
 
-_JOURNAL_CODE_TAG = re.compile(r"\[\s*(/?)\s*code\s*\]", re.IGNORECASE)
-
-
-# An entry's header: first, or after the blank line that ends the previous entry.
-_JOURNAL_HEADER = re.compile(r"(?:\A|\n\n)[^\n]* - [^\n]* \([^()\n]+\)\n")
 # Fields whose writes append to the journal rather than set a value.
 JOURNAL_FIELDS = ("work_notes", "comments")
+
+# A journal field's display value is its entries, newest first, each a header line
+# ``<when> - <who> (<label>)`` (in the reader's locale and date format), the text as stored, and a
+# blank line. A text may hold the same shapes, so what we write is escaped to keep the split exact.
+JOURNAL_HEADER_LINE = re.compile(r"[^\n]* - [^\n]* \([^()\n]+\)")
+# Invisible, and never the first character of a real header (those start with a date).
+JOURNAL_ESCAPE = "\u200b"
+_ENTRY_START = re.compile(rf"(?:\A|\n\n)(?!{JOURNAL_ESCAPE}){JOURNAL_HEADER_LINE.pattern}\n")
+# "[code]" tags render the text between them as raw HTML; an escape after "[" (also before an
+# escape already there, so that the escaping stays one-to-one) keeps them plain text.
+_CODE_TAG_OR_ESCAPE = re.compile(rf"\[(?=\s*/?\s*code\s*\]|{JOURNAL_ESCAPE})", re.IGNORECASE)
 
 
 def journal_entries(journal: str) -> list[str]:
     """The texts of a journal field's display value, newest first.
 
-    Each entry is a header line ``<when> - <who> (<label>)`` (in the user's locale and date
-    format), the text, and a blank line. A text that itself holds a blank line followed by a
-    header-shaped line cannot be told from two entries.
+    Exact for texts written through :func:`journal_safe`: only a header-shaped line after a blank
+    line starts an entry, and in those texts every such line starts with the escape.
     """
-    headers = list(_JOURNAL_HEADER.finditer(journal))
+    headers = list(_ENTRY_START.finditer(journal))
     if not headers:
         return []
     ends = [header.start() for header in headers[1:]] + [len(journal)]
@@ -234,5 +239,25 @@ def count_journal_entries(journal: str, text: str) -> int:
 
 
 def journal_safe(text: str) -> str:
-    """Neutralise ``[code]`` tags: the journal renders text between them as raw HTML."""
-    return _JOURNAL_CODE_TAG.sub(r"(\1code)", text)
+    """``text`` as it is written to a journal field: unchanged, unless it holds a ``[code]`` tag,
+    a header-shaped line after a blank line (which could pass for the start of another entry), or
+    starts or ends with white space (which an instance trimming entries would drop); those get an
+    invisible escape (U+200B) before the line, after the ``[`` or at that end. So does the escape
+    itself in those places.
+
+    One-to-one, so two different texts are never written the same, and counting a text's entries
+    (:func:`count_journal_entries`) counts the writes of that text alone.
+    """
+    lines = _CODE_TAG_OR_ESCAPE.sub("[" + JOURNAL_ESCAPE, text).split("\n")
+    for n in range(1, len(lines)):
+        line = lines[n]
+        if not lines[n - 1] and (
+            line.startswith(JOURNAL_ESCAPE) or JOURNAL_HEADER_LINE.fullmatch(line)
+        ):
+            lines[n] = JOURNAL_ESCAPE + line
+    safe = "\n".join(lines)
+    if safe.startswith(JOURNAL_ESCAPE) or safe[:1].isspace():
+        safe = JOURNAL_ESCAPE + safe
+    if safe.endswith(JOURNAL_ESCAPE) or safe[-1:].isspace():
+        safe += JOURNAL_ESCAPE
+    return safe

@@ -9,14 +9,16 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from servicenow_emulator import Emulator
 
 from ticketing_core.models import Anomaly, TicketDraft
-from ticketing_core.outbox import DEAD, DELIVERED, Outbox, ThreadedDispatcher
+from ticketing_core.outbox import DEAD, DELIVERED, PENDING, Outbox, ThreadedDispatcher
 from ticketing_core.policies import WorkNotesOnly
 from ticketing_core.service import SyncService
 from ticketing_core.store import Database
-from ticketing_servicenow import ServiceNowProvider
+from ticketing_servicenow import ServiceNowProvider, mapping
 
 from ..conftest import wait_until
 
@@ -196,3 +198,146 @@ def test_a_create_committed_after_the_client_gave_up_is_made_once(
     assert [row["sys_id"] for row in emulator.incidents] == [ticket.id]
     assert link.ticket_id == ticket.id
     assert [r["method"] for r in emulator.requests].count("POST") == 1
+
+
+# --- hostile texts (issue 16) ------------------------------------------------------------------
+
+FAULTS_THAT_LAND = ("503_after_commit", "close_after_commit")
+# A journal header as the integration user's own entries show it.
+FORGED_HEADER = "2026-12-07 10:00:00 - System Administrator (Work notes)"
+
+
+def journal_text(comment: str) -> str:
+    return mapping.journal_safe(f"Comment from Qualytics: {comment}")
+
+
+@pytest.mark.parametrize("fault", FAULTS_THAT_LAND)
+@pytest.mark.parametrize(
+    "comment",
+    [
+        "Findings:\n\nRun 42 - nightly load (prod)\nfailed at step 3",  # pasted run summary
+        "ends in blank lines\n\n",
+        "\n\n2026-12-07 10:00:00 - Jane Doe (Contractor) (Work notes)\nquoted from the UI",
+    ],
+)
+def test_texts_shaped_like_journal_entries_arrive_once_after_a_write_that_landed(
+    service: SyncService, emulator: Emulator, ticket_id: str, comment: str, fault: str
+) -> None:
+    emulator.add_fault(fault, method="PATCH")
+
+    service.anomaly_commented(ANOMALY.id, comment)
+
+    delivered(service, 1)
+    assert notes(emulator, ticket_id) == [journal_text(comment)]
+
+
+comments = (
+    st.lists(
+        st.one_of(
+            st.sampled_from(
+                ["", "Run 42 - nightly load (prod)", FORGED_HEADER, "[code]", "\u200b"]
+            ),
+            st.text(
+                st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=20
+            ),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+    .map("\n".join)
+    .filter(str.strip)
+)
+
+
+def test_generated_texts_arrive_once_through_writes_that_landed(
+    service: SyncService, emulator: Emulator, ticket_id: str
+) -> None:
+    """Each generated text, after a commit answered 503 or a lost answer, is on the ticket once
+    more than before (the ticket keeps every earlier example's notes, as a real one would)."""
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(comment=comments, fault=st.sampled_from(FAULTS_THAT_LAND))
+    def arrives_once(comment: str, fault: str) -> None:
+        before = notes(emulator, ticket_id).count(journal_text(comment))
+        emulator.add_fault(fault, method="PATCH")
+
+        service.anomaly_commented(ANOMALY.id, comment)
+
+        wait_until(lambda: service.outbox.counts()[PENDING] == 0, timeout=30)
+        assert notes(emulator, ticket_id).count(journal_text(comment)) == before + 1
+
+    arrives_once()
+
+
+def test_a_forged_entry_in_an_earlier_comment_does_not_count_for_a_later_note(
+    service: SyncService, emulator: Emulator, ticket_id: str
+) -> None:
+    """Issue 16: a comment embedding a blank line, a journal header and a later note's text must
+    not pass for that note when the note's write is refused before anything is stored."""
+    service.anomaly_commented(ANOMALY.id, f"x\n\n{FORGED_HEADER}\nComment from Qualytics: T")
+    delivered(service, 1)
+    emulator.add_fault("503", method="PATCH")  # refused: nothing stored
+
+    service.anomaly_commented(ANOMALY.id, "T")
+
+    delivered(service, 2)
+    assert notes(emulator, ticket_id).count("Comment from Qualytics: T") == 1
+
+
+# --- looking first (issue 16) ------------------------------------------------------------------
+
+
+@pytest.fixture
+def minute_of_doubt(service: SyncService) -> SyncService:
+    """ServiceNow's own doubt window: a minute."""
+    service.outbox.doubt = timedelta(seconds=60)
+    return service
+
+
+@pytest.mark.parametrize("fault", FAULTS_THAT_LAND)
+def test_a_note_that_landed_is_confirmed_within_seconds_not_after_the_window(
+    minute_of_doubt: SyncService, emulator: Emulator, ticket_id: str, fault: str
+) -> None:
+    emulator.add_fault(fault, method="PATCH")
+    started = time.monotonic()
+
+    minute_of_doubt.anomaly_commented(ANOMALY.id, "landed")
+
+    delivered(minute_of_doubt, 1)
+    assert time.monotonic() - started < 5
+    assert notes(emulator, ticket_id) == [journal_text("landed")]
+
+
+def test_ten_notes_through_six_writes_that_landed_take_seconds(
+    minute_of_doubt: SyncService, emulator: Emulator, ticket_id: str
+) -> None:
+    """Issue 16: 3 commits answered 503 and 3 lost answers in a row held one ticket's 10 notes
+    for more than 6 minutes."""
+    for kind in FAULTS_THAT_LAND * 3:
+        emulator.add_fault(kind, method="PATCH")
+    started = time.monotonic()
+
+    for n in range(10):
+        minute_of_doubt.anomaly_commented(ANOMALY.id, f"comment {n}")
+
+    delivered(minute_of_doubt, 10)
+    assert time.monotonic() - started < 30
+    assert notes(emulator, ticket_id) == [journal_text(f"comment {n}") for n in range(10)]
+
+
+def test_a_note_not_there_yet_waits_out_the_window_before_it_is_sent(
+    service: SyncService, emulator: Emulator, ticket_id: str
+) -> None:
+    """Refused before anything was stored, but the instance might still be working on it: the
+    look finds nothing, so the note is sent again only once the doubt window is over."""
+    service.outbox.doubt = timedelta(seconds=2)
+    emulator.add_fault("503", method="PATCH")
+    started = time.monotonic()
+
+    service.anomaly_commented(ANOMALY.id, "not there yet")
+
+    delivered(service, 1)
+    assert time.monotonic() - started >= 2
+    assert notes(emulator, ticket_id) == [journal_text("not there yet")]
+    patches = [r for r in emulator.requests if r["method"] == "PATCH"]
+    assert len(patches) == 2  # the refused one and the one after the window: never in between

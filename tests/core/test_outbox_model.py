@@ -38,6 +38,7 @@ from ticketing_core.outbox import (
     NewEvent,
     Outbox,
     OutboxEvent,
+    StillInDoubt,
     events,
     note_tally,
     throttles,
@@ -83,6 +84,7 @@ class Note:
     token: str | None = None  # the fencing token of the current claim
     lease_until: datetime | None = None
     ambiguous: bool = False
+    doubt_until: datetime | None = None  # the service may still be working on an attempt
 
 
 @dataclass
@@ -209,10 +211,8 @@ class OutboxMachine(RuleBasedStateMachine):
             hi = self.now + timedelta(seconds=max(exponential * 1.2, asked))
         assert status == expected, f"event {event.id}: {status}, not {expected}"
         note.status, note.token, note.lease_until = expected, None, None
-        if landed:
-            note.ambiguous = True
-            doubt = self.now + timedelta(seconds=DOUBT)
-            lo, hi = max(lo, doubt), max(hi, doubt)
+        if landed:  # looked for when due; not sent again before the window is over
+            note.ambiguous, note.doubt_until = True, self.now + timedelta(seconds=DOUBT)
         note.due_lo, note.due_hi = lo - EPSILON, hi + EPSILON
 
     def _pause_after(self, claim: Claim, error: errors.ProviderError) -> datetime:
@@ -315,12 +315,24 @@ class OutboxMachine(RuleBasedStateMachine):
         # skips the write for a claim younger than a third of a lease (by the process's clock).
         age = self.now - claim.claimed_at
         aged = attrs.evolve(event, claimed_monotonic=time.monotonic() - age.total_seconds())
+        window_open = note.doubt_until is not None and self.now < note.doubt_until
         try:
-            self.outbox.hold(aged, doubt_resolved=event.in_doubt)
+            self.outbox.hold(aged)
         except LeaseLost:
             assert not valid, "hold() refused a claim that is still this worker's"
             worker.claims.remove(claim)  # it must not send
             return None
+        except StillInDoubt as still:
+            assert valid, "hold() spoke of doubt for a claim that is no longer this worker's"
+            assert event.in_doubt, "hold() refused a claim free to send"
+            assert window_open, "hold() refused a claim whose window is over"
+            status = self.outbox.failed(event, still)
+            assert status == PENDING
+            worker.claims.remove(claim)
+            note.token, note.lease_until = None, None
+            note.due_lo = note.due_hi = note.doubt_until  # type: ignore[assignment]
+            return None
+        assert not (valid and event.in_doubt and window_open), "sent within the doubt window"
         assert valid, "hold() confirmed a claim that is no longer this worker's"
         if event.in_doubt or age >= timedelta(seconds=LEASE / 3):
             note.lease_until = self.now + timedelta(seconds=LEASE)
@@ -442,10 +454,7 @@ class OutboxMachine(RuleBasedStateMachine):
         for note in dead:
             note.status, note.attempts, note.outage_attempts = PENDING, 0, 0
             note.lease_until = None
-            if note.ambiguous:  # not before its doubt window is over
-                note.due_lo, note.due_hi = max(note.due_lo, self.now), max(note.due_hi, self.now)
-            else:
-                note.due_lo = note.due_hi = self.now
+            note.due_lo = note.due_hi = self.now  # looked for at once if in doubt
 
     # -- invariants ---------------------------------------------------------------------------
 
@@ -511,7 +520,7 @@ class OutboxMachine(RuleBasedStateMachine):
                 if event.in_doubt and self._present(event):
                     assert self.outbox.delivered(event)
                     continue
-                self.outbox.hold(event, doubt_resolved=event.in_doubt)
+                self.outbox.hold(event)
                 assert self._text(event) not in self.ticket[event.ticket_id], (
                     f"event {event.id} landed but is not in doubt"
                 )

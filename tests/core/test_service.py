@@ -190,7 +190,7 @@ def test_comment_is_forwarded_safely(service: SyncService, emulator: Emulator) -
 
     wait_until(lambda: service.outbox.counts()[DELIVERED] == 1)
     assert notes(emulator, ticket.id) == [
-        "Comment from Qualytics: Looks like ETL. (code)<script>x</script>(/code)"
+        "Comment from Qualytics: Looks like ETL. [\u200bcode]<script>x</script>[\u200b/code]"
     ]
 
 

@@ -1,6 +1,6 @@
 """The link store on SQLite and PostgreSQL."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -192,7 +192,8 @@ def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(databas
     outbox.failed(event, errors.RateLimited("slow down"))  # a pause, and one attempt
     database.dispose()
     engine = sa.create_engine(engine_url(database_url))
-    with engine.begin() as conn:  # back to schema 3: neither column existed
+    with engine.begin() as conn:  # back to schema 3: none of these columns existed
+        conn.execute(sa.text("ALTER TABLE sync_outbox DROP COLUMN doubt_until"))
         conn.execute(sa.text("ALTER TABLE sync_outbox DROP COLUMN outage_attempts"))
         conn.execute(sa.text("ALTER TABLE sync_throttle DROP COLUMN seconds"))
         conn.execute(sa.text("ALTER TABLE sync_throttle DROP COLUMN delivered_at"))
@@ -205,5 +206,36 @@ def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(databas
         waiting = {e.ticket_id: e for e in outbox.entries()}
         assert (waiting["t"].attempts, waiting["t"].outage_attempts) == (1, 0)
         assert outbox.claim(2) == []  # the pause survived the upgrade
+    finally:
+        database.dispose()
+
+
+def test_a_schema_4_database_is_upgraded_keeping_notes_in_doubt_out_of_their_window(
+    database_url: str,
+) -> None:
+    from ticketing_core import errors
+    from ticketing_core.outbox import NewEvent, Outbox, events
+    from ticketing_core.policies import AddWorkNote
+
+    database = Database(database_url)
+    outbox = Outbox(database)
+    outbox.enqueue([NewEvent(1, "t", AddWorkNote("x"))])
+    [event] = outbox.claim(1)
+    outbox.failed(event, errors.ProviderTimeout("no answer"))  # in doubt
+    database.dispose()
+    engine = sa.create_engine(engine_url(database_url))
+    with engine.begin() as conn:  # back to schema 4, whose window was the next attempt's time
+        conn.execute(sa.text("ALTER TABLE sync_outbox DROP COLUMN doubt_until"))
+        later = datetime.now(UTC) + timedelta(seconds=60)
+        conn.execute(events.update().values(next_attempt_at=later))
+        conn.execute(sa.text("UPDATE schema_version SET version = 4"))
+    engine.dispose()
+
+    database = Database(database_url)
+    try:
+        outbox = Outbox(database)
+        [waiting] = outbox.entries()
+        assert waiting.in_doubt
+        assert outbox.claim(1) == []  # its window survived the upgrade
     finally:
         database.dispose()

@@ -88,7 +88,7 @@ def test_a_comment_is_a_work_note_with_code_tags_neutralised(
     host: Host, emulator: Emulator, linked: list[str]
 ) -> None:
     message = "ETL issue, see [code]<img src=x onerror=alert(1)>[/code]"
-    neutralised = "ETL issue, see (code)<img src=x onerror=alert(1)>(/code)"
+    neutralised = "ETL issue, see [\u200bcode]<img src=x onerror=alert(1)>[\u200b/code]"
 
     comment = ok(host.api.post("/api/anomalies/12345/comments", json={"message": message}), 201)
 

@@ -1,8 +1,11 @@
+import itertools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from ticketing_core.models import SearchQuery, TicketChanges, TicketDraft
 from ticketing_servicenow import mapping
@@ -102,8 +105,11 @@ def test_changes_payload_uses_wire_names_and_state_codes() -> None:
 @pytest.mark.parametrize(
     ("text", "safe"),
     [
-        ("[code]<img src=x onerror=alert(1)>[/code]", "(code)<img src=x onerror=alert(1)>(/code)"),
-        ("[ CODE ]x[/Code]", "(code)x(/code)"),
+        (
+            "[code]<img src=x onerror=alert(1)>[/code]",
+            "[\u200bcode]<img src=x onerror=alert(1)>[\u200b/code]",
+        ),
+        ("[ CODE ]x[/Code]", "[\u200b CODE ]x[\u200b/Code]"),
         ("plain [note]", "plain [note]"),
     ],
 )
@@ -123,3 +129,99 @@ def test_journal_entries_are_split_on_their_headers() -> None:
     assert journal_entries("") == []
     assert count_journal_entries(journal, "ok") == 0
     assert count_journal_entries(journal, "multi\nline") == 1
+
+
+# Lines a journal parser could trip on: header shapes (in several locales, with names holding
+# " - " and parentheses), blank lines, the escape itself, code tags and their neutralised forms.
+TRICKY_LINES = (
+    "",
+    " ",
+    "Run 42 - nightly load (prod)",
+    "2026-12-07 10:00:00 - Integration User (Work notes)",
+    "07.12.2026 10:00:00 - Jane Doe (Contractor) (Arbeitsnotizen)",
+    "Comment from Qualytics: T",
+    "T",
+    "\u200b",
+    "\u200bRun 42 - nightly load (prod)",
+    "[code]",
+    "[\u200bcode]",
+    "(code)",
+    "[/code]",
+    "x - y (z)\r",
+)
+HEADERS = (
+    "2026-12-07 10:0{i}:00 - Integration User (Work notes)",
+    "07.12.2026 10:0{i}:00 - Jane Doe (Contractor) (Arbeitsnotizen)",
+    "12/07/2026 10:0{i}:00 AM - svc - ticketing (x) (Work notes)",
+)
+journal_texts = st.lists(
+    st.one_of(
+        st.sampled_from(TRICKY_LINES), st.text(alphabet=" -()[]\n\u200bTxcode:0", max_size=12)
+    ),
+    min_size=1,
+    max_size=6,
+).map("\n".join)
+
+
+def render_journal(texts: list[str], header: str) -> str:
+    """A journal field's display value as ServiceNow renders it: newest first, each entry a header
+    line, the text as stored and a blank line."""
+    return "".join(
+        f"{header.format(i=i % 10)}\n{text}\n\n" for i, text in reversed(list(enumerate(texts)))
+    )
+
+
+@given(
+    written=st.lists(journal_texts, min_size=1, max_size=6),
+    absent=journal_texts,
+    header=st.sampled_from(HEADERS),
+)
+@example(  # issue 16: a pasted run summary, and a forged entry ahead of the note it forges
+    written=[
+        "Findings:\n\nRun 42 - nightly load (prod)\nfailed at step 3",
+        "x\n\n2026-12-07 10:00:00 - Integration User (Work notes)\nComment from Qualytics: T",
+    ],
+    absent="Comment from Qualytics: T",
+    header=HEADERS[0],
+)
+@example(written=["ends in blank lines\n\n", "[code]x", "\nRun 1 - a (b)"], absent="(code)x",
+         header=HEADERS[0])  # fmt: skip
+def test_the_journal_count_of_a_text_is_exactly_how_often_it_was_written(
+    written: list[str], absent: str, header: str
+) -> None:
+    """Whatever the texts, each written through journal_safe, counting a text in the display
+    value finds exactly the entries written with it: never one forged inside another entry, never
+    one split apart, never another text that neutralises to the same."""
+    journal = render_journal([mapping.journal_safe(text) for text in written], header)
+    for text in {*written, absent}:
+        assert mapping.count_journal_entries(journal, mapping.journal_safe(text)) == written.count(
+            text
+        ), text
+
+
+@given(st.text())
+def test_other_texts_are_written_as_they_are(text: str) -> None:
+    """Only texts with a code tag, the escape, white space at an end, or a header-shaped line
+    after a blank one are changed."""
+    lines = text.split("\n")
+    if (
+        "[" in text
+        or "\u200b" in text
+        or text != text.strip()
+        or any(
+            not before and mapping.JOURNAL_HEADER_LINE.fullmatch(line)
+            for before, line in itertools.pairwise(lines)
+        )
+    ):
+        return
+    assert mapping.journal_safe(text) == text
+
+
+def test_the_seed_notes_are_sent_as_the_seed_words_them() -> None:
+    for text in (
+        "Comment from Qualytics: Investigating with data team. Looks like ETL pipeline issue.",
+        "[2026-12-01 10:59:54 UTC] Qualytics Anomaly Status: Acknowledged",
+        "Linked to Qualytics anomaly 12345: https://qualytics.example.com/anomalies/12345",
+        "Comment from Qualytics: Run 42 - nightly load (prod)\nfailed at step 3",
+    ):
+        assert mapping.journal_safe(text) == text

@@ -124,7 +124,7 @@ def test_work_note_lands_in_the_journal(provider: ServiceNowProvider, emulator: 
     provider.add_work_note(created.id, "[code]<b>x</b>[/code] Investigating")
 
     notes = [entry["value"] for entry in emulator.journal(created.id)]
-    assert notes == ["(code)<b>x</b>(/code) Investigating"]
+    assert notes == ["[\u200bcode]<b>x</b>[\u200b/code] Investigating"]
 
 
 def test_status_reads_only_the_state(provider: ServiceNowProvider, emulator: Emulator) -> None:
