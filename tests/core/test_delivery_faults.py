@@ -237,9 +237,7 @@ comments = (
             st.sampled_from(
                 ["", "Run 42 - nightly load (prod)", FORGED_HEADER, "[code]", "\u200b"]
             ),
-            st.text(
-                st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=20
-            ),
+            st.text(st.characters(exclude_categories=["Cs"]), max_size=20),
         ),
         min_size=1,
         max_size=5,
@@ -269,11 +267,14 @@ def test_generated_texts_arrive_once_through_writes_that_landed(
     arrives_once()
 
 
+@pytest.mark.parametrize("journal_table", ["readable", "denied"])
 def test_a_forged_entry_in_an_earlier_comment_does_not_count_for_a_later_note(
-    service: SyncService, emulator: Emulator, ticket_id: str
+    service: SyncService, emulator: Emulator, ticket_id: str, journal_table: str
 ) -> None:
     """Issue 16: a comment embedding a blank line, a journal header and a later note's text must
     not pass for that note when the note's write is refused before anything is stored."""
+    if journal_table == "denied":
+        emulator.deny_tables = {"sys_journal_field"}
     service.anomaly_commented(ANOMALY.id, f"x\n\n{FORGED_HEADER}\nComment from Qualytics: T")
     delivered(service, 1)
     emulator.add_fault("503", method="PATCH")  # refused: nothing stored
