@@ -11,6 +11,7 @@ method takes the caller's ``conn``.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import secrets
 from collections.abc import Callable, Iterator, Mapping
@@ -140,8 +141,11 @@ class Database:
                 self.engine, "connect", partial(_tune_sqlite, wal=migrate and not read_only)
             )
             sa.event.listen(self.engine, "begin", _begin_immediate)
-        elif read_only:
-            sa.event.listen(self.engine, "connect", _read_only_session)
+        else:
+            sa.event.listen(self.engine, "begin", _bound_lock_wait)
+            if read_only:
+                sa.event.listen(self.engine, "connect", _read_only_session)
+        sa.event.listen(self.engine, "handle_error", _reconnect_once_writable)
         if migrate and not read_only:
             self.migrate(
                 metadata, component="ticketing_core", version=SCHEMA_VERSION, upgrades=CORE_UPGRADES
@@ -294,13 +298,102 @@ def open_error(url_or_path: str, error: BaseException) -> str:
     return f"cannot open the database {shown}: {type(reason).__name__}: {detail}"[:500]
 
 
-def _tune_sqlite(dbapi_connection: Any, _record: Any, *, wal: bool) -> None:
+# -- waiting for locks, and what a database that cannot take a write says ------------------------
+
+LOCK_WAIT = 30.0
+"""Seconds a transaction waits for a lock another connection holds (SQLite's busy timeout),
+outside a :func:`lock_wait` block. PostgreSQL waits without a limit there."""
+_lock_wait: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "ticketing_lock_wait", default=None
+)
+
+
+@contextmanager
+def lock_wait(seconds: float) -> Iterator[None]:
+    """Transactions begun inside the block wait at most ``seconds`` for a lock another process
+    holds (SQLite's busy timeout, PostgreSQL's ``lock_timeout``), then fail with an error
+    :func:`unavailable_reason` explains ("the database is locked ...").
+
+    For callers someone waits for (an API request); a background worker keeps the long wait. The
+    block's context, and so the limit, goes with work handed to threads that copy the context
+    (``asyncio.to_thread``, anyio's worker threads).
+    """
+    token = _lock_wait.set(seconds)
+    try:
+        yield
+    finally:
+        _lock_wait.reset(token)
+
+
+def unavailable_reason(error: BaseException) -> str | None:
+    """One line saying why the database cannot take a request now, without the SQL: it is locked
+    by another process, read-only, full, or unreachable; None for any other error.
+
+    Such a failure changes nothing (the transaction is rolled back), so the request may be sent
+    again once the reason is gone.
+    """
+    if not isinstance(error, sa.exc.DBAPIError):
+        return None
+    reason = error.orig
+    if (name := getattr(reason, "sqlite_errorname", None)) is not None:  # sqlite3, Python 3.11+
+        for prefix, said in _SQLITE_UNAVAILABLE:
+            if name.startswith(prefix):
+                return said
+        return None
+    state = getattr(reason, "sqlstate", None)  # psycopg
+    for prefix, said in _POSTGRESQL_UNAVAILABLE:
+        if state is not None and state.startswith(prefix):
+            return said
+    if isinstance(error, sa.exc.OperationalError) and (state is None or state.startswith("08")):
+        return UNREACHABLE  # no connection could be made, or it was lost
+    return None
+
+
+LOCKED = "the database is locked by another process; retry shortly"
+LOCKED_BY_TRANSACTION = "the database is locked by another transaction; retry shortly"
+READ_ONLY = "the database is read-only: nothing can be stored until it is writable again"
+UNREACHABLE = "the database is unreachable; retry shortly"
+TRANSIENT = frozenset({LOCKED, LOCKED_BY_TRANSACTION, UNREACHABLE})
+"""The reasons worth retrying within seconds (the others wait for an operator)."""
+_SQLITE_UNAVAILABLE = (
+    ("SQLITE_BUSY", LOCKED),
+    ("SQLITE_LOCKED", LOCKED),
+    ("SQLITE_READONLY", READ_ONLY),
+    ("SQLITE_FULL", "the disk holding the database is full: nothing can be stored"),
+    ("SQLITE_IOERR", "the database cannot be written (an I/O error of its disk)"),
+    ("SQLITE_CANTOPEN", "the database file cannot be opened: check that it exists"),
+)
+_POSTGRESQL_UNAVAILABLE = (
+    ("55P03", LOCKED_BY_TRANSACTION),  # lock_not_available: lock_timeout ran out
+    ("25006", READ_ONLY),  # read_only_sql_transaction: a standby, or a read-only default
+    ("53", "the database is out of resources (disk, memory or connections)"),
+    ("57P", UNREACHABLE),  # shutting down, or not taking connections yet
+)
+
+
+def _bound_lock_wait(conn: sa.Connection) -> None:
+    """PostgreSQL: inside :func:`lock_wait`, the transaction's ``lock_timeout``."""
+    if (wait := _lock_wait.get()) is not None:
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, round(wait * 1000))}")
+
+
+def _reconnect_once_writable(context: sa.engine.ExceptionContext) -> None:
+    """A connection opened while the database was read-only (a file without write permission, a
+    standby) stays read-only: drop the pool's connections, so that new ones write again as soon
+    as the database can be written."""
+    error = context.sqlalchemy_exception
+    if error is not None and unavailable_reason(error) == READ_ONLY:
+        context.is_disconnect = True
+
+
+def _tune_sqlite(dbapi_connection: Any, record: Any, *, wal: bool) -> None:
     # WAL lets the worker write while the API reads; busy_timeout waits instead of failing.
     # Transactions are begun by _begin_immediate, not by the driver.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # The wait first: switching a fresh file to WAL needs a lock another process may hold.
-    cursor.execute("PRAGMA busy_timeout=30000")
+    record.info[_BUSY_TIMEOUT] = busy_ms = round(LOCK_WAIT * 1000)
+    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
     if wal:  # a setting of the file, kept: made once by the service that owns it
         cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -314,7 +407,17 @@ def _read_only_session(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.commit()
 
 
+_BUSY_TIMEOUT = "ticketing_busy_timeout_ms"  # a pooled SQLite connection's current busy timeout
+
+
 def _begin_immediate(conn: sa.Connection) -> None:
+    # Inside lock_wait, the busy timeout is the block's; set only when it changes.
+    wait = _lock_wait.get()
+    busy_ms = round((LOCK_WAIT if wait is None else wait) * 1000)
+    info = conn.connection.info
+    if info.get(_BUSY_TIMEOUT) != busy_ms:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={busy_ms}")
+        info[_BUSY_TIMEOUT] = busy_ms
     # Writers take the write lock up front: a read-then-write transaction that upgrades later fails
     # at once (SQLITE_BUSY) when another connection wrote meanwhile, instead of waiting its turn.
     read_only = conn.get_execution_options().get(_READ_ONLY, False)

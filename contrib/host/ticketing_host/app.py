@@ -7,6 +7,7 @@ service. Every failure becomes a status code in one place, :data:`ERROR_STATUS`.
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -39,7 +40,7 @@ from ticketing_core.hookspecs import Provider
 from ticketing_core.models import MAX_PAGE_SIZE, SearchQuery
 from ticketing_core.network import BlockedAddress
 from ticketing_core.plugins import DISTRIBUTION, check_api_url
-from ticketing_core.store import utcnow
+from ticketing_core.store import TRANSIENT, lock_wait, unavailable_reason, utcnow
 
 from . import metrics
 from .db import (
@@ -70,6 +71,8 @@ from .schemas import (
 )
 
 MAX_BODY_BYTES = 1024 * 1024
+RETRY_AFTER_SECONDS = 5  # a 503 for a locked or unreachable database: when to try again
+log = logging.getLogger(__name__)
 
 
 class Rejected(ValueError):
@@ -117,8 +120,11 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(metrics.exposition(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(LockWait, seconds=settings.request_lock_wait)
     for error, _status in ERROR_STATUS:
         app.add_exception_handler(error, error_response)
+    # After DataError's own (a more specific class): a locked or read-only database is a 503.
+    app.add_exception_handler(sa.exc.DBAPIError, database_error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)
     app.add_exception_handler(StarletteHTTPException, http_error_response)
     return app
@@ -159,6 +165,20 @@ class BodyLimit:
         return f"the request body is larger than {self.limit} bytes"
 
 
+class LockWait:
+    """A request's transactions wait at most ``seconds`` for a lock another process holds on the
+    database, then fail with a 503 (:func:`database_error_response`); the background worker's
+    transactions keep their long wait."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The request's threads copy this context, and with it the limit.
+        with lock_wait(self.seconds):
+            await self.app(scope, receive, send)
+
+
 def runtime_of(app: FastAPI) -> HostRuntime:
     return cast(HostRuntime, app.state.runtime)
 
@@ -171,6 +191,18 @@ async def error_response(_: Request, exc: Exception) -> JSONResponse:
     # A database error's text carries the SQL and its parameters; the driver's reason alone does not.
     detail = str(exc.orig) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
     return JSONResponse({"detail": detail}, status_code=status)
+
+
+async def database_error_response(_: Request, exc: Exception) -> JSONResponse:
+    """503 with a one-line reason when the database cannot take the request now (locked by
+    another process, read-only, full, unreachable): nothing was changed, so it may be sent again.
+    Any other database error stays an internal error."""
+    reason = unavailable_reason(exc)
+    if reason is None:
+        raise exc
+    log.warning("answered 503: %s (%s)", reason, " ".join(str(getattr(exc, "orig", exc)).split()))
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if reason in TRANSIENT else None
+    return JSONResponse({"detail": reason}, status_code=503, headers=headers)
 
 
 async def http_error_response(request: Request, exc: Exception) -> Response:

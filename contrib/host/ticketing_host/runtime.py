@@ -56,6 +56,9 @@ class Settings:
     lease_seconds: float = 30.0
     doubt_seconds: float = 60.0
     request_deadline: float = 20.0
+    request_lock_wait: float = 3.0
+    """Seconds a request's transaction waits for a lock another process holds on the database
+    (SQLite's busy timeout, PostgreSQL's lock_timeout) before the request is answered 503."""
     delivery_deadline: float = 20.0
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
@@ -207,7 +210,9 @@ class HostRuntime:
             try:
                 yield conn
             finally:
-                tickets = Outbox.stored_tickets(conn)
+                # An invalidated connection (the database turned read-only) committed nothing,
+                # and its bookkeeping went with it.
+                tickets = set() if conn.invalidated else Outbox.stored_tickets(conn)
         # Events queued in this transaction are visible now: deliver them without waiting for a poll.
         if self.dispatcher is not None:
             self.dispatcher.wake(tickets)

@@ -78,7 +78,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorOut, "description": "The request body is larger than 1 MB."},
     422: {"model": InvalidOut, "description": "Invalid input."},
     502: {"model": ErrorOut, "description": "The ticketing instance failed or refused the call."},
-    503: {"model": ErrorOut, "description": "The host cannot read the integration's credentials."},
+    503: {
+        "model": ErrorOut,
+        "description": "The host cannot read the integration's credentials, or its database "
+        "cannot take the request now (locked by another process, read-only): nothing was changed.",
+    },
 }
 
 
