@@ -79,8 +79,10 @@ def test_creating_an_integration_validates_and_returns_the_seed_shape(
     assert "sysparm_limit=1" in validation["query"]
     listed = host.api.get("/api/integrations")
     fetched = host.api.get(f"/api/integrations/{created['id']}")
-    assert listed.json() == [created]
-    assert fetched.json() == created
+    # Answers after a create's also tell how its deliveries stand (see test_integration_state).
+    idle = created | {"pending": 0, "dead": 0}
+    assert listed.json() == [idle]
+    assert fetched.json() == idle
     for text in (response.text, listed.text, fetched.text):
         assert SECRET not in text
 

@@ -52,6 +52,7 @@ from .db import (
     UnknownRecord,
     token_hash,
 )
+from .deliveries import delivery_states
 from .runtime import HostRuntime, Settings
 from .schemas import (
     ERROR_RESPONSES,
@@ -62,6 +63,7 @@ from .schemas import (
     IntegrationChange,
     IntegrationIn,
     IntegrationOut,
+    IntegrationStateOut,
     LinkRequest,
     PageOut,
     StatusIn,
@@ -331,7 +333,7 @@ def create_integration(body: IntegrationIn, runtime: Runtime) -> IntegrationOut:
 @api.patch("/integrations/{integration_id}", response_model_exclude_none=True)
 def change_integration(
     integration_id: IntegrationId, body: IntegrationChange, runtime: Runtime
-) -> IntegrationOut:
+) -> IntegrationStateOut:
     """Rotate credentials or move the instance: what is given replaces what is stored (all the
     options at once) once checked like a new integration; links and queued events stay."""
     stored = runtime.store.integration(integration_id)
@@ -365,7 +367,7 @@ def change_integration(
         secret_names=secret_names,
     )
     runtime.pool.forget(integration_id)
-    return IntegrationOut.of(integration)
+    return with_state(runtime, [integration])[0]
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -401,9 +403,18 @@ def checked_connection(
     return api_url
 
 
+def with_state(
+    runtime: HostRuntime, integrations: list[IntegrationRecord]
+) -> list[IntegrationStateOut]:
+    """The integrations with how their deliveries stand, read from the outbox."""
+    states = delivery_states(runtime.database, [integration.id for integration in integrations])
+    return [IntegrationStateOut.of(each, states.get(each.id)) for each in integrations]
+
+
 @api.get("/integrations", response_model_exclude_none=True)
-def list_integrations(runtime: Runtime) -> list[IntegrationOut]:
-    return [IntegrationOut.of(integration) for integration in runtime.store.integrations()]
+def list_integrations(runtime: Runtime) -> list[IntegrationStateOut]:
+    """Every integration, with how its deliveries stand."""
+    return with_state(runtime, runtime.store.integrations())
 
 
 @api.get("/integrations/ticketing/tickets/search")
@@ -427,8 +438,10 @@ def search_tickets(
 
 
 @api.get("/integrations/{integration_id}", response_model_exclude_none=True)
-def get_integration(integration_id: IntegrationId, runtime: Runtime) -> IntegrationOut:
-    return IntegrationOut.of(runtime.store.integration(integration_id))
+def get_integration(integration_id: IntegrationId, runtime: Runtime) -> IntegrationStateOut:
+    """The integration and how its deliveries stand: paused until when and why, failing,
+    delivering or idle; its pending and dead events; its last delivery."""
+    return with_state(runtime, [runtime.store.integration(integration_id)])[0]
 
 
 @api.delete("/integrations/{integration_id}", status_code=204)

@@ -6,6 +6,7 @@ Shapes are the seed's. Request bodies are strict (unknown keys are errors); resp
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -31,6 +32,7 @@ from .db import (
     Comment,
     IntegrationRecord,
 )
+from .deliveries import DeliveryState
 
 AnomalyStatus = Literal["Active", "Acknowledged", "Resolved", "Invalid", "Duplicate", "Discarded"]
 Reference = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -106,30 +108,88 @@ class IntegrationChange(Body):
     options: dict[str, StrictStr] | None = None
 
 
+IntegrationStatus = Literal["idle", "delivering", "paused", "failing", "credentials unreadable"]
+
+
 class IntegrationOut(BaseModel):
+    """An integration as created (the seed's shape)."""
+
     id: int
     type: str
     category: Literal["ticketing"] = "ticketing"
     api_url: str
-    connected: bool
-    status: str
+    connected: bool = Field(
+        description="False while the host cannot use the integration (see error) or its "
+        "deliveries are paused (see paused_until)."
+    )
+    status: IntegrationStatus = Field(
+        description="How its deliveries stand: paused (they wait until paused_until: its "
+        "instance is down, asked to slow down, or a process cannot use it; last_error says "
+        "which), failing (events failed and wait for a retry, or are dead), delivering (events "
+        "pending), idle (nothing to deliver), or credentials unreadable (see error)."
+    )
     created: str
     error: str | None = Field(
         default=None, description="Why the host cannot use the integration now, if it cannot."
     )
 
     @classmethod
-    def of(cls, integration: IntegrationRecord) -> Self:
+    def of(cls, integration: IntegrationRecord, state: DeliveryState | None = None) -> Self:
         # Field by field: the record holds the credentials, which no response may carry.
+        state = state or DeliveryState()
+        status = "credentials unreadable" if integration.unreadable else state.status
         return cls(
             id=integration.id,
             type=integration.type,
             api_url=integration.api_url,
-            connected=integration.connected and integration.unreadable is None,
-            status="credentials unreadable" if integration.unreadable else integration.status,
+            connected=integration.connected
+            and integration.unreadable is None
+            and state.paused_until is None,
+            status=status,
             created=integration.created.strftime(INTEGRATION_TIME_FORMAT),
             error=integration.unreadable,
         )
+
+
+class IntegrationStateOut(IntegrationOut):
+    """An integration with how its deliveries stand (every answer but a create's). Fields
+    without a value are left out."""
+
+    pending: int = Field(description="Events waiting to be delivered (those in flight too).")
+    dead: int = Field(
+        description="Events parked as dead: see ticketing outbox list --status dead, then "
+        "retry or discard them."
+    )
+    paused_until: str | None = Field(
+        default=None,
+        description="While deliveries to it are paused: until when (UTC). Claims wait until "
+        "then; a longer outage pauses again, up to a minute at a time.",
+    )
+    last_error: str | None = Field(
+        default=None,
+        description="The last failure of an event still pending or dead, on one line: why it "
+        "is paused or failing.",
+    )
+    last_delivered_at: str | None = Field(
+        default=None, description="When an event was last delivered to it (UTC)."
+    )
+
+    @classmethod
+    def of(cls, integration: IntegrationRecord, state: DeliveryState | None = None) -> Self:
+        state = state or DeliveryState()
+        shown = IntegrationOut.of(integration, state).model_dump()
+        return cls(
+            **shown,
+            pending=state.pending,
+            dead=state.dead,
+            paused_until=_shown_time(state.paused_until),
+            last_error=state.last_error,
+            last_delivered_at=_shown_time(state.last_delivered_at),
+        )
+
+
+def _shown_time(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.strftime(INTEGRATION_TIME_FORMAT)
 
 
 # -- tickets ---------------------------------------------------------------------------------------
