@@ -3,24 +3,42 @@ database another process locked or made read-only, clients that never finish the
 
 from __future__ import annotations
 
+import asyncio
 import http.server
+import inspect
+import json
+import os
+import resource
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
+import h11
+import httpx
 import pytest
 import sqlalchemy as sa
+import uvicorn
 from servicenow_emulator import Emulator
+from ticketing_host.app import create_app
+from ticketing_host.connections import ConnectionLimits, connection_bound
+from ticketing_host.runtime import Settings
+from ticketing_host.server import serve_in_thread
+from ticketing_localserver import RunningServer
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
 
 from ticketing_core.store import Database, engine_url, sqlite_path
 
-from ..conftest import ADMIN_TOKEN
+from ..conftest import ADMIN_TOKEN, SECRET_KEY, wait_until
 from .conftest import (
     ANOMALY,
+    API_TOKEN,
     TICKET_REQUEST,
     Host,
     StartHost,
@@ -30,6 +48,7 @@ from .conftest import (
     tickets_path,
     work_notes,
 )
+from .test_commands import TICKETING, free_port, wait_for_port
 
 NESTED = b"[" * 200_000  # past Python's recursion limit for the JSON parser
 
@@ -264,3 +283,297 @@ def test_a_read_only_database_is_a_503_at_once_and_takes_writes_again_once_writa
         "Comment from Qualytics: before",
         "Comment from Qualytics: after",
     ]
+
+
+# -- clients that never finish their requests (slowloris) ---------------------------------------
+
+REAL_REQUEST = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+class Slowloris:
+    """Connections that each send a request line and then one header line at a time, never
+    finishing their headers; what the server answered each before closing it is kept."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.opened = time.monotonic()
+        self.sockets = []
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(b"GET /api/integrations HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            sock.setblocking(False)
+            self.sockets.append(sock)
+        self.answers: dict[int, bytes] = {}  # socket index -> what arrived before it closed
+        self.closed_after: dict[int, float] = {}  # socket index -> seconds since opened
+
+    def dribble(self) -> None:
+        """One more header line on each connection still open and not answered; note those the
+        server closed, with what it answered them."""
+        for index, sock in enumerate(self.sockets):
+            if index in self.closed_after:
+                continue
+            try:
+                while chunk := sock.recv(65536):
+                    self.answers[index] = self.answers.get(index, b"") + chunk
+                # recv returned b"": the server closed the connection
+            except BlockingIOError:
+                if index not in self.answers:
+                    with suppress(OSError):
+                        sock.sendall(b"X-Slow: 1\r\n")
+                continue  # open, or answered and not closed yet
+            except OSError:
+                pass  # reset by the server
+            self.answers.setdefault(index, b"")
+            self.closed_after[index] = time.monotonic() - self.opened
+
+    @property
+    def open_count(self) -> int:
+        return len(self.sockets) - len(self.closed_after)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@contextmanager
+def slowloris(port: int, count: int) -> Iterator[Slowloris]:
+    clients = Slowloris(port, count)
+    try:
+        yield clients
+    finally:
+        clients.close()
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+@pytest.fixture
+def bounded_host(tmp_path: Path) -> Iterator[Callable[[ConnectionLimits], RunningServer]]:
+    """A host served in a thread with the given connection limits."""
+    with ExitStack() as stack:
+
+        def start(limits: ConnectionLimits) -> RunningServer:
+            settings = Settings(
+                database=str(tmp_path / "host.db"),
+                public_url="https://qualytics.example",
+                api_token=API_TOKEN,
+                secret_key=SECRET_KEY,
+            )
+            app = create_app(settings)
+            return stack.enter_context(serve_in_thread(app, limits=limits))
+
+        yield start
+
+
+def registry_of(server: RunningServer) -> Any:
+    return server.server.config.http_protocol_class.registry
+
+
+def test_held_connections_are_capped_and_closed_after_the_header_timeout_while_real_requests_pass(
+    bounded_host: Callable[[ConnectionLimits], RunningServer],
+) -> None:
+    server = bounded_host(ConnectionLimits(header_timeout=2, max_connections=10))
+    registry = registry_of(server)
+    most_open = 0
+
+    with slowloris(port_of(server.url), count=40) as held, httpx.Client(timeout=5) as client:
+        started = time.monotonic()
+        real = client.get(f"{server.url}/api/integrations", headers=REAL_REQUEST)
+        answered_in = time.monotonic() - started
+        deadline = time.monotonic() + 2 + 4
+        while held.open_count and time.monotonic() < deadline:
+            most_open = max(most_open, len(registry.open))
+            held.dribble()
+            time.sleep(0.1)  # pacing: one header line a tenth of a second
+        real_again = client.get(f"{server.url}/api/integrations", headers=REAL_REQUEST)
+
+    assert real.status_code == 200
+    assert answered_in < 1.5  # within the header timeout the held connections get
+    assert most_open <= 10
+    assert held.open_count == 0, "every held connection is closed"
+    assert max(held.closed_after.values()) < 2 + 3
+    timed_out = [answer for answer in held.answers.values() if answer]
+    assert timed_out, "those closed at the timeout are told why"
+    for answer in timed_out:
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert json.loads(body) == {"detail": "the request's headers did not arrive within 2 s"}
+    assert real_again.status_code == 200
+
+
+def test_headers_sent_slowly_but_within_the_timeout_are_served(
+    bounded_host: Callable[[ConnectionLimits], RunningServer],
+) -> None:
+    server = bounded_host(ConnectionLimits(header_timeout=1.5, max_connections=10))
+    request = (
+        f"GET /api/integrations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {API_TOKEN}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+    with socket.create_connection(("127.0.0.1", port_of(server.url)), timeout=5) as sock:
+        for start in range(0, len(request), 20):
+            sock.sendall(request[start : start + 20])
+            time.sleep(0.1)  # pacing: the whole request takes about 0.6 s
+        answer = sock.makefile("rb").read()
+
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def read_response(reader: Any) -> bytes:
+    """One whole response with a Content-Length from a socket's file."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        head += reader.readline()
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return head + reader.read(length)
+
+
+def test_a_kept_alive_connection_has_the_same_time_for_its_next_request(
+    bounded_host: Callable[[ConnectionLimits], RunningServer],
+) -> None:
+    server = bounded_host(ConnectionLimits(header_timeout=1.0, max_connections=10))
+    request = (
+        f"GET /api/integrations HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_TOKEN}"
+        "\r\n\r\n"
+    ).encode()
+
+    with socket.create_connection(("127.0.0.1", port_of(server.url)), timeout=5) as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(request)
+        first = read_response(reader)
+        sock.sendall(b"GET /api/integrations HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and no more
+        started = time.monotonic()
+        second = reader.read()
+        closed_after = time.monotonic() - started
+
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert second.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert closed_after < 1.0 + 1.5
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_timeout_without_an_answer(
+    bounded_host: Callable[[ConnectionLimits], RunningServer],
+) -> None:
+    server = bounded_host(ConnectionLimits(header_timeout=0.5, max_connections=10))
+
+    with socket.create_connection(("127.0.0.1", port_of(server.url)), timeout=5) as sock:
+        started = time.monotonic()
+        received = sock.recv(65536)
+        closed_after = time.monotonic() - started
+
+    assert received == b""
+    assert closed_after < 0.5 + 1.5
+
+
+def test_when_every_connection_is_busy_a_new_one_is_answered_503(
+    bounded_host: Callable[[ConnectionLimits], RunningServer],
+) -> None:
+    """Connections in the middle of a request are never closed to make room."""
+    server = bounded_host(ConnectionLimits(header_timeout=5, max_connections=2))
+    # Headers complete, body still to come: busy with a request, not waiting for headers.
+    busy = b"POST /api/anomalies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n{"
+    port = port_of(server.url)
+
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as first,
+        socket.create_connection(("127.0.0.1", port), timeout=5) as second,
+    ):
+        first.sendall(busy)
+        second.sendall(busy)
+        registry = registry_of(server)
+        wait_until(lambda: len(registry.open) == 2 and not registry.waiting)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+            refused = third.makefile("rb").read()
+
+    head, body = refused.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"Retry-After: 1" in head
+    assert json.loads(body) == {
+        "detail": "the server holds its limit of 2 connections, all busy with requests; "
+        "retry shortly"
+    }
+
+
+@pytest.mark.parametrize(
+    ("file_limit", "bound"), [(1024, 768), (256, 192), (100, 36), (65536, 1000)]
+)
+def test_the_cap_stays_below_the_open_file_limit(file_limit: int, bound: int) -> None:
+    assert connection_bound(1000, file_limit) == bound
+
+
+def test_the_uvicorn_internals_the_bounds_rely_on_are_there() -> None:
+    """The bounds subclass uvicorn's h11 protocol: this fails first when uvicorn changes it."""
+    for hook in ("connection_made", "data_received", "on_response_complete", "connection_lost"):
+        assert hook in vars(H11Protocol), f"uvicorn's H11Protocol has no {hook} any more"
+    assert list(inspect.signature(H11Protocol.on_response_complete).parameters) == ["self"]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    protocol_class = ConnectionLimits().protocol()
+    config = uvicorn.Config(app, http=protocol_class, lifespan="off")
+    config.load()
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=ServerState(), app_state={}, _loop=loop
+        )
+    finally:
+        loop.close()
+    assert isinstance(protocol, H11Protocol)
+    assert isinstance(protocol.conn, h11.Connection)
+    assert protocol.conn.their_state is h11.IDLE
+    assert protocol.loop is loop
+    assert hasattr(protocol, "transport")
+
+
+# The reproduction: a server whose process may open 256 files, and more half-sent requests than
+# that. Without the bounds every descriptor is taken and the real request times out.
+SERVE_FILE_LIMIT = 256
+
+
+def test_serve_stays_available_with_more_held_connections_than_it_may_open_files(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    environment = os.environ | {
+        "TICKETING_API_TOKEN": API_TOKEN,
+        "TICKETING_SECRET_KEY": SECRET_KEY,
+        "TICKETING_HEADER_TIMEOUT": "2",
+    }
+
+    def limit_open_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (SERVE_FILE_LIMIT, SERVE_FILE_LIMIT))
+
+    command = [TICKETING, "serve", "--port", str(port), "--database", str(tmp_path / "serve.db")]
+    with (
+        (tmp_path / "serve.log").open("w") as log,
+        subprocess.Popen(
+            command, env=environment, stdout=log, stderr=log, preexec_fn=limit_open_files
+        ) as serving,
+    ):
+        try:
+            wait_for_port(port, serving)  # type: ignore[arg-type]  # bytes, not text: no matter
+            with slowloris(port, count=300) as held, httpx.Client(timeout=5) as client:
+                held.dribble()
+                started = time.monotonic()
+                real = client.get(f"http://127.0.0.1:{port}/api/integrations", headers=REAL_REQUEST)
+                answered_in = time.monotonic() - started
+                deadline = time.monotonic() + 2 + 4
+                while held.open_count and time.monotonic() < deadline:
+                    held.dribble()
+                    time.sleep(0.2)  # pacing: a header line every 0.2 s
+        finally:
+            serving.terminate()
+            serving.wait(timeout=20)
+
+    assert real.status_code == 200
+    # About 1.5 s: asyncio stops accepting for 1 s when descriptors run out, before the cap
+    # closes the connections over it; without the bounds no answer ever comes.
+    assert answered_in < 4
+    assert held.open_count == 0
+    assert "note: at most 192 connections at once, not 1000" in (tmp_path / "serve.log").read_text()

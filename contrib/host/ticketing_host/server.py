@@ -7,8 +7,18 @@ from fastapi import FastAPI
 from ticketing_localserver import RunningServer
 from ticketing_localserver import serve_in_thread as serve_config_in_thread
 
+from .connections import ConnectionLimits
 
-def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
-    """Serve ``app`` (its lifespan runs the outbox worker) until the result is stopped."""
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
+
+def serve_in_thread(
+    app: FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    limits: ConnectionLimits | None = None,
+) -> RunningServer:
+    """Serve ``app`` (its lifespan runs the outbox worker) until the result is stopped, with the
+    header timeout and connection cap ``ticketing serve`` has (``limits``: the defaults)."""
+    limits = ConnectionLimits() if limits is None else limits
+    config = uvicorn.Config(app, log_level="warning", access_log=False, http=limits.protocol())
     return serve_config_in_thread(config, host, port, name="ticketing-host")

@@ -1,0 +1,197 @@
+"""Bounds on the connections the host's server holds, against clients that never finish a request.
+
+uvicorn answers a request beyond ``limit_concurrency`` with 503, but a client that sends its
+headers one line at a time never makes a request, and nothing closes its connection: 1,100 such
+clients (a line every 10 s) held every descriptor of a process limited to 1,024 open files, and
+every real request timed out for as long as they stayed. Two bounds close that:
+
+- **a header timeout**: a connection waiting for a request's headers (a new one, or a kept-alive
+  one after its last response) has ``header_timeout`` seconds to send all of them; then it is
+  answered 408 (if it had sent part of a request) and closed.
+- **a connection cap**: at most ``max_connections`` are open at once, and never more than the
+  open-file limit leaves free for the rest of the process (a quarter of it, at least 64: database
+  files, calls to instances, logs). A connection beyond the cap closes the one that has waited
+  longest for its headers, so a client that sends its request at once is served while the cap is
+  full of idle ones; when every connection is busy with a request, the newcomer is answered 503
+  and closed.
+
+uvicorn has neither, so :class:`BoundedH11Protocol` adds them to its h11 protocol class, which
+uvicorn takes through its public ``http`` setting (``uvicorn.Config(app, http=...)``). It relies
+on four of that class's methods (``connection_made``, ``data_received``, ``on_response_complete``,
+``connection_lost``) and three attributes (``conn``, the h11 connection; ``transport``; ``loop``);
+``tests/host/test_resilience.py`` checks they are still there, so an uvicorn that changes them
+fails the tests rather than these bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import time
+from typing import Any, ClassVar
+
+import attrs
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS = 1000
+MIN_FREE_FILES = 64
+"""Descriptors always left to the rest of the process, whatever the open-file limit."""
+WARN_EVERY = 60.0  # seconds between warnings that the cap is reached
+
+
+def open_file_limit() -> int:
+    """The process's soft limit on open files (RLIMIT_NOFILE)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_bound(max_connections: int, file_limit: int | None = None) -> int:
+    """How many connections may be open at once: ``max_connections``, and at most what the
+    open-file limit leaves once a quarter of it (at least :data:`MIN_FREE_FILES`) is kept for
+    the rest of the process. E.g. 768 under the common limit of 1,024."""
+    limit = open_file_limit() if file_limit is None else file_limit
+    return max(1, min(max_connections, limit - max(MIN_FREE_FILES, limit // 4)))
+
+
+@attrs.frozen
+class ConnectionLimits:
+    """How long a client may take to send a request's headers, and how many connections may be
+    open at once (see the module's docstring)."""
+
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+    @property
+    def bound(self) -> int:
+        """The connections allowed at once under this process's open-file limit."""
+        return connection_bound(self.max_connections)
+
+    def protocol(self) -> type[asyncio.Protocol]:
+        """A protocol class for uvicorn's ``http`` setting enforcing these limits. One per
+        server: the class counts the connections of the server it is given to."""
+        namespace = {"limits": self, "bound": self.bound, "registry": _Registry()}
+        return type(BoundedH11Protocol.__name__, (BoundedH11Protocol,), namespace)
+
+
+class _Registry:
+    """One server's connections: all those open, and those waiting for a request's headers,
+    longest waiting first (dicts keep insertion order)."""
+
+    def __init__(self) -> None:
+        self.open: set[BoundedH11Protocol] = set()
+        self.waiting: dict[BoundedH11Protocol, None] = {}
+        self.warned_at = -WARN_EVERY
+
+
+def _answer(status: int, reason: str, detail: str, *headers: str) -> bytes:
+    body = json.dumps({"detail": detail}).encode()
+    head = [
+        f"HTTP/1.1 {status} {reason}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *headers,
+    ]
+    return "\r\n".join(head).encode() + b"\r\n\r\n" + body
+
+
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a header timeout and a connection cap; made per server by
+    :meth:`ConnectionLimits.protocol`, which sets the class attributes."""
+
+    limits: ClassVar[ConnectionLimits]
+    bound: ClassVar[int]
+    registry: ClassVar[_Registry]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    # -- uvicorn's hooks ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.registry.open.add(self)
+        if len(self.registry.open) > self.bound and not self._make_room():
+            self._close(
+                _answer(
+                    503,
+                    "Service Unavailable",
+                    f"the server holds its limit of {self.bound} connections, all busy with "
+                    "requests; retry shortly",
+                    "Retry-After: 1",
+                )
+            )
+            return
+        self._await_headers()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._header_timer is not None and self.conn.their_state is not h11.IDLE:
+            self._forget_waiting()  # the request's headers are in: h11 moved on
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._await_headers()  # kept alive: the next request's headers are due in time too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._forget()
+        super().connection_lost(exc)
+
+    # -- the bounds --------------------------------------------------------------------------------
+
+    def _await_headers(self) -> None:
+        self._forget_waiting()
+        self.registry.waiting[self] = None
+        self._header_timer = self.loop.call_later(self.limits.header_timeout, self._overdue)
+
+    def _overdue(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        started, _closed = self.conn.trailing_data  # what arrived of a request not complete yet
+        timeout = f"{self.limits.header_timeout:g}"
+        detail = f"the request's headers did not arrive within {timeout} s"
+        self._close(_answer(408, "Request Timeout", detail) if started else None)
+
+    def _make_room(self) -> bool:
+        """Close the connection that has waited longest for a request's headers, if any other
+        is waiting; the newcomer takes its place."""
+        victim = next((waiting for waiting in self.registry.waiting if waiting is not self), None)
+        now = time.monotonic()
+        if now - self.registry.warned_at >= WARN_EVERY:
+            self.registry.warned_at = now
+            log.warning(
+                "%d connections open, the limit: %s (logged once a minute)",
+                len(self.registry.open) - 1,
+                "closing those that have waited longest for a request's headers"
+                if victim is not None
+                else "refusing new ones, every connection is busy with a request",
+            )
+        if victim is None:
+            return False
+        victim._close(None)
+        return True
+
+    def _close(self, answer: bytes | None) -> None:
+        self._forget()
+        if answer is not None:
+            self.transport.write(answer)
+        self.transport.close()
+
+    def _forget_waiting(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        self.registry.waiting.pop(self, None)
+
+    def _forget(self) -> None:
+        self._forget_waiting()
+        self.registry.open.discard(self)
