@@ -44,7 +44,13 @@ _RULES: tuple[tuple[str, str], ...] = (
 class BlockedAddress(InvalidInput, IntegrationUnusable):
     """A URL whose host the network policy refuses; nothing was sent to it. Invalid input where
     a user gives the URL; where a stored integration's name now resolves to a refused address,
-    or a worker runs with a stricter rule than the host, its events wait."""
+    or a worker runs with a stricter rule than the host, its events wait.
+
+    ``reason`` is the refusal alone ("127.0.0.1 is a loopback address"), without the advice."""
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 # Refused whatever this Python's tables say (they change between patch releases): IPv6 site-local,
@@ -142,7 +148,8 @@ class NetworkPolicy:
         ):
             raise BlockedAddress(
                 f"{host!r} is not an allowed host (TICKETING_ALLOWED_HOSTS: "
-                f"{', '.join(self.allowed_hosts)})"
+                f"{', '.join(self.allowed_hosts)})",
+                reason=f"{host!r} is not an allowed host",
             )
 
     def check_addresses(self, host: str, addresses: Iterable[Address]) -> None:
@@ -153,7 +160,8 @@ class NetworkPolicy:
                 shown = host if host == str(address) else f"{host} ({address})"
                 raise BlockedAddress(
                     f"refusing {shown}: a {kind} address; this host only connects to public "
-                    "addresses (serve --allow-private-hosts lifts the rule for labs)"
+                    "addresses (serve --allow-private-hosts lifts the rule for labs)",
+                    reason=f"{shown} is a {kind} address",
                 )
 
     def transport(self, **options: Any) -> httpx.HTTPTransport:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -108,14 +108,20 @@ class Workers:
         self.database, self.broker, self.temp = database, broker, temp
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *, threads: int = 4, **options: Any) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        *,
+        threads: int = 4,
+        access: Sequence[str] = ("--allow-http", "--allow-private-hosts"),
+        **options: Any,
+    ) -> subprocess.Popen[bytes]:
+        """A worker with ``access`` flags (by default those the emulator needs) and options."""
         settings = TIMING | {"instance_concurrency": INSTANCE_LIMIT, "relay_interval": 1.0}
         settings |= options
         arguments = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
         process = subprocess.Popen(
             [TICKETING, "worker", "--database", self.database, "--broker", self.broker.url,
-             "--queue", self.broker.queue, "--threads", str(threads), "--allow-http",
-             "--allow-private-hosts", *arguments],
+             "--queue", self.broker.queue, "--threads", str(threads), *access, *arguments],
             env=os.environ | {"TICKETING_SECRET_KEY": SECRET_KEY, "TMPDIR": str(self.temp)},
             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip

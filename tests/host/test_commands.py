@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from ticketing_core.cli import cli
+from ticketing_core.store import Database
 
 # The console script installed beside this interpreter, as an operator would run it.
 from ..conftest import SECRET_KEY
@@ -129,6 +131,13 @@ def test_serve_generates_a_token_once_and_accepts_it(tmp_path: Path) -> None:
     assert "from-the-environment" not in configured
 
 
+def existing_database(folder: Path) -> str:
+    """A database as serve leaves it: a worker opens an existing one only."""
+    path = str(folder / "w.db")
+    Database(path).dispose()
+    return path
+
+
 def test_worker_refuses_a_metrics_port_already_taken(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))  # noqa: S104 - as the metrics server would
@@ -136,7 +145,7 @@ def test_worker_refuses_a_metrics_port_already_taken(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
 
         result = subprocess.run(
-            [TICKETING, "worker", "--database", str(tmp_path / "w.db"), "--broker",
+            [TICKETING, "worker", "--database", existing_database(tmp_path), "--broker",
              "redis://127.0.0.1:6379/11", "--metrics-port", str(port)],
             capture_output=True, text=True, timeout=60, check=False, env=WITH_KEY,
         )  # fmt: skip
@@ -159,7 +168,7 @@ def test_worker_refuses_bad_settings_in_one_line_before_starting_anything(
     tmp_path: Path, arguments: list[str], code: int, said: str
 ) -> None:
     result = subprocess.run(
-        [TICKETING, "worker", "--database", str(tmp_path / "w.db"), *arguments],
+        [TICKETING, "worker", "--database", existing_database(tmp_path), *arguments],
         capture_output=True, text=True, timeout=60, check=False, env=WITH_KEY,
     )  # fmt: skip
 
@@ -183,3 +192,75 @@ def test_settings_never_show_a_database_or_broker_password() -> None:
     assert "amqp://guest:***@rabbit:5672/%2F" in shown
     assert not {"db-pass", "broker-pass", "api-token"} & set(shown.replace("'", " ").split())
     assert "pass" not in shown.replace("***", "")
+
+
+WITHOUT_DATABASE = {k: v for k, v in WITH_KEY.items() if k != "TICKETING_DATABASE"}
+
+
+def run_refused(
+    command: list[str], env: dict[str, str], cwd: Path | None = None
+) -> tuple[int, str]:
+    """Run a command that must refuse to start: its exit code and stderr. One that starts all the
+    same is stopped, its processes too, after 20 s, and fails the test."""
+    with subprocess.Popen(
+        command,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            return process.wait(20), process.communicate()[1]
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError(f"{command[1]} started: {process.communicate()[1]}") from None
+
+
+def test_worker_without_a_database_refuses_in_one_line_and_makes_none(tmp_path: Path) -> None:
+    """Without --database a worker would make an empty ticketing.db here and idle on it."""
+    code, stderr = run_refused(
+        [TICKETING, "worker", "--broker", "redis://127.0.0.1:6379/11"], WITHOUT_DATABASE, tmp_path
+    )
+
+    assert code == 2, stderr
+    [line] = stderr.strip().splitlines()
+    assert "--database" in line
+    assert "TICKETING_DATABASE" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_worker_opens_an_existing_database_only(tmp_path: Path) -> None:
+    missing = tmp_path / "mistyped.db"
+
+    code, stderr = run_refused(
+        [TICKETING, "worker", "--database", str(missing), "--broker", "redis://127.0.0.1:6379/11"],
+        WITHOUT_DATABASE,
+    )
+
+    assert code == 2, stderr
+    [line] = stderr.strip().splitlines()
+    assert f"cannot open the database sqlite:///{missing}: there is no such file" in line
+    assert "--database or TICKETING_DATABASE" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("broker", "shown"),
+    [
+        ("redis://:s3cret@127.0.0.1:1/0", "redis://:***@127.0.0.1:1/0"),
+        ("amqp://guest:s3cret@127.0.0.1:1/%2F", "amqp://guest:***@127.0.0.1:1/%2F"),
+    ],
+)
+def test_serve_refuses_a_broker_nothing_listens_on(tmp_path: Path, broker: str, shown: str) -> None:
+    """As a worker does: rather than start and fail every wake-up, one line and an exit."""
+    command = [TICKETING, "serve", "--port", str(free_port()), "--database",
+               str(tmp_path / "serve.db"), "--broker", broker]  # fmt: skip
+
+    code, stderr = run_refused(command, WITH_KEY)
+
+    assert code != 0
+    [line] = stderr.strip().splitlines()
+    assert f"cannot reach the broker at {shown}" in line
+    assert "s3cret" not in stderr

@@ -12,11 +12,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from ticketing_core.cli import database_option
+from ticketing_core.cli import EXIT_USAGE, database_option
 from ticketing_core.errors import TicketingError
 
 TOKEN_VARIABLE = "TICKETING_API_TOKEN"  # noqa: S105 - a variable's name, not a secret
@@ -134,6 +134,8 @@ def serve(
         queue=queue,
         relay_interval=relay_interval,
     )
+    if broker is not None:
+        check_broker(settings)
     try:
         app = create_app(settings)
         runtime = runtime_of(app)
@@ -142,7 +144,7 @@ def serve(
         raise click.ClickException(open_error(database, exc)) from None
     except TicketingError as exc:
         raise click.ClickException(str(exc)) from None
-    for notice in (*runtime.key_notices, *runtime.unreadable_integrations()):
+    for notice in (*runtime.key_notices, *runtime.unusable_integrations()):
         click.echo(notice, err=True)
     click.echo(token_notice(settings.api_token is not None, generated), err=True)
     limits = ConnectionLimits(header_timeout=header_timeout, max_connections=max_connections)
@@ -156,7 +158,11 @@ def serve(
 
 
 @click.command()
-@database_option
+@click.option(
+    "--database",
+    envvar="TICKETING_DATABASE",
+    help="The database serve uses, which must exist: a SQLite file or a postgresql:// URL.",
+)
 @click.option(
     "--broker",
     envvar="TICKETING_BROKER",
@@ -221,7 +227,7 @@ def serve(
     help="How long an instance may still act on a request it did not answer.",
 )
 def worker(
-    database: str, broker: str, processes: int, threads: int, instance_concurrency: int,
+    database: str | None, broker: str, processes: int, threads: int, instance_concurrency: int,
     metrics_port: int | None, allow_http: bool, allow_private_hosts: bool,
     allowed_hosts: str | None, queue: str, relay_interval: float, max_attempts: int,
     delivery_deadline: float, lease_seconds: float, doubt_seconds: float,
@@ -231,6 +237,11 @@ def worker(
     SIGTERM finishes the deliveries in hand (within the delivery deadline) and exits; SIGKILL
     loses nothing: a killed worker's claims pass to the others once their lease is over.
     """
+    if database is None:  # never a ticketing.db of its own, made here to idle on
+        refuse(
+            "ticketing worker needs the database ticketing serve uses: give --database or "
+            "TICKETING_DATABASE"
+        )
     if lease_seconds <= delivery_deadline * 4 / 3:  # see attempt_in_order's renewals
         raise click.BadParameter(
             "must be more than 4/3 of --delivery-deadline", param_hint="--lease-seconds"
@@ -276,11 +287,34 @@ def run_workers(**settings: Any) -> Any:
     from .runtime import Settings
 
     try:
-        return WorkerCommand.checked(Settings(**settings))
-    except OPEN_ERRORS as exc:
-        raise click.ClickException(open_error(settings["database"], exc)) from None
+        command = WorkerCommand.checked(Settings(**settings))
+    except OPEN_ERRORS as exc:  # as the outbox commands refuse a database
+        refuse(open_error(settings["database"], exc))
     except TicketingError as exc:
         raise click.ClickException(str(exc)) from None
+    for warning in command.warnings:
+        click.echo(warning, err=True)
+    return command
+
+
+def check_broker(settings: Any) -> None:
+    """Refuse to start, in one line, unless the broker answers: the worker's own check."""
+    try:
+        from . import fleet
+    except ImportError:
+        raise click.ClickException(
+            "--broker needs Dramatiq: pip install 'ticketing-host[fleet]'"
+        ) from None
+    try:
+        fleet.check_broker(settings)
+    except TicketingError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def refuse(message: str) -> NoReturn:
+    """One line on stderr and exit 2, as the core's commands refuse a usage error."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
 
 
 def token_notice(from_environment: bool, generated: str | None) -> str:

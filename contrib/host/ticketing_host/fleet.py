@@ -276,28 +276,28 @@ class Draining(dramatiq.Middleware):
 
 @attrs.frozen
 class WorkerCommand:
-    """``ticketing worker``: Dramatiq's own command line, run with this package's worker module."""
+    """``ticketing worker``: Dramatiq's own command line, run with this package's worker module.
+
+    ``warnings``: one per integration this worker cannot use (its credentials or its settings),
+    for the command to print before it starts."""
 
     settings: Settings
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def checked(cls, settings: Settings) -> WorkerCommand:
-        """Check the database (making its schema, should this worker come before any host) and
-        the broker, so that a mistake is one line here rather than in every process."""
-        HostRuntime(settings, deliver=False).stop()
+        """Check the database (an existing one; making its schema, should this worker come
+        before any host) and the broker, so that a mistake is one line here rather than in every
+        process; and find the integrations this worker cannot use."""
+        runtime = HostRuntime(settings, deliver=False)
+        try:
+            warnings = tuple(runtime.unusable_integrations())
+        finally:
+            runtime.stop()
         if settings.metrics_port is not None:
             check_port_free(settings.metrics_port)
-        assert settings.broker is not None
-        broker = broker_for(settings.broker, namespace=settings.queue)
-        try:
-            check_reachable(broker)
-        except Exception as exc:
-            raise InvalidInput(
-                f"cannot reach the broker at {shown_url(settings.broker)}: {type(exc).__name__}"
-            ) from None
-        finally:
-            broker.close()
-        return cls(settings)
+        check_broker(settings)
+        return cls(settings, warnings)
 
     def run(self, processes: int, threads: int) -> int:
         os.environ.update(worker_settings_to_environment(self.settings))
@@ -326,6 +326,21 @@ def check_port_free(port: int) -> None:
             probe.bind(("0.0.0.0", port))  # noqa: S104 - where start_http_server listens
         except OSError as exc:
             raise InvalidInput(f"--metrics-port {port} is taken: {exc.strerror}") from None
+
+
+def check_broker(settings: Settings) -> None:
+    """Raise InvalidInput naming the broker (its password masked) unless it answers: what
+    ``ticketing worker`` and ``serve --broker`` check before they start."""
+    assert settings.broker is not None
+    broker = broker_for(settings.broker, namespace=settings.queue)
+    try:
+        check_reachable(broker)
+    except Exception as exc:
+        raise InvalidInput(
+            f"cannot reach the broker at {shown_url(settings.broker)}: {type(exc).__name__}"
+        ) from None
+    finally:
+        broker.close()
 
 
 def check_reachable(broker: dramatiq.Broker) -> None:

@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 import sqlalchemy as sa
 
-from ticketing_core.errors import InvalidInput, TicketingError
+from ticketing_core.errors import IntegrationUnusable, InvalidInput, TicketingError
 from ticketing_core.hookspecs import Provider
 from ticketing_core.models import Capabilities
-from ticketing_core.network import NetworkPolicy, patterns
+from ticketing_core.network import BlockedAddress, NetworkPolicy, patterns
 from ticketing_core.outbox import Dispatcher, Outbox, ThreadedDispatcher
 from ticketing_core.plugins import default_registry
 from ticketing_core.policies import Messages, SyncPolicy
 from ticketing_core.service import INTEGRATION, ProviderPool, SyncService
-from ticketing_core.store import Database
+from ticketing_core.store import Database, SchemaNotReady, sqlite_path
 
 from . import metrics
-from .db import HostStore, token_hash
+from .db import HostStore, IntegrationRecord, token_hash
 from .keys import KeysMisconfigured, keyring_for
+
+log = logging.getLogger(__name__)
+STAYS_PENDING = "its events stay pending"
+
+
+class RefusedHere(IntegrationUnusable):
+    """This process's own settings refuse a stored integration (plain http without --allow-http,
+    say): nothing is sent, and its events wait, spending no attempts, for a process started with
+    the flag the message names."""
 
 
 def shown_url(url: str) -> str:
@@ -36,6 +48,18 @@ def shown_url(url: str) -> str:
 
 def _masked(url: str | None) -> str:
     return repr(url if url is None else shown_url(url))
+
+
+def require_existing(database: str) -> None:
+    """Refuse a SQLite path naming no file, for a worker: it delivers from the database serve
+    made, so such a path is a mistake (mistyped, or not given), never a database to make and then
+    idle on. (A PostgreSQL database exists; a worker may make its schema before serve does.)"""
+    path = sqlite_path(database)
+    if path not in (None, ":memory:") and not Path(str(path)).is_file():
+        raise SchemaNotReady(
+            "there is no such file: give the database ticketing serve uses "
+            "(--database or TICKETING_DATABASE)"
+        )
 
 
 @attrs.frozen
@@ -89,6 +113,11 @@ class HostRuntime:
     def __init__(self, settings: Settings, *, deliver: bool = True) -> None:
         self.settings = settings
         self.network = NetworkPolicy(settings.allow_private_hosts, settings.allowed_hosts)
+        self.role = "server" if deliver else "worker"  # what messages call this process
+        self._unusable: dict[int, str] = {}  # what was said about each integration not usable
+        self._unusable_lock = threading.Lock()
+        if not deliver:
+            require_existing(settings.database)
         # A worker (deliver=False) never makes a key: it must use the one serve made.
         keyring, key_file = keyring_for(settings.database, settings.secret_key, create=deliver)
         self.database = Database(settings.database)
@@ -167,7 +196,7 @@ class HostRuntime:
             return provider.capabilities
 
     def _build(self, type: str, api_url: str, api_access_token: str, **options: Any) -> Provider:
-        if "transport" in (getattr(self.registry.factory(type), "options", None) or ()):
+        if self._takes_transport(type):
             options["transport"] = self.network.transport()
         elif not self.settings.allow_private_hosts:
             raise InvalidInput(
@@ -181,6 +210,60 @@ class HostRuntime:
             allow_http=self.settings.allow_http,
             **options,
         )
+
+    def _takes_transport(self, type: str) -> bool:
+        return "transport" in (getattr(self.registry.factory(type), "options", None) or ())
+
+    def check_usable_here(self, integration: IntegrationRecord) -> None:
+        """Raise, naming the flag this process lacks, when its own settings refuse a stored
+        integration: plain http without --allow-http, a host outside --allowed-hosts, a private
+        address (or a provider whose connections cannot be checked) without
+        --allow-private-hosts. The errors are IntegrationUnusable: the events wait."""
+        url, role = integration.api_url, self.role
+        uses = f"integration {integration.id} uses {url}"
+        parts = urlsplit(url)
+        if parts.scheme == "http" and not self.settings.allow_http:
+            raise RefusedHere(
+                f"{uses}: this {role} was started without --allow-http (TICKETING_ALLOW_HTTP); "
+                f"{STAYS_PENDING}"
+            )
+        host = (parts.hostname or "").lower()
+        try:
+            self.network.check_name(host)
+        except BlockedAddress as exc:
+            raise BlockedAddress(
+                f"{uses}: {host} matches none of this {role}'s --allowed-hosts "
+                f"(TICKETING_ALLOWED_HOSTS), which allow {', '.join(self.network.allowed_hosts)}; "
+                f"{STAYS_PENDING}",
+                reason=exc.reason,
+            ) from None
+        if self.settings.allow_private_hosts:
+            return
+        if not self._takes_transport(integration.type):
+            raise RefusedHere(
+                f"{uses}: its provider {integration.type} takes no transport, so its connections "
+                f"cannot be held to the address rule; this {role} was started without "
+                f"--allow-private-hosts (TICKETING_ALLOW_PRIVATE_HOSTS); {STAYS_PENDING}"
+            )
+        try:
+            self.network.check_url(url)
+        except BlockedAddress as exc:
+            raise BlockedAddress(
+                f"{uses} ({exc.reason}): this {role} was started without --allow-private-hosts "
+                f"(TICKETING_ALLOW_PRIVATE_HOSTS); {STAYS_PENDING}",
+                reason=exc.reason,
+            ) from None
+
+    def unusable_integrations(self) -> list[str]:
+        """A warning per integration this process cannot use: its credentials cannot be
+        decrypted, or its own settings refuse it (see :meth:`check_usable_here`)."""
+        warnings = []
+        for integration in self.store.integrations():
+            try:
+                self.check_usable_here(integration.checked())
+            except IntegrationUnusable as exc:
+                warnings.append(f"warning: {exc}")
+        return warnings
 
     def unreadable_integrations(self) -> list[str]:
         """A warning per integration whose credentials the configured keys cannot decrypt."""
@@ -226,13 +309,30 @@ class HostRuntime:
         self.database.dispose()
 
     def _connect_stored(self, integration_id: int, conn: sa.Connection | None) -> Provider:
-        integration = self.store.integration(integration_id, conn).checked()
-        return self.connect(
-            integration.type,
-            integration.api_url,
-            integration.api_access_token,
-            integration.options,
-        )
+        """The provider for a stored integration, once this process may use it. When it may
+        not, that is said once (a warning naming what to change), not at every attempt."""
+        try:
+            integration = self.store.integration(integration_id, conn).checked()
+            self.check_usable_here(integration)
+            provider = self.connect(
+                integration.type,
+                integration.api_url,
+                integration.api_access_token,
+                integration.options,
+            )
+        except IntegrationUnusable as exc:
+            self._say_unusable(integration_id, str(exc))
+            raise
+        with self._unusable_lock:
+            self._unusable.pop(integration_id, None)
+        return provider
+
+    def _say_unusable(self, integration_id: int, reason: str) -> None:
+        with self._unusable_lock:
+            if self._unusable.get(integration_id) == reason:
+                return
+            self._unusable[integration_id] = reason
+        log.warning("%s", reason)
 
     def _policy(self, integration_id: int, conn: sa.Connection | None) -> SyncPolicy:
         integration = self.store.integration(integration_id, conn)
