@@ -149,3 +149,19 @@ def test_credentials_a_process_cannot_decrypt_are_said_once_and_their_events_wai
     assert warning.startswith(f"integration {integration['id']}'s credentials cannot be decrypted")
     assert "TICKETING_SECRET_KEY" in warning
     assert other_key not in warning
+
+
+def test_a_call_needing_an_integration_the_server_may_not_use_is_503_naming_the_flag(
+    start_host: StartHost, emulator: Emulator, emulator_url: str
+) -> None:
+    lab = start_host()
+    create_integration(lab, emulator_url)
+    lab.runtime.stop()
+    sent_before = len(emulator.requests)
+
+    response = start_host(allow_http=False).api.get("/api/integrations/ticketing/tickets/search")
+
+    assert response.status_code == 503
+    detail = response.json()["detail"]
+    assert "this server was started without --allow-http (TICKETING_ALLOW_HTTP)" in detail
+    assert len(emulator.requests) == sent_before

@@ -82,8 +82,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     502: {"model": ErrorOut, "description": "The ticketing instance failed or refused the call."},
     503: {
         "model": ErrorOut,
-        "description": "The host cannot read the integration's credentials, or its database "
-        "cannot take the request now (locked by another process, read-only): nothing was changed.",
+        "description": "The host cannot use the integration as configured (it cannot read its "
+        "credentials, or was started without a flag it needs, such as --allow-http), or its "
+        "database cannot take the request now (locked by another process, read-only): nothing "
+        "was changed.",
     },
 }
 
