@@ -116,3 +116,34 @@ def test_a_read_only_database_says_so(database: Database, database_url: str) -> 
 )
 def test_other_errors_are_not_unavailability(error: BaseException) -> None:
     assert unavailable_reason(error) is None
+
+
+class DriverError(Exception):
+    """A driver's error as sqlite3 (``sqlite_errorname``) or psycopg (``sqlstate``) raise it."""
+
+    def __init__(self, **attributes: str | None) -> None:
+        super().__init__("the driver's text")
+        self.__dict__.update(attributes)
+
+
+@pytest.mark.parametrize(
+    ("orig", "reason"),
+    [
+        (DriverError(sqlite_errorname="SQLITE_BUSY"), LOCKED),
+        (DriverError(sqlite_errorname="SQLITE_READONLY_DIRECTORY"), READ_ONLY),
+        (DriverError(sqlite_errorname="SQLITE_FULL"), "the disk holding the database is full: "
+                                                      "nothing can be stored"),
+        (DriverError(sqlite_errorname="SQLITE_IOERR_WRITE"),
+         "the database cannot be written (an I/O error of its disk)"),
+        (DriverError(sqlite_errorname="SQLITE_ERROR"), None),  # no such table: a bug, not a state
+        (DriverError(sqlstate="55P03"), LOCKED_BY_TRANSACTION),
+        (DriverError(sqlstate="25006"), READ_ONLY),
+        (DriverError(sqlstate="53300"), "the database is out of resources (disk, memory or "
+                                        "connections)"),
+        (DriverError(sqlstate="57P01"), "the database is unreachable; retry shortly"),
+        (DriverError(sqlstate=None), "the database is unreachable; retry shortly"),  # no connection
+        (DriverError(sqlstate="42P01"), None),  # undefined table
+    ],
+)  # fmt: skip
+def test_each_unavailability_has_its_reason(orig: Exception, reason: str | None) -> None:
+    assert unavailable_reason(sa.exc.OperationalError("SELECT 1", {}, orig)) == reason
