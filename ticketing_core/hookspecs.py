@@ -151,9 +151,9 @@ class Provider(Protocol):
         ticket before this one (the outbox counts them). A provider that stored the key looks for
         it; one that could not (ServiceNow, whose journal holds only text) counts the notes with
         this text and answers whether there are more than ``identical_before``: exactly, whatever
-        the texts on the ticket hold (a line shaped like an entry's header, a forged entry inside
-        another note). Needs only the rights :meth:`add_work_note` needs (ServiceNow: read on the
-        incident, not on ``sys_journal_field``).
+        the texts written through :meth:`add_work_note` hold (a line shaped like an entry's
+        header, a forged entry inside another note). Needs only the rights :meth:`add_work_note`
+        needs (ServiceNow: read on the incident, not on ``sys_journal_field``).
 
         The caller looks at once after a failure that may have landed: True settles the note,
         while False may mean "not yet" (the service still working on the call), so the caller

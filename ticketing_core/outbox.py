@@ -111,7 +111,7 @@ events = sa.Table(
     sa.Column("delivered_at", UtcDateTime),
     sa.Index("ix_sync_outbox_due", "status", "next_attempt_at"),
     sa.Index("ix_sync_outbox_ordering", "ordering_key", "status", "id"),
-    sa.Index("ix_sync_outbox_notes", "ordering_key", "note_digest", "status"),
+    sa.Index("ix_sync_outbox_notes", "ticket_id", "note_digest", "status"),
     sa.Index("ix_sync_outbox_claimed", "integration_id", "claim_token"),  # fleet claims count them
     sqlite_autoincrement=True,  # ids are never reused, so a listing's ids stay meaningful
 )
@@ -121,8 +121,9 @@ note_tally = sa.Table(
     metadata,
     # How many notes of each text this outbox delivered to each ticket and then pruned: with the
     # delivered events still kept, what tells an identical earlier note from this one on a ticket
-    # whose journal holds text only.
-    sa.Column("ordering_key", sa.String(200), primary_key=True),
+    # whose journal holds text only. Per ticket, whichever integration delivered them (a ticket is
+    # linked through one integration at a time, and another may take it over).
+    sa.Column("ticket_id", sa.String(128), primary_key=True),
     sa.Column("digest", sa.String(64), primary_key=True),
     sa.Column("delivered", sa.Integer, nullable=False),
 )
@@ -630,20 +631,24 @@ class Outbox:
             )
 
     def hold(self, event: OutboxEvent) -> None:
-        """Confirm the claim just before sending; for an event in doubt (whose check found it
-        absent), also that its doubt window is over, and clear the doubt.
+        """Confirm the claim just before sending; for an event in doubt (whose look, made after
+        the claim, found it absent), also that its doubt window was over when it was claimed, so
+        that the look saw all the service would ever do with the earlier attempt; and clear the
+        doubt.
 
         Raises :class:`LeaseLost` when the claim is no longer this worker's, and
-        :class:`StillInDoubt` when the service may still be working on an earlier attempt. A claim
-        made less than a third of a lease ago is certainly still held (clocks may disagree on the
-        time, not on how fast it passes), so confirming it costs no write.
+        :class:`StillInDoubt` when the look may have come too early. A claim made less than a
+        third of a lease ago is certainly still held (clocks may disagree on the time, not on how
+        fast it passes), so confirming it costs no write.
         """
         fresh = time.monotonic() - event.claimed_monotonic < self.lease.total_seconds() / 3
         if fresh and not event.in_doubt:
             return
         with self.database.begin() as conn:
             now = self.database.now(conn)
-            window_over = sa.or_(events.c.doubt_until.is_(None), events.c.doubt_until <= now)
+            window_over = sa.or_(
+                events.c.doubt_until.is_(None), events.c.doubt_until <= event.claimed_at
+            )
             held = conn.execute(
                 self._fenced(event)
                 .where(window_over)
@@ -701,11 +706,13 @@ class Outbox:
         if isinstance(error, StillInDoubt):
             return self._look_again(event, error.until)
         retryable = isinstance(error, ProviderError) and error.retryable
-        landed = may_have_landed(error)
         with self.database.begin() as conn:
             # The event's row, then the integration's: the order every writer takes them in.
-            if conn.execute(self._fenced_row(event)).first() is None:
+            row = conn.execute(self._fenced_row(event)).first()
+            if row is None:
                 return None  # the claim was lost
+            # Still in doubt: hold() never ran, so this claim sent nothing (its look failed).
+            landed = may_have_landed(error) and not row.ambiguous
             last = conn.execute(
                 sa.select(throttles)
                 .where(throttles.c.integration_id == event.integration_id)
@@ -837,12 +844,14 @@ class Outbox:
             events.c.status == PENDING,
         )
 
-    def _fenced_row(self, event: OutboxEvent) -> sa.Select[Any]:
+    @staticmethod
+    def _fenced_row(event: OutboxEvent) -> sa.Select[Any]:
         """The event's row while this claim holds it, locked for the settle."""
-        return sa.select(events.c.id).where(self._held(event)).with_for_update()
+        return sa.select(events.c.ambiguous).where(Outbox._held(event)).with_for_update()
 
-    def _fenced(self, event: OutboxEvent) -> sa.Update:
-        return events.update().where(self._held(event))
+    @staticmethod
+    def _fenced(event: OutboxEvent) -> sa.Update:
+        return events.update().where(Outbox._held(event))
 
     def _backoff(self, attempts: int, error: BaseException) -> timedelta:
         exponential = min(self.backoff_max, self.backoff_initial * 2 ** (attempts - 1))
@@ -894,14 +903,13 @@ class Outbox:
             )
 
     def discard_for_integration(self, integration_id: int, conn: sa.Connection) -> None:
-        """Drop an integration's undelivered events (it is being deleted); delivered ones stay."""
+        """Drop an integration's undelivered events (it is being deleted); delivered ones stay,
+        and so does the tally: their notes stay on the tickets, which another integration may
+        link again."""
         conn.execute(
             events.delete().where(
                 events.c.integration_id == integration_id, events.c.status != DELIVERED
             )
-        )
-        conn.execute(
-            note_tally.delete().where(note_tally.c.ordering_key.startswith(f"{integration_id}:"))
         )
 
     def prune(self) -> int:
@@ -911,25 +919,23 @@ class Outbox:
             cutoff = self.database.now(conn) - self.retention
             old = sa.and_(events.c.status == DELIVERED, events.c.delivered_at < cutoff)
             notes = conn.execute(
-                sa.select(events.c.ordering_key, events.c.note_digest, sa.func.count())
+                sa.select(events.c.ticket_id, events.c.note_digest, sa.func.count())
                 .where(old, events.c.note_digest.is_not(None))
-                .group_by(events.c.ordering_key, events.c.note_digest)
+                .group_by(events.c.ticket_id, events.c.note_digest)
             ).all()
-            for ordering_key, digest, count in notes:
-                self._add_to_tally(conn, ordering_key, digest, count)
+            for ticket_id, digest, count in notes:
+                self._add_to_tally(conn, ticket_id, digest, count)
             return int(conn.execute(events.delete().where(old)).rowcount)
 
     @staticmethod
-    def _add_to_tally(conn: sa.Connection, ordering_key: str, digest: str, count: int) -> None:
-        match = sa.and_(note_tally.c.ordering_key == ordering_key, note_tally.c.digest == digest)
+    def _add_to_tally(conn: sa.Connection, ticket_id: str, digest: str, count: int) -> None:
+        match = sa.and_(note_tally.c.ticket_id == ticket_id, note_tally.c.digest == digest)
         added = conn.execute(
             note_tally.update().where(match).values(delivered=note_tally.c.delivered + count)
         ).rowcount
         if not added:
             conn.execute(
-                note_tally.insert().values(
-                    ordering_key=ordering_key, digest=digest, delivered=count
-                )
+                note_tally.insert().values(ticket_id=ticket_id, digest=digest, delivered=count)
             )
 
     def entries(self, status: str | None = None, limit: int = 100) -> list[OutboxEvent]:
@@ -969,21 +975,19 @@ class Outbox:
     def _counted(conn: sa.Connection, event: OutboxEvent) -> OutboxEvent:
         if not isinstance(event.action, AddWorkNote):
             return event
-        key, digest = (
-            _ordering_key(event.integration_id, event.ticket_id),
-            _digest(event.action.text),
-        )
+        digest = _digest(event.action.text)
         kept = sa.select(sa.func.count()).where(
-            events.c.ordering_key == key,
+            events.c.ticket_id == event.ticket_id,
             events.c.note_digest == digest,
             events.c.status == DELIVERED,
             events.c.id < event.id,
         )
         pruned = sa.select(note_tally.c.delivered).where(
-            note_tally.c.ordering_key == key, note_tally.c.digest == digest
+            note_tally.c.ticket_id == event.ticket_id, note_tally.c.digest == digest
         )
-        before = conn.execute(kept).scalar_one() + (conn.execute(pruned).scalar() or 0)
-        return attrs.evolve(event, identical_before=before)
+        # One statement, so a prune moving events into the tally is seen whole or not at all.
+        both = sa.select(kept.scalar_subquery() + sa.func.coalesce(pruned.scalar_subquery(), 0))
+        return attrs.evolve(event, identical_before=conn.execute(both).scalar_one())
 
 
 def _paused(now: datetime) -> sa.Select[Any]:
@@ -1066,13 +1070,20 @@ class Outcome:
     delivered_at: datetime | None = None
 
 
+def _log_failure(event: OutboxEvent, status: str | None, error: BaseException) -> None:
+    if isinstance(error, StillInDoubt):  # a look that found nothing yet: no failure
+        log.info("%s", error)
+    else:
+        log.warning("outbox event %s failed (%s): %s", event.id, status or "lease lost", error)
+
+
 def attempt(outbox: Outbox, deliver: Deliver, event: OutboxEvent) -> Outcome:
     """Deliver one claimed event and settle it, whichever way the delivery ends."""
     try:
         deliver(event)
     except Exception as exc:
         status = outbox.failed(event, exc)
-        log.warning("outbox event %s failed (%s): %s", event.id, status or "lease lost", exc)
+        _log_failure(event, status, exc)
         return Outcome(status, exc)
     delivered_at = outbox.delivered(event)
     if delivered_at is None:
@@ -1109,9 +1120,7 @@ def attempt_in_order(
                 deliver(event)
             except Exception as exc:
                 status = outbox.failed(event, exc)
-                log.warning(
-                    "outbox event %s failed (%s): %s", event.id, status or "lease lost", exc
-                )
+                _log_failure(event, status, exc)
                 failure = (event, Outcome(status, exc))
                 outbox.release(run[position + 1 :])
                 break

@@ -24,7 +24,13 @@ from typing import Any, NamedTuple
 import attrs
 import sqlalchemy as sa
 
-from ticketing_core.errors import IntegrationUnusable, InvalidInput, ProviderError, TicketingError
+from ticketing_core.errors import (
+    Conflict,
+    IntegrationUnusable,
+    InvalidInput,
+    ProviderError,
+    TicketingError,
+)
 from ticketing_core.hookspecs import Provider
 from ticketing_core.http import DEFAULT_DEADLINE, call_budget
 from ticketing_core.models import (
@@ -248,7 +254,9 @@ class SyncService:
         """Link an existing ticket: append the anomaly block, queue a linkage note, store the link.
 
         Once per ticket and anomaly, however many requests race: linking the same ticket again
-        changes nothing and returns the existing link.
+        changes nothing and returns the existing link. A ticket is linked through one integration
+        at a time (:class:`Conflict` otherwise): two would each count the other's notes as their
+        own when looking for one in doubt.
         """
         provider = self.provider_for(integration_id, None)
         heading = self.messages.anomaly_heading(anomaly.id)
@@ -277,6 +285,12 @@ class SyncService:
 
         with call_budget(deadline=self.interactive_deadline):
             ticket = self._existing_ticket(provider, ticket_id, ticket_number)
+            other = self.links.integration_linking(ticket.id)
+            if other not in (None, integration_id):
+                raise Conflict(
+                    f"{ticket.number} is linked through integration {other}: a ticket is synced "
+                    "through one integration; link it there, or delete that integration first"
+                )
             scope = f"link:{integration_id}:{anomaly.id}:{ticket.id}"
             outcome = self.requests.run(scope, _fingerprint(scope), append_block, record=record)
             linked, result = outcome

@@ -491,6 +491,14 @@ class LinkStore:
     def delete_for_integration(self, integration_id: int, conn: sa.Connection) -> None:
         conn.execute(links.delete().where(links.c.integration_id == integration_id))
 
+    def integration_linking(self, ticket_id: str, conn: sa.Connection | None = None) -> int | None:
+        """The integration through which ``ticket_id`` is linked, if any (at most one is)."""
+        with self.database.read(conn) as c:
+            found: int | None = c.execute(
+                sa.select(links.c.integration_id).where(links.c.ticket_id == ticket_id).limit(1)
+            ).scalar()
+        return found
+
     def find(
         self,
         anomaly_id: int,
@@ -568,14 +576,41 @@ def _outages_v4(conn: sa.Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE sync_throttle ADD COLUMN delivered_at {timestamp}")
 
 
-def _doubt_window_v5(conn: sa.Connection) -> None:
+def _notes_per_ticket_v5(conn: sa.Connection) -> None:
     """Schema 4 to 5: when an event's doubt window ends, so a note in doubt is looked for at once
-    and only its sending waits (events already in doubt waited their window in next_attempt_at)."""
-    if sa.inspect(conn).has_table("sync_outbox"):
+    and only its sending waits (events already in doubt waited their window in next_attempt_at);
+    identical notes counted per ticket, whichever integration delivered them."""
+    inspector = sa.inspect(conn)
+    if inspector.has_table("sync_outbox"):
         timestamp = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
         conn.exec_driver_sql(f"ALTER TABLE sync_outbox ADD COLUMN doubt_until {timestamp}")
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_sync_outbox_notes")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_sync_outbox_notes ON sync_outbox (ticket_id, note_digest, status)"
+        )
+    if inspector.has_table("sync_note_tally"):
+        counts: dict[tuple[str, str], int] = {}
+        for ordering_key, digest, delivered in conn.exec_driver_sql(
+            "SELECT ordering_key, digest, delivered FROM sync_note_tally"
+        ):
+            ticket_id = ordering_key.partition(":")[2]  # was "<integration id>:<ticket id>"
+            counts[ticket_id, digest] = counts.get((ticket_id, digest), 0) + delivered
+        conn.exec_driver_sql("DROP TABLE sync_note_tally")
+        conn.exec_driver_sql(
+            "CREATE TABLE sync_note_tally (ticket_id VARCHAR(128) NOT NULL, "
+            "digest VARCHAR(64) NOT NULL, delivered INTEGER NOT NULL, "
+            "PRIMARY KEY (ticket_id, digest))"
+        )
+        tally = sa.table(
+            "sync_note_tally", sa.column("ticket_id"), sa.column("digest"), sa.column("delivered")
+        )
+        if counts:
+            conn.execute(
+                tally.insert(),
+                [{"ticket_id": t, "digest": d, "delivered": n} for (t, d), n in counts.items()],
+            )
 
 
 CORE_UPGRADES: Mapping[int, Upgrade] = {
-    1: _outbox_v2, 2: _outbox_v3, 3: _outages_v4, 4: _doubt_window_v5
+    1: _outbox_v2, 2: _outbox_v3, 3: _outages_v4, 4: _notes_per_ticket_v5
 }  # fmt: skip

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -209,26 +208,46 @@ JOURNAL_FIELDS = ("work_notes", "comments")
 # A journal field's display value is its entries, newest first, each a header line
 # ``<when> - <who> (<label>)`` (in the reader's locale and date format), the text as stored, and a
 # blank line. A text may hold the same shapes, so what we write is escaped to keep the split exact.
-JOURNAL_HEADER_LINE = re.compile(r"[^\n]* - [^\n]* \([^()\n]+\)")
+# The checks below are plain string scans: texts are up to 100,000 characters, and a backtracking
+# pattern over such a line takes seconds.
 # Invisible, and never the first character of a real header (those start with a date).
 JOURNAL_ESCAPE = "\u200b"
-_ENTRY_START = re.compile(rf"(?:\A|\n\n)(?!{JOURNAL_ESCAPE}){JOURNAL_HEADER_LINE.pattern}\n")
-# "[code]" tags render the text between them as raw HTML; an escape after "[" (also before an
-# escape already there, so that the escaping stays one-to-one) keeps them plain text.
-_CODE_TAG_OR_ESCAPE = re.compile(rf"\[(?=\s*/?\s*code\s*\]|{JOURNAL_ESCAPE})", re.IGNORECASE)
+
+
+def is_journal_header(line: str) -> bool:
+    """Whether a line has a journal header's shape: ``<anything> - <anything> (<label>)``, the
+    label free of parentheses."""
+    opening = line.rfind("(")
+    return (
+        line.endswith(")")
+        and opening > 0
+        and line[opening - 1] == " "
+        and ")" not in line[opening + 1 : -1]
+        and opening + 1 < len(line) - 1
+        and " - " in line[: opening - 1]
+    )
 
 
 def journal_entries(journal: str) -> list[str]:
     """The texts of a journal field's display value, newest first.
 
-    Exact for texts written through :func:`journal_safe`: only a header-shaped line after a blank
-    line starts an entry, and in those texts every such line starts with the escape.
+    An entry starts with a header-shaped line, first or after a blank line that ends the previous
+    entry's text (not its header). Exact for texts written through :func:`journal_safe`, which
+    escapes every header-shaped line after a blank line.
     """
-    headers = list(_ENTRY_START.finditer(journal))
-    if not headers:
+    lines = journal.split("\n")
+    starts: list[int] = []
+    for k, line in enumerate(lines[:-1]):  # a header line ends with a newline
+        # After the newline ending a line and a blank line's, neither part of the last header.
+        after_blank = k == 0 or (
+            k >= 2 and not lines[k - 1] and (not starts or k >= starts[-1] + 3)
+        )
+        if after_blank and not line.startswith(JOURNAL_ESCAPE) and is_journal_header(line):
+            starts.append(k)
+    if not starts:
         return []
-    ends = [header.start() for header in headers[1:]] + [len(journal)]
-    texts = [journal[header.end() : end] for header, end in zip(headers, ends, strict=True)]
+    ends = [start - 1 for start in starts[1:]] + [len(lines)]
+    texts = ["\n".join(lines[start + 1 : end]) for start, end in zip(starts, ends, strict=True)]
     texts[-1] = texts[-1].removesuffix("\n\n")
     return texts
 
@@ -241,23 +260,64 @@ def count_journal_entries(journal: str, text: str) -> int:
 def journal_safe(text: str) -> str:
     """``text`` as it is written to a journal field: unchanged, unless it holds a ``[code]`` tag,
     a header-shaped line after a blank line (which could pass for the start of another entry), or
-    starts or ends with white space (which an instance trimming entries would drop); those get an
+    starts or ends with white space or a control character (which an instance trimming entries
+    would drop); those get an
     invisible escape (U+200B) before the line, after the ``[`` or at that end. So does the escape
     itself in those places.
 
     One-to-one, so two different texts are never written the same, and counting a text's entries
     (:func:`count_journal_entries`) counts the writes of that text alone.
     """
-    lines = _CODE_TAG_OR_ESCAPE.sub("[" + JOURNAL_ESCAPE, text).split("\n")
+    lines = _without_code_tags(text).split("\n")
     for n in range(1, len(lines)):
         line = lines[n]
-        if not lines[n - 1] and (
-            line.startswith(JOURNAL_ESCAPE) or JOURNAL_HEADER_LINE.fullmatch(line)
-        ):
+        if not lines[n - 1] and (line.startswith(JOURNAL_ESCAPE) or is_journal_header(line)):
             lines[n] = JOURNAL_ESCAPE + line
     safe = "\n".join(lines)
-    if safe.startswith(JOURNAL_ESCAPE) or safe[:1].isspace():
+    if _trimmable(safe[:1]):
         safe = JOURNAL_ESCAPE + safe
-    if safe.endswith(JOURNAL_ESCAPE) or safe[-1:].isspace():
+    if _trimmable(safe[-1:]):
         safe += JOURNAL_ESCAPE
     return safe
+
+
+def _trimmable(char: str) -> bool:
+    """Whether a trim could drop ``char`` from an end: white space as Python, Java (control
+    characters too) or JavaScript (the byte-order mark) see it; or the escape, kept one-to-one."""
+    return bool(char) and (char.isspace() or char <= " " or char in ("\ufeff", JOURNAL_ESCAPE))
+
+
+def _without_code_tags(text: str) -> str:
+    """An escape after every ``[`` that opens a ``[code]`` or ``[/code]`` tag (the journal renders
+    the text between them as raw HTML) or that the escape already follows."""
+    pieces, copied = [], 0
+    for at in _positions(text, "["):
+        if text.startswith(JOURNAL_ESCAPE, at + 1) or _opens_code_tag(text, at + 1):
+            pieces.append(text[copied : at + 1] + JOURNAL_ESCAPE)
+            copied = at + 1
+    return "".join(pieces) + text[copied:]
+
+
+def _positions(text: str, char: str) -> Iterator[int]:
+    at = text.find(char)
+    while at >= 0:
+        yield at
+        at = text.find(char, at + 1)
+
+
+def _opens_code_tag(text: str, at: int) -> bool:
+    """Whether ``text[at:]`` reads ``code]`` or ``/code]``, with white space around the parts and
+    in any case, as ServiceNow reads the tag. Stops at the first character out of place."""
+
+    def spaces(at: int) -> int:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        return at
+
+    at = spaces(at)
+    if text.startswith("/", at):
+        at = spaces(at + 1)
+    if text[at : at + 4].lower() != "code":
+        return False
+    at = spaces(at + 4)
+    return text.startswith("]", at)

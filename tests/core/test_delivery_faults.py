@@ -342,3 +342,34 @@ def test_a_note_not_there_yet_waits_out_the_window_before_it_is_sent(
     assert notes(emulator, ticket_id) == [journal_text("not there yet")]
     patches = [r for r in emulator.requests if r["method"] == "PATCH"]
     assert len(patches) == 2  # the refused one and the one after the window: never in between
+
+
+def test_a_look_that_began_inside_the_window_does_not_let_the_note_be_sent(
+    database: Database, provider: ServiceNowProvider, emulator: Emulator
+) -> None:
+    """A look whose answer comes after the window ended but which read the ticket within it
+    proves nothing: the instance may still have committed the earlier write after that read."""
+    sync = SyncService(
+        database,
+        provider_for=lambda _id, _conn: provider,
+        policy_for=lambda _id, _conn: WorkNotesOnly(),
+        comment_on_anomaly=lambda *_: None,
+        outbox=Outbox(database, doubt_seconds=2.5, backoff_initial=0.05, backoff_max=0.2),
+        delivery_deadline=1.0,
+    )
+    ticket, _, _ = sync.create_ticket(ANOMALY, 1, TicketDraft(title="t", description="d"))
+    sync.dispatcher = ThreadedDispatcher(sync.outbox, sync.deliver, poll_interval=0.05)
+    # The PATCH is read at 0 s and committed at 3.3 s; the client gives up at 1 s, so the window
+    # ends at about 3.5 s. The first look is asked to wait 2 s; the second reads the ticket at
+    # about 3.05 s, before the commit, and its answer trickles in until about 3.9 s.
+    emulator.add_fault("late_commit", method="PATCH", seconds=3.3)
+    emulator.add_fault("429", method="GET", retry_after=2)
+    emulator.add_fault("dribble", method="GET", seconds=0.03)
+    sync.start()
+    try:
+        sync.anomaly_commented(ANOMALY.id, "once")
+        wait_until(lambda: sync.outbox.counts()[DELIVERED] == 1, timeout=20)
+    finally:
+        sync.stop()
+
+    assert notes(emulator, ticket.id) == [journal_text("once")]

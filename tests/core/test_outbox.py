@@ -655,7 +655,52 @@ def test_retrying_a_dead_event_in_doubt_still_waits_out_its_window(database: Dat
 
     looking, sending = outbox.claim(2)  # both at once: one to be looked for first
     outbox.hold(sending)
-    with pytest.raises(StillInDoubt):  # not found on its ticket: not sent before the window ends
+    with pytest.raises(StillInDoubt) as still:  # not found: not sent before the window ends
         outbox.hold(looking)
     time.sleep(0.6)
-    outbox.hold(looking)  # once the instance is done with it
+    with pytest.raises(StillInDoubt):  # that claim's look came too early, however late it ends
+        outbox.hold(looking)
+    outbox.failed(looking, still.value)
+    (after_the_window,) = outbox.claim(1)
+    outbox.hold(after_the_window)  # looked for once the instance was done with it
+
+
+def test_identical_notes_count_per_ticket_whichever_integration_delivered_them(
+    database: Database,
+) -> None:
+    """An integration deleted and another linking the same ticket: the notes delivered before
+    are on the ticket, so a look for an identical one counts them, pruned or not."""
+    outbox = Outbox(database, backoff_initial=0.0, doubt_seconds=0, retention=timedelta(0))
+    outbox.enqueue([note("t", "same"), note("t", "same")])
+    for _ in range(2):
+        outbox.delivered(outbox.claim(1)[0])
+    outbox.prune()  # one way to be counted: in the tally
+    outbox.enqueue([note("t", "same")])
+    outbox.delivered(outbox.claim(1)[0])  # the other: delivered and kept
+    with database.begin() as conn:
+        outbox.discard_for_integration(1, conn)
+    outbox.enqueue([other("t", "same")])
+    (first,) = outbox.claim(1)
+    outbox.failed(first, errors.ProviderTimeout("no answer"))
+
+    (looking,) = outbox.claim(1)
+
+    assert looking.in_doubt
+    assert looking.identical_before == 3
+
+
+def test_a_failed_look_leaves_the_doubt_window_where_the_send_put_it(database: Database) -> None:
+    outbox = Outbox(database, backoff_initial=0.0, doubt_seconds=0.5)
+    outbox.enqueue([note("t", "x")])
+    (sent,) = outbox.claim(1)
+    outbox.failed(sent, errors.ProviderTimeout("no answer"))  # the window ends 0.5 s from now
+    time.sleep(0.3)
+    (looking,) = outbox.claim(1)
+    outbox.failed(looking, errors.ProviderTimeout("no answer to the look"))  # a read: sent nothing
+    time.sleep(0.3)
+
+    (again,) = outbox.claim(1)
+    outbox.hold(again)  # 0.6 s after the send: free to send
+
+    assert again.in_doubt
+    assert again.attempts == 2

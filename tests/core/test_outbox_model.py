@@ -315,7 +315,8 @@ class OutboxMachine(RuleBasedStateMachine):
         # skips the write for a claim younger than a third of a lease (by the process's clock).
         age = self.now - claim.claimed_at
         aged = attrs.evolve(event, claimed_monotonic=time.monotonic() - age.total_seconds())
-        window_open = note.doubt_until is not None and self.now < note.doubt_until
+        # The look follows the claim: it proves something only if the window was over by then.
+        window_open = note.doubt_until is not None and claim.claimed_at < note.doubt_until
         try:
             self.outbox.hold(aged)
         except LeaseLost:

@@ -193,7 +193,7 @@ def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(databas
     database.dispose()
     engine = sa.create_engine(engine_url(database_url))
     with engine.begin() as conn:  # back to schema 3: none of these columns existed
-        conn.execute(sa.text("ALTER TABLE sync_outbox DROP COLUMN doubt_until"))
+        back_to_schema_4(conn)
         conn.execute(sa.text("ALTER TABLE sync_outbox DROP COLUMN outage_attempts"))
         conn.execute(sa.text("ALTER TABLE sync_throttle DROP COLUMN seconds"))
         conn.execute(sa.text("ALTER TABLE sync_throttle DROP COLUMN delivered_at"))
@@ -214,7 +214,7 @@ def test_a_schema_4_database_is_upgraded_keeping_notes_in_doubt_out_of_their_win
     database_url: str,
 ) -> None:
     from ticketing_core import errors
-    from ticketing_core.outbox import NewEvent, Outbox, events
+    from ticketing_core.outbox import NewEvent, Outbox, events, note_tally
     from ticketing_core.policies import AddWorkNote
 
     database = Database(database_url)
@@ -225,9 +225,15 @@ def test_a_schema_4_database_is_upgraded_keeping_notes_in_doubt_out_of_their_win
     database.dispose()
     engine = sa.create_engine(engine_url(database_url))
     with engine.begin() as conn:  # back to schema 4, whose window was the next attempt's time
-        conn.execute(sa.text("ALTER TABLE sync_outbox DROP COLUMN doubt_until"))
+        back_to_schema_4(conn)
         later = datetime.now(UTC) + timedelta(seconds=60)
         conn.execute(events.update().values(next_attempt_at=later))
+        conn.execute(  # notes to ticket "u", pruned from two integrations' events
+            sa.text(
+                "INSERT INTO sync_note_tally (ordering_key, digest, delivered) "
+                "VALUES ('1:u', 'd', 1), ('2:u', 'd', 2), ('2:v', 'd', 1)"
+            )
+        )
         conn.execute(sa.text("UPDATE schema_version SET version = 4"))
     engine.dispose()
 
@@ -237,5 +243,21 @@ def test_a_schema_4_database_is_upgraded_keeping_notes_in_doubt_out_of_their_win
         [waiting] = outbox.entries()
         assert waiting.in_doubt
         assert outbox.claim(1) == []  # its window survived the upgrade
+        with database.read() as conn:
+            tally = conn.execute(sa.select(note_tally).order_by(note_tally.c.ticket_id)).all()
+        assert [tuple(row) for row in tally] == [("u", "d", 3), ("v", "d", 1)]  # per ticket
     finally:
         database.dispose()
+
+
+def back_to_schema_4(conn: sa.Connection) -> None:
+    """Undo schema 5: no doubt_until, and the note tally per integration and ticket."""
+    conn.execute(sa.text("ALTER TABLE sync_outbox DROP COLUMN doubt_until"))
+    conn.execute(sa.text("DROP TABLE sync_note_tally"))
+    conn.execute(
+        sa.text(
+            "CREATE TABLE sync_note_tally (ordering_key VARCHAR(200) NOT NULL, "
+            "digest VARCHAR(64) NOT NULL, delivered INTEGER NOT NULL, "
+            "PRIMARY KEY (ordering_key, digest))"
+        )
+    )

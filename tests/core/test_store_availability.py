@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,11 +69,10 @@ def test_lock_wait_bounds_the_wait_for_another_process_lock(
     write(database)  # the lock is gone, and so is the error
 
 
-def test_outside_the_block_a_connection_waits_as_long_as_before(database_url: str) -> None:
-    path = sqlite_path(database_url)
-    if path is None:
-        pytest.skip("PostgreSQL's lock_timeout is set per transaction, inside the block only")
-    database = Database(database_url)
+def test_outside_the_block_a_sqlite_connection_waits_as_long_as_before(tmp_path: Path) -> None:
+    """SQLite's busy timeout belongs to the connection (PostgreSQL's lock_timeout is set per
+    transaction, inside the block only): it is set back when the connection is next used."""
+    database = Database(str(tmp_path / "ticketing.db"))
     try:
         with lock_wait(0.3):
             write(database)

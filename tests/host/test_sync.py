@@ -193,3 +193,51 @@ def test_metrics_show_the_outbox_and_the_deliveries_in_prometheus_text(
     assert after['ticketing_in_flight{integration="1"}'] == 0
     assert after[delivered] - before.get(delivered, 0) == 2
     assert after[latencies] - before.get(latencies, 0) == 2
+
+
+def test_a_ticket_is_linked_through_one_integration_at_a_time(
+    start_host: StartHost, emulator: Emulator, emulator_url: str
+) -> None:
+    """Two integrations to one instance, each linked to one incident, would each count the
+    other's identical notes as their own: the second link is refused."""
+    host = start_host()
+    first, second = create_integration(host, emulator_url), create_integration(host, emulator_url)
+    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
+    created = ok(
+        host.api.post(tickets_path(), json=TICKET_REQUEST | {"integration_id": first["id"]})
+    )
+    number = created["ticket"]["ticket_number"]
+
+    refused = host.api.post(
+        links_path(), json={"ticket_number": number, "integration_id": second["id"]}
+    )
+
+    assert refused.status_code == 409
+    assert f"linked through integration {first['id']}" in refused.json()["detail"]
+
+
+def test_notes_delivered_before_an_integration_was_recreated_still_count(
+    start_host: StartHost, emulator: Emulator, emulator_url: str
+) -> None:
+    """Delete the integration, connect the instance again and relink the incident: the notes
+    from before are on the ticket, and a refused identical note is still delivered."""
+    host = start_host(doubt_seconds=1.0, backoff_initial=0.1, backoff_max=0.5)
+    first = create_integration(host, emulator_url)
+    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
+    created = ok(
+        host.api.post(tickets_path(), json=TICKET_REQUEST | {"integration_id": first["id"]})
+    )
+    sys_id, number = created["ticket"]["ticket_id"], created["ticket"]["ticket_number"]
+    outbox = host.runtime.service.outbox
+    ok(host.api.post(f"/api/anomalies/{ANOMALY['id']}/comments", json={"message": "LGTM"}), 201)
+    wait_until(lambda: outbox.counts()["pending"] == 0)
+    assert host.api.delete(f"/api/integrations/{first['id']}").status_code == 204
+    second = create_integration(host, emulator_url)
+    ok(host.api.post(links_path(), json={"ticket_number": number, "integration_id": second["id"]}))
+    wait_until(lambda: outbox.counts()["pending"] == 0)
+    emulator.add_fault("503", method="PATCH")  # refused: nothing stored
+
+    ok(host.api.post(f"/api/anomalies/{ANOMALY['id']}/comments", json={"message": "LGTM"}), 201)
+
+    wait_until(lambda: outbox.counts()["pending"] == 0, timeout=30)
+    assert work_notes(emulator, sys_id).count("Comment from Qualytics: LGTM") == 2

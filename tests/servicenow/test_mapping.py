@@ -1,5 +1,6 @@
 import itertools
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -207,9 +208,12 @@ def test_other_texts_are_written_as_they_are(text: str) -> None:
     if (
         "[" in text
         or "\u200b" in text
+        or text[:1] <= " "
+        or text[-1:] <= " "
         or text != text.strip()
+        or "\ufeff" in text[:1] + text[-1:]
         or any(
-            not before and mapping.JOURNAL_HEADER_LINE.fullmatch(line)
+            not before and mapping.is_journal_header(line)
             for before, line in itertools.pairwise(lines)
         )
     ):
@@ -225,3 +229,17 @@ def test_the_seed_notes_are_sent_as_the_seed_words_them() -> None:
         "Comment from Qualytics: Run 42 - nightly load (prod)\nfailed at step 3",
     ):
         assert mapping.journal_safe(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["see below\n\n" + " -" * 50_000, "[" + " " * 100_000, ("\n\nx - (" * 15_000)],
+    ids=["long header-like line", "long code tag", "many header-like lines"],
+)
+def test_hostile_texts_of_the_largest_size_are_escaped_and_split_in_linear_time(text: str) -> None:
+    """A backtracking pattern took 12 s over such a comment, holding the interpreter meanwhile."""
+    started = time.perf_counter()
+    safe = mapping.journal_safe(text)
+    entries = mapping.journal_entries(render_journal([safe], HEADERS[0]))
+    assert entries == [safe]
+    assert time.perf_counter() - started < 1.0  # linear: a few milliseconds
