@@ -17,7 +17,7 @@ from cryptography.fernet import Fernet
 from servicenow_emulator import Emulator
 from servicenow_emulator.server import RunningEmulator, run_in_thread
 
-from ticketing_core.store import Database, engine_url
+from ticketing_core.store import Database, engine_url, sqlite_path
 from ticketing_servicenow import ServiceNowProvider
 
 T = TypeVar("T")
@@ -154,3 +154,33 @@ def wait_until(produce: Callable[[], T], timeout: float = 10.0) -> T:
             raise AssertionError(f"still {value!r} after {timeout} s")
         time.sleep(0.02)
     return value
+
+
+@contextmanager
+def read_only(database: Database, database_url: str) -> Iterator[None]:
+    """The database read-only for every connection the host opens from now on.
+
+    The tests run as root, whom file permissions do not stop, and a file made immutable
+    (``chattr +i``) still takes writes through a descriptor SQLite opened before and reuses. So
+    SQLite connections are opened in ``query_only`` mode, and PostgreSQL sessions read-only (as on
+    a hot standby): writes then fail as for a file without write permission (SQLITE_READONLY,
+    "attempt to write a readonly database") or a read-only server (read_only_sql_transaction).
+    The host's open connections are dropped first, as if opened after the change; those opened
+    meanwhile stay read-only after it, as they would.
+    """
+    sqlite = sqlite_path(database_url) is not None
+
+    def read_only_session(dbapi_connection: Any, _: Any) -> None:
+        if sqlite:
+            dbapi_connection.execute("PRAGMA query_only=ON")
+            return
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        dbapi_connection.commit()
+
+    sa.event.listen(database.engine, "connect", read_only_session)
+    database.engine.dispose()
+    try:
+        yield
+    finally:
+        sa.event.remove(database.engine, "connect", read_only_session)

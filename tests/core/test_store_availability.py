@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -24,6 +23,8 @@ from ticketing_core.store import (
     sqlite_path,
     unavailable_reason,
 )
+
+from ..conftest import read_only
 
 
 @contextmanager
@@ -87,21 +88,8 @@ def test_outside_the_block_a_sqlite_connection_waits_as_long_as_before(tmp_path:
 
 
 def test_a_read_only_database_says_so(database: Database, database_url: str) -> None:
-    sqlite = sqlite_path(database_url) is not None
-
-    def read_only_session(dbapi_connection: Any, _: Any) -> None:
-        if sqlite:
-            dbapi_connection.execute("PRAGMA query_only=ON")
-            return
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-        dbapi_connection.commit()
-
-    sa.event.listen(database.engine, "connect", read_only_session)
-    database.engine.dispose()
-    with pytest.raises(sa.exc.DBAPIError) as refused:
+    with read_only(database, database_url), pytest.raises(sa.exc.DBAPIError) as refused:
         write(database)
-    sa.event.remove(database.engine, "connect", read_only_session)
 
     assert unavailable_reason(refused.value) == READ_ONLY
     write(database)  # the read-only connection was dropped with the error: writable again

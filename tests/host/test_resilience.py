@@ -33,9 +33,9 @@ from ticketing_localserver import RunningServer
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from ticketing_core.store import Database, engine_url, sqlite_path
+from ticketing_core.store import engine_url, sqlite_path
 
-from ..conftest import ADMIN_TOKEN, SECRET_KEY, wait_until
+from ..conftest import ADMIN_TOKEN, SECRET_KEY, read_only, wait_until
 from .conftest import (
     ANOMALY,
     API_TOKEN,
@@ -174,36 +174,6 @@ def locked(database_url: str) -> Iterator[None]:
             yield
     finally:
         engine.dispose()
-
-
-@contextmanager
-def read_only(database: Database, database_url: str) -> Iterator[None]:
-    """The database read-only for every connection the host opens from now on.
-
-    The tests run as root, whom file permissions do not stop, and a file made immutable
-    (``chattr +i``) still takes writes through a descriptor SQLite opened before and reuses. So
-    SQLite connections are opened in ``query_only`` mode, and PostgreSQL sessions read-only (as on
-    a hot standby): writes then fail as for a file without write permission (SQLITE_READONLY,
-    "attempt to write a readonly database") or a read-only server (read_only_sql_transaction).
-    The host's open connections are dropped first, as if opened after the change; those opened
-    meanwhile stay read-only after it, as they would.
-    """
-    sqlite = sqlite_path(database_url) is not None
-
-    def read_only_session(dbapi_connection: Any, _: Any) -> None:
-        if sqlite:
-            dbapi_connection.execute("PRAGMA query_only=ON")
-            return
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-        dbapi_connection.commit()
-
-    sa.event.listen(database.engine, "connect", read_only_session)
-    database.engine.dispose()
-    try:
-        yield
-    finally:
-        sa.event.remove(database.engine, "connect", read_only_session)
 
 
 def a_ticket_with_a_comment(host: Host, emulator_url: str) -> str:
