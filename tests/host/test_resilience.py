@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import importlib.util
 import inspect
 import json
 import os
 import resource
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -339,10 +341,10 @@ def registry_of(server: RunningServer) -> Any:
     return server.server.config.http_protocol_class.registry
 
 
-def test_held_connections_are_capped_and_closed_after_the_header_timeout_while_real_requests_pass(
+def test_held_connections_are_capped_and_closed_after_the_request_timeout_while_real_requests_pass(
     bounded_host: Callable[[ConnectionLimits], RunningServer],
 ) -> None:
-    server = bounded_host(ConnectionLimits(header_timeout=2, max_connections=10))
+    server = bounded_host(ConnectionLimits(request_timeout=2, max_connections=10))
     registry = registry_of(server)
     most_open = 0
 
@@ -358,7 +360,7 @@ def test_held_connections_are_capped_and_closed_after_the_header_timeout_while_r
         real_again = client.get(f"{server.url}/api/integrations", headers=REAL_REQUEST)
 
     assert real.status_code == 200
-    assert answered_in < 1.5  # within the header timeout the held connections get
+    assert answered_in < 1.5  # within the request timeout the held connections get
     assert most_open <= 10
     assert held.open_count == 0, "every held connection is closed"
     assert max(held.closed_after.values()) < 2 + 3
@@ -367,14 +369,14 @@ def test_held_connections_are_capped_and_closed_after_the_header_timeout_while_r
     for answer in timed_out:
         head, body = answer.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
-        assert json.loads(body) == {"detail": "the request's headers did not arrive within 2 s"}
+        assert json.loads(body) == {"detail": "the request did not arrive within 2 s"}
     assert real_again.status_code == 200
 
 
 def test_headers_sent_slowly_but_within_the_timeout_are_served(
     bounded_host: Callable[[ConnectionLimits], RunningServer],
 ) -> None:
-    server = bounded_host(ConnectionLimits(header_timeout=1.5, max_connections=10))
+    server = bounded_host(ConnectionLimits(request_timeout=1.5, max_connections=10))
     request = (
         f"GET /api/integrations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Authorization: Bearer {API_TOKEN}\r\nConnection: close\r\n\r\n"
@@ -405,7 +407,7 @@ def read_response(reader: Any) -> bytes:
 def test_a_kept_alive_connection_has_the_same_time_for_its_next_request(
     bounded_host: Callable[[ConnectionLimits], RunningServer],
 ) -> None:
-    server = bounded_host(ConnectionLimits(header_timeout=1.0, max_connections=10))
+    server = bounded_host(ConnectionLimits(request_timeout=1.0, max_connections=10))
     request = (
         f"GET /api/integrations HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_TOKEN}"
         "\r\n\r\n"
@@ -428,7 +430,7 @@ def test_a_kept_alive_connection_has_the_same_time_for_its_next_request(
 def test_a_connection_that_sends_nothing_is_closed_after_the_timeout_without_an_answer(
     bounded_host: Callable[[ConnectionLimits], RunningServer],
 ) -> None:
-    server = bounded_host(ConnectionLimits(header_timeout=0.5, max_connections=10))
+    server = bounded_host(ConnectionLimits(request_timeout=0.5, max_connections=10))
 
     with socket.create_connection(("127.0.0.1", port_of(server.url)), timeout=5) as sock:
         started = time.monotonic()
@@ -439,25 +441,67 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_timeout_without_an_
     assert closed_after < 0.5 + 1.5
 
 
-def test_when_every_connection_is_busy_a_new_one_is_answered_503(
+TRICKLING = b"POST /api/anomalies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n{"
+
+
+def test_a_body_that_trickles_is_closed_after_the_request_timeout_or_for_a_newcomer(
     bounded_host: Callable[[ConnectionLimits], RunningServer],
 ) -> None:
-    """Connections in the middle of a request are never closed to make room."""
-    server = bounded_host(ConnectionLimits(header_timeout=5, max_connections=2))
-    # Headers complete, body still to come: busy with a request, not waiting for headers.
-    busy = b"POST /api/anomalies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n{"
+    """Headers complete, the body a byte now and then: still waiting for the request."""
+    server = bounded_host(ConnectionLimits(request_timeout=1.5, max_connections=2))
     port = port_of(server.url)
 
     with (
         socket.create_connection(("127.0.0.1", port), timeout=5) as first,
         socket.create_connection(("127.0.0.1", port), timeout=5) as second,
+        httpx.Client(timeout=5) as client,
     ):
-        first.sendall(busy)
-        second.sendall(busy)
-        registry = registry_of(server)
-        wait_until(lambda: len(registry.open) == 2 and not registry.waiting)
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
-            refused = third.makefile("rb").read()
+        first.sendall(TRICKLING)
+        second.sendall(TRICKLING)
+        wait_until(lambda: len(registry_of(server).waiting) == 2)
+        real = client.get(f"{server.url}/api/integrations", headers=REAL_REQUEST)
+        made_room = first.makefile("rb").read()  # the longest waiting, closed for the newcomer
+        started = time.monotonic()
+        second.sendall(b"x")
+        timed_out = second.makefile("rb").read()
+        closed_after = time.monotonic() - started
+
+    assert real.status_code == 200
+    assert made_room == b""
+    head, body = timed_out.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert json.loads(body) == {"detail": "the request did not arrive within 1.5 s"}
+    assert closed_after < 1.5 + 1.5
+
+
+def test_when_every_connection_is_busy_with_a_whole_request_a_new_one_is_answered_503(
+    bounded_host: Callable[[ConnectionLimits], RunningServer], tmp_path: Path
+) -> None:
+    """Connections whose requests the host is carrying out are never closed to make room."""
+    server = bounded_host(ConnectionLimits(request_timeout=5, max_connections=2))
+    body = json.dumps({"type": "Record", "status": "Active"}).encode()
+    whole = (
+        b"POST /api/anomalies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {API_TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    port = port_of(server.url)
+    locker = sqlite3.connect(tmp_path / "host.db")
+    locker.execute("BEGIN EXCLUSIVE")  # each request waits for the database meanwhile
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as first,
+            socket.create_connection(("127.0.0.1", port), timeout=5) as second,
+        ):
+            first.sendall(whole)
+            second.sendall(whole)
+            registry = registry_of(server)
+            wait_until(lambda: len(registry.open) == 2 and not registry.waiting)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+                refused = third.makefile("rb").read()
+    finally:
+        locker.rollback()
+        locker.close()
 
     head, body = refused.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
@@ -466,6 +510,28 @@ def test_when_every_connection_is_busy_a_new_one_is_answered_503(
         "detail": "the server holds its limit of 2 connections, all busy with requests; "
         "retry shortly"
     }
+
+
+def test_websocket_upgrades_are_plain_requests_and_hold_no_place(
+    bounded_host: Callable[[ConnectionLimits], RunningServer],
+) -> None:
+    """uvicorn hands an upgraded connection to another protocol, past the cap's count; the host
+    serves no WebSocket, so upgrades are answered as plain requests (websockets is installed)."""
+    assert importlib.util.find_spec("websockets"), "the test group installs websockets"
+    server = bounded_host(ConnectionLimits(request_timeout=5, max_connections=3))
+    upgrade = (
+        b"GET /api/integrations HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    for _ in range(6):
+        with socket.create_connection(("127.0.0.1", port_of(server.url)), timeout=5) as sock:
+            sock.sendall(upgrade)
+            sock.recv(65536)
+    wait_until(lambda: not registry_of(server).open)
+
+    with httpx.Client(timeout=5) as client:
+        assert client.get(f"{server.url}/api/integrations", headers=REAL_REQUEST).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -513,7 +579,7 @@ def test_serve_stays_available_with_more_held_connections_than_it_may_open_files
     environment = os.environ | {
         "TICKETING_API_TOKEN": API_TOKEN,
         "TICKETING_SECRET_KEY": SECRET_KEY,
-        "TICKETING_HEADER_TIMEOUT": "2",
+        "TICKETING_REQUEST_TIMEOUT": "2",
     }
 
     def limit_open_files() -> None:

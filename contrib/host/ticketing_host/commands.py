@@ -87,12 +87,12 @@ def fleet_options(command: Callable[..., Any]) -> Callable[..., Any]:
 )
 @fleet_options
 @click.option(
-    "--header-timeout",
+    "--request-timeout",
     type=click.FloatRange(min=0.1),
     default=10.0,
     show_default=True,
-    envvar="TICKETING_HEADER_TIMEOUT",
-    help="Seconds a client may take to send a request's headers; then 408 and closed.",
+    envvar="TICKETING_REQUEST_TIMEOUT",
+    help="Seconds a client may take to send a request, headers and body; then 408 and closed.",
 )
 @click.option(
     "--max-connections",
@@ -101,12 +101,12 @@ def fleet_options(command: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     envvar="TICKETING_MAX_CONNECTIONS",
     help="Connections open at once (at most 3/4 of the open-file limit); beyond it, the one "
-    "waiting longest for its headers is closed.",
+    "waiting longest for its request is closed.",
 )
 def serve(
     host: str, port: int, database: str, public_url: str | None, allow_http: bool,
     allow_private_hosts: bool, allowed_hosts: str | None, product: str, broker: str | None,
-    queue: str, relay_interval: float, header_timeout: float, max_connections: int,
+    queue: str, relay_interval: float, request_timeout: float, max_connections: int,
 ) -> None:  # fmt: skip
     """Run the host API and its background sync. The API token comes from TICKETING_API_TOKEN,
     the key encrypting stored credentials from TICKETING_SECRET_KEY (on SQLite, without it, from
@@ -147,14 +147,14 @@ def serve(
     for notice in (*runtime.key_notices, *runtime.unusable_integrations()):
         click.echo(notice, err=True)
     click.echo(token_notice(settings.api_token is not None, generated), err=True)
-    limits = ConnectionLimits(header_timeout=header_timeout, max_connections=max_connections)
+    limits = ConnectionLimits(request_timeout=request_timeout, max_connections=max_connections)
     if limits.bound < max_connections:
         click.echo(
             f"note: at most {limits.bound} connections at once, not {max_connections}: the "
             f"open-file limit of {open_file_limit()} leaves no more (raise it with ulimit -n)",
             err=True,
         )
-    uvicorn.run(app, host=host, port=port, http=limits.protocol())
+    uvicorn.run(app, host=host, port=port, http=limits.protocol(), ws="none")
 
 
 @click.command()

@@ -3,20 +3,23 @@
 uvicorn answers a request beyond ``limit_concurrency`` with 503, but a client that sends its
 headers one line at a time never makes a request, and nothing closes its connection: 1,100 such
 clients (a line every 10 s) held every descriptor of a process limited to 1,024 open files, and
-every real request timed out for as long as they stayed. Two bounds close that:
+every real request timed out for as long as they stayed. A client that sends its headers and then
+its body a byte at a time holds a connection the same way. Two bounds close that:
 
-- **a header timeout**: a connection waiting for a request's headers (a new one, or a kept-alive
-  one after its last response) has ``header_timeout`` seconds to send all of them; then it is
-  answered 408 (if it had sent part of a request) and closed.
+- **a request timeout**: a connection waiting for a request (a new one, or a kept-alive one after
+  its last response) has ``request_timeout`` seconds to send all of it, headers and body; then it
+  is answered 408 (if it had sent part of a request) and closed.
 - **a connection cap**: at most ``max_connections`` are open at once, and never more than the
   open-file limit leaves free for the rest of the process (a quarter of it, at least 64: database
   files, calls to instances, logs). A connection beyond the cap closes the one that has waited
-  longest for its headers, so a client that sends its request at once is served while the cap is
-  full of idle ones; when every connection is busy with a request, the newcomer is answered 503
-  and closed.
+  longest for its request, so a client that sends its request at once is served while the cap is
+  full of stalled ones; when every connection is busy with a request it sent whole, the newcomer
+  is answered 503 and closed.
 
 uvicorn has neither, so :class:`BoundedH11Protocol` adds them to its h11 protocol class, which
-uvicorn takes through its public ``http`` setting (``uvicorn.Config(app, http=...)``). It relies
+uvicorn takes through its public ``http`` setting (``uvicorn.Config(app, http=...)``). The server
+is run with ``ws="none"``: an upgrade to a WebSocket would hand the connection to another protocol
+without ``connection_lost`` here, so it would hold a place under the cap for good. It relies
 on four of that class's methods (``connection_made``, ``data_received``, ``on_response_complete``,
 ``connection_lost``) and three attributes (``conn``, the h11 connection; ``transport``; ``loop``);
 ``tests/host/test_resilience.py`` checks they are still there, so an uvicorn that changes them
@@ -38,11 +41,13 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 1000
 MIN_FREE_FILES = 64
 """Descriptors always left to the rest of the process, whatever the open-file limit."""
 WARN_EVERY = 60.0  # seconds between warnings that the cap is reached
+# The other side's states while a request is due: before its headers, and while its body comes.
+_ARRIVING = (h11.IDLE, h11.SEND_BODY)
 
 
 def open_file_limit() -> int:
@@ -61,10 +66,10 @@ def connection_bound(max_connections: int, file_limit: int | None = None) -> int
 
 @attrs.frozen
 class ConnectionLimits:
-    """How long a client may take to send a request's headers, and how many connections may be
-    open at once (see the module's docstring)."""
+    """How long a client may take to send a request, and how many connections may be open at
+    once (see the module's docstring)."""
 
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @property
@@ -80,7 +85,7 @@ class ConnectionLimits:
 
 
 class _Registry:
-    """One server's connections: all those open, and those waiting for a request's headers,
+    """One server's connections: all those open, and those waiting for (the rest of) a request,
     longest waiting first (dicts keep insertion order)."""
 
     def __init__(self) -> None:
@@ -102,7 +107,7 @@ def _answer(status: int, reason: str, detail: str, *headers: str) -> bytes:
 
 
 class BoundedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a header timeout and a connection cap; made per server by
+    """uvicorn's h11 protocol with a request timeout and a connection cap; made per server by
     :meth:`ConnectionLimits.protocol`, which sets the class attributes."""
 
     limits: ClassVar[ConnectionLimits]
@@ -111,7 +116,7 @@ class BoundedH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._header_timer: asyncio.TimerHandle | None = None
+        self._request_timer: asyncio.TimerHandle | None = None
 
     # -- uvicorn's hooks ---------------------------------------------------------------------------
 
@@ -129,17 +134,17 @@ class BoundedH11Protocol(H11Protocol):
                 )
             )
             return
-        self._await_headers()
+        self._await_request()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._header_timer is not None and self.conn.their_state is not h11.IDLE:
-            self._forget_waiting()  # the request's headers are in: h11 moved on
+        if self._request_timer is not None and self.conn.their_state not in _ARRIVING:
+            self._forget_waiting()  # the whole request is in: h11 moved on
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._await_headers()  # kept alive: the next request's headers are due in time too
+            self._await_request()  # kept alive: the next request is due in time too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._forget()
@@ -147,23 +152,23 @@ class BoundedH11Protocol(H11Protocol):
 
     # -- the bounds --------------------------------------------------------------------------------
 
-    def _await_headers(self) -> None:
+    def _await_request(self) -> None:
         self._forget_waiting()
         self.registry.waiting[self] = None
-        self._header_timer = self.loop.call_later(self.limits.header_timeout, self._overdue)
+        self._request_timer = self.loop.call_later(self.limits.request_timeout, self._overdue)
 
     def _overdue(self) -> None:
-        self._header_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+        self._request_timer = None
+        if self.transport.is_closing() or self.conn.their_state not in _ARRIVING:
             return
-        started, _closed = self.conn.trailing_data  # what arrived of a request not complete yet
-        timeout = f"{self.limits.header_timeout:g}"
-        detail = f"the request's headers did not arrive within {timeout} s"
+        partial, _closed = self.conn.trailing_data  # what arrived of headers not complete yet
+        started = partial or self.conn.their_state is h11.SEND_BODY
+        detail = f"the request did not arrive within {self.limits.request_timeout:g} s"
         self._close(_answer(408, "Request Timeout", detail) if started else None)
 
     def _make_room(self) -> bool:
-        """Close the connection that has waited longest for a request's headers, if any other
-        is waiting; the newcomer takes its place."""
+        """Close the connection that has waited longest for a request, if any other is
+        waiting; the newcomer takes its place."""
         victim = next((waiting for waiting in self.registry.waiting if waiting is not self), None)
         now = time.monotonic()
         if now - self.registry.warned_at >= WARN_EVERY:
@@ -171,7 +176,7 @@ class BoundedH11Protocol(H11Protocol):
             log.warning(
                 "%d connections open, the limit: %s (logged once a minute)",
                 len(self.registry.open) - 1,
-                "closing those that have waited longest for a request's headers"
+                "closing those that have waited longest for a request"
                 if victim is not None
                 else "refusing new ones, every connection is busy with a request",
             )
@@ -187,9 +192,9 @@ class BoundedH11Protocol(H11Protocol):
         self.transport.close()
 
     def _forget_waiting(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
         self.registry.waiting.pop(self, None)
 
     def _forget(self) -> None:

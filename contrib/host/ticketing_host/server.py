@@ -18,7 +18,9 @@ def serve_in_thread(
     limits: ConnectionLimits | None = None,
 ) -> RunningServer:
     """Serve ``app`` (its lifespan runs the outbox worker) until the result is stopped, with the
-    header timeout and connection cap ``ticketing serve`` has (``limits``: the defaults)."""
+    request timeout and connection cap ``ticketing serve`` has (``limits``: the defaults)."""
     limits = ConnectionLimits() if limits is None else limits
-    config = uvicorn.Config(app, log_level="warning", access_log=False, http=limits.protocol())
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, http=limits.protocol(), ws="none"
+    )
     return serve_config_in_thread(config, host, port, name="ticketing-host")
