@@ -213,6 +213,13 @@ def _options_of(factory: ProviderFactory) -> tuple[str, ...] | None:
 
 def check_api_url(api_url: str, *, allow_http: bool) -> str:
     """Return the URL without a trailing slash, refusing plain HTTP unless allowed."""
+    if invisible := next((char for char in api_url.strip() if not char.isprintable()), None):
+        # httpx would refuse some of them and silently drop others (U+0085).
+        raise InvalidInput(
+            "api_url must not contain control or invisible characters: "
+            f"found U+{ord(invisible):04X}",
+            field="api_url",
+        )
     try:
         parts = urlsplit(api_url.strip())
         port_ok = parts.port is None or parts.port > 0

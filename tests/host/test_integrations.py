@@ -292,3 +292,27 @@ def test_options_must_be_text(host: Host, emulator_url: str) -> None:
 
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "options", "close_code"]
+
+
+@pytest.mark.parametrize("invisible", ["\x00", "\r\nX-Evil: 1", "\x85", "\u200b"])
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_an_api_url_with_a_control_or_invisible_character_is_422_naming_it(
+    host: Host, emulator: Emulator, emulator_url: str, invisible: str, method: str
+) -> None:
+    body = {"type": "servicenow", "api_url": emulator_url, "api_access_token": ADMIN_TOKEN}
+    if method == "PATCH":
+        created = create_integration(host, emulator_url)
+        emulator.reset()
+    bad = {"api_url": f"{emulator_url}/{invisible}now"}
+
+    response = (
+        host.api.post("/api/integrations", json=body | bad)
+        if method == "POST"
+        else host.api.patch(f"/api/integrations/{created['id']}", json=bad)
+    )
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "api_url"]
+    assert error["msg"].startswith("api_url must not contain control or invisible characters")
+    assert emulator.requests == []  # refused before anything was sent

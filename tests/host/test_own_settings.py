@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 from servicenow_emulator import Emulator
+from ticketing_host.db import integrations
 from ticketing_host.runtime import HostRuntime, Settings
 
 from ..conftest import ADMIN_TOKEN, SECRET_KEY, wait_until
@@ -164,4 +165,27 @@ def test_a_call_needing_an_integration_the_server_may_not_use_is_503_naming_the_
     assert response.status_code == 503
     detail = response.json()["detail"]
     assert "this server was started without --allow-http (TICKETING_ALLOW_HTTP)" in detail
+    assert len(emulator.requests) == sent_before
+
+
+def test_events_of_an_integration_whose_provider_is_not_installed_here_stay_pending(
+    start_host: StartHost, emulator: Emulator, emulator_url: str
+) -> None:
+    """A worker started without the distribution of an integration's provider (a Jira one on a
+    machine without ticketing-jira) is that worker's problem, not the events'."""
+    host = start_host(backoff_max=0.2)
+    integration = create_integration(host, emulator_url)
+    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
+    ok(host.api.post(tickets_path(), json=TICKET_REQUEST))
+    with host.runtime.database.begin() as conn:  # as stored by a host that has an acme plugin
+        conn.execute(integrations.update().values(type="acme"))
+    host.runtime.pool.forget(integration["id"])
+    sent_before = len(emulator.requests)
+
+    ok(host.api.post("/api/anomalies/12345/comments", json={"message": "held"}), 201)
+
+    outbox = host.runtime.service.outbox
+    [event] = wait_until(lambda: [e for e in outbox.entries() if e.last_error])
+    assert (event.status, event.attempts) == ("pending", 0)
+    assert "no acme provider is installed in this server" in event.last_error
     assert len(emulator.requests) == sent_before

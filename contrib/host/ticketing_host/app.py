@@ -387,6 +387,8 @@ def checked_connection(
     try:
         api_url = check_api_url(api_url, allow_http=runtime.settings.allow_http)
     except InvalidInput as exc:
+        if exc.field is not None:  # a character no URL may hold: the field's fault
+            raise invalid_fields({exc.field: str(exc)}, where=("body",)) from None
         raise Rejected(str(exc)) from None
     runtime.network.check_url(api_url)
     try:

@@ -218,9 +218,18 @@ class HostRuntime:
         """Raise, naming the flag this process lacks, when its own settings refuse a stored
         integration: plain http without --allow-http, a host outside --allowed-hosts, a private
         address (or a provider whose connections cannot be checked) without
-        --allow-private-hosts. The errors are IntegrationUnusable: the events wait."""
+        --allow-private-hosts; or a provider not installed here. The errors are
+        IntegrationUnusable: the events wait."""
         url, role = integration.api_url, self.role
         uses = f"integration {integration.id} uses {url}"
+        installed = [provider.name for provider in self.registry.providers()]
+        if integration.type not in installed:
+            raise RefusedHere(
+                f"integration {integration.id} is a {integration.type} integration, and no "
+                f"{integration.type} provider is installed in this {role} (installed: "
+                f"{', '.join(installed) or 'none'}): install the distribution that provides it; "
+                f"{STAYS_PENDING}"
+            )
         parts = urlsplit(url)
         if parts.scheme == "http" and not self.settings.allow_http:
             raise RefusedHere(
