@@ -17,10 +17,13 @@ from servicenow_emulator import Emulator
 from ticketing_host.db import integrations
 from ticketing_host.runtime import HostRuntime, Settings
 
+from ticketing_core.outbox import OutboxEvent
+
 from ..conftest import ADMIN_TOKEN, SECRET_KEY, wait_until
 from .conftest import (
     ANOMALY,
     TICKET_REQUEST,
+    Host,
     StartHost,
     create_integration,
     ok,
@@ -58,16 +61,7 @@ def test_events_a_process_may_not_deliver_stay_pending_until_one_with_the_flag_d
     guarded = start_host(database=database_url, backoff_max=0.2, **strict)
     for n in range(3):
         ok(guarded.api.post("/api/anomalies/12345/comments", json={"message": f"held {n}"}), 201)
-    outbox = guarded.runtime.service.outbox
-    wait_until(lambda: any(event.last_error for event in outbox.entries()))
-    time.sleep(1.0)  # a few pauses over: refused again and again
-    events = outbox.entries()
-    guarded.runtime.stop()
-    said = [
-        record.getMessage()
-        for record in caplog.records
-        if record.name == "ticketing_host.runtime" and record.levelno == logging.WARNING
-    ]
+    events, said = refused_for_a_while(guarded, caplog)
 
     assert [(event.status, event.attempts) for event in events] == [("pending", 0)] * 3
     reason = next(event.last_error for event in events if event.last_error)
@@ -134,16 +128,7 @@ def test_credentials_a_process_cannot_decrypt_are_said_once_and_their_events_wai
     wrong = start_host(database=database_url, secret_key=other_key, backoff_max=0.2)
     for n in range(3):
         ok(wrong.api.post("/api/anomalies/12345/comments", json={"message": f"held {n}"}), 201)
-    outbox = wrong.runtime.service.outbox
-    wait_until(lambda: any(event.last_error for event in outbox.entries()))
-    time.sleep(1.0)
-    events = outbox.entries()
-    wrong.runtime.stop()
-    said = [
-        record.getMessage()
-        for record in caplog.records
-        if record.name == "ticketing_host.runtime" and record.levelno == logging.WARNING
-    ]
+    events, said = refused_for_a_while(wrong, caplog)
 
     assert [(event.status, event.attempts) for event in events] == [("pending", 0)] * 3
     [warning] = said
@@ -189,3 +174,21 @@ def test_events_of_an_integration_whose_provider_is_not_installed_here_stay_pend
     assert (event.status, event.attempts) == ("pending", 0)
     assert "no acme provider is installed in this server" in event.last_error
     assert len(emulator.requests) == sent_before
+
+
+def refused_for_a_while(
+    host: Host, caplog: pytest.LogCaptureFixture
+) -> tuple[list[OutboxEvent], list[str]]:
+    """Let a host that may not deliver its events try for a while (a few pauses, refused again
+    and again), stop it, and return its events and the warnings it logged."""
+    outbox = host.runtime.service.outbox
+    wait_until(lambda: any(event.last_error for event in outbox.entries()))
+    time.sleep(1.0)
+    events = outbox.entries()
+    host.runtime.stop()
+    said = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "ticketing_host.runtime" and record.levelno == logging.WARNING
+    ]
+    return events, said
