@@ -54,7 +54,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 import cattrs
@@ -76,6 +76,7 @@ from ticketing_core.store import Database, UtcDateTime, metadata
 log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+MAX_SHOWN_ERROR = 500  # characters of an event's last error a delivery state shows
 _ORDER_LOCK = 0x6F726472  # "ordr": namespace of the per-ticket PostgreSQL advisory locks
 _STORED_TICKETS = "ticketing.stored_tickets"  # key of Connection.info: see Outbox.stored_tickets
 _LIMIT_LOCK = 0x6C696D74  # "limt": namespace of the per-integration locks of fleet claims
@@ -201,6 +202,34 @@ class IntegrationStats:
     """Tickets with unsettled claims not yet free to be taken over, across every worker:
     deliveries in flight (a worker sends a ticket's claimed events one after the other)."""
     oldest_pending_seconds: float | None = None
+
+
+DeliveryStatus = Literal["idle", "delivering", "paused", "failing"]
+
+
+@attrs.frozen
+class DeliveryState:
+    """How one integration's deliveries stand: events pending and dead, the pause in force, the
+    last failure of an event still undelivered (one line), and the last delivery. Times are the
+    database's."""
+
+    pending: int = 0
+    dead: int = 0
+    retrying: int = 0
+    """Of the pending events, those that failed before and wait to be tried again."""
+    paused_until: datetime | None = None
+    last_error: str | None = None
+    last_delivered_at: datetime | None = None
+
+    @property
+    def status(self) -> DeliveryStatus:
+        """``paused`` while its claims wait (until ``paused_until``); else ``failing`` when events
+        failed (pending a retry, or dead); else ``delivering`` with events pending; else ``idle``."""
+        if self.paused_until is not None:
+            return "paused"
+        if self.retrying or self.dead:
+            return "failing"
+        return "delivering" if self.pending else "idle"
 
 
 class LeaseLost(TicketingError):
@@ -565,6 +594,48 @@ class Outbox:
                 entry["in_flight"] = int(in_flight or 0)
                 entry["oldest_pending_seconds"] = (now - oldest).total_seconds()
         return [IntegrationStats(**found[key]) for key in sorted(found)]
+
+    def delivery_states(self, integration_ids: Collection[int]) -> dict[int, DeliveryState]:
+        """The delivery state of each of these integrations (those without events are idle)."""
+        ids = sorted(set(integration_ids))
+        if not ids:
+            return {}
+        with self.database.read() as conn:
+            now = self.database.now(conn)
+            counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+            for integration_id, status, count, failed in conn.execute(
+                sa.select(
+                    events.c.integration_id,
+                    events.c.status,
+                    sa.func.count(),
+                    sa.func.count(events.c.last_error),
+                )
+                .where(events.c.integration_id.in_(ids), events.c.status.in_((PENDING, DEAD)))
+                .group_by(events.c.integration_id, events.c.status)
+            ):
+                counts[integration_id][status] = count
+                if status == PENDING:
+                    counts[integration_id]["retrying"] = failed
+            pauses = {
+                row.integration_id: row
+                for row in conn.execute(
+                    sa.select(throttles).where(throttles.c.integration_id.in_(ids))
+                )
+            }
+            states = {}
+            for integration_id in ids:
+                found, pause = counts[integration_id], pauses.get(integration_id)
+                undelivered = found.get(PENDING, 0) + found.get(DEAD, 0)
+                states[integration_id] = DeliveryState(
+                    pending=found.get(PENDING, 0),
+                    dead=found.get(DEAD, 0),
+                    retrying=found.get("retrying", 0),
+                    paused_until=pause.until if pause is not None and pause.until > now else None,
+                    last_error=_last_error(conn, integration_id) if undelivered else None,
+                    last_delivered_at=(pause.delivered_at if pause is not None else None)
+                    or _last_delivered(conn, integration_id),
+                )
+            return states
 
     def _lease(
         self,
@@ -988,6 +1059,36 @@ class Outbox:
         # One statement, so a prune moving events into the tally is seen whole or not at all.
         both = sa.select(kept.scalar_subquery() + sa.func.coalesce(pruned.scalar_subquery(), 0))
         return attrs.evolve(event, identical_before=conn.execute(both).scalar_one())
+
+
+def _last_error(conn: sa.Connection, integration_id: int) -> str | None:
+    """The error of the undelivered event that failed last (its next try is the latest: a
+    failure puts it off), on one line."""
+    error = conn.execute(
+        sa.select(events.c.last_error)
+        .where(
+            events.c.integration_id == integration_id,
+            events.c.status.in_((PENDING, DEAD)),
+            events.c.last_error.is_not(None),
+        )
+        .order_by(events.c.next_attempt_at.desc(), events.c.id.desc())
+        .limit(1)
+    ).scalar()
+    if error is None:
+        return None
+    line = " ".join(str(error).split())
+    return line if len(line) <= MAX_SHOWN_ERROR else line[: MAX_SHOWN_ERROR - 1] + "…"
+
+
+def _last_delivered(conn: sa.Connection, integration_id: int) -> datetime | None:
+    """For an outbox that has not recorded a delivery in its pause row yet: its latest delivered
+    event still kept."""
+    latest: datetime | None = conn.execute(
+        sa.select(sa.func.max(events.c.delivered_at)).where(
+            events.c.integration_id == integration_id, events.c.status == DELIVERED
+        )
+    ).scalar()
+    return latest
 
 
 def _paused(now: datetime) -> sa.Select[Any]:

@@ -52,7 +52,6 @@ from .db import (
     UnknownRecord,
     token_hash,
 )
-from .deliveries import delivery_states
 from .runtime import HostRuntime, Settings
 from .schemas import (
     ERROR_RESPONSES,
@@ -409,7 +408,7 @@ def with_state(
     runtime: HostRuntime, integrations: list[IntegrationRecord]
 ) -> list[IntegrationStateOut]:
     """The integrations with how their deliveries stand, read from the outbox."""
-    states = delivery_states(runtime.database, [integration.id for integration in integrations])
+    states = runtime.service.outbox.delivery_states([each.id for each in integrations])
     return [IntegrationStateOut.of(each, states.get(each.id)) for each in integrations]
 
 

@@ -22,6 +22,7 @@ from pydantic import (
 
 from ticketing_core.converters import unstructure
 from ticketing_core.models import Anomaly, FailedCheck, Page, Ticket, TicketDraft, TicketLink
+from ticketing_core.outbox import DeliveryState
 from ticketing_core.policies import DEFAULT_POLICY
 
 from .db import (
@@ -32,7 +33,6 @@ from .db import (
     Comment,
     IntegrationRecord,
 )
-from .deliveries import DeliveryState
 
 AnomalyStatus = Literal["Active", "Acknowledged", "Resolved", "Invalid", "Duplicate", "Discarded"]
 Reference = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
