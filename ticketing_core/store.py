@@ -525,6 +525,11 @@ def _link(row: sa.RowMapping) -> TicketLink:
     return TicketLink(**dict(row))
 
 
+def _timestamp_type(conn: sa.Connection) -> str:
+    """The column type :class:`UtcDateTime` creates, for columns that upgrades add."""
+    return "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+
+
 def _outbox_v2(conn: sa.Connection) -> None:
     """Schema 1 to 2: fenced claims replace the claim-count and clock bookkeeping of doubt.
 
@@ -532,7 +537,7 @@ def _outbox_v2(conn: sa.Connection) -> None:
     """
     if not sa.inspect(conn).has_table("sync_outbox"):
         return
-    timestamp = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+    timestamp = _timestamp_type(conn)
     for statement in (
         "ALTER TABLE sync_outbox ADD COLUMN claim_token VARCHAR(32)",
         f"ALTER TABLE sync_outbox ADD COLUMN claimed_at {timestamp}",
@@ -564,7 +569,7 @@ def _outages_v4(conn: sa.Connection) -> None:
     """Schema 3 to 4: failures during outages counted apart; how long a pause lasted and when a
     delivery last succeeded."""
     inspector = sa.inspect(conn)
-    timestamp = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+    timestamp = _timestamp_type(conn)
     if inspector.has_table("sync_outbox"):
         conn.exec_driver_sql(
             "ALTER TABLE sync_outbox ADD COLUMN outage_attempts INTEGER NOT NULL DEFAULT 0"
@@ -582,7 +587,7 @@ def _notes_per_ticket_v5(conn: sa.Connection) -> None:
     identical notes counted per ticket, whichever integration delivered them."""
     inspector = sa.inspect(conn)
     if inspector.has_table("sync_outbox"):
-        timestamp = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+        timestamp = _timestamp_type(conn)
         conn.exec_driver_sql(f"ALTER TABLE sync_outbox ADD COLUMN doubt_until {timestamp}")
         conn.exec_driver_sql("DROP INDEX IF EXISTS ix_sync_outbox_notes")
         conn.exec_driver_sql(

@@ -135,7 +135,7 @@ def serve(
         relay_interval=relay_interval,
     )
     if broker is not None:
-        check_broker(settings)
+        refuse_unreachable_broker(settings)
     try:
         app = create_app(settings)
         runtime = runtime_of(app)
@@ -297,7 +297,7 @@ def run_workers(**settings: Any) -> Any:
     return command
 
 
-def check_broker(settings: Any) -> None:
+def refuse_unreachable_broker(settings: Any) -> None:
     """Refuse to start, in one line, unless the broker answers: the worker's own check."""
     try:
         from . import fleet
