@@ -21,10 +21,10 @@ from pathlib import Path
 
 from servicenow_emulator import DEFAULT_PASSWORD, Emulator, run_in_thread
 
-from ticketing_core.outbox import DELIVERED, ThreadedDispatcher
 from ticketing_core.policies import WorkNotesOnly
-from ticketing_core.service import SyncService
-from ticketing_core.store import Database
+from ticketing_core.sync.database import Database
+from ticketing_core.sync.outbox import DELIVERED, ThreadedDispatcher
+from ticketing_core.sync.service import SyncService
 from ticketing_servicenow import ServiceNowProvider
 
 NOTES = 100
@@ -108,7 +108,7 @@ def landed_round(
 
 
 def main() -> int:
-    logging.getLogger("ticketing_core.outbox").setLevel(logging.ERROR)  # the injected failures
+    logging.getLogger("ticketing_core.sync.outbox").setLevel(logging.ERROR)  # the injected failures
     floor = NOTES * LATENCY_MS / 1000
     with run_in_thread(Emulator()) as running, tempfile.TemporaryDirectory() as tmp:
         times = [

@@ -36,9 +36,9 @@ from ticketing_host.keys import generate_key
 from ticketing_host.runtime import HostRuntime, Settings
 
 from ticketing_core.models import TicketDraft
-from ticketing_core.outbox import DELIVERED, NewEvent, Outbox, attempt_in_order
 from ticketing_core.policies import AddWorkNote
-from ticketing_core.store import engine_url
+from ticketing_core.sync.database import engine_url
+from ticketing_core.sync.outbox import DELIVERED, NewEvent, Outbox, attempt_in_order
 from ticketing_servicenow import ServiceNowProvider
 
 POSTGRES = os.environ.get("TICKETING_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

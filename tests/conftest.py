@@ -17,7 +17,7 @@ from cryptography.fernet import Fernet
 from servicenow_emulator import Emulator
 from servicenow_emulator.server import RunningEmulator, run_in_thread
 
-from ticketing_core.store import Database, engine_url, sqlite_path
+from ticketing_core.sync.database import Database, engine_url, sqlite_path
 from ticketing_servicenow import ServiceNowProvider
 
 T = TypeVar("T")

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from ticketing_core import errors
 from ticketing_core.cli import cli
-from ticketing_core.outbox import DEAD, PENDING, NewEvent, Outbox
 from ticketing_core.policies import AddWorkNote
-from ticketing_core.store import SCHEMA_VERSION, Database, engine_url
+from ticketing_core.sync.database import SCHEMA_VERSION, Database, engine_url
+from ticketing_core.sync.outbox import DEAD, PENDING, NewEvent, Outbox
 
 
 def outbox_with_one_dead_event(path: Path) -> Outbox:

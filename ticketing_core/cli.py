@@ -24,7 +24,8 @@ import ticketing_core
 from ticketing_core import errors
 from ticketing_core.converters import unstructure
 from ticketing_core.hookspecs import Provider
-from ticketing_core.http import current_budget, retry_notice
+from ticketing_core.http.client import current_budget, retry_notice
+from ticketing_core.http.network import tls_context
 from ticketing_core.models import (
     MAX_PAGE_SIZE,
     Capabilities,
@@ -33,7 +34,6 @@ from ticketing_core.models import (
     TicketChanges,
     TicketDraft,
 )
-from ticketing_core.network import tls_context
 from ticketing_core.plugins import DISTRIBUTION, default_registry
 
 T = TypeVar("T")
@@ -573,8 +573,8 @@ def open_outbox(database: str, *, read_only: bool = False) -> Any:
     and an operator's command must not migrate (nor, when ``read_only``, write) what the service
     runs on."""
     try:
-        from ticketing_core.outbox import Outbox
-        from ticketing_core.store import OPEN_ERRORS, Database, open_error
+        from ticketing_core.sync.database import OPEN_ERRORS, Database, open_error
+        from ticketing_core.sync.outbox import Outbox
     except ImportError:
         raise errors.PluginError(
             "the outbox needs its extra: pip install 'ticketing-framework[sync]'"
@@ -602,7 +602,7 @@ def require_dead(events: Any, event_ids: Sequence[int]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def outbox_list(database: str, status: str | None, limit: int, as_json: bool) -> None:
     """List outbox events, oldest first."""
-    from ticketing_core.outbox import describe
+    from ticketing_core.sync.outbox import describe
 
     with reported_errors():
         entries = open_outbox(database, read_only=True).entries(status=status, limit=limit)

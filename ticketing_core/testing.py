@@ -52,7 +52,7 @@ except ModuleNotFoundError:  # pragma: no cover - the kit without its extra
 
 from ticketing_core import errors
 from ticketing_core.hookspecs import Provider
-from ticketing_core.http import call_budget
+from ticketing_core.http.client import call_budget
 from ticketing_core.models import SearchQuery, TicketChanges, TicketDraft
 from ticketing_core.plugins import PluginRegistry
 

@@ -10,12 +10,13 @@ import httpx
 
 from ticketing_core.errors import InvalidInput, NotFound
 from ticketing_core.hookspecs import Provider
-from ticketing_core.http import (
+from ticketing_core.http.client import (
     RETRYING_DEPRECATED,
     HttpTransport,
     ServiceDialect,
     create_once,
 )
+from ticketing_core.http.oauth import OAuthClient
 from ticketing_core.models import (
     Capabilities,
     Page,
@@ -25,7 +26,6 @@ from ticketing_core.models import (
     TicketDraft,
     TicketStatus,
 )
-from ticketing_core.oauth import OAuthClient
 from ticketing_servicenow import mapping
 from ticketing_servicenow.envelopes import error_reason, result_of
 
@@ -54,7 +54,7 @@ class ServiceNowProvider(Provider):
     instance), tokens come from ``{api_url}/oauth_token.do``: ``username:password`` uses the
     password grant, an empty token the client-credentials grant. Other options:
     ``timeout`` (seconds or ``httpx.Timeout``, per connect and read), ``deadline`` (seconds for a
-    whole call where the caller sets no :func:`~ticketing_core.http.call_budget`),
+    whole call where the caller sets no :func:`~ticketing_core.http.client.call_budget`),
     ``max_attempts`` and ``max_retry_wait`` for retries, ``close_code`` written with a resolution
     (most instances require one to resolve), ``transport`` (an httpx transport, for tests).
 

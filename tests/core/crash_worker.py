@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 import threading
 
-from ticketing_core.outbox import Outbox, ThreadedDispatcher
 from ticketing_core.policies import WorkNotesOnly
-from ticketing_core.service import SyncService
-from ticketing_core.store import Database
+from ticketing_core.sync.database import Database
+from ticketing_core.sync.outbox import Outbox, ThreadedDispatcher
+from ticketing_core.sync.service import SyncService
 from ticketing_servicenow import ServiceNowProvider
 
 from ..conftest import ADMIN_TOKEN

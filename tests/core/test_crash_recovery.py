@@ -11,10 +11,10 @@ from pathlib import Path
 from servicenow_emulator import Emulator
 
 from ticketing_core.models import Anomaly, TicketDraft
-from ticketing_core.outbox import DELIVERED, Outbox
 from ticketing_core.policies import AddWorkNote, WorkNotesOnly
-from ticketing_core.service import SyncService
-from ticketing_core.store import Database
+from ticketing_core.sync.database import Database
+from ticketing_core.sync.outbox import DELIVERED, Outbox
+from ticketing_core.sync.service import SyncService
 from ticketing_servicenow import ServiceNowProvider
 
 from ..conftest import wait_until

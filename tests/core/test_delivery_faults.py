@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from servicenow_emulator import Emulator
 
 from ticketing_core.models import Anomaly, TicketDraft
-from ticketing_core.outbox import DEAD, DELIVERED, PENDING, Outbox, ThreadedDispatcher
 from ticketing_core.policies import WorkNotesOnly
-from ticketing_core.service import SyncService
-from ticketing_core.store import Database
+from ticketing_core.sync.database import Database
+from ticketing_core.sync.outbox import DEAD, DELIVERED, PENDING, Outbox, ThreadedDispatcher
+from ticketing_core.sync.service import SyncService
 from ticketing_servicenow import ServiceNowProvider, mapping
 
 from ..conftest import wait_until

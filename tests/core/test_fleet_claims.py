@@ -12,7 +12,9 @@ import sqlalchemy as sa
 from servicenow_emulator import Emulator
 
 from ticketing_core import errors
-from ticketing_core.outbox import (
+from ticketing_core.policies import AddWorkNote, WorkNotesOnly
+from ticketing_core.sync.database import Database
+from ticketing_core.sync.outbox import (
     DELIVERED,
     PENDING,
     LeaseLost,
@@ -22,9 +24,7 @@ from ticketing_core.outbox import (
     attempt_in_order,
     throttles,
 )
-from ticketing_core.policies import AddWorkNote, WorkNotesOnly
-from ticketing_core.service import SyncService
-from ticketing_core.store import Database
+from ticketing_core.sync.service import SyncService
 from ticketing_servicenow import ServiceNowProvider
 
 

@@ -1,4 +1,4 @@
-"""Requests run once per key (ticketing_core.once), on SQLite and PostgreSQL."""
+"""Requests run once per key (ticketing_core.sync.once), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 import pytest
 
 from ticketing_core import errors
-from ticketing_core.once import KeyedRequests
-from ticketing_core.store import Database
+from ticketing_core.sync.database import Database
+from ticketing_core.sync.once import KeyedRequests
 
 
 def recorded(value: str, _conn: object) -> dict[str, str]:

@@ -12,9 +12,11 @@ import pytest
 import sqlalchemy as sa
 
 from ticketing_core import errors
-from ticketing_core.http import retry_after_seconds
+from ticketing_core.http.client import retry_after_seconds
 from ticketing_core.models import TicketChanges
-from ticketing_core.outbox import (
+from ticketing_core.policies import AddWorkNote, ChangeTicket
+from ticketing_core.sync.database import Database
+from ticketing_core.sync.outbox import (
     DEAD,
     DELIVERED,
     PENDING,
@@ -26,8 +28,6 @@ from ticketing_core.outbox import (
     ThreadedDispatcher,
     throttles,
 )
-from ticketing_core.policies import AddWorkNote, ChangeTicket
-from ticketing_core.store import Database
 
 from ..conftest import wait_until
 

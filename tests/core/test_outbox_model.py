@@ -6,7 +6,7 @@ in for the database's (``Database.now``); the workers' own clocks move with it (
 claim's age on the process's monotonic clock). The workers follow the deliverer's protocol
 (``SyncService.deliver``): a note in doubt is looked for first, the claim is confirmed just before
 sending, and a worker never stalls between confirming its claim and sending (a rule does both in
-one step): the assumption the module docstring of :mod:`ticketing_core.outbox` states.
+one step): the assumption the module docstring of :mod:`ticketing_core.sync.outbox` states.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from hypothesis.stateful import (
 )
 
 from ticketing_core import errors
-from ticketing_core.outbox import (
+from ticketing_core.policies import AddWorkNote
+from ticketing_core.sync.database import Database
+from ticketing_core.sync.outbox import (
     DEAD,
     DELIVERED,
     PENDING,
@@ -43,8 +45,6 @@ from ticketing_core.outbox import (
     note_tally,
     throttles,
 )
-from ticketing_core.policies import AddWorkNote
-from ticketing_core.store import Database
 
 LEASE, DOUBT = 10.0, 20.0  # seconds of the fake clock
 BACKOFF_INITIAL, BACKOFF_MAX = 1.0, 8.0

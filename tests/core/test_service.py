@@ -12,10 +12,10 @@ from servicenow_emulator import Emulator
 
 from ticketing_core import errors
 from ticketing_core.models import Anomaly, FailedCheck, Ticket, TicketDraft
-from ticketing_core.outbox import DELIVERED, Outbox, ThreadedDispatcher
 from ticketing_core.policies import Messages, StateMapping, SyncPolicy, WorkNotesOnly
-from ticketing_core.service import INTEGRATION, ProviderPool, SyncService
-from ticketing_core.store import Database
+from ticketing_core.sync.database import Database
+from ticketing_core.sync.outbox import DELIVERED, Outbox, ThreadedDispatcher
+from ticketing_core.sync.service import INTEGRATION, ProviderPool, SyncService
 from ticketing_servicenow import ServiceNowProvider
 
 from ..conftest import wait_until
@@ -313,7 +313,7 @@ def test_pull_refreshes_the_readable_tickets_when_one_is_gone(
 
 def test_queuing_does_not_need_a_usable_provider(database: Database, host: Host) -> None:
     from ticketing_core.errors import PluginError
-    from ticketing_core.store import LinkStore
+    from ticketing_core.sync.database import LinkStore
 
     def unusable(integration_id: int, _conn: object) -> ServiceNowProvider:
         raise PluginError("no ticketing provider named 'gone' is installed")

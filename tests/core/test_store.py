@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from ticketing_core.store import SCHEMA_VERSION, Database, LinkStore, engine_url, links
+from ticketing_core.sync.database import SCHEMA_VERSION, Database, LinkStore, engine_url, links
 
 
 def add(store: LinkStore, anomaly_id: int = 12345, ticket_id: str = "abc", **extra: object):  # type: ignore[no-untyped-def]
@@ -107,10 +107,10 @@ def test_several_processes_opening_a_fresh_database_at_once_migrate_it_once(
     import subprocess
     import sys
 
-    from ticketing_core.store import installation, schema_version
+    from ticketing_core.sync.database import installation, schema_version
 
     opener = (
-        "import sys; from ticketing_core.store import Database; "
+        "import sys; from ticketing_core.sync.database import Database; "
         "print(Database(sys.argv[1]).installation_id)"
     )
     hosts = [
@@ -137,7 +137,7 @@ def test_several_processes_opening_a_fresh_database_at_once_migrate_it_once(
 
 def test_a_schema_1_outbox_is_upgraded_keeping_its_events(database_url: str) -> None:
 
-    from ticketing_core.outbox import Outbox
+    from ticketing_core.sync.outbox import Outbox
 
     old = sa.MetaData()
     now = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)
@@ -182,8 +182,8 @@ def test_a_schema_1_outbox_is_upgraded_keeping_its_events(database_url: str) -> 
 
 def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(database_url: str) -> None:
     from ticketing_core import errors
-    from ticketing_core.outbox import NewEvent, Outbox
     from ticketing_core.policies import AddWorkNote
+    from ticketing_core.sync.outbox import NewEvent, Outbox
 
     database = Database(database_url)
     outbox = Outbox(database, backoff_initial=30)
@@ -214,8 +214,8 @@ def test_a_schema_4_database_is_upgraded_keeping_notes_in_doubt_out_of_their_win
     database_url: str,
 ) -> None:
     from ticketing_core import errors
-    from ticketing_core.outbox import NewEvent, Outbox, events, note_tally
     from ticketing_core.policies import AddWorkNote
+    from ticketing_core.sync.outbox import NewEvent, Outbox, events, note_tally
 
     database = Database(database_url)
     outbox = Outbox(database)

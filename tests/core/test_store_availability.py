@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ticketing_core.store import (
+from ticketing_core.sync.database import (
     LOCK_WAIT,
     LOCKED,
     LOCKED_BY_TRANSACTION,

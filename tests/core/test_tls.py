@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ssl
 
-from ticketing_core.network import NetworkPolicy, tls_context
+from ticketing_core.http.network import NetworkPolicy, tls_context
 
 
 def test_every_checked_transport_shares_one_verifying_context() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from servicenow_emulator import Emulator
 
-from ticketing_core.outbox import DEAD, DELIVERED, PENDING
+from ticketing_core.sync.outbox import DEAD, DELIVERED, PENDING
 
 from ..conftest import wait_until
 from .conftest import INSTANCE_LIMIT, Broker, FleetHost, Workers, connect_instance

@@ -9,7 +9,7 @@ from typing import Any
 
 from servicenow_emulator import Emulator
 
-from ticketing_core.outbox import PENDING, events, throttles
+from ticketing_core.sync.outbox import PENDING, events, throttles
 
 from ..conftest import wait_until
 from .conftest import FleetHost, Workers, connect_instance

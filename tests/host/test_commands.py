@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from ticketing_core.cli import cli
-from ticketing_core.store import Database
+from ticketing_core.sync.database import Database
 
 # The console script installed beside this interpreter, as an operator would run it.
 from ..conftest import SECRET_KEY

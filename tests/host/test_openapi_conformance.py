@@ -20,7 +20,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.schemas import BaseSchema
 from ticketing_host.demo import ANOMALY, ANOMALY_ID, TICKET_REQUEST
 
-from ticketing_core.outbox import DEAD
+from ticketing_core.sync.outbox import DEAD
 
 from ..conftest import ADMIN_TOKEN
 from .conftest import API_TOKEN, Host, settled

@@ -17,7 +17,7 @@ from servicenow_emulator import Emulator
 from ticketing_host.db import integrations
 from ticketing_host.runtime import HostRuntime, Settings
 
-from ticketing_core.outbox import OutboxEvent
+from ticketing_core.sync.outbox import OutboxEvent
 
 from ..conftest import ADMIN_TOKEN, SECRET_KEY, wait_until
 from .conftest import (

@@ -35,7 +35,7 @@ from ticketing_localserver import RunningServer
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from ticketing_core.store import engine_url, sqlite_path
+from ticketing_core.sync.database import engine_url, sqlite_path
 
 from ..conftest import ADMIN_TOKEN, SECRET_KEY, read_only, wait_until
 from .conftest import (

@@ -25,7 +25,7 @@ from ticketing_core.errors import (
     ProviderUnavailable,
     UnexpectedResponse,
 )
-from ticketing_core.network import BlockedAddress, NetworkPolicy
+from ticketing_core.http.network import BlockedAddress, NetworkPolicy
 from ticketing_servicenow import ServiceNowProvider
 
 from ..conftest import ADMIN_TOKEN
@@ -168,7 +168,7 @@ def test_a_name_that_resolves_elsewhere_at_connect_time_is_refused(
         answers = iter(
             [[ipaddress.ip_address("93.184.215.14")], [ipaddress.ip_address("127.0.0.1")]]
         )
-        monkeypatch.setattr("ticketing_core.network.resolve", lambda host, port: next(answers))
+        monkeypatch.setattr("ticketing_core.http.network.resolve", lambda host, port: next(answers))
         policy = NetworkPolicy()
         url = f"http://rebinding.example:{port}"
 

@@ -37,10 +37,10 @@ from ticketing_core.errors import (
     TicketingError,
 )
 from ticketing_core.hookspecs import Provider
+from ticketing_core.http.network import BlockedAddress
 from ticketing_core.models import MAX_PAGE_SIZE, SearchQuery
-from ticketing_core.network import BlockedAddress
 from ticketing_core.plugins import DISTRIBUTION, check_api_url
-from ticketing_core.store import TRANSIENT, lock_wait, unavailable_reason, utcnow
+from ticketing_core.sync.database import TRANSIENT, lock_wait, unavailable_reason, utcnow
 
 from . import metrics
 from .db import (

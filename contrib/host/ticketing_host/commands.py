@@ -44,7 +44,7 @@ def access_settings(
     allow_http: bool, allow_private_hosts: bool, allowed_hosts: str | None
 ) -> dict[str, Any]:
     """Settings keywords for :func:`access_options`, with the key from TICKETING_SECRET_KEY."""
-    from ticketing_core.network import NetworkPolicy
+    from ticketing_core.http.network import NetworkPolicy
 
     policy = NetworkPolicy.from_patterns(allowed_hosts, allow_private=allow_private_hosts)
     return {
@@ -118,7 +118,7 @@ def serve(
     """
     import uvicorn
 
-    from ticketing_core.store import OPEN_ERRORS, open_error
+    from ticketing_core.sync.database import OPEN_ERRORS, open_error
 
     from .app import create_app, runtime_of
     from .connections import ConnectionLimits, open_file_limit
@@ -281,7 +281,7 @@ def termination_exits() -> Iterator[None]:
 
 
 def run_workers(**settings: Any) -> Any:
-    from ticketing_core.store import OPEN_ERRORS, open_error
+    from ticketing_core.sync.database import OPEN_ERRORS, open_error
 
     from .fleet import WorkerCommand
     from .runtime import Settings
@@ -359,7 +359,7 @@ def rotate(database: str) -> None:
     Exit 1 when some credentials cannot be decrypted with any configured key (they are left
     as they are, and named).
     """
-    from ticketing_core.store import OPEN_ERRORS, Database, open_error
+    from ticketing_core.sync.database import OPEN_ERRORS, Database, open_error
 
     from .db import HostStore
     from .keys import keyring_for

@@ -15,10 +15,10 @@ import attrs
 import sqlalchemy as sa
 
 from ticketing_core.models import Anomaly, FailedCheck
-from ticketing_core.outbox import Outbox
 from ticketing_core.policies import DEFAULT_POLICY
-from ticketing_core.service import USER
-from ticketing_core.store import Database, LinkStore, UtcDateTime, utcnow
+from ticketing_core.sync.database import Database, LinkStore, UtcDateTime, utcnow
+from ticketing_core.sync.outbox import Outbox
+from ticketing_core.sync.service import USER
 
 from .keys import CredentialsUnreadable, Keyring
 

@@ -16,7 +16,7 @@ from servicenow_emulator import DEFAULT_PASSWORD, Emulator, RunningEmulator, run
 import ticketing_core
 from ticketing_core.hookspecs import Provider
 from ticketing_core.models import Ticket, TicketChanges, TicketDraft
-from ticketing_core.outbox import PENDING
+from ticketing_core.sync.outbox import PENDING
 
 from .app import create_app, runtime_of
 from .runtime import HostRuntime, Settings

@@ -8,7 +8,7 @@ ordering key, ``<integration id>:<ticket id>``):
 - a worker receiving one *drains*: it claims the ticket's next due event, delivers it, settles it,
   and goes on with that ticket, then with other due tickets, until nothing is due (or its drain
   budget is spent, when it sends a wake-up to carry on). Claims go through
-  :meth:`~ticketing_core.outbox.Outbox.claim_next`, which keeps at most ``instance_concurrency``
+  :meth:`~ticketing_core.sync.outbox.Outbox.claim_next`, which keeps at most ``instance_concurrency``
   live claims per integration across the whole fleet, and none while its pause (after a 429 or
   an outage) lasts;
 - a failed event is retried at its backoff by a delayed message, and the relay (in ``serve`` and
@@ -41,7 +41,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 from ticketing_core.errors import InvalidInput
-from ticketing_core.outbox import PENDING, Outbox, OutboxEvent, Outcome, attempt_in_order
+from ticketing_core.sync.outbox import PENDING, Outbox, OutboxEvent, Outcome, attempt_in_order
 
 from . import metrics
 from .runtime import HostRuntime, Settings, shown_url

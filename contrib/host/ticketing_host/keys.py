@@ -16,7 +16,7 @@ import attrs
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from ticketing_core.errors import IntegrationUnusable, TicketingError
-from ticketing_core.store import sqlite_path
+from ticketing_core.sync.database import sqlite_path
 
 KEY_VARIABLE = "TICKETING_SECRET_KEY"
 KEY_FILE_SUFFIX = ".key"

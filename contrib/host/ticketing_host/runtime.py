@@ -16,13 +16,13 @@ import sqlalchemy as sa
 
 from ticketing_core.errors import IntegrationUnusable, InvalidInput, TicketingError
 from ticketing_core.hookspecs import Provider
+from ticketing_core.http.network import BlockedAddress, NetworkPolicy, patterns
 from ticketing_core.models import Capabilities
-from ticketing_core.network import BlockedAddress, NetworkPolicy, patterns
-from ticketing_core.outbox import Dispatcher, Outbox, ThreadedDispatcher
 from ticketing_core.plugins import default_registry
 from ticketing_core.policies import Messages, SyncPolicy
-from ticketing_core.service import INTEGRATION, ProviderPool, SyncService
-from ticketing_core.store import Database, SchemaNotReady, sqlite_path
+from ticketing_core.sync.database import Database, SchemaNotReady, sqlite_path
+from ticketing_core.sync.outbox import Dispatcher, Outbox, ThreadedDispatcher
+from ticketing_core.sync.service import INTEGRATION, ProviderPool, SyncService
 
 from . import metrics
 from .db import HostStore, IntegrationRecord, token_hash

@@ -22,8 +22,8 @@ from pydantic import (
 
 from ticketing_core.converters import unstructure
 from ticketing_core.models import Anomaly, FailedCheck, Page, Ticket, TicketDraft, TicketLink
-from ticketing_core.outbox import DeliveryState
 from ticketing_core.policies import DEFAULT_POLICY
+from ticketing_core.sync.outbox import DeliveryState
 
 from .db import (
     MAX_ANOMALY_ID,

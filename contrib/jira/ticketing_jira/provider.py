@@ -16,7 +16,7 @@ from ticketing_core.errors import (
     UnexpectedResponse,
 )
 from ticketing_core.hookspecs import Provider
-from ticketing_core.http import (
+from ticketing_core.http.client import (
     RETRYING_DEPRECATED,
     HttpTransport,
     ServiceDialect,
@@ -56,7 +56,7 @@ class JiraProvider(Provider):
 
     ``api_access_token`` is ``email:api_token`` (Basic auth) or an OAuth bearer token. ``project``
     is the project key, ``issue_type`` the name of the type new issues get. Other options go to
-    :class:`ticketing_core.http.HttpTransport` (``timeout``, ``deadline``, ``max_attempts``,
+    :class:`ticketing_core.http.client.HttpTransport` (``timeout``, ``deadline``, ``max_attempts``,
     ``max_retry_wait``, ``transport``).
 
     Keyed creates carry the key as a label (``ticketing-key-<key>``) and look it up first (one

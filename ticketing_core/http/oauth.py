@@ -1,4 +1,4 @@
-"""OAuth 2.0 for :class:`~ticketing_core.http.HttpTransport`, on httpx-auth's grants and token cache.
+"""OAuth 2.0 for :class:`~ticketing_core.http.client.HttpTransport`, on httpx-auth's grants and token cache.
 
 With a user and password the password grant is used, without them the client-credentials grant.
 Every token request carries the client's id and secret as the form fields ``client_id`` and
@@ -38,7 +38,7 @@ from ticketing_core.errors import (
     RateLimited,
     TicketingError,
 )
-from ticketing_core.limits import within
+from ticketing_core.http.limits import within
 
 RENEW_BEFORE_EXPIRY = 30.0  # seconds: a token must not expire on its way to the service
 REASON_LENGTH = 200

@@ -71,7 +71,7 @@ from ticketing_core.errors import (
     may_have_landed,
 )
 from ticketing_core.policies import Action, AddWorkNote, ChangeTicket
-from ticketing_core.store import Database, UtcDateTime, metadata
+from ticketing_core.sync.database import Database, UtcDateTime, metadata
 
 log = logging.getLogger(__name__)
 

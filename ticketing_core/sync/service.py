@@ -1,7 +1,7 @@
 """The seed's flows as one provider-agnostic service a host application calls.
 
 Creating and linking talk to the provider while the host waits (the host's response carries the ticket),
-within one deadline, and each runs once per key (:mod:`ticketing_core.once`): concurrent or retried
+within one deadline, and each runs once per key (:mod:`ticketing_core.sync.once`): concurrent or retried
 identical requests get the first one's ticket. Status changes, comments and the linkage note only write
 outbox events, in the host's transaction when it passes one, and return; the dispatcher delivers them,
 one attempt per claim. The manual pull reads each linked ticket's status.
@@ -32,7 +32,7 @@ from ticketing_core.errors import (
     TicketingError,
 )
 from ticketing_core.hookspecs import Provider
-from ticketing_core.http import DEFAULT_DEADLINE, call_budget
+from ticketing_core.http.client import DEFAULT_DEADLINE, call_budget
 from ticketing_core.models import (
     Anomaly,
     Capabilities,
@@ -41,8 +41,6 @@ from ticketing_core.models import (
     TicketDraft,
     TicketLink,
 )
-from ticketing_core.once import KeyedRequests
-from ticketing_core.outbox import Dispatcher, NewEvent, Outbox, OutboxEvent
 from ticketing_core.policies import (
     Action,
     AddWorkNote,
@@ -51,7 +49,9 @@ from ticketing_core.policies import (
     StatusChange,
     SyncPolicy,
 )
-from ticketing_core.store import Database, LinkStore, utcnow
+from ticketing_core.sync.database import Database, LinkStore, utcnow
+from ticketing_core.sync.once import KeyedRequests
+from ticketing_core.sync.outbox import Dispatcher, NewEvent, Outbox, OutboxEvent
 
 log = logging.getLogger(__name__)
 

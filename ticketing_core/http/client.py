@@ -48,9 +48,9 @@ from ticketing_core.errors import (
     RateLimited,
     UnexpectedResponse,
 )
-from ticketing_core.limits import ACCEPT_ENCODING, BoundedTransport, within
-from ticketing_core.network import tls_context
-from ticketing_core.oauth import OAuth, OAuthClient
+from ticketing_core.http.limits import ACCEPT_ENCODING, BoundedTransport, within
+from ticketing_core.http.network import tls_context
+from ticketing_core.http.oauth import OAuth, OAuthClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -206,7 +206,7 @@ class HttpTransport:
     :func:`call_budget` is active. ``timeout`` bounds each connect and read; the deadline bounds
     the whole call, a slowly dribbling answer included. An answer larger than
     ``max_response_bytes``, as sent or once decompressed, is cut off. With ``oauth`` the calls
-    carry OAuth tokens (see :mod:`ticketing_core.oauth`) instead of ``api_access_token``'s
+    carry OAuth tokens (see :mod:`ticketing_core.http.oauth`) instead of ``api_access_token``'s
     Basic or Bearer credentials. Redirects are not followed.
     """
 
@@ -351,7 +351,7 @@ class HttpTransport:
 
     @staticmethod
     def _read(response: httpx.Response) -> httpx.Response:
-        """The whole response, read through :class:`~ticketing_core.limits.BoundedTransport`:
+        """The whole response, read through :class:`~ticketing_core.http.limits.BoundedTransport`:
         within the size cap and before the deadline."""
         try:
             response.read()

@@ -24,7 +24,7 @@ import attrs
 import sqlalchemy as sa
 
 from ticketing_core.errors import Conflict, may_have_landed
-from ticketing_core.store import Database, UtcDateTime, metadata
+from ticketing_core.sync.database import Database, UtcDateTime, metadata
 
 T = TypeVar("T")
 RUNNING, OPEN, DONE = "running", "open", "done"
