@@ -1,46 +1,10 @@
-"""The conformance kit: one test suite every provider must pass.
-
-A provider author subclasses :class:`ProviderContract` in a test module and supplies two fixtures: the
-provider's registered name, and a running fake of the service behind a :class:`FakeService` adapter::
-
-    from ticketing_core.testing import ProviderContract
-
-    class TestAcmeContract(ProviderContract):
-        provider_name = "acme"
-        distribution = "ticketing-acme"
-
-        @pytest.fixture
-        def service(self, acme_emulator):      # your fake, reset for each test
-            return AcmeFake(acme_emulator)      # implements FakeService
-
-Then ``pytest`` runs every check: discovery through the ``ticketing`` entry point, validate, search paging
-(page/size, total, pages, stable order), get and find, create (with a key where the provider says it
-supports keys: a create with a key that already made a ticket returns that ticket, ``key_is_fresh``
-only skips the first lookup, and a create answered with a failure after the service committed it
-still makes one ticket), update, work notes (found by key or by counting identical
-texts, never by clock; one answered with a failure after commit is not sent again), status, the error
-tree (bad credentials, not found, rate limited with a wait, unavailable, unreadable answers, and
-error pages that are not JSON: a gateway's 502 HTML page, a web server's plain-text 404), and that
-secrets stay out of reprs and errors. The kit talks to the provider only through
-:mod:`ticketing_core.hookspecs`.
-
-The non-JSON error pages come from a :class:`Gateway` the kit puts in front of the fake (a reverse
-proxy, as a load balancer or an ingress would be), so a fake need not know how to send them.
-
-The repeat-safety checks fail one write *after* the service committed it, which the fake targets by
-HTTP method: set ``create_method`` and ``note_method`` on the subclass if the provider's create or
-``add_work_note`` is not a POST.
-"""
+"""The checks every provider must pass, as the test methods of :class:`ProviderContract`."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar, Protocol
-
-import httpx
+from typing import Any, ClassVar
 
 try:
     import pytest
@@ -52,46 +16,16 @@ except ModuleNotFoundError:  # pragma: no cover - the kit without its extra
 
 from ticketing_core import errors
 from ticketing_core.hookspecs import Provider
-from ticketing_core.http.client import call_budget
+from ticketing_core.http.budget import call_budget
 from ticketing_core.models import SearchQuery, TicketChanges, TicketDraft
 from ticketing_core.plugins import PluginRegistry
+from ticketing_core.testing.fake_service import FakeService
+from ticketing_core.testing.gateway import BAD_GATEWAY_PAGE, Gateway
 
 DRAFT = TicketDraft(
     title="Conformance: nulls in customer_email",
     description="150 null values detected in customer_email",
 )
-
-
-class FakeService(Protocol):
-    """What the kit needs from a provider's fake service (an emulator), reset before each test."""
-
-    url: str
-    """Base URL to pass as ``api_url`` (plain HTTP is allowed for fakes)."""
-    token: str
-    """A valid ``api_access_token``."""
-    wrong_token: str
-    """A well-formed ``api_access_token`` the service rejects."""
-
-    def seed(self, count: int, title: str) -> None:
-        """Create ``count`` tickets whose title contains ``title``, directly in the service."""
-
-    def fail_next(
-        self,
-        kind: str,
-        *,
-        count: int = 1,
-        retry_after: float | None = None,
-        method: str | None = None,
-    ) -> None:
-        """Make the next ``count`` requests (of HTTP ``method`` only, when given) fail.
-
-        Kinds the kit uses: ``"429"``, ``"503"``, ``"500"`` and ``"html"`` answer without acting;
-        ``"503_after_commit"`` carries the request out, then answers 503; ``"close_after_commit"``
-        carries it out, then closes the connection without an answer.
-        """
-
-    def notes(self, ticket_id: str) -> list[str]:
-        """Texts of the ticket's internal notes as the service stores them, oldest first."""
 
 
 # (injected fault, error the provider must raise) -- the error tree every provider maps into.
@@ -104,15 +38,6 @@ FAULTS = [
 # Faults that come after the service carried the write out: the write stands, its answer is lost.
 AFTER_COMMIT_FAULTS = ["503_after_commit", "close_after_commit"]
 
-BAD_GATEWAY_PAGE = """<!DOCTYPE html>
-<html>
-<head><title>502 Bad Gateway</title></head>
-<body>
-<center><h1>502 Bad Gateway</h1></center>
-<hr><center>nginx</center>
-</body>
-</html>
-"""
 # (status, content type, body, error the provider must raise): answers that come from something
 # in front of the service, in no format of the service's own.
 GATEWAY_ERRORS = [
@@ -471,126 +396,6 @@ class ProviderContract:
                 gateway.clear()
         finally:
             provider.close()
-
-
-class Gateway:
-    """A reverse proxy in front of a fake service, which can answer in the service's place.
-
-    Requests to :attr:`url` are passed on to ``upstream`` and its answers passed back, until
-    :meth:`fail_next` queues pages of the gateway's own (a 502 HTML page, a plain-text 404): the
-    next requests get those instead, and never reach the service. Use it as a context manager.
-    """
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream.rstrip("/")
-        self._lock = threading.Lock()
-        self._pages: list[tuple[int, str, str]] = []
-        self._client = httpx.Client(timeout=60.0)
-        self._server = _GatewayServer(self)
-        # Polled often, so that close() is quick.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> Gateway:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
-        self._client.close()
-
-    def fail_next(self, status: int, body: str, *, content_type: str, count: int = 1) -> None:
-        """Answer the next ``count`` requests with ``status`` and ``body`` of ``content_type``."""
-        with self._lock:
-            self._pages.extend([(status, content_type, body)] * count)
-
-    def clear(self) -> None:
-        """Forget the pages not sent yet: pass every request on again."""
-        with self._lock:
-            self._pages.clear()
-
-    def _take_page(self) -> tuple[int, str, str] | None:
-        with self._lock:
-            return self._pages.pop(0) if self._pages else None
-
-    def _pass_on(
-        self, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> httpx.Response:
-        return self._client.request(method, self.upstream + path, headers=headers, content=body)
-
-
-# Headers that describe one connection or one encoding of a body, not the message: never relayed.
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "content-length",
-        "content-encoding",
-        "accept-encoding",
-        "host",
-        "date",
-        "server",
-    }
-)
-
-
-class _GatewayServer(ThreadingHTTPServer):
-    daemon_threads = True  # a connection the client keeps open does not hold up close()
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__(("127.0.0.1", 0), _GatewayHandler)
-        self.gateway = gateway
-
-
-class _GatewayHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as clients and real gateways expect
-
-    def do_GET(self) -> None:
-        self._relay()
-
-    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # a test's output is no place for an access log
-
-    def _relay(self) -> None:
-        assert isinstance(self.server, _GatewayServer)
-        gateway = self.server.gateway
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        page = gateway._take_page()
-        if page is not None:
-            status, content_type, text = page
-            self._answer(
-                status, [("Content-Type", f"{content_type}; charset=utf-8")], text.encode()
-            )
-            return
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-        try:
-            upstream = gateway._pass_on(self.command, self.path, headers, body)
-        except httpx.HTTPError:
-            self.close_connection = True  # the service hung up: so does the gateway
-            return
-        relayed = [
-            (k, v) for k, v in upstream.headers.multi_items() if k.lower() not in _HOP_BY_HOP
-        ]
-        self._answer(upstream.status_code, relayed, upstream.content)
-
-    def _answer(self, status: int, headers: list[tuple[str, str]], content: bytes) -> None:
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(content)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(content)
 
 
 def raised_by(call: Callable[[], object]) -> BaseException | None:
