@@ -200,13 +200,12 @@ def _only_provider() -> str:
 
 
 def check_choices(client: Provider, values: Mapping[str, str | None], option: str = "--{}") -> None:
-    """Refuse, before anything is sent, a value outside the provider's choices for its field."""
-    choices = client.capabilities.field_choices
-    for name, value in values.items():
-        if value is not None and name in choices and value not in choices[name]:
-            raise errors.InvalidInput(
-                f"{option.format(name)} {value!r} is not one of: {', '.join(choices[name])}"
-            )
+    """Refuse, before anything is sent, a value outside the provider's choices for its field
+    (the first one: an error is one line)."""
+    given = {name: value for name, value in values.items() if value is not None}
+    if problems := client.capabilities.choice_problems(given):
+        name, problem = next(iter(problems.items()))
+        raise errors.InvalidInput(f"{option.format(name)} {problem}")
 
 
 def check_field_names(

@@ -208,6 +208,20 @@ class Capabilities:
                 f"use one of {allowed}{custom}"
             )
 
+    def choice_problems(self, values: Mapping[str, str | None]) -> dict[str, str]:
+        """What is wrong with each value of an enumerated field, by field name: a value outside
+        the field's ``field_choices``, or none (``None``) for a field that has choices. A caller
+        drops the fields it lets go unset; fields without choices are free text."""
+        return {
+            name: (
+                f"{value!r} is not one of: {', '.join(choices)}"
+                if value is not None
+                else f"required by this provider: one of {', '.join(choices)}"
+            )
+            for name, value in values.items()
+            if (choices := self.field_choices.get(name)) is not None and value not in choices
+        }
+
 
 @attrs.frozen
 class ProviderInfo:

@@ -251,17 +251,7 @@ def check_field_choices(
     provider: Provider, values: Mapping[str, str | None], where: str = "body"
 ) -> None:
     """Enumerated fields the provider has must be given, and be one of its choices."""
-    choices = provider.capabilities.field_choices
-    problems = {
-        name: (
-            f"{value!r} is not one of: {', '.join(choices[name])}"
-            if value is not None
-            else f"required by this provider: one of {', '.join(choices[name])}"
-        )
-        for name, value in values.items()
-        if name in choices and value not in choices[name]
-    }
-    if problems:
+    if problems := provider.capabilities.choice_problems(values):
         raise invalid_fields(problems, where)
 
 
