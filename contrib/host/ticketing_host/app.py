@@ -25,7 +25,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ticketing_core.errors import (
     AuthenticationFailed,
@@ -40,7 +39,7 @@ from ticketing_core.hookspecs import Provider
 from ticketing_core.http.network import BlockedAddress
 from ticketing_core.models import MAX_PAGE_SIZE, SearchQuery
 from ticketing_core.plugins import DISTRIBUTION, check_api_url
-from ticketing_core.sync.database import TRANSIENT, lock_wait, unavailable_reason, utcnow
+from ticketing_core.sync.database import TRANSIENT, unavailable_reason, utcnow
 
 from . import metrics
 from .db import (
@@ -52,6 +51,7 @@ from .db import (
     UnknownRecord,
     token_hash,
 )
+from .middleware import BodyLimit, LockWait
 from .runtime import HostRuntime, Settings
 from .schemas import (
     ERROR_RESPONSES,
@@ -129,55 +129,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error_response)
     app.add_exception_handler(StarletteHTTPException, http_error_response)
     return app
-
-
-class BodyLimit:
-    """Refuses a request body over ``limit`` bytes with 413, before it is read and before the
-    token is checked: by its Content-Length, or, for a chunked body, once that much arrived."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if not declared.isdigit() or int(declared) > self.limit:
-            await self.too_large()(scope, receive, send)
-            return
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                # FastAPI re-raises an HTTPException met while reading the body, as is.
-                raise HTTPException(413, self.message())
-            return message
-
-        await self.app(scope, counted, send)
-
-    def too_large(self) -> JSONResponse:
-        return JSONResponse({"detail": self.message()}, status_code=413)
-
-    def message(self) -> str:
-        return f"the request body is larger than {self.limit} bytes"
-
-
-class LockWait:
-    """A request's transactions wait at most ``seconds`` for a lock another process holds on the
-    database, then fail with a 503 (:func:`database_error_response`); the background worker's
-    transactions keep their long wait."""
-
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
-        self.app, self.seconds = app, seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The request's threads copy this context, and with it the limit.
-        with lock_wait(self.seconds):
-            await self.app(scope, receive, send)
 
 
 def runtime_of(app: FastAPI) -> HostRuntime:
