@@ -27,8 +27,8 @@ integration), each with its own credentials, so it needs to build providers on d
 
 What else a provider author uses: :mod:`ticketing_core.models` (the records, and
 :class:`~ticketing_core.models.Capabilities`, what a provider declares it supports),
-:mod:`ticketing_core.errors` (the only exceptions a provider raises), :mod:`ticketing_core.http.client`
-(a retrying HTTP transport with the error mapping done) and :mod:`ticketing_core.testing` (the
+:mod:`ticketing_core.errors` (the only exceptions a provider raises), :mod:`ticketing_core.http`
+(a retrying HTTP client with the error mapping done) and :mod:`ticketing_core.testing` (the
 conformance kit every provider must pass). docs/writing-a-provider.md is the guided tour.
 
 Stability: hooks change only by gaining arguments (implementations may accept fewer than the spec);
@@ -72,9 +72,9 @@ class Provider(Protocol):
     failure that may have come after the service acted has ``may_have_landed`` set, and one that
     says the service as a whole is down or refusing (see ``ProviderError.outage``) has ``outage``
     set: a host's outbox waits those out instead of counting them against an event. Providers built
-    on :class:`ticketing_core.http.client.HttpTransport` get the retry policy (reads and idempotent writes
+    on :class:`ticketing_core.http.ServiceClient` get the retry policy (reads and idempotent writes
     retried, other writes re-sent only after a refusal such as 429) and honour the caller's
-    :func:`ticketing_core.http.client.call_budget` (attempts and one deadline); others must do the same.
+    :func:`ticketing_core.http.call_budget` (attempts and one deadline); others must do the same.
     """
 
     capabilities: Capabilities
@@ -188,7 +188,7 @@ class ProviderFactory(Protocol):
     show, and which the provider keeps out of ``repr()``, logs and errors as it does the token.
     Every factory takes a ``transport`` option (an ``httpx.BaseTransport``) and sends all of its
     requests through it, token requests included: hosts pass one that enforces their network
-    rules at connect time (:class:`ticketing_core.http.network.NetworkPolicy`), tests a recorder.
+    rules at connect time (:class:`ticketing_core.http.NetworkPolicy`), tests a recorder.
     Building must not do network I/O: hosts call :meth:`Provider.validate` when they want a check.
     """
 

@@ -1,6 +1,6 @@
 """How ServiceNow words its answers: the success envelope and the error envelope.
 
-All requests go through :class:`ticketing_core.http.client.HttpTransport` with :data:`DIALECT`.
+All requests go through :class:`ticketing_core.http.ServiceClient` with :data:`DIALECT`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from ticketing_core.errors import UnexpectedResponse
-from ticketing_core.http.client import is_json, json_body, status_line
+from ticketing_core.http import is_json, json_body, status_line
 
 
 def result_of(response: httpx.Response) -> Any:
@@ -24,8 +24,8 @@ def result_of(response: httpx.Response) -> Any:
 def error_reason(response: httpx.Response) -> str:
     """``message: detail`` from ServiceNow's error envelope, or the HTTP status line.
 
-    A JSON body that cannot be decoded raises :class:`~ticketing_core.http.client.UndecodableBody`,
-    which :func:`~ticketing_core.http.client.raise_for_status` reports beside the status.
+    A JSON body that cannot be decoded raises :class:`~ticketing_core.http.UndecodableBody`,
+    which :func:`~ticketing_core.http.raise_for_status` reports beside the status.
     """
     reason = status_line(response)
     if not is_json(response):

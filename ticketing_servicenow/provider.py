@@ -10,13 +10,13 @@ import httpx
 
 from ticketing_core.errors import InvalidInput, NotFound
 from ticketing_core.hookspecs import Provider
-from ticketing_core.http.client import (
+from ticketing_core.http import (
     RETRYING_DEPRECATED,
-    HttpTransport,
+    OAuthClient,
+    ServiceClient,
     ServiceDialect,
     create_once,
 )
-from ticketing_core.http.oauth import OAuthClient
 from ticketing_core.models import (
     Capabilities,
     Page,
@@ -54,7 +54,7 @@ class ServiceNowProvider(Provider):
     instance), tokens come from ``{api_url}/oauth_token.do``: ``username:password`` uses the
     password grant, an empty token the client-credentials grant. Other options:
     ``timeout`` (seconds or ``httpx.Timeout``, per connect and read), ``deadline`` (seconds for a
-    whole call where the caller sets no :func:`~ticketing_core.http.client.call_budget`),
+    whole call where the caller sets no :func:`~ticketing_core.http.call_budget`),
     ``max_attempts`` and ``max_retry_wait`` for retries, ``close_code`` written with a resolution
     (most instances require one to resolve), ``transport`` (an httpx transport, for tests).
 
@@ -66,7 +66,7 @@ class ServiceNowProvider(Provider):
 
     name = "servicenow"
     options: ClassVar[tuple[str, ...]] = (
-        "close_code", "client_id", "client_secret", *HttpTransport.OPTIONS
+        "close_code", "client_id", "client_secret", *ServiceClient.OPTIONS
     )  # fmt: skip
     capabilities = Capabilities(
         work_notes=True,
@@ -105,7 +105,7 @@ class ServiceNowProvider(Provider):
             if not (client_id and client_secret):
                 raise InvalidInput("OAuth needs both client_id and client_secret")
             oauth = OAuthClient(self.api_url + OAUTH_TOKEN_PATH, client_id, client_secret)
-        self._client = HttpTransport(
+        self._client = ServiceClient(
             self.api_url, api_access_token, DIALECT, oauth=oauth, **client_options
         )
 

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from ticketing_core import errors
-from ticketing_core.http.client import retry_after_seconds
+from ticketing_core.http import retry_after_seconds
 from ticketing_core.models import TicketChanges
 from ticketing_core.policies import AddWorkNote, ChangeTicket
 from ticketing_core.sync.database import Database

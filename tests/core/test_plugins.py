@@ -148,7 +148,7 @@ def test_hook_register_sync_policies() -> None:
 
 @pytest.mark.parametrize("token", ["", "MySecretBearer ", "user:pass\nword"])
 def test_malformed_tokens_are_refused_without_being_echoed(token: str) -> None:
-    from ticketing_core.http.client import auth_from_token
+    from ticketing_core.http import auth_from_token
 
     with pytest.raises(InvalidInput, match="must not be empty or contain spaces") as caught:
         auth_from_token(token)

@@ -11,7 +11,7 @@ from ticketing_jira import JiraProvider
 from ticketing_jira import provider as provider_module
 
 from ticketing_core import errors
-from ticketing_core.http.client import call_budget
+from ticketing_core.http import call_budget
 from ticketing_core.models import SearchQuery, TicketChanges, TicketDraft
 
 from .conftest import BASIC_TOKEN, BEARER, JOHN

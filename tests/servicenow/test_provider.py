@@ -304,7 +304,7 @@ def test_one_deadline_bounds_a_call_whose_answer_dribbles(
 def test_a_call_budget_bounds_retries_to_one_attempt(
     provider: ServiceNowProvider, emulator: Emulator
 ) -> None:
-    from ticketing_core.http.client import call_budget
+    from ticketing_core.http import call_budget
 
     emulator.add_fault("503", count=2)
     with call_budget(attempts=1), pytest.raises(errors.ProviderUnavailable):

@@ -1,4 +1,4 @@
-"""OAuth 2.0 for :class:`~ticketing_core.http.client.HttpTransport`, on httpx-auth's grants and token cache.
+"""OAuth 2.0 for :class:`~ticketing_core.http.client.ServiceClient`, on httpx-auth's grants and token cache.
 
 With a user and password the password grant is used, without them the client-credentials grant.
 Every token request carries the client's id and secret as the form fields ``client_id`` and

@@ -32,7 +32,7 @@ from ticketing_core.errors import (
     TicketingError,
 )
 from ticketing_core.hookspecs import Provider
-from ticketing_core.http.client import DEFAULT_DEADLINE, call_budget
+from ticketing_core.http.budget import DEFAULT_DEADLINE, call_budget
 from ticketing_core.models import (
     Anomaly,
     Capabilities,

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from ticketing_core.errors import InvalidInput, UnexpectedResponse
-from ticketing_core.http.client import is_json, json_body, status_line
+from ticketing_core.http import is_json, json_body, status_line
 from ticketing_core.models import SearchQuery, Ticket, TicketChanges, TicketDraft, TicketStatus
 from ticketing_jira.adf import adf_to_text, text_to_adf
 

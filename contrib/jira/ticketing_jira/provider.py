@@ -16,9 +16,9 @@ from ticketing_core.errors import (
     UnexpectedResponse,
 )
 from ticketing_core.hookspecs import Provider
-from ticketing_core.http.client import (
+from ticketing_core.http import (
     RETRYING_DEPRECATED,
-    HttpTransport,
+    ServiceClient,
     ServiceDialect,
     create_once,
     json_body,
@@ -56,7 +56,7 @@ class JiraProvider(Provider):
 
     ``api_access_token`` is ``email:api_token`` (Basic auth) or an OAuth bearer token. ``project``
     is the project key, ``issue_type`` the name of the type new issues get. Other options go to
-    :class:`ticketing_core.http.client.HttpTransport` (``timeout``, ``deadline``, ``max_attempts``,
+    :class:`ticketing_core.http.ServiceClient` (``timeout``, ``deadline``, ``max_attempts``,
     ``max_retry_wait``, ``transport``).
 
     Keyed creates carry the key as a label (``ticketing-key-<key>``) and look it up first (one
@@ -65,7 +65,7 @@ class JiraProvider(Provider):
     """
 
     name = "jira"
-    options: ClassVar[tuple[str, ...]] = ("project", "issue_type", *HttpTransport.OPTIONS)
+    options: ClassVar[tuple[str, ...]] = ("project", "issue_type", *ServiceClient.OPTIONS)
     capabilities = Capabilities(
         work_notes=True,  # internal comments on service-desk projects, plain comments otherwise
         public_comments=True,
@@ -85,12 +85,12 @@ class JiraProvider(Provider):
         api_access_token: str,
         project: str = "DQ",
         issue_type: str = "Task",
-        **transport_options: Any,
+        **client_options: Any,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.project = project
         self.issue_type = issue_type
-        self._client = HttpTransport(self.api_url, api_access_token, DIALECT, **transport_options)
+        self._client = ServiceClient(self.api_url, api_access_token, DIALECT, **client_options)
         self._service_desk: bool | None = None  # read once; computing it twice is harmless
 
     def __repr__(self) -> str:
