@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
-from httpx_auth._oauth2.common import OAuth2
+from httpx_auth import OAuth2
 from servicenow_emulator import Emulator
 from servicenow_emulator.app import DEFAULT_OAUTH_CLIENT_ID, DEFAULT_OAUTH_CLIENT_SECRET
 

@@ -190,7 +190,7 @@ OAUTH = {"client_id": DEFAULT_OAUTH_CLIENT_ID, "client_secret": DEFAULT_OAUTH_CL
 
 @pytest.fixture(autouse=True)
 def no_cached_tokens() -> None:
-    from httpx_auth._oauth2.common import OAuth2
+    from httpx_auth import OAuth2
 
     OAuth2.token_cache.clear()
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import vcr
 from click.testing import CliRunner
-from httpx_auth._oauth2.common import OAuth2
+from httpx_auth import OAuth2
 from servicenow_emulator import Emulator
 from servicenow_emulator.app import DEFAULT_OAUTH_CLIENT_ID, DEFAULT_OAUTH_CLIENT_SECRET
 

@@ -28,6 +28,7 @@ import httpcore
 import httpx
 
 from ticketing_core.errors import IntegrationUnusable, InvalidInput
+from ticketing_core.http.pool import DEFAULT_LIMITS, PoolTransport
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # In the order they are named: the first that applies is the rule a refusal names.
@@ -164,16 +165,27 @@ class NetworkPolicy:
                     reason=f"{shown} is a {kind} address",
                 )
 
-    def transport(self, **options: Any) -> httpx.HTTPTransport:
+    def transport(
+        self,
+        *,
+        verify: ssl.SSLContext | None = None,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+    ) -> PoolTransport:
         """An httpx transport whose every connection obeys this policy at connect time.
 
-        A client given this transport uses no environment proxy, which would connect unchecked.
+        ``verify`` replaces the shared verifying :func:`tls_context`; ``limits`` is the pool's
+        size, by default ``httpx.HTTPTransport``'s. It speaks HTTP/1.1 and takes no proxy: a
+        client given this transport uses no environment proxy either, which would connect
+        unchecked.
         """
-        transport = httpx.HTTPTransport(**{"verify": tls_context()} | options)
-        pool = transport._pool
-        assert isinstance(pool, httpcore.ConnectionPool)  # no proxy was given
-        pool._network_backend = _CheckedBackend(self)
-        return transport
+        pool = httpcore.ConnectionPool(
+            ssl_context=tls_context() if verify is None else verify,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_CheckedBackend(self),
+        )
+        return PoolTransport(pool)
 
 
 @functools.cache

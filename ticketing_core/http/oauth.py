@@ -24,11 +24,12 @@ from typing import Any
 import attrs
 import httpx
 from httpx_auth import (
+    HttpxAuthException,
+    InvalidGrantRequest,
+    OAuth2,
     OAuth2ClientCredentials,
     OAuth2ResourceOwnerPasswordCredentials,
 )
-from httpx_auth._errors import HttpxAuthException, InvalidGrantRequest
-from httpx_auth._oauth2.common import OAuth2
 
 from ticketing_core.errors import (
     AuthenticationFailed,
@@ -38,6 +39,7 @@ from ticketing_core.errors import (
     RateLimited,
     TicketingError,
 )
+from ticketing_core.http import _httpx_auth_adapter as httpx_auth_adapter
 from ticketing_core.http.limits import within
 
 RENEW_BEFORE_EXPIRY = 30.0  # seconds: a token must not expire on its way to the service
@@ -83,7 +85,10 @@ class OAuth(httpx.Auth):
             transport=_Shared(transport),
             timeout=timeout,
             headers={"Accept": "application/json"},
-            event_hooks={"request": [self._within_deadline], "response": [_check_token_response]},
+            event_hooks={
+                "request": [self._within_deadline, _without_authorization],
+                "response": [_check_token_response],
+            },
         )
         # Form fields, as ServiceNow documents for every grant (refresh included): httpx-auth
         # adds a grant's extra keyword arguments to its form.
@@ -102,12 +107,15 @@ class OAuth(httpx.Auth):
                 client.token_url, username, password, **common, **credentials
             )
         else:
-            self._grant = _ClientCredentialsInForm(
+            self._grant = OAuth2ClientCredentials(
                 client.token_url, client.client_id, client.client_secret, **common
             )
+            # Its own parameters take these names, so they join its form afterwards.
+            httpx_auth_adapter.add_form(self._grant, **credentials)
         # httpx-auth's cache key is a digest of the credentials, and its debug log shows it:
         # keyed under an HMAC with a key of this process, a logged key confirms no guess.
-        self._grant.state = hmac.new(_CACHE_KEY, self._grant.state.encode(), "sha256").hexdigest()
+        key = hmac.new(_CACHE_KEY, self._grant.state.encode(), "sha256").hexdigest()
+        httpx_auth_adapter.rekey(self._grant, key)
 
     def __repr__(self) -> str:
         return "OAuth(<redacted>)"
@@ -119,11 +127,12 @@ class OAuth(httpx.Auth):
         sent = self._authorize(request)
         response = yield request
         if response.status_code == 401:
-            self._expire(sent)
-            self._authorize(request)
+            self._authorize(request, refused=sent)
             yield request
 
-    def _authorize(self, request: httpx.Request) -> str:
+    def _authorize(self, request: httpx.Request, *, refused: str | None = None) -> str:
+        """Put a token on ``request``: the cached one, else a new one. A ``refused`` token
+        still cached is expired first (its refresh token, if any, is kept for the renewal)."""
         remaining = self._remaining()
         lock = _fetching[self._grant.state]
         if not lock.acquire(timeout=-1 if remaining is None else max(0.0, remaining)):
@@ -131,6 +140,8 @@ class OAuth(httpx.Auth):
                 "waited past the deadline for the OAuth token another call asks for"
             )
         try:
+            if refused is not None:
+                httpx_auth_adapter.expire(self._grant.state, refused)
             token = OAuth2.token_cache.get_token(
                 self._grant.state,
                 early_expiry=RENEW_BEFORE_EXPIRY,
@@ -162,34 +173,6 @@ class OAuth(httpx.Auth):
             given = httpx.Timeout(**request.extensions["timeout"])  # build_request sets it
             request.extensions["timeout"] = within(given, remaining).as_dict()
 
-    def _expire(self, sent: str) -> None:
-        """Mark the cached token expired, unless another thread renewed it already; its refresh
-        token (if any) is kept for the renewal."""
-        cache = OAuth2.token_cache
-        with cache._forbid_concurrent_cache_access:
-            cached = cache.tokens.get(self._grant.state)
-            if cached is not None and cached[0] == sent:
-                cache.tokens[self._grant.state] = (cached[0], 0.0, *cached[2:])
-
-
-class _ClientCredentialsInForm(OAuth2ClientCredentials):
-    """httpx-auth's client-credentials grant (its token cache and expiry), with the client's id
-    and secret as form fields of the token request instead of a Basic ``Authorization`` header.
-
-    httpx-auth sends them only as Basic auth, and its public API cannot move them: extra keyword
-    arguments become form fields, but ``client_id`` and ``client_secret`` are the names of its
-    own parameters. So they are added to the form it posts, and the token client is given no
-    auth. Tests against the emulator, which refuses a token request with an ``Authorization``
-    header, fail if a new httpx-auth sends them some other way.
-    """
-
-    def __init__(self, token_url: str, client_id: str, client_secret: str, **options: Any) -> None:
-        super().__init__(token_url, client_id, client_secret, **options)
-        self.data.update(client_id=client_id, client_secret=client_secret)
-
-    def _configure_client(self, client: httpx.Client) -> None:
-        client.timeout = self.timeout  # what httpx-auth sets, but not the client's Basic auth
-
 
 class _Shared(httpx.BaseTransport):
     """The provider's transport, lent to the token client: closing that client leaves it open."""
@@ -199,6 +182,14 @@ class _Shared(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         return self._inner.handle_request(request)
+
+
+def _without_authorization(request: httpx.Request) -> None:
+    """The client's id and secret travel in the form only: httpx-auth's client-credentials grant
+    also sends them as Basic auth, which the token client drops here. Tests against the emulator,
+    which refuses a token request with an ``Authorization`` header, fail if a new httpx-auth sends
+    them some other way."""
+    request.headers.pop("Authorization", None)
 
 
 def _check_token_response(response: httpx.Response) -> None:
