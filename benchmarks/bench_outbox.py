@@ -23,7 +23,8 @@ from servicenow_emulator import DEFAULT_PASSWORD, Emulator, run_in_thread
 
 from ticketing_core.policies import WorkNotesOnly
 from ticketing_core.sync.database import Database
-from ticketing_core.sync.outbox import DELIVERED, ThreadedDispatcher
+from ticketing_core.sync.dispatch import ThreadedDispatcher
+from ticketing_core.sync.outbox import DELIVERED
 from ticketing_core.sync.service import SyncService
 from ticketing_servicenow import ServiceNowProvider
 
@@ -62,7 +63,7 @@ def delivering(
             status="New",
         )
     emulator.latency_ms = LATENCY_MS
-    service.dispatcher = ThreadedDispatcher(service.outbox, service.deliver, poll_interval=0.05)
+    service.dispatcher = ThreadedDispatcher(service.outbox, service.delivery, poll_interval=0.05)
     service.start()
     try:
         yield service

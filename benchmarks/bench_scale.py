@@ -31,14 +31,17 @@ import httpx
 import redis
 import sqlalchemy as sa
 from servicenow_emulator import DEFAULT_PASSWORD
+from ticketing_host.compose import runtime_for
 from ticketing_host.fleet import RUN_LENGTH
 from ticketing_host.keys import generate_key
-from ticketing_host.runtime import HostRuntime, Settings
+from ticketing_host.runtime import HostRuntime
+from ticketing_host.settings import Settings
 
 from ticketing_core.models import TicketDraft
 from ticketing_core.policies import AddWorkNote
 from ticketing_core.sync.database import engine_url
-from ticketing_core.sync.outbox import DELIVERED, NewEvent, Outbox, attempt_in_order
+from ticketing_core.sync.delivery import deliver_run
+from ticketing_core.sync.outbox import DELIVERED, NewEvent, Outbox
 from ticketing_servicenow import ServiceNowProvider
 
 POSTGRES = os.environ.get("TICKETING_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -147,7 +150,7 @@ def deliver_through_fleet(
         allow_private_hosts=True, secret_key=SECRET_KEY,
         queue=queue, relay_interval=2.0,
     )  # fmt: skip
-    runtime = HostRuntime(settings)
+    runtime = runtime_for(settings)
     runtime.start()  # as serve's lifespan does: the wake-up sender and the relay
     try:
         ids = [
@@ -188,7 +191,7 @@ def delivered(runtime: HostRuntime, events: list[NewEvent]) -> None:
     """Queue ``events`` in one host transaction and wait until the fleet has delivered them."""
     outbox = runtime.service.outbox
     total = outbox.counts()[DELIVERED] + len(events)
-    with runtime.transaction() as conn:
+    with runtime.database.begin() as conn:
         outbox.enqueue(events, conn)
     while outbox.counts()[DELIVERED] < total:
         time.sleep(0.05)
@@ -269,10 +272,10 @@ def overhead_per_note() -> bool:
 
             runtime = HostRuntime(Settings(database=database, public_url="https://q.example",
                                            allow_http=True, allow_private_hosts=True,
-                                           secret_key=SECRET_KEY), deliver=False)  # fmt: skip
+                                           secret_key=SECRET_KEY), worker=True)  # fmt: skip
             try:
                 outbox: Outbox = runtime.service.outbox
-                deliver = runtime.service.deliver
+                deliver = runtime.service.delivery
                 record = runtime.store.add_integration(
                     type="servicenow", api_url=url, api_access_token=LOGIN,
                     sync_policy="work-notes", options={},
@@ -280,13 +283,13 @@ def overhead_per_note() -> bool:
                 outbox.enqueue(
                     [NewEvent(record.id, ticket, AddWorkNote(f"o {n}")) for n in range(notes)]
                 )
-                attempt_in_order(outbox, deliver, outbox.claim_next(instance_limit=LIMIT))  # warm
+                deliver_run(outbox, deliver, outbox.claim_next(instance_limit=LIMIT))  # warm
                 started = time.perf_counter()
                 prefer = f"{record.id}:{ticket}"
                 while run := outbox.claim_next(
                     prefer=prefer, instance_limit=LIMIT, batch=RUN_LENGTH
                 ):
-                    attempt_in_order(outbox, deliver, run)
+                    deliver_run(outbox, deliver, run)
                 through_outbox = time.perf_counter() - started
                 delivered = notes - 1
             finally:

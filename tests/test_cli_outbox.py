@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from ticketing_core import errors
 from ticketing_core.cli import cli
 from ticketing_core.policies import AddWorkNote
-from ticketing_core.sync.database import SCHEMA_VERSION, Database, engine_url
+from ticketing_core.sync.database import Database, engine_url
 from ticketing_core.sync.outbox import DEAD, PENDING, NewEvent, Outbox
+from ticketing_core.sync.schema import SCHEMA_VERSION
 
 
 def outbox_with_one_dead_event(path: Path) -> Outbox:
@@ -22,7 +23,7 @@ def outbox_with_one_dead_event(path: Path) -> Outbox:
     outbox.enqueue([NewEvent(1, "ticket-a", AddWorkNote("note a"), anomaly_id=7),
                     NewEvent(1, "ticket-b", AddWorkNote("note b"), anomaly_id=7)])  # fmt: skip
     dead = outbox.claim(1)[0]
-    outbox.failed(dead, errors.AuthenticationFailed("ServiceNow rejected the credentials"))
+    outbox.settle_failed(dead, errors.AuthenticationFailed("ServiceNow rejected the credentials"))
     return outbox
 
 
@@ -133,7 +134,7 @@ def test_discarding_a_dead_event_unblocks_its_ticket(tmp_path: Path) -> None:
         [NewEvent(1, "gone", AddWorkNote("first")), NewEvent(1, "gone", AddWorkNote("next"))]
     )
     (dead,) = outbox.claim(5)
-    outbox.failed(dead, errors.NotFound("No Record found"))
+    outbox.settle_failed(dead, errors.NotFound("No Record found"))
     assert outbox.claim(5) == []
 
     result = CliRunner().invoke(
@@ -167,7 +168,7 @@ def test_retry_all_goes_through_every_dead_event_in_batches(tmp_path: Path) -> N
     outbox.enqueue([NewEvent(1, f"ticket-{n}", AddWorkNote("note")) for n in range(1_200)])
     while claimed := outbox.claim(100):
         for event in claimed:
-            outbox.failed(event, errors.AuthenticationFailed("rejected"))
+            outbox.settle_failed(event, errors.AuthenticationFailed("rejected"))
 
     result = CliRunner().invoke(
         cli, ["outbox", "retry", "--all", "--database", str(tmp_path / "t.db")]
@@ -238,7 +239,7 @@ def test_stats_count_each_integrations_events_as_a_table_and_as_json(
     outbox.enqueue([NewEvent(1, "a", AddWorkNote("x")), NewEvent(1, "b", AddWorkNote("y")),
                     NewEvent(2, "c", AddWorkNote("z"))])  # fmt: skip
     [claimed] = outbox.claim_next(prefer="1:a", instance_limit=8)
-    outbox.failed(claimed, errors.AuthenticationFailed("rejected"))
+    outbox.settle_failed(claimed, errors.AuthenticationFailed("rejected"))
     outbox.claim_next(prefer="1:b", instance_limit=8)
     outbox.database.dispose()
 

@@ -7,7 +7,8 @@ import threading
 
 from ticketing_core.policies import WorkNotesOnly
 from ticketing_core.sync.database import Database
-from ticketing_core.sync.outbox import Outbox, ThreadedDispatcher
+from ticketing_core.sync.dispatch import ThreadedDispatcher
+from ticketing_core.sync.outbox import Outbox
 from ticketing_core.sync.service import SyncService
 from ticketing_servicenow import ServiceNowProvider
 
@@ -31,7 +32,7 @@ def main(database_url: str, api_url: str) -> None:
             backoff_max=0.2,
         ),
     )
-    service.dispatcher = ThreadedDispatcher(service.outbox, service.deliver, poll_interval=0.05)
+    service.dispatcher = ThreadedDispatcher(service.outbox, service.delivery, poll_interval=0.05)
     service.start()
     print("worker started", flush=True)
     threading.Event().wait()  # deliver until killed

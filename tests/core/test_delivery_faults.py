@@ -16,7 +16,8 @@ from servicenow_emulator import Emulator
 from ticketing_core.models import Anomaly, TicketDraft
 from ticketing_core.policies import WorkNotesOnly
 from ticketing_core.sync.database import Database
-from ticketing_core.sync.outbox import DEAD, DELIVERED, PENDING, Outbox, ThreadedDispatcher
+from ticketing_core.sync.dispatch import ThreadedDispatcher
+from ticketing_core.sync.outbox import DEAD, DELIVERED, PENDING, Outbox
 from ticketing_core.sync.service import SyncService
 from ticketing_servicenow import ServiceNowProvider, mapping
 
@@ -38,7 +39,7 @@ def service(database: Database, provider: ServiceNowProvider) -> Iterator[SyncSe
         outbox=Outbox(database, doubt_seconds=DOUBT_SECONDS, backoff_initial=0.05, backoff_max=0.2),
         delivery_deadline=0.5,
     )
-    sync.dispatcher = ThreadedDispatcher(sync.outbox, sync.deliver, poll_interval=0.05)
+    sync.dispatcher = ThreadedDispatcher(sync.outbox, sync.delivery, poll_interval=0.05)
     sync.start()
     yield sync
     sync.stop()
@@ -358,7 +359,7 @@ def test_a_look_that_began_inside_the_window_does_not_let_the_note_be_sent(
         delivery_deadline=1.0,
     )
     ticket, _, _ = sync.create_ticket(ANOMALY, 1, TicketDraft(title="t", description="d"))
-    sync.dispatcher = ThreadedDispatcher(sync.outbox, sync.deliver, poll_interval=0.05)
+    sync.dispatcher = ThreadedDispatcher(sync.outbox, sync.delivery, poll_interval=0.05)
     # The PATCH is read at 0 s and committed at 3.3 s; the client gives up at 1 s, so the window
     # ends at about 3.5 s. The first look is asked to wait 2 s; the second reads the ticket at
     # about 3.05 s, before the commit, and its answer trickles in until about 3.9 s.

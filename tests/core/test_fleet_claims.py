@@ -14,6 +14,7 @@ from servicenow_emulator import Emulator
 from ticketing_core import errors
 from ticketing_core.policies import AddWorkNote, WorkNotesOnly
 from ticketing_core.sync.database import Database
+from ticketing_core.sync.delivery import deliver_run
 from ticketing_core.sync.outbox import (
     DELIVERED,
     PENDING,
@@ -21,8 +22,7 @@ from ticketing_core.sync.outbox import (
     NewEvent,
     Outbox,
     OutboxEvent,
-    attempt_in_order,
-    throttles,
+    pauses,
 )
 from ticketing_core.sync.service import SyncService
 from ticketing_servicenow import ServiceNowProvider
@@ -73,7 +73,9 @@ def test_a_run_stops_before_an_event_that_is_not_due(database: Database) -> None
     outbox = Outbox(database, backoff_initial=60)
     outbox.enqueue(notes(1, 1, per_ticket=3))
     [head] = outbox.claim_next(instance_limit=8)
-    outbox.failed(head, errors.ProviderUnavailable("down", sent=False))  # due again in a minute
+    outbox.settle_failed(
+        head, errors.ProviderUnavailable("down", sent=False)
+    )  # due again in a minute
 
     assert outbox.claim_next(instance_limit=8, batch=3) == []
 
@@ -89,7 +91,7 @@ def test_a_run_cut_short_gives_back_what_it_did_not_attempt(database: Database) 
             raise errors.ProviderUnavailable("down", sent=False)
         sent.append(texts(event))
 
-    outcomes = attempt_in_order(outbox, deliver, run)
+    outcomes = deliver_run(outbox, deliver, run)
 
     assert sent == ["note 0", "note 1"]
     assert [(o.status, o.error is not None) for _, o in outcomes] == [
@@ -126,7 +128,7 @@ def test_racing_claimers_never_hold_more_than_the_instance_limit(database: Datab
             time.sleep(0.002)  # hold it a moment, so that claims overlap
             with lock:
                 held.remove(event)
-            assert outbox.delivered(event) is not None
+            assert outbox.settle_delivered(event)
             delivered += 1
         return delivered
 
@@ -149,7 +151,7 @@ def test_live_claims_count_against_the_limit_until_settled(database: Database) -
     claimed = [outbox.claim_next(instance_limit=2) for _ in range(3)]
 
     assert [len(run) for run in claimed] == [1, 1, 0]
-    outbox.failed(claimed[0][0], errors.ProviderUnavailable("HTTP 500", status_code=500))
+    outbox.settle_failed(claimed[0][0], errors.ProviderUnavailable("HTTP 500", status_code=500))
     assert outbox.claim_next(instance_limit=2) != []
 
 
@@ -158,7 +160,7 @@ def test_a_429_pauses_claims_of_that_integration_only(database: Database) -> Non
     outbox.enqueue(notes(1, 3) + notes(2, 1))
     [event] = outbox.claim_next(prefer="1:t0", instance_limit=8)
 
-    outbox.failed(event, errors.RateLimited("slow down", retry_after=30))
+    outbox.settle_failed(event, errors.RateLimited("slow down", retry_after=30))
 
     [after] = outbox.claim_next(prefer="1:t1", instance_limit=8)
     assert after.integration_id == 2
@@ -183,26 +185,43 @@ def test_the_relay_wakes_one_ticket_per_free_slot_and_none_while_paused(
     for _ in range(3):
         assert outbox.claim_next(prefer="1:t0", instance_limit=4)  # three of integration 1's four
     [limited] = outbox.claim_next(prefer="3:t0", instance_limit=8)
-    outbox.failed(limited, errors.RateLimited("slow down", retry_after=30))
+    outbox.settle_failed(limited, errors.RateLimited("slow down", retry_after=30))
 
     woken = outbox.due_tickets(instance_limit=4)
 
     assert [key.split(":")[0] for key in woken] == ["1", "2", "2", "2", "2"]
 
 
-def test_enqueue_in_a_callers_transaction_remembers_the_tickets_to_wake(
+def test_events_stored_in_a_callers_transaction_wake_once_it_commits(
     database: Database,
 ) -> None:
     outbox = Outbox(database)
+    woken: list[set[str]] = []
+    outbox.on_stored = lambda tickets: woken.append(set(tickets))
 
     with database.begin() as conn:
         outbox.enqueue(notes(1, 2), conn)
         outbox.enqueue([NewEvent(3, "x", AddWorkNote("y"))], conn)
-        woken = Outbox.stored_tickets(conn)
-        again = Outbox.stored_tickets(conn)
+        assert woken == []  # not visible to a dispatcher yet
 
-    assert woken == {"1:t0", "1:t1", "3:x"}
-    assert again == set()
+    assert set().union(*woken) == {"1:t0", "1:t1", "3:x"}
+
+
+def test_events_of_a_rolled_back_transaction_wake_nothing(database: Database) -> None:
+    outbox = Outbox(database)
+    woken: list[set[str]] = []
+    outbox.on_stored = lambda tickets: woken.append(set(tickets))
+
+    def failing_request() -> None:
+        with database.begin() as conn:
+            outbox.enqueue(notes(1, 1), conn)
+            raise RuntimeError("the host's request failed")
+
+    with pytest.raises(RuntimeError):
+        failing_request()
+
+    assert woken == []
+    assert outbox.counts()["pending"] == 0
 
 
 def test_stats_count_each_integrations_events_and_live_claims(database: Database) -> None:
@@ -211,8 +230,8 @@ def test_stats_count_each_integrations_events_and_live_claims(database: Database
     [first] = outbox.claim_next(prefer="1:t0", instance_limit=8)
     [second] = outbox.claim_next(prefer="1:t1", instance_limit=8)
     assert outbox.claim_next(prefer="1:t2", instance_limit=8)
-    outbox.delivered(first)
-    outbox.failed(second, errors.AuthenticationFailed("no"))
+    outbox.settle_delivered(first)
+    outbox.settle_failed(second, errors.AuthenticationFailed("no"))
 
     one, two = outbox.stats()
 
@@ -232,19 +251,19 @@ def test_a_dead_workers_run_of_identical_notes_is_redone_one_by_one_each_once(
     outbox = Outbox(database, lease_seconds=0.5, doubt_seconds=0.5)
     service = SyncService(
         database, provider_for=lambda *_: provider, policy_for=lambda *_: WorkNotesOnly(),
-        comment_on_anomaly=lambda *_: None, outbox=outbox,
+        comment_on_anomaly=lambda *_: None, outbox=outbox, delivery_deadline=0.3,
     )  # fmt: skip
     text = "Anomaly 7 status changed to Active"  # the same text twice: a status set twice
     outbox.enqueue([NewEvent(1, incident["sys_id"], AddWorkNote(text)) for _ in range(2)])
     dying = outbox.claim_next(instance_limit=8, batch=10)
     for event in dying[:sent_before_dying]:  # it sent these, then died before settling any
-        service.deliver(event)
+        service.delivery(event)
     time.sleep(1.2)  # lease + doubt: its claims may be taken over
 
     runs = []
     while run := outbox.claim_next(instance_limit=8, batch=10):
         runs.append(len(run))
-        attempt_in_order(outbox, service.deliver, run)
+        deliver_run(outbox, service.delivery, run)
 
     assert runs == [1, 1]  # each in doubt, so each alone, counted after the one before settled
     assert outbox.counts()[DELIVERED] == 2
@@ -266,7 +285,7 @@ def test_a_stalled_claim_counts_against_the_limit_until_it_may_be_taken_over(
     time.sleep(0.9)  # lease + doubt: it may be taken over, and no longer counts
     assert [e.ticket_id for e in outbox.claim_next(instance_limit=1)] == ["t0"]
     with pytest.raises(LeaseLost):
-        outbox.hold(stalled)  # taken over: the stalled worker may not send
+        outbox.confirm(stalled)  # taken over: the stalled worker may not send
 
 
 def test_a_shorter_429_never_shortens_the_pause(database: Database) -> None:
@@ -275,10 +294,12 @@ def test_a_shorter_429_never_shortens_the_pause(database: Database) -> None:
     [first] = outbox.claim_next(prefer="1:t0", instance_limit=8)
     [second] = outbox.claim_next(prefer="1:t1", instance_limit=8)
 
-    outbox.failed(first, errors.RateLimited("slow down", retry_after=120))  # above backoff_max
-    outbox.failed(second, errors.RateLimited("slow down"))
+    outbox.settle_failed(
+        first, errors.RateLimited("slow down", retry_after=120)
+    )  # above backoff_max
+    outbox.settle_failed(second, errors.RateLimited("slow down"))
 
     assert outbox.claim_next(instance_limit=8) == []
     with database.read() as conn:
-        [until] = conn.execute(sa.select(throttles.c.until)).scalars()
+        [until] = conn.execute(sa.select(pauses.c.until)).scalars()
         assert (until - database.now(conn)).total_seconds() > 100

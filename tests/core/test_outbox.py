@@ -16,6 +16,7 @@ from ticketing_core.http import retry_after_seconds
 from ticketing_core.models import TicketChanges
 from ticketing_core.policies import AddWorkNote, ChangeTicket
 from ticketing_core.sync.database import Database
+from ticketing_core.sync.dispatch import ThreadedDispatcher
 from ticketing_core.sync.outbox import (
     DEAD,
     DELIVERED,
@@ -25,8 +26,7 @@ from ticketing_core.sync.outbox import (
     Outbox,
     OutboxEvent,
     StillInDoubt,
-    ThreadedDispatcher,
-    throttles,
+    pauses,
 )
 
 from ..conftest import wait_until
@@ -57,7 +57,7 @@ def test_claim_takes_only_the_oldest_event_of_each_ticket(database: Database) ->
 
     assert [e.action.text for e in claimed] == ["a1", "b1"]  # type: ignore[union-attr]
     assert outbox.claim(10) == []  # a2 waits for a1; a1 and b1 are leased
-    outbox.delivered(claimed[0])
+    outbox.settle_delivered(claimed[0])
     assert [e.action.text for e in outbox.claim(10)] == ["a2"]  # type: ignore[union-attr]
 
 
@@ -80,7 +80,7 @@ def test_retryable_failure_backs_off_then_dies_after_max_attempts(database: Data
     statuses = []
     for _ in range(3):
         (event,) = outbox.claim(1)
-        statuses.append(outbox.failed(event, broken))
+        statuses.append(outbox.settle_failed(event, broken))
 
     assert statuses == [PENDING, PENDING, DEAD]
     (dead,) = outbox.entries(status=DEAD)
@@ -111,14 +111,14 @@ def test_an_outage_is_waited_out_however_many_attempts_it_takes(database: Databa
     )
     outbox.enqueue([note("t", "x")])
 
-    statuses = [outbox.failed(claim_when_due(outbox), outage) for outage in OUTAGES * 2]
+    statuses = [outbox.settle_failed(claim_when_due(outbox), outage) for outage in OUTAGES * 2]
 
     assert statuses == [PENDING] * 10  # five times max_attempts
     [waiting] = outbox.entries()
     assert (waiting.attempts, waiting.outage_attempts) == (10, 10)
     broken = errors.ProviderUnavailable("ServiceNow is unavailable: HTTP 500", status_code=500)
-    assert outbox.failed(claim_when_due(outbox), broken) == PENDING
-    assert outbox.failed(claim_when_due(outbox), broken) == DEAD
+    assert outbox.settle_failed(claim_when_due(outbox), broken) == PENDING
+    assert outbox.settle_failed(claim_when_due(outbox), broken) == DEAD
     assert outbox.retry() == 1
     [retried] = outbox.entries()
     assert (retried.attempts, retried.outage_attempts) == (0, 0)
@@ -126,7 +126,7 @@ def test_an_outage_is_waited_out_however_many_attempts_it_takes(database: Databa
 
 def pause_seconds(database: Database) -> float:
     with database.read() as conn:
-        return float(conn.execute(sa.select(throttles.c.seconds)).scalar_one())
+        return float(conn.execute(sa.select(pauses.c.seconds)).scalar_one())
 
 
 def test_an_outage_pauses_the_integration_doubling_while_it_lasts(database: Database) -> None:
@@ -135,23 +135,24 @@ def test_an_outage_pauses_the_integration_doubling_while_it_lasts(database: Data
     outbox = Outbox(database, backoff_initial=0.2, backoff_max=0.8, doubt_seconds=0)
     outbox.enqueue([note(f"t{n}", "x") for n in range(6)] + [other("u", "y")])
     down = errors.ProviderUnavailable("ServiceNow is unavailable: HTTP 503", status_code=503)
-    first, in_flight = outbox.claim(2, lambda integration: integration == 1)
+    [first] = outbox.claim_next(prefer="1:t0", instance_limit=8)
+    [in_flight] = outbox.claim_next(prefer="1:t1", instance_limit=8)
 
-    outbox.failed(first, down)
+    outbox.settle_failed(first, down)
     assert [e.integration_id for e in outbox.claim(10)] == [2]  # integration 1 waits
     assert outbox.claim_next(instance_limit=8) == []
-    outbox.failed(in_flight, down)  # sent before the pause: no longer
+    outbox.settle_failed(in_flight, down)  # sent before the pause: no longer
     assert pause_seconds(database) == 0.2
 
     lengths = []
     for _ in range(3):  # each probe after a pause fails too
         probe = claim_when_due(outbox)
-        outbox.failed(probe, down)
+        outbox.settle_failed(probe, down)
         lengths.append(pause_seconds(database))
     assert lengths == [0.4, 0.8, 0.8]
 
     time.sleep(0.8 + 0.8 + 0.1)  # the pause, then longer than backoff_max: the outage is over
-    outbox.failed(claim_when_due(outbox), down)
+    outbox.settle_failed(claim_when_due(outbox), down)
     assert pause_seconds(database) == 0.2  # a new outage starts again from backoff_initial
     assert outbox.counts()[DEAD] == 0
 
@@ -159,7 +160,7 @@ def test_an_outage_pauses_the_integration_doubling_while_it_lasts(database: Data
 def pause_row(database: Database) -> tuple[float, float]:
     """The integration's pause: seconds left (negative once over), and its length."""
     with database.read() as conn:
-        until, seconds = conn.execute(sa.select(throttles.c.until, throttles.c.seconds)).one()
+        until, seconds = conn.execute(sa.select(pauses.c.until, pauses.c.seconds)).one()
         return (until - database.now(conn)).total_seconds(), float(seconds)
 
 
@@ -175,8 +176,8 @@ def test_a_call_failing_alone_while_others_are_delivered_is_counted(database: Da
     poison, *healthy = outbox.claim(3)
     statuses = []
     for other_call in healthy:
-        assert outbox.delivered(other_call)  # after the poison event was claimed
-        statuses.append(outbox.failed(poison, gateway))
+        assert outbox.settle_delivered(other_call)  # after the poison event was claimed
+        statuses.append(outbox.settle_failed(poison, gateway))
         assert pause_row(database)[0] <= 0  # not paused
         poison = claim_when_due(outbox) if statuses[-1] == PENDING else poison
 
@@ -189,13 +190,15 @@ def test_a_delivery_ends_the_outage_and_its_doubling(database: Database) -> None
     outbox = Outbox(database, backoff_initial=0.2, backoff_max=0.8, doubt_seconds=0)
     outbox.enqueue([note(f"t{n}", "x") for n in range(4)])
     down = errors.ProviderUnavailable("ServiceNow is unavailable: HTTP 503", status_code=503)
-    outbox.failed(claim_when_due(outbox), down)
-    outbox.failed(claim_when_due(outbox), down)
+    outbox.settle_failed(claim_when_due(outbox), down)
+    outbox.settle_failed(claim_when_due(outbox), down)
     assert pause_row(database)[1] == 0.4
 
-    assert outbox.delivered(claim_when_due(outbox))  # the instance is back
+    assert outbox.settle_delivered(claim_when_due(outbox))  # the instance is back
     assert pause_row(database)[1] == 0.0
-    outbox.failed(claim_when_due(outbox), down)  # a new outage starts from the shortest pause
+    outbox.settle_failed(
+        claim_when_due(outbox), down
+    )  # a new outage starts from the shortest pause
     assert pause_row(database)[1] == 0.2
 
 
@@ -204,10 +207,10 @@ def test_the_wait_a_service_asks_for_is_the_pause_up_to_an_hour(database: Databa
     outbox.enqueue([note("t", "x"), note("u", "y")])
     first, second = outbox.claim(2)
 
-    outbox.failed(first, errors.RateLimited("slow down", retry_after=0.1))
+    outbox.settle_failed(first, errors.RateLimited("slow down", retry_after=0.1))
     assert 0 < pause_row(database)[0] <= 0.1  # not backoff_initial's 5 s
     time.sleep(0.15)
-    outbox.failed(second, errors.RateLimited("slow down", retry_after=864_000))  # ten days
+    outbox.settle_failed(second, errors.RateLimited("slow down", retry_after=864_000))  # ten days
     assert 3590 < pause_row(database)[0] <= 3600
 
 
@@ -233,7 +236,7 @@ def test_an_integration_this_host_cannot_use_keeps_its_events_without_spending_a
     statuses = []
     for _ in range(3):
         (event,) = outbox.claim(1)
-        statuses.append(outbox.failed(event, unusable))
+        statuses.append(outbox.settle_failed(event, unusable))
         paused = outbox.claim_next(instance_limit=8)  # the other ticket's event, due, waits too
         time.sleep(0.35)
 
@@ -249,7 +252,7 @@ def test_retry_after_sets_the_next_attempt(database: Database) -> None:
     outbox.enqueue([note("t", "x")])
     (event,) = outbox.claim(1)
 
-    outbox.failed(event, errors.RateLimited("slow down", retry_after=30))
+    outbox.settle_failed(event, errors.RateLimited("slow down", retry_after=30))
 
     (pending,) = outbox.entries()
     assert pending.next_attempt_at - pending.created >= timedelta(seconds=29)
@@ -261,14 +264,14 @@ def test_failure_retrying_cannot_fix_is_dead_at_once(database: Database) -> None
     outbox.enqueue([note("t", "x")])
     (event,) = outbox.claim(1)
 
-    assert outbox.failed(event, errors.NotFound("No Record found")) == DEAD
+    assert outbox.settle_failed(event, errors.NotFound("No Record found")) == DEAD
 
 
 def test_dead_events_are_retried_on_request(database: Database) -> None:
     outbox = Outbox(database)
     outbox.enqueue([note("t", "x"), note("u", "y")])
     for event in outbox.claim(2):
-        outbox.failed(event, errors.AuthenticationFailed("User Not Authenticated"))
+        outbox.settle_failed(event, errors.AuthenticationFailed("User Not Authenticated"))
 
     assert outbox.retry([outbox.entries()[0].id]) == 1
     assert outbox.counts() == {PENDING: 1, DELIVERED: 0, DEAD: 1}
@@ -311,13 +314,13 @@ def test_a_stale_workers_late_settle_cannot_undo_another_delivery(database: Data
     (stale,) = outbox.claim(1)
     time.sleep(0.6)  # the first worker stalls past its lease
     (current,) = outbox.claim(1)
-    assert outbox.delivered(current)
+    assert outbox.settle_delivered(current)
 
-    assert not outbox.failed(stale, errors.ProviderTimeout("no answer"))
-    assert not outbox.delivered(stale)
+    assert not outbox.settle_failed(stale, errors.ProviderTimeout("no answer"))
+    assert not outbox.settle_delivered(stale)
     assert outbox.renew([stale]) == 0
     with pytest.raises(LeaseLost):
-        outbox.hold(stale)
+        outbox.confirm(stale)
     (settled,) = outbox.entries()
     assert (settled.status, settled.attempts, settled.last_error) == (DELIVERED, 0, None)
     assert outbox.claim(1) == []
@@ -331,8 +334,8 @@ def test_a_worker_whose_lease_was_taken_over_cannot_confirm_its_claim(database: 
     (current,) = outbox.claim(1)
 
     with pytest.raises(LeaseLost):
-        outbox.hold(stale)
-    outbox.hold(current)  # the current holder can
+        outbox.confirm(stale)
+    outbox.confirm(current)  # the current holder can
 
 
 def test_dispatcher_delivers_everything_in_order_with_bounded_concurrency(
@@ -399,8 +402,8 @@ def test_a_dead_event_holds_back_its_tickets_later_events(database: Database) ->
     outbox = Outbox(database)
     outbox.enqueue([note("t", "first"), note("t", "second"), note("u", "other")])
     first, other = outbox.claim(5)
-    outbox.failed(first, errors.NotFound("gone"))
-    outbox.delivered(other)
+    outbox.settle_failed(first, errors.NotFound("gone"))
+    outbox.settle_delivered(other)
 
     assert outbox.claim(5) == []
     outbox.retry()
@@ -426,7 +429,7 @@ def test_only_failures_after_which_the_call_may_have_landed_leave_doubt(
     outbox = Outbox(database, backoff_initial=0.0, doubt_seconds=0)
     outbox.enqueue([note("t", "x")])
     (first,) = outbox.claim(1)
-    outbox.failed(first, error)
+    outbox.settle_failed(first, error)
     outbox.retry()  # a failure retrying cannot fix parked it: put it back
 
     (again,) = outbox.claim(1)
@@ -441,17 +444,17 @@ def test_a_note_that_may_have_landed_is_looked_for_at_once_but_not_sent_within_t
     outbox = Outbox(database, backoff_initial=0.0, doubt_seconds=0.4)
     outbox.enqueue([note("t", "x")])
     (first,) = outbox.claim(1)
-    outbox.failed(first, errors.ProviderTimeout("no answer"))
+    outbox.settle_failed(first, errors.ProviderTimeout("no answer"))
 
     (looking,) = outbox.claim(1)  # due at once: to look for it on the ticket
     assert looking.in_doubt
     with pytest.raises(StillInDoubt) as still:  # not there: the instance may still add it
-        outbox.hold(looking)
-    assert outbox.failed(looking, still.value) == PENDING
+        outbox.confirm(looking)
+    assert outbox.settle_failed(looking, still.value) == PENDING
     assert outbox.claim(1) == []
     time.sleep(0.5)
     (again,) = outbox.claim(1)
-    outbox.hold(again)  # the window is over: free to send
+    outbox.confirm(again)  # the window is over: free to send
 
     assert again.attempts == 1  # looking early spent no attempt
     assert not outbox.claim(1)
@@ -463,7 +466,7 @@ def test_a_change_that_may_have_landed_is_not_retried_within_the_doubt_window(
     outbox = Outbox(database, backoff_initial=0.0, doubt_seconds=0.4)
     outbox.enqueue([NewEvent(1, "t", ChangeTicket(TicketChanges(status="In Progress")))])
     (first,) = outbox.claim(1)
-    outbox.failed(first, errors.ProviderTimeout("no answer"))
+    outbox.settle_failed(first, errors.ProviderTimeout("no answer"))
 
     assert outbox.claim(1) == []  # nothing to look for
     time.sleep(0.5)
@@ -485,14 +488,14 @@ def test_doubt_lasts_until_a_check_resolves_it(database: Database) -> None:
     outbox = Outbox(database, backoff_initial=0.0, doubt_seconds=0)
     outbox.enqueue([note("t", "x")])
     (first,) = outbox.claim(1)
-    outbox.failed(first, errors.ProviderTimeout("no answer"))  # may have landed
+    outbox.settle_failed(first, errors.ProviderTimeout("no answer"))  # may have landed
     (second,) = outbox.claim(1)
-    outbox.failed(second, errors.RateLimited("slow down", retry_after=0))  # refused: no news
+    outbox.settle_failed(second, errors.RateLimited("slow down", retry_after=0))  # refused: no news
     (third,) = outbox.claim(1)
     assert third.in_doubt
 
-    outbox.hold(third)  # the ticket was checked: the note is not there
-    outbox.failed(third, errors.RateLimited("slow down", retry_after=0))
+    outbox.confirm(third)  # the ticket was checked: the note is not there
+    outbox.settle_failed(third, errors.RateLimited("slow down", retry_after=0))
 
     (fourth,) = outbox.claim(1)
     assert not fourth.in_doubt
@@ -509,10 +512,10 @@ def test_notes_in_doubt_know_how_many_identical_ones_went_to_their_ticket_before
         while batch := outbox.claim(5):
             for event in batch:
                 if not event.in_doubt:  # make each one doubtful: only then is the count needed
-                    outbox.failed(event, errors.ProviderTimeout("no answer"))
+                    outbox.settle_failed(event, errors.ProviderTimeout("no answer"))
                     continue
                 seen.append((event.ticket_id, event.action.text, event.identical_before))  # type: ignore[union-attr]
-                outbox.delivered(event)
+                outbox.settle_delivered(event)
         return seen
 
     assert deliver_in_doubt() == [
@@ -530,8 +533,8 @@ def test_delivered_events_are_pruned_after_the_retention(database: Database) -> 
     outbox = Outbox(database, retention=timedelta(seconds=0.3))
     outbox.enqueue([note("t", "x"), note("u", "y"), note("v", "z")])
     delivered, _kept, dead = outbox.claim(3)
-    outbox.delivered(delivered)
-    outbox.failed(dead, errors.NotFound("gone"))
+    outbox.settle_delivered(delivered)
+    outbox.settle_failed(dead, errors.NotFound("gone"))
 
     assert outbox.prune() == 0
     time.sleep(0.4)
@@ -543,7 +546,7 @@ def test_listing_is_newest_first_and_filters_by_status(database: Database) -> No
     outbox = Outbox(database)
     outbox.enqueue([note(f"t{i}", str(i)) for i in range(5)])
     for event in outbox.claim(2):
-        outbox.failed(event, errors.NotFound("gone"))
+        outbox.settle_failed(event, errors.NotFound("gone"))
 
     assert [e.action.text for e in outbox.entries(limit=3)] == ["4", "3", "2"]  # type: ignore[union-attr]
     assert [e.action.text for e in outbox.entries(DEAD)] == ["1", "0"]  # type: ignore[union-attr]
@@ -617,7 +620,7 @@ def test_tickets_events_follow_commit_order_on_postgresql(database: Database) ->
 
     (first,) = outbox.claim(5)
     assert first.action == AddWorkNote("early")
-    outbox.delivered(first)
+    outbox.settle_delivered(first)
     assert [e.action for e in outbox.claim(5)] == [AddWorkNote("late")]
 
 
@@ -638,9 +641,9 @@ def test_a_backlog_of_one_integration_does_not_hide_another(database: Database) 
     outbox.enqueue([NewEvent(1, f"busy{i}", AddWorkNote("x")) for i in range(50)])
     outbox.enqueue([NewEvent(2, "other", AddWorkNote("y"))])
 
-    claimed = outbox.claim(2, skip_integrations={1})
+    claimed = outbox.claim(2, instance_limit=1)
 
-    assert [(e.integration_id, e.ticket_id) for e in claimed] == [(2, "other")]
+    assert (2, "other") in [(e.integration_id, e.ticket_id) for e in claimed]
 
 
 def test_retrying_a_dead_event_in_doubt_still_waits_out_its_window(database: Database) -> None:
@@ -648,21 +651,21 @@ def test_retrying_a_dead_event_in_doubt_still_waits_out_its_window(database: Dat
     outbox.enqueue([note("t", "x"), note("u", "y")])
     in_doubt, refused = outbox.claim(2)
     broken = errors.ProviderUnavailable("HTTP 500", status_code=500)  # after the commit, maybe
-    assert outbox.failed(in_doubt, broken) == DEAD
-    assert outbox.failed(refused, errors.PermissionDenied("ACL")) == DEAD
+    assert outbox.settle_failed(in_doubt, broken) == DEAD
+    assert outbox.settle_failed(refused, errors.PermissionDenied("ACL")) == DEAD
 
     assert outbox.retry() == 2
 
     looking, sending = outbox.claim(2)  # both at once: one to be looked for first
-    outbox.hold(sending)
+    outbox.confirm(sending)
     with pytest.raises(StillInDoubt) as still:  # not found: not sent before the window ends
-        outbox.hold(looking)
+        outbox.confirm(looking)
     time.sleep(0.6)
     with pytest.raises(StillInDoubt):  # that claim's look came too early, however late it ends
-        outbox.hold(looking)
-    outbox.failed(looking, still.value)
+        outbox.confirm(looking)
+    outbox.settle_failed(looking, still.value)
     (after_the_window,) = outbox.claim(1)
-    outbox.hold(after_the_window)  # looked for once the instance was done with it
+    outbox.confirm(after_the_window)  # looked for once the instance was done with it
 
 
 def test_identical_notes_count_per_ticket_whichever_integration_delivered_them(
@@ -673,15 +676,15 @@ def test_identical_notes_count_per_ticket_whichever_integration_delivered_them(
     outbox = Outbox(database, backoff_initial=0.0, doubt_seconds=0, retention=timedelta(0))
     outbox.enqueue([note("t", "same"), note("t", "same")])
     for _ in range(2):
-        outbox.delivered(outbox.claim(1)[0])
+        outbox.settle_delivered(outbox.claim(1)[0])
     outbox.prune()  # one way to be counted: in the tally
     outbox.enqueue([note("t", "same")])
-    outbox.delivered(outbox.claim(1)[0])  # the other: delivered and kept
+    outbox.settle_delivered(outbox.claim(1)[0])  # the other: delivered and kept
     with database.begin() as conn:
         outbox.discard_for_integration(1, conn)
     outbox.enqueue([other("t", "same")])
     (first,) = outbox.claim(1)
-    outbox.failed(first, errors.ProviderTimeout("no answer"))
+    outbox.settle_failed(first, errors.ProviderTimeout("no answer"))
 
     (looking,) = outbox.claim(1)
 
@@ -693,14 +696,18 @@ def test_a_failed_look_leaves_the_doubt_window_where_the_send_put_it(database: D
     outbox = Outbox(database, backoff_initial=0.0, doubt_seconds=0.5)
     outbox.enqueue([note("t", "x")])
     (sent,) = outbox.claim(1)
-    outbox.failed(sent, errors.ProviderTimeout("no answer"))  # the window ends 0.5 s from now
+    outbox.settle_failed(
+        sent, errors.ProviderTimeout("no answer")
+    )  # the window ends 0.5 s from now
     time.sleep(0.3)
     (looking,) = outbox.claim(1)
-    outbox.failed(looking, errors.ProviderTimeout("no answer to the look"))  # a read: sent nothing
+    outbox.settle_failed(
+        looking, errors.ProviderTimeout("no answer to the look")
+    )  # a read: sent nothing
     time.sleep(0.3)
 
     (again,) = outbox.claim(1)
-    outbox.hold(again)  # 0.6 s after the send: free to send
+    outbox.confirm(again)  # 0.6 s after the send: free to send
 
     assert again.in_doubt
     assert again.attempts == 2

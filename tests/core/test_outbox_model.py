@@ -43,7 +43,7 @@ from ticketing_core.sync.outbox import (
     StillInDoubt,
     events,
     note_tally,
-    throttles,
+    pauses,
 )
 
 LEASE, DOUBT = 10.0, 20.0  # seconds of the fake clock
@@ -107,7 +107,7 @@ class OutboxMachine(RuleBasedStateMachine):
         with database.begin() as conn:  # a fresh outbox per example
             conn.execute(events.delete())
             conn.execute(note_tally.delete())
-            conn.execute(throttles.delete())
+            conn.execute(pauses.delete())
         self.clock = Clock()
         database.now = lambda conn: self.clock.now  # type: ignore[method-assign]
         self.database = database
@@ -175,7 +175,7 @@ class OutboxMachine(RuleBasedStateMachine):
     def _settle_delivered(self, worker: Worker, claim: Claim) -> None:
         event = claim.event
         valid = self._valid(event)
-        assert (self.outbox.delivered(event) is not None) is valid, (
+        assert bool(self.outbox.settle_delivered(event)) is valid, (
             "delivered() must follow the fence"
         )
         worker.claims.remove(claim)
@@ -190,7 +190,7 @@ class OutboxMachine(RuleBasedStateMachine):
     ) -> None:
         event = claim.event
         valid = self._valid(event)
-        status = self.outbox.failed(event, error)
+        status = self.outbox.settle_failed(event, error)
         worker.claims.remove(claim)
         if not valid:
             assert status is None, "a lost claim must record nothing"
@@ -318,7 +318,7 @@ class OutboxMachine(RuleBasedStateMachine):
         # The look follows the claim: it proves something only if the window was over by then.
         window_open = note.doubt_until is not None and claim.claimed_at < note.doubt_until
         try:
-            self.outbox.hold(aged)
+            self.outbox.confirm(aged)
         except LeaseLost:
             assert not valid, "hold() refused a claim that is still this worker's"
             worker.claims.remove(claim)  # it must not send
@@ -327,7 +327,7 @@ class OutboxMachine(RuleBasedStateMachine):
             assert valid, "hold() spoke of doubt for a claim that is no longer this worker's"
             assert event.in_doubt, "hold() refused a claim free to send"
             assert window_open, "hold() refused a claim whose window is over"
-            status = self.outbox.failed(event, still)
+            status = self.outbox.settle_failed(event, still)
             assert status == PENDING
             worker.claims.remove(claim)
             note.token, note.lease_until = None, None
@@ -519,14 +519,14 @@ class OutboxMachine(RuleBasedStateMachine):
             self.outbox.retry()
             for event in self.outbox.claim(len(TICKETS)):
                 if event.in_doubt and self._present(event):
-                    assert self.outbox.delivered(event)
+                    assert self.outbox.settle_delivered(event)
                     continue
-                self.outbox.hold(event)
+                self.outbox.confirm(event)
                 assert self._text(event) not in self.ticket[event.ticket_id], (
                     f"event {event.id} landed but is not in doubt"
                 )
                 self.ticket[event.ticket_id].append(self._text(event))
-                assert self.outbox.delivered(event)
+                assert self.outbox.settle_delivered(event)
         assert self.outbox.counts() == {PENDING: 0, DELIVERED: len(self.notes), DEAD: 0}
         assert self.ticket == self.enqueued, "every note lands exactly once, in order"
 

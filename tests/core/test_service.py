@@ -14,8 +14,10 @@ from ticketing_core import errors
 from ticketing_core.models import Anomaly, FailedCheck, Ticket, TicketDraft
 from ticketing_core.policies import Messages, StateMapping, SyncPolicy, WorkNotesOnly
 from ticketing_core.sync.database import Database
-from ticketing_core.sync.outbox import DELIVERED, Outbox, ThreadedDispatcher
-from ticketing_core.sync.service import INTEGRATION, ProviderPool, SyncService
+from ticketing_core.sync.dispatch import ThreadedDispatcher
+from ticketing_core.sync.outbox import DELIVERED, Outbox
+from ticketing_core.sync.providers import ProviderPool
+from ticketing_core.sync.service import INTEGRATION, SyncService
 from ticketing_servicenow import ServiceNowProvider
 
 from ..conftest import wait_until
@@ -62,7 +64,7 @@ def service(database: Database, provider: ServiceNowProvider, host: Host) -> Ite
         # The emulator commits at once: a doubt window of 0.3 s outlasts any request it holds.
         outbox=Outbox(database, doubt_seconds=0.3, backoff_initial=0.05, backoff_max=0.2),
     )
-    sync.dispatcher = ThreadedDispatcher(sync.outbox, sync.deliver, poll_interval=0.05)
+    sync.dispatcher = ThreadedDispatcher(sync.outbox, sync.delivery, poll_interval=0.05)
     sync.start()
     yield sync
     sync.stop()
@@ -313,7 +315,7 @@ def test_pull_refreshes_the_readable_tickets_when_one_is_gone(
 
 def test_queuing_does_not_need_a_usable_provider(database: Database, host: Host) -> None:
     from ticketing_core.errors import PluginError
-    from ticketing_core.sync.database import LinkStore
+    from ticketing_core.sync.links import LinkStore
 
     def unusable(integration_id: int, _conn: object) -> ServiceNowProvider:
         raise PluginError("no ticketing provider named 'gone' is installed")

@@ -4,7 +4,9 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from ticketing_core.sync.database import SCHEMA_VERSION, Database, LinkStore, engine_url, links
+from ticketing_core.sync.database import Database, engine_url
+from ticketing_core.sync.links import LinkStore, links
+from ticketing_core.sync.schema import SCHEMA_VERSION
 
 
 def add(store: LinkStore, anomaly_id: int = 12345, ticket_id: str = "abc", **extra: object):  # type: ignore[no-untyped-def]
@@ -107,7 +109,7 @@ def test_several_processes_opening_a_fresh_database_at_once_migrate_it_once(
     import subprocess
     import sys
 
-    from ticketing_core.sync.database import installation, schema_version
+    from ticketing_core.sync.schema import installation, schema_version
 
     opener = (
         "import sys; from ticketing_core.sync.database import Database; "
@@ -189,7 +191,7 @@ def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(databas
     outbox = Outbox(database, backoff_initial=30)
     outbox.enqueue([NewEvent(1, "t", AddWorkNote("x")), NewEvent(1, "u", AddWorkNote("y"))])
     [event] = outbox.claim(1)
-    outbox.failed(event, errors.RateLimited("slow down"))  # a pause, and one attempt
+    outbox.settle_failed(event, errors.RateLimited("slow down"))  # a pause, and one attempt
     database.dispose()
     engine = sa.create_engine(engine_url(database_url))
     with engine.begin() as conn:  # back to schema 3: none of these columns existed
@@ -210,6 +212,32 @@ def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(databas
         database.dispose()
 
 
+def test_a_schema_5_database_is_upgraded_keeping_its_doubts_and_pauses(database_url: str) -> None:
+    from ticketing_core import errors
+    from ticketing_core.policies import AddWorkNote
+    from ticketing_core.sync.outbox import NewEvent, Outbox
+
+    database = Database(database_url)
+    outbox = Outbox(database, backoff_initial=30)
+    outbox.enqueue([NewEvent(1, "t", AddWorkNote("x")), NewEvent(1, "u", AddWorkNote("y"))])
+    [event] = outbox.claim(1)
+    outbox.settle_failed(event, errors.ProviderTimeout("no answer"))  # in doubt, and a pause
+    database.dispose()
+    engine = sa.create_engine(engine_url(database_url))
+    with engine.begin() as conn:
+        back_to_schema_5(conn)
+        conn.execute(sa.text("UPDATE schema_version SET version = 5"))
+    engine.dispose()
+
+    database = Database(database_url)
+    try:
+        outbox = Outbox(database)
+        assert {e.ticket_id: e.in_doubt for e in outbox.entries()} == {"t": True, "u": False}
+        assert outbox.claim(2) == []  # the pause survived the upgrade
+    finally:
+        database.dispose()
+
+
 def test_a_schema_4_database_is_upgraded_keeping_notes_in_doubt_out_of_their_window(
     database_url: str,
 ) -> None:
@@ -221,7 +249,7 @@ def test_a_schema_4_database_is_upgraded_keeping_notes_in_doubt_out_of_their_win
     outbox = Outbox(database)
     outbox.enqueue([NewEvent(1, "t", AddWorkNote("x"))])
     [event] = outbox.claim(1)
-    outbox.failed(event, errors.ProviderTimeout("no answer"))  # in doubt
+    outbox.settle_failed(event, errors.ProviderTimeout("no answer"))  # in doubt
     database.dispose()
     engine = sa.create_engine(engine_url(database_url))
     with engine.begin() as conn:  # back to schema 4, whose window was the next attempt's time
@@ -250,8 +278,15 @@ def test_a_schema_4_database_is_upgraded_keeping_notes_in_doubt_out_of_their_win
         database.dispose()
 
 
+def back_to_schema_5(conn: sa.Connection) -> None:
+    """Undo schema 6: the in-doubt column and the pause table had other names."""
+    conn.execute(sa.text("ALTER TABLE sync_outbox RENAME COLUMN in_doubt TO ambiguous"))
+    conn.execute(sa.text("ALTER TABLE sync_pause RENAME TO sync_throttle"))
+
+
 def back_to_schema_4(conn: sa.Connection) -> None:
-    """Undo schema 5: no doubt_until, and the note tally per integration and ticket."""
+    """Undo schemas 6 and 5: no doubt_until, and the note tally per integration and ticket."""
+    back_to_schema_5(conn)
     conn.execute(sa.text("ALTER TABLE sync_outbox DROP COLUMN doubt_until"))
     conn.execute(sa.text("DROP TABLE sync_note_tally"))
     conn.execute(

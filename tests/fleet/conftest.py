@@ -27,8 +27,9 @@ import redis
 from servicenow_emulator import Emulator
 from servicenow_emulator.server import run_in_thread
 from ticketing_host.app import create_app, runtime_of
-from ticketing_host.runtime import HostRuntime, Settings
+from ticketing_host.runtime import HostRuntime
 from ticketing_host.server import serve_in_thread
+from ticketing_host.settings import Settings
 
 from ..conftest import ADMIN_TOKEN, SECRET_KEY, postgres_schema
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from servicenow_emulator import Emulator
 
-from ticketing_core.sync.outbox import PENDING, events, throttles
+from ticketing_core.sync.outbox import PENDING, events, pauses
 
 from ..conftest import wait_until
 from .conftest import FleetHost, Workers, connect_instance
@@ -21,7 +21,7 @@ def end_pauses(host: FleetHost) -> None:
     database = host.runtime.database
     with database.begin() as conn:
         now = database.now(conn)
-        conn.execute(throttles.update().values(until=now))
+        conn.execute(pauses.update().values(until=now))
         conn.execute(events.update().where(events.c.status == PENDING).values(next_attempt_at=now))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from ticketing_host.fleet import IDLE_POLL_MS, Deliveries, Draining
-from ticketing_host.runtime import Settings
+from ticketing_host.settings import Settings
 
 
 def test_idle_consumers_poll_for_wakeups_well_within_a_second(tmp_path: Path) -> None:

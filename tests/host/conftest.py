@@ -14,8 +14,9 @@ from fastapi import FastAPI
 from servicenow_emulator import Emulator
 from ticketing_host.app import create_app, runtime_of
 from ticketing_host.demo import ANOMALY, ANOMALY_ID, TICKET_REQUEST  # the seed's example payloads
-from ticketing_host.runtime import HostRuntime, Settings
+from ticketing_host.runtime import HostRuntime
 from ticketing_host.server import serve_in_thread
+from ticketing_host.settings import Settings
 
 from ..conftest import ADMIN_TOKEN, SECRET_KEY, wait_until
 

@@ -179,7 +179,7 @@ def test_worker_refuses_bad_settings_in_one_line_before_starting_anything(
 
 
 def test_settings_never_show_a_database_or_broker_password() -> None:
-    from ticketing_host.runtime import Settings
+    from ticketing_host.settings import Settings
 
     settings = Settings(
         database="postgresql://ticketing:db-pass@db/ticketing", public_url="https://q.example",

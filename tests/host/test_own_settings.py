@@ -15,7 +15,8 @@ import pytest
 from cryptography.fernet import Fernet
 from servicenow_emulator import Emulator
 from ticketing_host.db import integrations
-from ticketing_host.runtime import HostRuntime, Settings
+from ticketing_host.runtime import HostRuntime
+from ticketing_host.settings import Settings
 
 from ticketing_core.sync.outbox import OutboxEvent
 

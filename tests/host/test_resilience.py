@@ -29,8 +29,8 @@ import uvicorn
 from servicenow_emulator import Emulator
 from ticketing_host.app import create_app
 from ticketing_host.connections import ConnectionLimits, connection_bound
-from ticketing_host.runtime import Settings
 from ticketing_host.server import serve_in_thread
+from ticketing_host.settings import Settings
 from ticketing_localserver import RunningServer
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState

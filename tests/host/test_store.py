@@ -9,7 +9,8 @@ from ticketing_host.db import DuplicateRecord, HostStore, UnknownRecord, token_h
 from ticketing_host.keys import Keyring
 
 from ticketing_core.models import Anomaly, FailedCheck
-from ticketing_core.sync.database import Database, LinkStore
+from ticketing_core.sync.database import Database
+from ticketing_core.sync.links import LinkStore
 from ticketing_core.sync.service import INTEGRATION
 
 from ..conftest import SECRET_KEY

@@ -12,8 +12,8 @@ method takes the caller's ``conn``.
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import secrets
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -24,72 +24,21 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from ticketing_core.models import TicketLink
+from ticketing_core.sync.outbox.migrations import UPGRADES, Upgrade
+from ticketing_core.sync.schema import (
+    SCHEMA_VERSION,
+    installation,
+    metadata,
+    schema_version,
+    utcnow,
+)
 
-SCHEMA_VERSION = 5
 # Connections per process: above the host's worker threads (anyio's 40) plus its deliveries, so a
 # request never waits for a connection another request holds while waiting itself.
 POOL_SIZE, MAX_OVERFLOW = 10, 50
 _MIGRATION_LOCK = 0x7469636B  # "tick": one PostgreSQL advisory lock id for all migrations
-Upgrade = Callable[[sa.Connection], None]
 
-metadata = sa.MetaData()
 _READ_ONLY = "ticketing_read_only"
-
-
-class UtcDateTime(sa.TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-schema_version = sa.Table(
-    "schema_version",
-    metadata,
-    sa.Column("component", sa.String(64), primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-)
-
-links = sa.Table(
-    "anomaly_ticket_link",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("anomaly_id", sa.BigInteger, nullable=False, index=True),
-    sa.Column("integration_id", sa.Integer, nullable=False, index=True),
-    sa.Column("ticket_id", sa.String(128), nullable=False),
-    sa.Column("ticket_number", sa.String(128), nullable=False),
-    sa.Column("ticket_url", sa.Text),
-    sa.Column("status", sa.String(128)),
-    sa.Column("last_synced", UtcDateTime),
-    sa.Column("ticket_metadata", sa.JSON),
-    sa.Column("created", UtcDateTime, nullable=False),
-    sa.UniqueConstraint("anomaly_id", "integration_id", "ticket_id", name="uq_link_ticket"),
-    sqlite_autoincrement=True,
-)
-
-
-installation = sa.Table(
-    "installation",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("created", UtcDateTime, nullable=False),
-)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def engine_url(url_or_path: str) -> str:
@@ -121,6 +70,8 @@ class Database:
         ``read_only`` also refuses every write (SQLite opens the file read-only).
         """
         self.url = engine_url(url_or_path)
+        self._after_commit: weakref.WeakKeyDictionary[sa.Connection, list[Callable[[], object]]]
+        self._after_commit = weakref.WeakKeyDictionary()
         parsed = sa.make_url(self.url)
         sqlite_file = sqlite_path(url_or_path) not in (None, ":memory:")
         if (not migrate or read_only) and sqlite_file and not Path(str(parsed.database)).is_file():
@@ -148,7 +99,7 @@ class Database:
         sa.event.listen(self.engine, "handle_error", _reconnect_once_writable)
         if migrate and not read_only:
             self.migrate(
-                metadata, component="ticketing_core", version=SCHEMA_VERSION, upgrades=CORE_UPGRADES
+                metadata, component="ticketing_core", version=SCHEMA_VERSION, upgrades=UPGRADES
             )
         else:
             self._check_schema("ticketing_core", SCHEMA_VERSION)
@@ -246,12 +197,26 @@ class Database:
 
     @contextmanager
     def begin(self, conn: sa.Connection | None = None) -> Iterator[sa.Connection]:
-        """A connection inside a transaction: the caller's ``conn`` if given, else a new one."""
+        """A connection inside a transaction: the caller's ``conn`` if given, else a new one,
+        committed at the end of the block (then its :meth:`after_commit` callbacks run)."""
         if conn is not None:
             yield conn
             return
+        callbacks: list[Callable[[], object]] = []
         with self.engine.begin() as own:
-            yield own
+            self._after_commit[own] = callbacks
+            try:
+                yield own
+            finally:
+                self._after_commit.pop(own, None)
+        for callback in callbacks:
+            callback()
+
+    def after_commit(self, conn: sa.Connection, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once the transaction ``conn`` is in has committed (never if it rolls
+        back). Only for transactions :meth:`begin` opened: in another, the callback is dropped."""
+        if (callbacks := self._after_commit.get(conn)) is not None:
+            callbacks.append(callback)
 
     @contextmanager
     def read(self, conn: sa.Connection | None = None) -> Iterator[sa.Connection]:
@@ -422,200 +387,3 @@ def _begin_immediate(conn: sa.Connection) -> None:
     # at once (SQLITE_BUSY) when another connection wrote meanwhile, instead of waiting its turn.
     read_only = conn.get_execution_options().get(_READ_ONLY, False)
     conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-
-class LinkStore:
-    """The ``anomaly_ticket_link`` table."""
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
-
-    def add(
-        self,
-        *,
-        anomaly_id: int,
-        integration_id: int,
-        ticket_id: str,
-        ticket_number: str,
-        ticket_url: str | None,
-        status: str | None,
-        ticket_metadata: Mapping[str, Any] | None = None,
-        conn: sa.Connection | None = None,
-    ) -> TicketLink:
-        """Store a link, or return the existing one for the same anomaly, integration and ticket."""
-        with self.database.begin(conn) as c:
-            existing = self.find(anomaly_id, integration_id, ticket_id, c)
-            if existing is not None:
-                return existing
-            now = utcnow()
-            insert = links.insert().values(
-                anomaly_id=anomaly_id,
-                integration_id=integration_id,
-                ticket_id=ticket_id,
-                ticket_number=ticket_number,
-                ticket_url=ticket_url,
-                status=status,
-                last_synced=now,
-                ticket_metadata=dict(ticket_metadata) if ticket_metadata else None,
-                created=now,
-            )
-            try:
-                with c.begin_nested():  # a savepoint: losing a race must not undo the caller's work
-                    c.execute(insert)
-            except sa.exc.IntegrityError:
-                pass  # a concurrent request stored the same link first: return that one
-            found = self.find(anomaly_id, integration_id, ticket_id, c)
-            assert found is not None
-            return found
-
-    def get(self, link_id: int) -> TicketLink | None:
-        with self.database.read() as c:
-            row = c.execute(sa.select(links).where(links.c.id == link_id)).mappings().first()
-        return _link(row) if row is not None else None
-
-    def for_anomaly(self, anomaly_id: int, conn: sa.Connection | None = None) -> list[TicketLink]:
-        with self.database.read(conn) as c:
-            rows = c.execute(
-                sa.select(links).where(links.c.anomaly_id == anomaly_id).order_by(links.c.id)
-            )
-            return [_link(row) for row in rows.mappings()]
-
-    def record_status(self, link_id: int, status: str, synced_at: datetime) -> None:
-        with self.database.begin() as c:
-            c.execute(
-                links.update()
-                .where(links.c.id == link_id)
-                .values(status=status, last_synced=synced_at)
-            )
-
-    def delete_for_integration(self, integration_id: int, conn: sa.Connection) -> None:
-        conn.execute(links.delete().where(links.c.integration_id == integration_id))
-
-    def integration_linking(self, ticket_id: str, conn: sa.Connection | None = None) -> int | None:
-        """The integration through which ``ticket_id`` is linked, if any (at most one is)."""
-        with self.database.read(conn) as c:
-            found: int | None = c.execute(
-                sa.select(links.c.integration_id).where(links.c.ticket_id == ticket_id).limit(1)
-            ).scalar()
-        return found
-
-    def find(
-        self,
-        anomaly_id: int,
-        integration_id: int,
-        ticket_id: str,
-        conn: sa.Connection | None = None,
-    ) -> TicketLink | None:
-        with self.database.read(conn) as c:
-            row = (
-                c.execute(
-                    sa.select(links).where(
-                        links.c.anomaly_id == anomaly_id,
-                        links.c.integration_id == integration_id,
-                        links.c.ticket_id == ticket_id,
-                    )
-                )
-                .mappings()
-                .first()
-            )
-        return _link(row) if row is not None else None
-
-
-def _link(row: sa.RowMapping) -> TicketLink:
-    return TicketLink(**dict(row))
-
-
-def _timestamp_type(conn: sa.Connection) -> str:
-    """The column type :class:`UtcDateTime` creates, for columns that upgrades add."""
-    return "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
-
-
-def _outbox_v2(conn: sa.Connection) -> None:
-    """Schema 1 to 2: fenced claims replace the claim-count and clock bookkeeping of doubt.
-
-    An event claimed more often than it failed was cut short by a dying worker: it stays in doubt.
-    """
-    if not sa.inspect(conn).has_table("sync_outbox"):
-        return
-    timestamp = _timestamp_type(conn)
-    for statement in (
-        "ALTER TABLE sync_outbox ADD COLUMN claim_token VARCHAR(32)",
-        f"ALTER TABLE sync_outbox ADD COLUMN claimed_at {timestamp}",
-        "ALTER TABLE sync_outbox ADD COLUMN note_digest VARCHAR(64)",
-        "UPDATE sync_outbox SET ambiguous = true WHERE claims > attempts AND status = 'pending'",
-        "ALTER TABLE sync_outbox DROP COLUMN first_claimed_at",
-    ):
-        conn.exec_driver_sql(statement)
-    # Digests of the stored notes' texts, so identical notes are counted across the upgrade.
-    outbox = sa.table(
-        "sync_outbox", sa.column("id"), sa.column("action", sa.JSON), sa.column("note_digest")
-    )
-    for event_id, action in conn.execute(sa.select(outbox.c.id, outbox.c.action)).all():
-        if action.get("type") == "AddWorkNote":
-            digest = hashlib.sha256(action["text"].encode()).hexdigest()
-            conn.execute(outbox.update().where(outbox.c.id == event_id).values(note_digest=digest))
-
-
-def _outbox_v3(conn: sa.Connection) -> None:
-    """Schema 2 to 3: an index for counting an integration's live claims (fleet claims)."""
-    if sa.inspect(conn).has_table("sync_outbox"):
-        conn.exec_driver_sql(
-            "CREATE INDEX IF NOT EXISTS ix_sync_outbox_claimed "
-            "ON sync_outbox (integration_id, claim_token)"
-        )
-
-
-def _outages_v4(conn: sa.Connection) -> None:
-    """Schema 3 to 4: failures during outages counted apart; how long a pause lasted and when a
-    delivery last succeeded."""
-    inspector = sa.inspect(conn)
-    timestamp = _timestamp_type(conn)
-    if inspector.has_table("sync_outbox"):
-        conn.exec_driver_sql(
-            "ALTER TABLE sync_outbox ADD COLUMN outage_attempts INTEGER NOT NULL DEFAULT 0"
-        )
-    if inspector.has_table("sync_throttle"):
-        conn.exec_driver_sql(
-            "ALTER TABLE sync_throttle ADD COLUMN seconds FLOAT NOT NULL DEFAULT 0"
-        )
-        conn.exec_driver_sql(f"ALTER TABLE sync_throttle ADD COLUMN delivered_at {timestamp}")
-
-
-def _notes_per_ticket_v5(conn: sa.Connection) -> None:
-    """Schema 4 to 5: when an event's doubt window ends, so a note in doubt is looked for at once
-    and only its sending waits (events already in doubt waited their window in next_attempt_at);
-    identical notes counted per ticket, whichever integration delivered them."""
-    inspector = sa.inspect(conn)
-    if inspector.has_table("sync_outbox"):
-        timestamp = _timestamp_type(conn)
-        conn.exec_driver_sql(f"ALTER TABLE sync_outbox ADD COLUMN doubt_until {timestamp}")
-        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_sync_outbox_notes")
-        conn.exec_driver_sql(
-            "CREATE INDEX ix_sync_outbox_notes ON sync_outbox (ticket_id, note_digest, status)"
-        )
-    if inspector.has_table("sync_note_tally"):
-        counts: dict[tuple[str, str], int] = {}
-        for ordering_key, digest, delivered in conn.exec_driver_sql(
-            "SELECT ordering_key, digest, delivered FROM sync_note_tally"
-        ):
-            ticket_id = ordering_key.partition(":")[2]  # was "<integration id>:<ticket id>"
-            counts[ticket_id, digest] = counts.get((ticket_id, digest), 0) + delivered
-        conn.exec_driver_sql("DROP TABLE sync_note_tally")
-        conn.exec_driver_sql(
-            "CREATE TABLE sync_note_tally (ticket_id VARCHAR(128) NOT NULL, "
-            "digest VARCHAR(64) NOT NULL, delivered INTEGER NOT NULL, "
-            "PRIMARY KEY (ticket_id, digest))"
-        )
-        tally = sa.table(
-            "sync_note_tally", sa.column("ticket_id"), sa.column("digest"), sa.column("delivered")
-        )
-        if counts:
-            conn.execute(
-                tally.insert(),
-                [{"ticket_id": t, "digest": d, "delivered": n} for (t, d), n in counts.items()],
-            )
-
-
-CORE_UPGRADES: Mapping[int, Upgrade] = {
-    1: _outbox_v2, 2: _outbox_v3, 3: _outages_v4, 4: _notes_per_ticket_v5
-}  # fmt: skip

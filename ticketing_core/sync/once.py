@@ -1,7 +1,8 @@
 """Requests carried out once per key, the way Stripe treats idempotency keys.
 
 The host's database serialises a keyed request *before* anything is sent to a provider: the first
-caller claims the key (a lease with a fencing token) and does the work; concurrent callers with the
+caller claims the key (a lease with a fencing token, :mod:`ticketing_core.sync.lease`) and does
+the work; concurrent callers with the
 same key wait for its result and get that same result; a key reused for a different request (another
 fingerprint) is a :class:`~ticketing_core.errors.Conflict`, never someone else's result. A claim whose
 holder failed or died passes to the next caller with ``retrying=True``, so its work looks for what
@@ -14,17 +15,20 @@ Finished keys are kept for ``retention`` (default 7 days), then pruned.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import sqlalchemy as sa
 
 from ticketing_core.errors import Conflict, may_have_landed
-from ticketing_core.sync.database import Database, UtcDateTime, metadata
+from ticketing_core.sync import lease
+from ticketing_core.sync.schema import UtcDateTime, metadata
+
+if TYPE_CHECKING:
+    from ticketing_core.sync.database import Database
 
 T = TypeVar("T")
 RUNNING, OPEN, DONE = "running", "open", "done"
@@ -138,7 +142,7 @@ class KeyedRequests:
                 .mappings()
                 .first()
             )
-            token = secrets.token_hex(16)
+            token = lease.new_token()
             if row is None:
                 inserted = self._insert(conn, key, fingerprint, token, now)
                 return _Claim(token=token) if inserted else _Claim()
@@ -195,9 +199,7 @@ class KeyedRequests:
 
     @staticmethod
     def _fenced(key: str, claim: _Claim) -> sa.Update:
-        return keyed_requests.update().where(
-            keyed_requests.c.key == key, keyed_requests.c.claim_token == claim.token
-        )
+        return lease.fenced(keyed_requests, claim.token, keyed_requests.c.key == key)
 
     def prune(self) -> int:
         """Forget keys finished longer than ``retention`` ago; returns how many."""

@@ -12,12 +12,8 @@ never pushed back to a ticket, so no echo loop can start.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import threading
-import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -44,115 +40,29 @@ from ticketing_core.models import (
 from ticketing_core.policies import (
     Action,
     AddWorkNote,
-    ChangeTicket,
     Messages,
     StatusChange,
     SyncPolicy,
 )
-from ticketing_core.sync.database import Database, LinkStore, utcnow
+from ticketing_core.sync.database import Database
+from ticketing_core.sync.delivery import Delivery
+from ticketing_core.sync.dispatch import Dispatcher
+from ticketing_core.sync.keys import fingerprint, request_key
+from ticketing_core.sync.links import LinkStore
 from ticketing_core.sync.once import KeyedRequests
-from ticketing_core.sync.outbox import Dispatcher, NewEvent, Outbox, OutboxEvent
+from ticketing_core.sync.outbox import NewEvent, Outbox
+from ticketing_core.sync.providers import ProviderFor
+from ticketing_core.sync.schema import utcnow
+from ticketing_core.sync.settings import DEFAULT_DELIVERY_DEADLINE
 
 log = logging.getLogger(__name__)
 
 USER = "user"
 INTEGRATION = "integration"
 
-# Both take the caller's open transaction, if any, so a lookup never checks out a second connection.
-ProviderFor = Callable[[int, sa.Connection | None], Provider]
+# Takes the caller's open transaction, if any, so a lookup never checks out a second connection.
 PolicyFor = Callable[[int, sa.Connection | None], SyncPolicy]
 CommentOnAnomaly = Callable[[int, str], None]
-
-
-class ProviderPool:
-    """Connected providers by integration id, built on first use and reused (one HTTP client each).
-
-    With ``revision`` (what an integration's stored settings are now, e.g. its row), a provider
-    older than ``recheck_seconds`` is checked against it and rebuilt if they changed, so that
-    every process of a fleet takes up rotated credentials. A replaced provider is closed
-    ``retire_seconds`` later, not at once: another thread may be in the middle of a call with it.
-    """
-
-    def __init__(
-        self,
-        connect: ProviderFor,
-        *,
-        revision: Callable[[int, sa.Connection | None], object] | None = None,
-        recheck_seconds: float = 30.0,
-        retire_seconds: float = 2 * DEFAULT_DEADLINE,
-    ) -> None:
-        self._connect, self._revision, self._recheck = connect, revision, recheck_seconds
-        self._retire_after = retire_seconds
-        self._providers: dict[int, _Pooled] = {}
-        self._retired: dict[int, threading.Timer] = {}  # by id(provider)
-        self._lock = threading.Lock()
-
-    def __call__(self, integration_id: int, conn: sa.Connection | None = None) -> Provider:
-        with self._lock:
-            pooled = self._providers.get(integration_id)
-        if pooled is not None and self._still_current(pooled, integration_id, conn):
-            return pooled.provider
-        # Built outside the lock: connecting may read the host's database.
-        revision = self._revision(integration_id, conn) if self._revision else None
-        built = _Pooled(self._connect(integration_id, conn), revision, time.monotonic())
-        with self._lock:
-            current = self._providers.get(integration_id)
-            if current is pooled:  # nobody replaced it meanwhile
-                self._providers[integration_id] = built
-                if pooled is not None:
-                    self._retire(pooled.provider)
-                return built.provider
-        built.provider.close()
-        return self(integration_id, conn)
-
-    def _still_current(
-        self, pooled: _Pooled, integration_id: int, conn: sa.Connection | None
-    ) -> bool:
-        if self._revision is None or time.monotonic() - pooled.checked < self._recheck:
-            return True
-        if self._revision(integration_id, conn) != pooled.revision:
-            return False
-        with self._lock:
-            pooled.checked = time.monotonic()
-        return True
-
-    def forget(self, integration_id: int) -> None:
-        """Build the integration's provider afresh on next use (its settings changed)."""
-        with self._lock:
-            pooled = self._providers.pop(integration_id, None)
-            if pooled is not None:
-                self._retire(pooled.provider)
-
-    def close(self) -> None:
-        with self._lock:
-            providers = [p.provider for p in self._providers.values()]
-            self._providers = {}
-            retired, self._retired = self._retired, {}
-        for timer in retired.values():
-            timer.cancel()
-            timer.function()  # close it now
-        for provider in providers:
-            provider.close()
-
-    def _retire(self, provider: Provider) -> None:
-        """Close ``provider`` once calls begun with it are over (the caller holds the lock)."""
-
-        def close() -> None:
-            with self._lock:
-                self._retired.pop(id(provider), None)
-            provider.close()
-
-        timer = threading.Timer(self._retire_after, close)
-        timer.daemon = True
-        self._retired[id(provider)] = timer
-        timer.start()
-
-
-@attrs.define
-class _Pooled:
-    provider: Provider
-    revision: object
-    checked: float
 
 
 class CreatedTicket(NamedTuple):
@@ -164,6 +74,12 @@ class CreatedTicket(NamedTuple):
     existing: bool
 
 
+def _woken_by(service: SyncService, _: object, dispatcher: Dispatcher | None) -> Dispatcher | None:
+    """Attach ``dispatcher`` to the service's outbox: it hears of events once they commit."""
+    service.outbox.on_stored = None if dispatcher is None else dispatcher.wake
+    return dispatcher
+
+
 @attrs.define
 class SyncService:
     """The integration's flows over a link store, an outbox and the host's providers.
@@ -171,7 +87,9 @@ class SyncService:
     ``provider_for`` and ``policy_for`` map an integration id (and the caller's transaction, if
     any) to its connected provider and its sync policy; ``comment_on_anomaly`` records a comment on
     the host's anomaly (used by the pull). ``interactive_deadline`` bounds each flow the host waits
-    for; ``delivery_deadline`` each delivery attempt (keep it below the outbox's lease).
+    for; ``delivery_deadline`` each delivery attempt (the outbox's lease must exceed 4/3 of it).
+    ``delivery`` sends events (:mod:`ticketing_core.sync.delivery`); the ``dispatcher`` runs it,
+    woken once the transaction that stored events commits.
     """
 
     database: Database
@@ -182,14 +100,17 @@ class SyncService:
     outbox: Outbox = attrs.field(
         default=attrs.Factory(lambda self: Outbox(self.database), takes_self=True)
     )
-    dispatcher: Dispatcher | None = None
+    dispatcher: Dispatcher | None = attrs.field(default=None, on_setattr=_woken_by)
     interactive_deadline: float = DEFAULT_DEADLINE
-    delivery_deadline: float = DEFAULT_DEADLINE
+    delivery_deadline: float = DEFAULT_DELIVERY_DEADLINE
     links: LinkStore = attrs.field(init=False)
     requests: KeyedRequests = attrs.field(init=False)
+    delivery: Delivery = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.links = LinkStore(self.database)
+        self.delivery = Delivery(self.outbox, self.provider_for, deadline=self.delivery_deadline)
+        _woken_by(self, None, self.dispatcher)
         self.requests = KeyedRequests(
             self.database,
             lease_seconds=max(60.0, 3 * self.interactive_deadline),
@@ -214,10 +135,10 @@ class SyncService:
         identical requests return the first ticket, with ``existing`` set; a key reused for a
         different request raises :class:`~ticketing_core.errors.Conflict`.
         """
-        fingerprint = _fingerprint(
+        request = fingerprint(
             {"anomaly": anomaly.id, "integration": integration_id, "draft": attrs.asdict(draft)}
         )
-        scope = f"create:{idempotency_key or fingerprint}"
+        scope = f"create:{idempotency_key or request}"
         provider = self.provider_for(integration_id, None)
         full_draft = attrs.evolve(
             draft,
@@ -225,7 +146,11 @@ class SyncService:
             external_id=str(anomaly.id),
             external_source=self.messages.product,
         )
-        key = self._provider_key(scope) if provider.capabilities.idempotency_keys else None
+        key = (
+            request_key(self.database.installation_id, scope)
+            if provider.capabilities.idempotency_keys
+            else None
+        )
 
         def create(retrying: bool) -> Ticket:
             # Not retrying: no earlier attempt with this key reached the provider, whose lookup
@@ -237,7 +162,7 @@ class SyncService:
             return {"ticket_id": ticket.id, "link_id": link.id}
 
         with call_budget(deadline=self.interactive_deadline):
-            outcome = self.requests.run(scope, fingerprint, create, record=record)
+            outcome = self.requests.run(scope, request, create, record=record)
             made, result = outcome
             return CreatedTicket(
                 made or provider.get(result["ticket_id"]), self._link(result), existing=made is None
@@ -278,10 +203,7 @@ class SyncService:
                 link = self._store_link(anomaly.id, integration_id, linked, conn)
                 note = AddWorkNote(self.messages.link_note(anomaly))
                 self.outbox.enqueue([NewEvent(integration_id, linked.id, note, anomaly.id)], conn)
-                woken.update(Outbox.stored_tickets(conn))
             return {"ticket_id": linked.id, "link_id": link.id}
-
-        woken: set[str] = set()
 
         with call_budget(deadline=self.interactive_deadline):
             ticket = self._existing_ticket(provider, ticket_id, ticket_number)
@@ -292,9 +214,8 @@ class SyncService:
                     "through one integration; link it there, or delete that integration first"
                 )
             scope = f"link:{integration_id}:{anomaly.id}:{ticket.id}"
-            outcome = self.requests.run(scope, _fingerprint(scope), append_block, record=record)
+            outcome = self.requests.run(scope, fingerprint(scope), append_block, record=record)
             linked, result = outcome
-            self._wake(woken)
             return linked or provider.get(ticket.id), self._link(result)
 
     def pull_status(self, anomaly_id: int) -> list[TicketLink]:
@@ -357,28 +278,6 @@ class SyncService:
             anomaly_id, lambda policy, can: policy.on_comment(text, self.messages, can), conn
         )
 
-    def deliver(self, event: OutboxEvent) -> None:
-        """Perform one outbox event against its ticket: one attempt, the outbox backs off.
-
-        A note in doubt is looked for first (keyed, clock-free); the claim is confirmed just
-        before a note is sent, so a worker that lost its lease sends nothing.
-        """
-        provider = self.provider_for(event.integration_id, None)
-        action = event.action
-        with call_budget(attempts=1, deadline=self.delivery_deadline):
-            if isinstance(action, AddWorkNote):
-                key = event.idempotency_key
-                if event.in_doubt and provider.has_work_note(
-                    event.ticket_id, action.text, idempotency_key=key,
-                    identical_before=event.identical_before,
-                ):  # fmt: skip
-                    return
-                self.outbox.hold(event)
-                provider.add_work_note(event.ticket_id, action.text, idempotency_key=key)
-            elif isinstance(action, ChangeTicket):
-                self.outbox.hold(event)  # idempotent, but a stale worker must not undo later ones
-                provider.update(event.ticket_id, action.changes)
-
     def prune(self) -> None:
         """Forget delivered events and finished request keys past their retention."""
         self.outbox.prune()
@@ -411,17 +310,8 @@ class SyncService:
                     self._capabilities(link.integration_id, c),
                 )
             ]
-            stored = self.outbox.enqueue(new_events, conn=c)
-            # In the caller's transaction the events are visible only once it commits: the
-            # caller wakes the dispatcher then (else it finds them at its next poll).
-            tickets = Outbox.stored_tickets(c) if conn is None else set()
-        if tickets:
-            self._wake(tickets)
-        return stored
-
-    def _wake(self, tickets: Collection[str]) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.wake(tickets)
+            # The dispatcher hears of them once the transaction (the caller's, if given) commits.
+            return self.outbox.enqueue(new_events, conn=c)
 
     def _capabilities(self, integration_id: int, conn: sa.Connection) -> Capabilities:
         # Queuing must not depend on the provider being usable now: if it cannot even be built,
@@ -453,11 +343,6 @@ class SyncService:
             raise InvalidInput("the ticket's integration was deleted while it was being linked")
         return link
 
-    def _provider_key(self, scope: str) -> str:
-        """The key a provider stores: this installation's id and a digest of the request's key,
-        so two installations never share one, and any key is safe inside a provider's query."""
-        return f"{self.database.installation_id}-{_fingerprint(scope)[:32]}"
-
     @staticmethod
     def _existing_ticket(
         provider: Provider, ticket_id: str | None, ticket_number: str | None
@@ -467,8 +352,3 @@ class SyncService:
         if ticket_number:
             return provider.find(ticket_number)
         raise InvalidInput("give ticket_id or ticket_number of the ticket to link")
-
-
-def _fingerprint(value: object) -> str:
-    canonical = json.dumps(value, sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -39,9 +39,11 @@ from ticketing_core.hookspecs import Provider
 from ticketing_core.http.network import BlockedAddress
 from ticketing_core.models import MAX_PAGE_SIZE, SearchQuery
 from ticketing_core.plugins import DISTRIBUTION, check_api_url
-from ticketing_core.sync.database import TRANSIENT, unavailable_reason, utcnow
+from ticketing_core.sync.database import TRANSIENT, unavailable_reason
+from ticketing_core.sync.schema import utcnow
 
 from . import metrics
+from .compose import runtime_for
 from .db import (
     MAX_ANOMALY_ID,
     MAX_INTEGRATION_ID,
@@ -52,7 +54,7 @@ from .db import (
     token_hash,
 )
 from .middleware import BodyLimit, LockWait
-from .runtime import HostRuntime, Settings
+from .runtime import HostRuntime
 from .schemas import (
     ERROR_RESPONSES,
     AnomalyIn,
@@ -70,6 +72,7 @@ from .schemas import (
     TicketRequest,
     TicketResult,
 )
+from .settings import Settings
 
 MAX_BODY_BYTES = 1024 * 1024
 RETRY_AFTER_SECONDS = 5  # a 503 for a locked or unreachable database: when to try again
@@ -100,7 +103,7 @@ UNUSABLE_CONNECTION = (InvalidInput, AuthenticationFailed, PermissionDenied, Not
 
 def create_app(settings: Settings) -> FastAPI:
     """The host API; its lifespan starts and stops the background delivery of syncs."""
-    runtime = HostRuntime(settings)
+    runtime = runtime_for(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -457,7 +460,7 @@ def get_anomaly(anomaly_id: AnomalyId, runtime: Runtime) -> AnomalyOut:
 def change_anomaly_status(anomaly_id: AnomalyId, body: StatusIn, runtime: Runtime) -> AnomalyOut:
     """Change the status; linked tickets get a work note in the background (not their state)."""
     now = utcnow()
-    with runtime.transaction() as conn:
+    with runtime.database.begin() as conn:
         previous = runtime.store.set_status(anomaly_id, body.status, now, conn)
         if previous != body.status:
             runtime.service.anomaly_status_changed(
@@ -470,7 +473,7 @@ def change_anomaly_status(anomaly_id: AnomalyId, body: StatusIn, runtime: Runtim
 @api.post("/anomalies/{anomaly_id}/comments", status_code=201)
 def add_comment(anomaly_id: AnomalyId, body: CommentIn, runtime: Runtime) -> CommentOut:
     """Comment on the anomaly; linked tickets get it as a work note in the background."""
-    with runtime.transaction() as conn:
+    with runtime.database.begin() as conn:
         comment = runtime.store.add_comment(anomaly_id, body.message, conn=conn)
         runtime.service.anomaly_commented(anomaly_id, body.message, conn=conn)
     return CommentOut.of(comment)

@@ -17,7 +17,15 @@ from typing import Any, NoReturn
 import click
 
 from ticketing_core.cli import EXIT_USAGE, database_option
-from ticketing_core.errors import TicketingError
+from ticketing_core.errors import InvalidInput, TicketingError
+from ticketing_core.sync.settings import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DELIVERY_DEADLINE,
+    DEFAULT_DOUBT_SECONDS,
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    check_lease,
+)
 
 TOKEN_VARIABLE = "TICKETING_API_TOKEN"  # noqa: S105 - a variable's name, not a secret
 SECRET_KEY_VARIABLE = "TICKETING_SECRET_KEY"  # noqa: S105 - a variable's name, not a secret
@@ -122,7 +130,7 @@ def serve(
 
     from .app import create_app, runtime_of
     from .connections import ConnectionLimits, open_file_limit
-    from .runtime import Settings
+    from .settings import Settings
 
     settings = Settings(
         database=database,
@@ -179,7 +187,7 @@ def serve(
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    default=8,
+    default=DEFAULT_CONCURRENCY,
     show_default=True,
     help="Deliveries at once per process.",
 )
@@ -187,7 +195,7 @@ def serve(
     "--instance-concurrency",
     envvar="TICKETING_INSTANCE_CONCURRENCY",
     type=click.IntRange(min=1),
-    default=8,
+    default=DEFAULT_CONCURRENCY,
     show_default=True,
     help="Most deliveries in flight to one integration's instance, across the fleet.",
 )
@@ -201,28 +209,28 @@ def serve(
 @click.option(
     "--max-attempts",
     type=click.IntRange(min=1),
-    default=15,
+    default=DEFAULT_MAX_ATTEMPTS,
     show_default=True,
     help="Failed attempts before an event is parked as dead (outages are not counted).",
 )
 @click.option(
     "--delivery-deadline",
     type=click.FloatRange(min=0.1),
-    default=20.0,
+    default=DEFAULT_DELIVERY_DEADLINE,
     show_default=True,
     help="Seconds one delivery may take, all its requests included.",
 )
 @click.option(
     "--lease-seconds",
     type=click.FloatRange(min=0.5),
-    default=30.0,
+    default=DEFAULT_LEASE_SECONDS,
     show_default=True,
     help="How long a claim lasts (more than 4/3 of the delivery deadline).",
 )
 @click.option(
     "--doubt-seconds",
     type=click.FloatRange(min=0),
-    default=60.0,
+    default=DEFAULT_DOUBT_SECONDS,
     show_default=True,
     help="How long an instance may still act on a request it did not answer.",
 )
@@ -242,10 +250,12 @@ def worker(
             "ticketing worker needs the database ticketing serve uses: give --database or "
             "TICKETING_DATABASE"
         )
-    if lease_seconds <= delivery_deadline * 4 / 3:  # see attempt_in_order's renewals
+    try:
+        check_lease(lease_seconds, delivery_deadline)
+    except InvalidInput:
         raise click.BadParameter(
             "must be more than 4/3 of --delivery-deadline", param_hint="--lease-seconds"
-        )
+        ) from None
     from .metrics_folder import metrics_folder
 
     # Before anything imports prometheus_client: the processes add up their metrics in this folder,
@@ -284,7 +294,7 @@ def run_workers(**settings: Any) -> Any:
     from ticketing_core.sync.database import OPEN_ERRORS, open_error
 
     from .fleet import WorkerCommand
-    from .runtime import Settings
+    from .settings import Settings
 
     try:
         command = WorkerCommand.checked(Settings(**settings))

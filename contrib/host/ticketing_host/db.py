@@ -16,8 +16,10 @@ import sqlalchemy as sa
 
 from ticketing_core.models import Anomaly, FailedCheck
 from ticketing_core.policies import DEFAULT_POLICY
-from ticketing_core.sync.database import Database, LinkStore, UtcDateTime, utcnow
+from ticketing_core.sync.database import Database
+from ticketing_core.sync.links import LinkStore
 from ticketing_core.sync.outbox import Outbox
+from ticketing_core.sync.schema import UtcDateTime, utcnow
 from ticketing_core.sync.service import USER
 
 from .keys import CredentialsUnreadable, Keyring

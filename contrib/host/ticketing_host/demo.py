@@ -19,8 +19,9 @@ from ticketing_core.models import Ticket, TicketChanges, TicketDraft
 from ticketing_core.sync.outbox import PENDING
 
 from .app import create_app, runtime_of
-from .runtime import HostRuntime, Settings
+from .runtime import HostRuntime
 from .server import serve_in_thread
+from .settings import Settings
 
 SERVICENOW_TOKEN = f"admin:{DEFAULT_PASSWORD}"
 ANOMALY_ID = 12345

@@ -30,7 +30,6 @@ import os
 import queue
 import socket
 import threading
-import time
 from collections.abc import Callable, Collection
 from urllib.parse import urlsplit
 
@@ -41,10 +40,14 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 from ticketing_core.errors import InvalidInput
-from ticketing_core.sync.outbox import PENDING, Outbox, OutboxEvent, Outcome, attempt_in_order
+from ticketing_core.sync.delivery import Drain
+from ticketing_core.sync.dispatch import Every
+from ticketing_core.sync.outbox import Outbox
+from ticketing_core.sync.settings import DEFAULT_PRUNE_INTERVAL
 
 from . import metrics
-from .runtime import HostRuntime, Settings, shown_url
+from .runtime import HostRuntime
+from .settings import Settings, shown_url
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +102,14 @@ def send_wakeup(actor: dramatiq.Actor[[str], None], ticket: str, delay: float = 
         log.warning("could not send the wake-up for %s (the relay will): %s", ticket, exc)
 
 
-def dispatcher_for(outbox: Outbox, settings: Settings) -> BrokerDispatcher:
+def dispatcher_for(
+    outbox: Outbox, settings: Settings, *, prune: Callable[[], object]
+) -> BrokerDispatcher:
     """What ``serve --broker`` dispatches with: a broker of its own and the actor to send to."""
     assert settings.broker is not None
     broker = broker_for(settings.broker, namespace=settings.queue)
-    return BrokerDispatcher(outbox, declare_actor(broker, settings, _never_here), settings)
+    actor = declare_actor(broker, settings, _never_here)
+    return BrokerDispatcher(outbox, actor, settings, prune=prune)
 
 
 def _never_here(ticket: str) -> None:  # pragma: no cover - serve sends, workers run
@@ -120,9 +126,14 @@ class BrokerDispatcher:
     BACKLOG = 10_000
 
     def __init__(
-        self, outbox: Outbox, actor: dramatiq.Actor[[str], None], settings: Settings
+        self,
+        outbox: Outbox,
+        actor: dramatiq.Actor[[str], None],
+        settings: Settings,
+        *,
+        prune: Callable[[], object],
     ) -> None:
-        self.relay = Relay(outbox, actor, settings, prune=outbox.prune)
+        self.relay = Relay(outbox, actor, settings, prune=prune)
         self.actor = actor
         self._wakeups: queue.Queue[str | None] = queue.Queue(self.BACKLOG)
         self._sender: threading.Thread | None = None
@@ -164,11 +175,11 @@ class Relay:
         settings: Settings,
         *,
         prune: Callable[[], object],
-        prune_interval: float = 600.0,
+        prune_interval: float = DEFAULT_PRUNE_INTERVAL,
     ) -> None:
         self.outbox, self.actor = outbox, actor
         self.interval, self.instance_limit = settings.relay_interval, settings.instance_concurrency
-        self.prune, self.prune_interval = prune, prune_interval
+        self.prune = Every(prune_interval, prune)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -183,7 +194,6 @@ class Relay:
             self._thread.join(self.interval + 5)
 
     def run(self) -> None:
-        last_prune = time.monotonic()
         while not self._stopping.wait(self.interval):
             try:
                 due = self.outbox.due_tickets(
@@ -191,9 +201,7 @@ class Relay:
                 )
                 for ticket in due:
                     send_wakeup(self.actor, ticket)
-                if time.monotonic() - last_prune > self.prune_interval:
-                    last_prune = time.monotonic()
-                    self.prune()
+                self.prune()
             except Exception:
                 log.exception("relay pass failed; trying again in %s s", self.interval)
 
@@ -207,44 +215,31 @@ class Deliveries:
         self.stopping = threading.Event()  # set by Draining: finish the event in hand, then stop
         self.actor: dramatiq.Actor[[str], None] | None = None
         self._runtime: HostRuntime | None = None
+        self._drain: Drain | None = None
         self._lock = threading.Lock()
 
     def runtime(self) -> HostRuntime:
         with self._lock:
             if self._runtime is None:
-                self._runtime = HostRuntime(self.settings, deliver=False)
+                self._runtime = HostRuntime(self.settings, worker=True)
             return self._runtime
 
     def drain(self, ticket: str) -> None:
-        """Deliver ``ticket``'s due events, then other tickets', within the drain budget."""
-        runtime = self.runtime()
-        outbox, limit = runtime.service.outbox, self.settings.instance_concurrency
-        started, prefer = time.monotonic(), ticket
-
-        def spent() -> bool:
-            return time.monotonic() - started > DRAIN_SECONDS
-
-        while not self.stopping.is_set():
-            if spent():
-                self._wake(prefer)  # more may be due: a fresh message carries on
-                return
-            run = outbox.claim_next(prefer=prefer, instance_limit=limit, batch=RUN_LENGTH)
-            if not run:
-                return
-            # Between two events of a run: stop on SIGTERM, or hand on once the budget is spent.
-            stop = lambda: self.stopping.is_set() or spent()  # noqa: E731
-            for event, outcome in attempt_in_order(
-                outbox, runtime.service.deliver, run, stopping=stop
-            ):
-                metrics.observe(event, outcome)
-                self._schedule_retry(outbox, event, outcome)
-            prefer = f"{run[0].integration_id}:{run[0].ticket_id}"
-
-    def _schedule_retry(self, outbox: Outbox, event: OutboxEvent, outcome: Outcome) -> None:
-        if outcome.status == PENDING and outcome.error is not None:
-            wait = outbox.next_attempt_in(event)
-            if wait is not None:
-                self._wake(f"{event.integration_id}:{event.ticket_id}", wait)
+        """Deliver ``ticket``'s due events, then other tickets', within the drain budget; when
+        it is spent, a fresh message carries on."""
+        if self._drain is None:
+            service = self.runtime().service
+            self._drain = Drain(
+                service.outbox,
+                service.delivery,
+                instance_limit=self.settings.instance_concurrency,
+                batch=RUN_LENGTH,
+                on_attempt=metrics.observe,
+                retry_later=self._wake,
+            )
+        drained = self._drain(ticket, stopping=self.stopping.is_set, budget=DRAIN_SECONDS)
+        if drained.carry_on is not None:
+            self._wake(drained.carry_on)
 
     def _wake(self, ticket: str, delay: float = 0.0) -> None:
         if self.actor is not None:
@@ -289,7 +284,7 @@ class WorkerCommand:
         """Check the database (an existing one; making its schema, should this worker come
         before any host) and the broker, so that a mistake is one line here rather than in every
         process; and find the integrations this worker cannot use."""
-        runtime = HostRuntime(settings, deliver=False)
+        runtime = HostRuntime(settings, worker=True)
         try:
             warnings = tuple(runtime.unusable_integrations())
         finally:

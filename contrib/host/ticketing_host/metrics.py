@@ -16,7 +16,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ticketing_core.errors import RateLimited, may_have_landed
-from ticketing_core.sync.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxEvent, Outcome
+from ticketing_core.sync.delivery import Outcome
+from ticketing_core.sync.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxEvent
 
 MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -5,28 +5,27 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import attrs
 import sqlalchemy as sa
 
 from ticketing_core.errors import IntegrationUnusable, InvalidInput, TicketingError
 from ticketing_core.hookspecs import Provider
-from ticketing_core.http.network import BlockedAddress, NetworkPolicy, patterns
+from ticketing_core.http.network import BlockedAddress, NetworkPolicy
 from ticketing_core.models import Capabilities
 from ticketing_core.plugins import default_registry
 from ticketing_core.policies import Messages, SyncPolicy
 from ticketing_core.sync.database import Database, SchemaNotReady, sqlite_path
-from ticketing_core.sync.outbox import Dispatcher, Outbox, ThreadedDispatcher
-from ticketing_core.sync.service import INTEGRATION, ProviderPool, SyncService
+from ticketing_core.sync.outbox import Outbox
+from ticketing_core.sync.providers import ProviderPool
+from ticketing_core.sync.service import INTEGRATION, SyncService
 
-from . import metrics
 from .db import HostStore, IntegrationRecord, token_hash
 from .keys import KeysMisconfigured, keyring_for
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 STAYS_PENDING = "its events stay pending"
@@ -36,18 +35,6 @@ class RefusedHere(IntegrationUnusable):
     """This process's own settings refuse a stored integration (plain http without --allow-http,
     say): nothing is sent, and its events wait, spending no attempts, for a process started with
     the flag the message names."""
-
-
-def shown_url(url: str) -> str:
-    """``url`` with any password masked, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
-
-
-def _masked(url: str | None) -> str:
-    return repr(url if url is None else shown_url(url))
 
 
 def require_existing(database: str) -> None:
@@ -62,64 +49,21 @@ def require_existing(database: str) -> None:
         )
 
 
-@attrs.frozen
-class Settings:
-    """How one host process runs. ``database`` is a SQLite path or a ``postgresql://`` URL.
-
-    With ``api_token`` set, it is the only token the API accepts; else the hashes stored in
-    ``api_tokens`` are.
-    """
-
-    database: str = attrs.field(repr=_masked)
-    public_url: str
-    product: str = "Qualytics"
-    allow_http: bool = False
-    api_token: str | None = attrs.field(default=None, repr=False)
-    concurrency: int = 8
-    max_attempts: int = 15
-    lease_seconds: float = 30.0
-    doubt_seconds: float = 60.0
-    request_deadline: float = 20.0
-    request_lock_wait: float = 3.0
-    """Seconds a request's transaction waits for a lock another process holds on the database
-    (SQLite's busy timeout, PostgreSQL's lock_timeout) before the request is answered 503."""
-    delivery_deadline: float = 20.0
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    poll_interval: float = 0.5
-    broker: str | None = attrs.field(default=None, repr=_masked)
-    """A ``redis://`` or ``amqp://`` URL: deliveries go to ``ticketing worker`` processes."""
-    queue: str = "ticketing"
-    instance_concurrency: int = 8
-    """With a broker: most deliveries in flight to one integration's instance, fleet-wide."""
-    relay_interval: float = 5.0
-    metrics_port: int | None = None
-    secret_key: str | None = attrs.field(default=None, repr=False)
-    """TICKETING_SECRET_KEY: Fernet keys, comma-separated, the first encrypting (see keys.py)."""
-    allow_private_hosts: bool = False
-    """Let integrations reach loopback and private addresses (labs, local emulators)."""
-    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=patterns)
-    """TICKETING_ALLOWED_HOSTS patterns an integration's host must match, when any are given."""
-
-
 class HostRuntime:
-    """Everything the API needs, built once per process; ``start``/``stop`` run the dispatcher.
+    """Everything the API and the workers need, built once per process; ``start``/``stop`` run
+    the service's dispatcher, which :mod:`~ticketing_host.compose` attaches. ``worker=True``: a
+    ``ticketing worker`` process, which uses the database and key ``serve`` made."""
 
-    The dispatcher is the in-process one by default; with ``settings.broker`` it sends wake-ups to
-    ``ticketing worker`` processes instead. ``deliver=False`` builds a runtime without one, as a
-    worker process does for itself.
-    """
-
-    def __init__(self, settings: Settings, *, deliver: bool = True) -> None:
+    def __init__(self, settings: Settings, *, worker: bool = False) -> None:
         self.settings = settings
         self.network = NetworkPolicy(settings.allow_private_hosts, settings.allowed_hosts)
-        self.role = "server" if deliver else "worker"  # what messages call this process
+        self.role = "worker" if worker else "server"  # what messages call this process
         self._unusable: dict[int, str] = {}  # what was said about each integration not usable
         self._unusable_lock = threading.Lock()
-        if not deliver:
+        if worker:
             require_existing(settings.database)
-        # A worker (deliver=False) never makes a key: it must use the one serve made.
-        keyring, key_file = keyring_for(settings.database, settings.secret_key, create=deliver)
+        # A worker never makes a key: it must use the one serve made.
+        keyring, key_file = keyring_for(settings.database, settings.secret_key, create=not worker)
         self.database = Database(settings.database)
         self.store = HostStore(self.database, keyring)
         if key_file is not None and key_file.created and self.unreadable_integrations():
@@ -131,40 +75,16 @@ class HostRuntime:
         self.key_notices = key_file.notices() if key_file else []
         self.registry = default_registry()
         self.pool = ProviderPool(self._connect_stored, revision=self.store.revision)
-        outbox = Outbox(
-            self.database,
-            max_attempts=settings.max_attempts,
-            lease_seconds=settings.lease_seconds,
-            doubt_seconds=settings.doubt_seconds,
-            backoff_initial=settings.backoff_initial,
-            backoff_max=settings.backoff_max,
-        )
         self.service = SyncService(
             self.database,
             provider_for=self.pool,
             policy_for=self._policy,
             comment_on_anomaly=self._comment_from_integration,
             messages=Messages(product=settings.product, public_url=settings.public_url),
-            outbox=outbox,
+            outbox=Outbox.from_settings(self.database, settings.delivery),
             interactive_deadline=settings.request_deadline,
             delivery_deadline=settings.delivery_deadline,
         )
-        # The dispatcher delivers through the service, so it is attached once the service exists.
-        self.dispatcher: Dispatcher | None = None
-        if deliver and settings.broker is not None:
-            from . import fleet  # Dramatiq, only for those who run a fleet
-
-            self.dispatcher = fleet.dispatcher_for(outbox, settings)
-        elif deliver:
-            self.dispatcher = ThreadedDispatcher(
-                outbox,
-                self.service.deliver,
-                concurrency=settings.concurrency,
-                poll_interval=settings.poll_interval,
-                prune=self.service.prune,
-                on_attempt=metrics.observe,
-            )
-        self.service.dispatcher = self.dispatcher
 
     def connect(
         self, type: str, api_url: str, api_access_token: str, options: Mapping[str, Any]
@@ -294,20 +214,6 @@ class HostRuntime:
         if self.settings.api_token is not None:
             return [token_hash(self.settings.api_token)]
         return self.store.token_hashes()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sa.Connection]:
-        """A host transaction whose queued deliveries start as soon as it commits."""
-        with self.database.begin() as conn:
-            try:
-                yield conn
-            finally:
-                # An invalidated connection (the database turned read-only) committed nothing,
-                # and its bookkeeping went with it.
-                tickets = set() if conn.invalidated else Outbox.stored_tickets(conn)
-        # Events queued in this transaction are visible now: deliver them without waiting for a poll.
-        if self.dispatcher is not None:
-            self.dispatcher.wake(tickets)
 
     def start(self) -> None:
         self.service.start()

@@ -1,0 +1,314 @@
+"""Storing events and claiming them: which events may go now, and leasing them to one worker.
+
+A ticket's events go one at a time, oldest first: an event may be claimed when it is pending, due,
+no claim holds it, and it is the oldest undelivered event of its ticket (a dead one holds back the
+later ones until it is retried or discarded). A claim takes a *run*: the ticket's oldest events
+while they may be claimed, up to a batch, ended before an event that may have been attempted
+(one in doubt goes alone: its look counts the notes settled before it). At most
+``instance_limit`` tickets of one integration have live claims, across every process sharing the
+database, and none while the integration is paused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from ticketing_core.sync import lease
+from ticketing_core.sync.outbox.base import OutboxBase
+from ticketing_core.sync.outbox.schema import (
+    DEAD,
+    PENDING,
+    NewEvent,
+    OutboxEvent,
+    events,
+    integration_of,
+    new_row,
+    ordering_key,
+    pauses,
+)
+
+_ORDER_LOCK = 0x6F726472  # "ordr": namespace of the per-ticket PostgreSQL advisory locks
+_LIMIT_LOCK = 0x6C696D74  # "limt": namespace of the per-integration locks of claims
+# A claim given back before anything was attempted: as if it had not been made.
+_UNCLAIMED = {"lease_until": None, "claim_token": None, "claims": events.c.claims - 1}
+NO_LIMIT = 2**31 - 1
+
+
+class Claims(OutboxBase):
+    def enqueue(self, new_events: Iterable[NewEvent], conn: sa.Connection | None = None) -> int:
+        """Store events (in the caller's transaction when ``conn`` is given); return how many.
+        Once the transaction commits, :attr:`on_stored` hears which tickets got events."""
+        new_events = list(new_events)
+        if not new_events:
+            return 0
+        tickets = {ordering_key(e.integration_id, e.ticket_id) for e in new_events}
+        with self.database.begin(conn) as c:
+            now = self.database.now(c)
+            rows = [new_row(event, now) for event in new_events]
+            self._lock_tickets(c, tickets)
+            c.execute(events.insert(), rows)
+            if self.on_stored is not None:
+                wake = self.on_stored
+                self.database.after_commit(c, lambda: wake(tickets))
+        return len(rows)
+
+    def _lock_tickets(self, conn: sa.Connection, ordering_keys: set[str]) -> None:
+        """Hold each ticket's lock until the caller commits, so its ids follow commit order.
+
+        Without it two transactions can take ids 5 and 6 and commit 6 first; a worker would then
+        deliver 6 before 5 exists for it. Sorted, so two transactions never wait on each other.
+        SQLite needs nothing: its writers go one at a time.
+        """
+        if not self.database.is_postgresql:
+            return
+        for key in sorted(ordering_keys):
+            conn.execute(
+                sa.select(sa.func.pg_advisory_xact_lock(_ORDER_LOCK, sa.func.hashtext(key)))
+            )
+
+    def claim(self, limit: int, *, instance_limit: int = NO_LIMIT) -> list[OutboxEvent]:
+        """Lease the oldest due event of up to ``limit`` tickets, one claim each."""
+        claimed: list[OutboxEvent] = []
+        while len(claimed) < limit and (
+            run := self.claim_next(instance_limit=instance_limit, batch=1)
+        ):
+            claimed += run
+        return claimed
+
+    def claim_next(
+        self, *, prefer: str | None = None, instance_limit: int, batch: int = 1
+    ) -> list[OutboxEvent]:
+        """Lease a run of one ticket's due events (see the module docstring): of the ticket
+        ``prefer`` names (an ordering key) when it has one due, else of another ticket of its
+        integration, else of any integration's, the one due the longest first. Empty when nothing
+        may be claimed now."""
+        preferred = [integration_of(prefer)] if prefer else []
+        if preferred and (
+            run := self._claim_within_limit(preferred[0], prefer, instance_limit, batch)
+        ):
+            return run
+        with self.database.read() as conn:
+            now = self.database.now(conn)
+            # Integrations with something pending and due: a cheap superset (an index range),
+            # which the claim itself narrows down.
+            candidates = list(
+                conn.execute(
+                    sa.select(events.c.integration_id)
+                    .where(
+                        events.c.status == PENDING,
+                        events.c.next_attempt_at <= now,
+                        events.c.integration_id.not_in(preferred),
+                        events.c.integration_id.not_in(_paused(now)),
+                    )
+                    .group_by(events.c.integration_id)
+                    .order_by(sa.func.min(events.c.next_attempt_at), sa.func.min(events.c.id))
+                ).scalars()
+            )
+        for integration_id in candidates:
+            if run := self._claim_within_limit(integration_id, None, instance_limit, batch):
+                return run
+        return []
+
+    def _claim_within_limit(
+        self, integration_id: int, prefer: str | None, instance_limit: int, batch: int
+    ) -> list[OutboxEvent]:
+        with self.database.begin() as conn:
+            if self.database.is_postgresql:  # SQLite's writers go one at a time already
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_LIMIT_LOCK, integration_id)))
+            now = self.database.now(conn)
+            busy_tickets = sa.select(sa.func.count(sa.distinct(events.c.ordering_key))).where(
+                events.c.integration_id == integration_id, self._in_flight(now)
+            )
+            pause = sa.select(pauses.c.until).where(
+                pauses.c.integration_id == integration_id, pauses.c.until > now
+            )
+            busy, paused = conn.execute(
+                sa.select(busy_tickets.scalar_subquery(), pause.scalar_subquery())
+            ).one()
+            if paused is not None or busy >= instance_limit:
+                return []
+            run = self._run(conn, prefer, now, batch) if prefer else []
+            if not run and (head := self._due_head(conn, integration_id, now)) is not None:
+                run = self._run(conn, head, now, batch)
+            if not run:
+                return []
+            leased = self._lease(conn, run, now)
+            leased_ids = [row["id"] for row in leased]
+            if leased_ids != run[: len(leased)] or not leased:  # raced for (part of) it: none
+                self._release(conn, leased_ids)
+                return []
+            return self._loaded(conn, leased)
+
+    def _claimable(self, now: datetime) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            events.c.status == PENDING, events.c.next_attempt_at <= now, self._settled(now)
+        )
+
+    def _due_head(self, conn: sa.Connection, integration_id: int, now: datetime) -> str | None:
+        """The ticket (ordering key) of the integration whose oldest event has been due longest
+        and may be claimed, if any.
+
+        In two steps whose cost does not hang on the planner's statistics: each ticket's oldest
+        undelivered event in one pass, then those that may be claimed now, by primary key.
+        """
+        heads = list(
+            conn.execute(
+                sa.select(sa.func.min(events.c.id))
+                .where(
+                    events.c.integration_id == integration_id,
+                    events.c.status.in_((PENDING, DEAD)),
+                )
+                .group_by(events.c.ordering_key)
+            ).scalars()
+        )
+        if not heads:
+            return None
+        found: str | None = conn.execute(
+            sa.select(events.c.ordering_key)
+            .where(events.c.id.in_(heads), self._claimable(now))
+            .order_by(events.c.next_attempt_at, events.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).scalar()
+        return found
+
+    def _run(self, conn: sa.Connection, ticket: str, now: datetime, batch: int) -> list[int]:
+        """The ticket's run (see the module docstring): ids of its oldest undelivered events,
+        from the first, while they may be claimed. Empty if its oldest may not be claimed now.
+        The lease's conditional update checks again."""
+        maybe_attempted = sa.or_(events.c.in_doubt, events.c.lease_until.is_not(None))
+        rows = conn.execute(
+            sa.select(
+                events.c.id,
+                self._claimable(now).label("claimable"),
+                maybe_attempted.label("maybe_attempted"),
+            )
+            .where(events.c.ordering_key == ticket, events.c.status.in_((PENDING, DEAD)))
+            .order_by(events.c.id)
+            .limit(batch)
+        ).all()
+        run: list[int] = []
+        for row in rows:
+            if not row.claimable or (run and row.maybe_attempted):
+                break
+            run.append(int(row.id))
+            if row.maybe_attempted:
+                break  # in doubt, or about to be: alone
+        return run
+
+    def due_tickets(self, *, waiting: float = 0.0, instance_limit: int = 8) -> list[str]:
+        """What a relay wakes workers for when their wake-ups were lost: ordering keys of tickets
+        whose next event has been due for ``waiting`` seconds, unclaimed. At most one per free
+        slot of each integration (a woken worker drains on to the others), none for one whose
+        slots are full (its workers are draining) or that is paused."""
+        with self.database.read() as conn:
+            now = self.database.now(conn)
+            busy: dict[int, int] = dict(
+                conn.execute(
+                    sa.select(
+                        events.c.integration_id, sa.func.count(sa.distinct(events.c.ordering_key))
+                    )
+                    .where(self._in_flight(now))
+                    .group_by(events.c.integration_id)
+                ).all()
+            )
+            due = conn.execute(self._due_events(now, waiting)).all()
+        woken: list[str] = []
+        free: dict[int, int] = {}
+        for integration_id, key in due:
+            free.setdefault(integration_id, instance_limit - busy.get(integration_id, 0))
+            if free[integration_id] > 0:
+                free[integration_id] -= 1
+                woken.append(key)
+        return woken
+
+    def _due_events(self, now: datetime, waiting: float) -> sa.Select[Any]:
+        """(integration_id, ordering_key) of the tickets whose oldest undelivered event may be
+        claimed and has been due for ``waiting`` seconds, of integrations not paused."""
+        earlier = events.alias("earlier")
+        oldest_of_ticket = (
+            sa.select(sa.func.min(earlier.c.id))
+            .where(
+                earlier.c.ordering_key == events.c.ordering_key,
+                earlier.c.status.in_((PENDING, DEAD)),
+            )
+            .scalar_subquery()
+        )
+        return (
+            sa.select(events.c.integration_id, events.c.ordering_key)
+            .where(
+                self._claimable(now),
+                events.c.next_attempt_at <= now - timedelta(seconds=waiting),
+                events.c.id == oldest_of_ticket,
+                events.c.integration_id.not_in(_paused(now)),
+            )
+            .order_by(events.c.next_attempt_at, events.c.id)
+        )
+
+    def _lease(
+        self, conn: sa.Connection, event_ids: Sequence[int], now: datetime
+    ) -> list[sa.RowMapping]:
+        """Lease those of the events still free, under one fencing token; their rows, in order.
+
+        Conditional: of two workers racing for one event, exactly one wins. SET reads the row as
+        it was: a lease still there belongs to a claim nobody settled (the event is in doubt).
+        """
+        leased = conn.execute(
+            events.update()
+            .where(events.c.id.in_(event_ids), events.c.status == PENDING, self._settled(now))
+            .values(
+                lease_until=now + self.lease,
+                claims=events.c.claims + 1,
+                claim_token=lease.new_token(),
+                claimed_at=now,
+                in_doubt=sa.or_(events.c.in_doubt, events.c.lease_until.is_not(None)),
+            )
+            .returning(*events.c)
+        ).mappings()
+        return sorted(leased, key=lambda row: int(row["id"]))
+
+    @staticmethod
+    def _release(conn: sa.Connection, event_ids: Sequence[int]) -> None:
+        """Undo leases taken in this transaction (nothing was attempted)."""
+        if event_ids:
+            conn.execute(events.update().where(events.c.id.in_(event_ids)).values(**_UNCLAIMED))
+
+    def release(self, claimed: Sequence[OutboxEvent]) -> int:
+        """Give back claims not attempted (a run cut short): free at once, not in doubt."""
+        tokens = {event.claim_token for event in claimed if event.claim_token}
+        if not tokens:
+            return 0
+        with self.database.begin() as conn:
+            return int(
+                conn.execute(
+                    events.update()
+                    .where(
+                        events.c.id.in_([event.id for event in claimed]),
+                        events.c.claim_token.in_(tokens),
+                        events.c.status == PENDING,
+                    )
+                    .values(**_UNCLAIMED)
+                ).rowcount
+            )
+
+    def renew(self, claimed: Sequence[OutboxEvent]) -> int:
+        """Extend the leases of claims still held (a long delivery); returns how many."""
+        tokens = {event.claim_token for event in claimed if event.claim_token}
+        if not tokens:
+            return 0
+        with self.database.begin() as conn:
+            return int(
+                conn.execute(
+                    events.update()
+                    .where(events.c.claim_token.in_(tokens), events.c.status == PENDING)
+                    .values(lease_until=self.database.now(conn) + self.lease)
+                ).rowcount
+            )
+
+
+def _paused(now: datetime) -> sa.Select[Any]:
+    return sa.select(pauses.c.integration_id).where(pauses.c.until > now)
