@@ -82,3 +82,34 @@ def test_no_root_module_imports_the_engine_the_command_line_or_sqlalchemy(path: 
     }
 
     assert reached <= ALLOWED
+
+
+REPOSITORY = ROOT.parent
+# What each layer above the contract must never import (docs/architecture.md draws them).
+LAYER_RULES = {
+    "ticketing_core/http": ("ticketing_core.sync", "ticketing_core.cli", "ticketing_core.testing",
+                            "sqlalchemy"),
+    "ticketing_core/sync": ("ticketing_core.cli", "ticketing_core.testing"),
+    "ticketing_core/testing": ("ticketing_core.sync", "ticketing_core.cli", "sqlalchemy"),
+    "ticketing_servicenow": ("ticketing_core.sync", "ticketing_core.cli", "sqlalchemy"),
+    "contrib/jira/ticketing_jira": ("ticketing_core.sync", "ticketing_core.cli", "sqlalchemy"),
+}  # fmt: skip
+LAYER_FILES = [
+    (layer, path) for layer in LAYER_RULES for path in sorted((REPOSITORY / layer).rglob("*.py"))
+]
+
+
+@pytest.mark.parametrize(
+    ("layer", "path"), LAYER_FILES, ids=[str(p.relative_to(REPOSITORY)) for _, p in LAYER_FILES]
+)
+def test_each_layer_imports_only_what_lies_below_it(layer: str, path: Path) -> None:
+    imported = imported_modules(path)
+
+    reached = sorted(
+        name
+        for forbidden in LAYER_RULES[layer]
+        for name in imported
+        if name == forbidden or name.startswith(forbidden + ".")
+    )
+
+    assert reached == [], f"{layer} must not import {reached}"
