@@ -182,8 +182,8 @@ def test_a_schema_1_outbox_is_upgraded_keeping_its_events(database_url: str) -> 
     assert (cut_short.status, cut_short.attempts, cut_short.in_doubt) == ("pending", 1, True)
 
 
-def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(database_url: str) -> None:
-    from ticketing_core import errors
+def failed_once(database_url: str, error: Exception) -> None:
+    """A database whose first note failed once with ``error``, of two; closed again."""
     from ticketing_core.policies import AddWorkNote
     from ticketing_core.sync.outbox import NewEvent, Outbox
 
@@ -191,8 +191,15 @@ def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(databas
     outbox = Outbox(database, backoff_initial=30)
     outbox.enqueue([NewEvent(1, "t", AddWorkNote("x")), NewEvent(1, "u", AddWorkNote("y"))])
     [event] = outbox.claim(1)
-    outbox.settle_failed(event, errors.RateLimited("slow down"))  # a pause, and one attempt
+    outbox.settle_failed(event, error)
     database.dispose()
+
+
+def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(database_url: str) -> None:
+    from ticketing_core import errors
+    from ticketing_core.sync.outbox import Outbox
+
+    failed_once(database_url, errors.RateLimited("slow down"))  # a pause, and one attempt
     engine = sa.create_engine(engine_url(database_url))
     with engine.begin() as conn:  # back to schema 3: none of these columns existed
         back_to_schema_4(conn)
@@ -214,15 +221,9 @@ def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(databas
 
 def test_a_schema_5_database_is_upgraded_keeping_its_doubts_and_pauses(database_url: str) -> None:
     from ticketing_core import errors
-    from ticketing_core.policies import AddWorkNote
-    from ticketing_core.sync.outbox import NewEvent, Outbox
+    from ticketing_core.sync.outbox import Outbox
 
-    database = Database(database_url)
-    outbox = Outbox(database, backoff_initial=30)
-    outbox.enqueue([NewEvent(1, "t", AddWorkNote("x")), NewEvent(1, "u", AddWorkNote("y"))])
-    [event] = outbox.claim(1)
-    outbox.settle_failed(event, errors.ProviderTimeout("no answer"))  # in doubt, and a pause
-    database.dispose()
+    failed_once(database_url, errors.ProviderTimeout("no answer"))  # in doubt, and a pause
     engine = sa.create_engine(engine_url(database_url))
     with engine.begin() as conn:
         back_to_schema_5(conn)

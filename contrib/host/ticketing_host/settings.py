@@ -78,11 +78,6 @@ class Settings:
 
     @property
     def delivery(self) -> DeliverySettings:
-        return DeliverySettings(
-            max_attempts=self.max_attempts,
-            lease_seconds=self.lease_seconds,
-            doubt_seconds=self.doubt_seconds,
-            delivery_deadline=self.delivery_deadline,
-            backoff_initial=self.backoff_initial,
-            backoff_max=self.backoff_max,
-        )
+        """These settings' delivery part (retention keeps the library's default)."""
+        shared = attrs.fields_dict(DeliverySettings).keys() & attrs.fields_dict(Settings).keys()
+        return DeliverySettings(**{name: getattr(self, name) for name in shared})

@@ -62,15 +62,10 @@ class OutboxBase:
 
     @classmethod
     def from_settings(cls, database: Database, settings: DeliverySettings) -> Self:
-        return cls(
-            database,
-            max_attempts=settings.max_attempts,
-            lease_seconds=settings.lease_seconds,
-            doubt_seconds=settings.doubt_seconds,
-            backoff_initial=settings.backoff_initial,
-            backoff_max=settings.backoff_max,
-            retention=settings.retention,
-        )
+        """An outbox with ``settings``' attempts, lease, doubt window, backoff and retention."""
+        values = attrs.asdict(settings, recurse=False)
+        del values["delivery_deadline"]  # the delivery's, not the outbox's
+        return cls(database, **values)
 
     def _settled(self, now: datetime) -> sa.ColumnElement[bool]:
         """No claim holds the event: none was made, or it was settled, or its worker is gone

@@ -11,7 +11,7 @@ database, and none while the integration is paused.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -279,6 +279,20 @@ class Claims(OutboxBase):
 
     def release(self, claimed: Sequence[OutboxEvent]) -> int:
         """Give back claims not attempted (a run cut short): free at once, not in doubt."""
+        return self._update_held(claimed, lambda _conn: _UNCLAIMED)
+
+    def renew(self, claimed: Sequence[OutboxEvent]) -> int:
+        """Extend the leases of claims still held (a long delivery); returns how many."""
+        return self._update_held(
+            claimed, lambda conn: {"lease_until": self.database.now(conn) + self.lease}
+        )
+
+    def _update_held(
+        self,
+        claimed: Sequence[OutboxEvent],
+        values: Callable[[sa.Connection], Mapping[str, Any]],
+    ) -> int:
+        """Update the events of ``claimed`` whose claims still hold them; returns how many."""
         tokens = {event.claim_token for event in claimed if event.claim_token}
         if not tokens:
             return 0
@@ -291,21 +305,7 @@ class Claims(OutboxBase):
                         events.c.claim_token.in_(tokens),
                         events.c.status == PENDING,
                     )
-                    .values(**_UNCLAIMED)
-                ).rowcount
-            )
-
-    def renew(self, claimed: Sequence[OutboxEvent]) -> int:
-        """Extend the leases of claims still held (a long delivery); returns how many."""
-        tokens = {event.claim_token for event in claimed if event.claim_token}
-        if not tokens:
-            return 0
-        with self.database.begin() as conn:
-            return int(
-                conn.execute(
-                    events.update()
-                    .where(events.c.claim_token.in_(tokens), events.c.status == PENDING)
-                    .values(lease_until=self.database.now(conn) + self.lease)
+                    .values(**values(conn))
                 ).rowcount
             )
 
