@@ -5,7 +5,6 @@ They live beside ticketing_core's tables in the same database, under their own s
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -17,6 +16,7 @@ import sqlalchemy as sa
 from ticketing_core.models import Anomaly, FailedCheck
 from ticketing_core.policies import DEFAULT_POLICY
 from ticketing_core.sync.database import Database
+from ticketing_core.sync.keys import digest
 from ticketing_core.sync.links import LinkStore
 from ticketing_core.sync.outbox import Outbox
 from ticketing_core.sync.schema import UtcDateTime, utcnow
@@ -142,7 +142,7 @@ class AnomalyEntry:
 
 
 def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return digest(token)
 
 
 class HostStore:

@@ -7,7 +7,6 @@ tells an operator which key a credential was stored under when it can no longer 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from ticketing_core.errors import IntegrationUnusable, TicketingError
 from ticketing_core.sync.database import sqlite_path
+from ticketing_core.sync.keys import digest
 
 KEY_VARIABLE = "TICKETING_SECRET_KEY"
 KEY_FILE_SUFFIX = ".key"
@@ -31,7 +31,7 @@ class CredentialsUnreadable(IntegrationUnusable):
 
 
 def key_id(key: bytes) -> str:
-    return hashlib.sha256(key).hexdigest()[:8]
+    return digest(key.decode("ascii"))[:8]  # a Fernet key is URL-safe base64
 
 
 @attrs.frozen
