@@ -26,11 +26,12 @@ def main(database_url: str, api_url: str) -> None:
         # The emulator answers within 2 s: after 2.5 s an attempt has landed or never will.
         outbox=Outbox(
             database,
-            lease_seconds=1.0,
+            lease_seconds=3.0,  # above 4/3 of the delivery deadline
             doubt_seconds=2.5,
             backoff_initial=0.05,
             backoff_max=0.2,
         ),
+        delivery_deadline=2.2,  # the emulator's 2 s of latency, then its answer
     )
     service.dispatcher = ThreadedDispatcher(service.outbox, service.delivery, poll_interval=0.05)
     service.start()

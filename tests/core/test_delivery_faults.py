@@ -150,7 +150,7 @@ def test_an_outage_longer_than_max_attempts_is_waited_out_with_few_probes(
     """Issue 9: events wait as long as the instance is down. Twenty tickets' notes through an
     outage of twelve times max_attempts' worth of backoff: none parked as dead, each delivered
     once when it is back, and the down instance probed a few calls per pause, not per ticket."""
-    service.outbox.max_attempts, service.outbox.backoff_max = 2, 0.4
+    service.outbox.max_attempts, service.outbox.backoff_max = 1, 0.4
     # Distinct drafts: an identical create request would get the first one's ticket.
     drafts = [TicketDraft(title=f"t{n}", description="d") for n in range(19)]
     tickets = [ticket_id] + [service.create_ticket(ANOMALY, 1, d)[0].id for d in drafts]
@@ -166,8 +166,9 @@ def test_an_outage_longer_than_max_attempts_is_waited_out_with_few_probes(
     delivered(service, 20)
     for sys_id in tickets:
         assert notes(emulator, sys_id) == ["Comment from Qualytics: during the outage"]
-    # Pauses of 0.05, 0.1, 0.2, then 0.4 s: at most 12 in 3 s, each letting 7 deliveries through
-    # (the dispatcher's share for one integration). Per ticket, backing off alone: 200 or so.
+    # Pauses of 0.05, 0.1, 0.2, then 0.4 s: at most 12 in 3 s, each letting at most 7 deliveries
+    # through (the dispatcher's share for one integration; the first to fail pauses the others).
+    # Per ticket, backing off alone: 200 or so.
     assert probes <= 7 * 12, probes
     assert max(e.attempts for e in service.outbox.entries()) > service.outbox.max_attempts
 
