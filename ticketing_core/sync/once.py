@@ -24,8 +24,10 @@ import attrs
 import sqlalchemy as sa
 
 from ticketing_core.errors import Conflict, may_have_landed
+from ticketing_core.http.budget import DEFAULT_DEADLINE
 from ticketing_core.sync import lease
 from ticketing_core.sync.schema import UtcDateTime, metadata
+from ticketing_core.sync.settings import DEFAULT_DOUBT_SECONDS, DEFAULT_RETENTION
 
 if TYPE_CHECKING:
     from ticketing_core.sync.database import Database
@@ -68,9 +70,9 @@ class KeyedRequests:
         database: Database,
         *,
         lease_seconds: float = 60.0,
-        doubt_seconds: float = 60.0,
-        wait_seconds: float = 20.0,
-        retention: timedelta = timedelta(days=7),
+        doubt_seconds: float = DEFAULT_DOUBT_SECONDS,
+        wait_seconds: float = DEFAULT_DEADLINE,
+        retention: timedelta = DEFAULT_RETENTION,
     ) -> None:
         self.database = database
         self.lease = timedelta(seconds=lease_seconds)

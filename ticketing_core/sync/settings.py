@@ -11,12 +11,13 @@ from datetime import timedelta
 import attrs
 
 from ticketing_core.errors import InvalidInput
+from ticketing_core.http.budget import DEFAULT_DEADLINE
 
 DEFAULT_MAX_ATTEMPTS = 15
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_DOUBT_SECONDS = 60.0
 """ServiceNow's transaction quota: by then it has finished or cancelled a request."""
-DEFAULT_DELIVERY_DEADLINE = 20.0
+DEFAULT_DELIVERY_DEADLINE = DEFAULT_DEADLINE
 DEFAULT_BACKOFF_INITIAL = 1.0
 DEFAULT_BACKOFF_MAX = 60.0
 DEFAULT_RETENTION = timedelta(days=7)
