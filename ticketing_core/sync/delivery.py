@@ -106,8 +106,17 @@ def deliver_run(
     delivered ones together, in one transaction even when interrupted; the first failure is
     recorded and the rest of the run given back, as it is once ``stopping()`` says so. Returns
     each attempted event with how it ended."""
+    delivered, failure = _send_run(outbox, send, run, stopping)
+    return _outcomes(delivered, outbox.settle_delivered(*delivered), failure)
+
+
+def _send_run(
+    outbox: Outbox, send: Send, run: Sequence[OutboxEvent], stopping: Callable[[], bool]
+) -> tuple[list[OutboxEvent], tuple[OutboxEvent, Outcome] | None]:
+    """Send a run's events in order (steps 1-3), settling a failure: the events delivered, to
+    be settled by the caller, and the failure. Interrupted (a time limit), it settles the
+    delivered ones itself; the one in hand is looked for later."""
     delivered: list[OutboxEvent] = []
-    failure: tuple[OutboxEvent, Outcome] | None = None
     renewed = run[0].claimed_monotonic if run else 0.0
     try:
         for position, event in enumerate(run):
@@ -122,12 +131,20 @@ def deliver_run(
             try:
                 send(event)
             except Exception as exc:
-                failure = (event, _failed(outbox, event, exc))
                 outbox.release(run[position + 1 :])
-                break
+                return delivered, (event, _failed(outbox, event, exc))
             delivered.append(event)
-    finally:  # an interruption (a time limit) leaves the one in hand to be looked for later
-        settled = outbox.settle_delivered(*delivered)
+    except BaseException:
+        outbox.settle_delivered(*delivered)
+        raise
+    return delivered, None
+
+
+def _outcomes(
+    delivered: Sequence[OutboxEvent],
+    settled: dict[int, datetime],
+    failure: tuple[OutboxEvent, Outcome] | None,
+) -> list[tuple[OutboxEvent, Outcome]]:
     outcomes = []
     for event in delivered:
         if event.id not in settled:
@@ -185,27 +202,46 @@ class Drain:
         """Drain from ``ticket`` (an ordering key) until nothing is due or ``stopping()``, or
         until a ``budget`` in seconds is spent."""
         started, prefer, runs = time.monotonic(), ticket, 0
+        # The last run's delivered events and failure, settled with the next claim: one write
+        # transaction per run rather than two.
+        delivered: list[OutboxEvent] = []
+        failure: tuple[OutboxEvent, Outcome] | None = None
 
         def spent() -> bool:
             return budget is not None and time.monotonic() - started > budget
 
-        while not stopping():
-            if spent():
-                return Drained(runs, carry_on=prefer)
-            run = self.outbox.claim_next(
-                prefer=prefer, instance_limit=self.instance_limit, batch=self.batch
-            )
-            if not run:
-                break
-            runs += 1
-            # Between two events of a run: stop when told, or once the budget is spent.
-            stop = lambda: stopping() or spent()  # noqa: E731
-            for event, outcome in deliver_run(self.outbox, self.send, run, stopping=stop):
-                if self.on_attempt is not None:
-                    self.on_attempt(event, outcome)
-                self._schedule_retry(event, outcome)
-            prefer = run[0].ordering_key
-        return Drained(runs)
+        try:
+            while not stopping() and not spent():
+                if prefer is None:
+                    run = self.outbox.claim_next(
+                        instance_limit=self.instance_limit, batch=self.batch
+                    )
+                else:
+                    settled, run = self.outbox.settle_and_claim_next(
+                        delivered, prefer=prefer, instance_limit=self.instance_limit,
+                        batch=self.batch,
+                    )  # fmt: skip
+                    self._report(_outcomes(delivered, settled, failure))
+                    delivered, failure = [], None
+                if not run:
+                    return Drained(runs)
+                runs += 1
+                # Between two events of a run: stop when told, or once the budget is spent.
+                stop = lambda: stopping() or spent()  # noqa: E731
+                delivered, failure = _send_run(self.outbox, self.send, run, stop)
+                prefer = run[0].ordering_key
+        finally:
+            if delivered or failure:
+                self._report(
+                    _outcomes(delivered, self.outbox.settle_delivered(*delivered), failure)
+                )
+        return Drained(runs, carry_on=prefer if spent() else None)
+
+    def _report(self, outcomes: Sequence[tuple[OutboxEvent, Outcome]]) -> None:
+        for event, outcome in outcomes:
+            if self.on_attempt is not None:
+                self.on_attempt(event, outcome)
+            self._schedule_retry(event, outcome)
 
     def _schedule_retry(self, event: OutboxEvent, outcome: Outcome) -> None:
         if self.retry_later is None or outcome.status != PENDING or outcome.error is None:

@@ -44,10 +44,9 @@ from ticketing_core.sync.outbox.schema import (
     note_tally,
     pauses,
 )
-from ticketing_core.sync.outbox.settle import Settling
 
 
-class Outbox(Claims, Settling, Operations):
+class Outbox(Claims, Operations):
     """Stores, claims and settles events. Safe across threads and processes sharing the database."""
 
 

@@ -18,7 +18,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from ticketing_core.sync import lease
-from ticketing_core.sync.outbox.base import OutboxBase
 from ticketing_core.sync.outbox.schema import (
     DEAD,
     PENDING,
@@ -30,6 +29,7 @@ from ticketing_core.sync.outbox.schema import (
     ordering_key,
     pauses,
 )
+from ticketing_core.sync.outbox.settle import Settling
 
 _ORDER_LOCK = 0x6F726472  # "ordr": namespace of the per-ticket PostgreSQL advisory locks
 _LIMIT_LOCK = 0x6C696D74  # "limt": namespace of the per-integration locks of claims
@@ -38,7 +38,9 @@ _UNCLAIMED = {"lease_until": None, "claim_token": None, "claims": events.c.claim
 NO_LIMIT = 2**31 - 1
 
 
-class Claims(OutboxBase):
+class Claims(Settling):
+    """Storing and claiming; a claim may settle the previous run in its transaction."""
+
     def enqueue(self, new_events: Iterable[NewEvent], conn: sa.Connection | None = None) -> int:
         """Store events (in the caller's transaction when ``conn`` is given); return how many.
         Once the transaction commits, :attr:`on_stored` hears which tickets got events."""
@@ -86,9 +88,38 @@ class Claims(OutboxBase):
         ``prefer`` names (an ordering key) when it has one due, else of another ticket of its
         integration, else of any integration's, the one due the longest first. Empty when nothing
         may be claimed now."""
+        return self._claim_next(prefer, instance_limit, batch, before=None)
+
+    def settle_and_claim_next(
+        self,
+        delivered: Sequence[OutboxEvent],
+        *,
+        prefer: str,
+        instance_limit: int,
+        batch: int = 1,
+    ) -> tuple[dict[int, datetime], list[OutboxEvent]]:
+        """Settle a run's delivered events (as :meth:`settle_delivered`) and claim the next run
+        (as :meth:`claim_next`) in one transaction: a worker going on from ``prefer`` waits for
+        the database's write lock once, not twice."""
+        settled: dict[int, datetime] = {}
+
+        def settle(conn: sa.Connection) -> None:
+            settled.update(self._settle_delivered(conn, delivered))
+
+        run = self._claim_next(prefer, instance_limit, batch, before=settle)
+        return settled, run
+
+    def _claim_next(
+        self,
+        prefer: str | None,
+        instance_limit: int,
+        batch: int,
+        before: Callable[[sa.Connection], None] | None,
+    ) -> list[OutboxEvent]:
+        """``before`` runs first in the first claim's transaction (which ``prefer`` names)."""
         preferred = [integration_of(prefer)] if prefer else []
         if preferred and (
-            run := self._claim_within_limit(preferred[0], prefer, instance_limit, batch)
+            run := self._claim_within_limit(preferred[0], prefer, instance_limit, batch, before)
         ):
             return run
         with self.database.read() as conn:
@@ -109,16 +140,23 @@ class Claims(OutboxBase):
                 ).scalars()
             )
         for integration_id in candidates:
-            if run := self._claim_within_limit(integration_id, None, instance_limit, batch):
+            if run := self._claim_within_limit(integration_id, None, instance_limit, batch, None):
                 return run
         return []
 
     def _claim_within_limit(
-        self, integration_id: int, prefer: str | None, instance_limit: int, batch: int
+        self,
+        integration_id: int,
+        prefer: str | None,
+        instance_limit: int,
+        batch: int,
+        before: Callable[[sa.Connection], None] | None,
     ) -> list[OutboxEvent]:
         with self.database.begin() as conn:
             if self.database.is_postgresql:  # SQLite's writers go one at a time already
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_LIMIT_LOCK, integration_id)))
+            if before is not None:
+                before(conn)
             now = self.database.now(conn)
             busy_tickets = sa.select(sa.func.count(sa.distinct(events.c.ordering_key))).where(
                 events.c.integration_id == integration_id, self._in_flight(now)
@@ -133,7 +171,8 @@ class Claims(OutboxBase):
                 return []
             run = self._run(conn, prefer, now, batch) if prefer else []
             if not run and (head := self._due_head(conn, integration_id, now)) is not None:
-                run = self._run(conn, head, now, batch)
+                head_id, ticket = head  # may be claimed: a run of one needs no second look
+                run = [head_id] if batch == 1 else self._run(conn, ticket, now, batch)
             if not run:
                 return []
             leased = self._lease(conn, run, now)
@@ -148,9 +187,11 @@ class Claims(OutboxBase):
             events.c.status == PENDING, events.c.next_attempt_at <= now, self._settled(now)
         )
 
-    def _due_head(self, conn: sa.Connection, integration_id: int, now: datetime) -> str | None:
-        """The ticket (ordering key) of the integration whose oldest event has been due longest
-        and may be claimed, if any.
+    def _due_head(
+        self, conn: sa.Connection, integration_id: int, now: datetime
+    ) -> tuple[int, str] | None:
+        """The oldest event (id, ordering key) of the integration's ticket that has been due
+        longest and may be claimed, if any.
 
         In two steps whose cost does not hang on the planner's statistics: each ticket's oldest
         undelivered event in one pass, then those that may be claimed now, by primary key.
@@ -167,14 +208,14 @@ class Claims(OutboxBase):
         )
         if not heads:
             return None
-        found: str | None = conn.execute(
-            sa.select(events.c.ordering_key)
+        found = conn.execute(
+            sa.select(events.c.id, events.c.ordering_key)
             .where(events.c.id.in_(heads), self._claimable(now))
             .order_by(events.c.next_attempt_at, events.c.id)
             .limit(1)
             .with_for_update(skip_locked=True)
-        ).scalar()
-        return found
+        ).first()
+        return None if found is None else (int(found.id), str(found.ordering_key))
 
     def _run(self, conn: sa.Connection, ticket: str, now: datetime, batch: int) -> list[int]:
         """The ticket's run (see the module docstring): ids of its oldest undelivered events,
@@ -229,21 +270,12 @@ class Claims(OutboxBase):
     def _due_events(self, now: datetime, waiting: float) -> sa.Select[Any]:
         """(integration_id, ordering_key) of the tickets whose oldest undelivered event may be
         claimed and has been due for ``waiting`` seconds, of integrations not paused."""
-        earlier = events.alias("earlier")
-        oldest_of_ticket = (
-            sa.select(sa.func.min(earlier.c.id))
-            .where(
-                earlier.c.ordering_key == events.c.ordering_key,
-                earlier.c.status.in_((PENDING, DEAD)),
-            )
-            .scalar_subquery()
-        )
         return (
             sa.select(events.c.integration_id, events.c.ordering_key)
             .where(
                 self._claimable(now),
                 events.c.next_attempt_at <= now - timedelta(seconds=waiting),
-                events.c.id == oldest_of_ticket,
+                events.c.id == _oldest_of_ticket(),
                 events.c.integration_id.not_in(_paused(now)),
             )
             .order_by(events.c.next_attempt_at, events.c.id)
@@ -308,6 +340,20 @@ class Claims(OutboxBase):
                     .values(**values(conn))
                 ).rowcount
             )
+
+
+def _oldest_of_ticket() -> sa.ScalarSelect[Any]:
+    """The id of the oldest undelivered event of the outer row's ticket (a dead one counts: it
+    holds back its ticket's later events until it is retried or discarded)."""
+    earlier = events.alias("earlier")
+    return (
+        sa.select(sa.func.min(earlier.c.id))
+        .where(
+            earlier.c.ordering_key == events.c.ordering_key,
+            earlier.c.status.in_((PENDING, DEAD)),
+        )
+        .scalar_subquery()
+    )
 
 
 def _paused(now: datetime) -> sa.Select[Any]:

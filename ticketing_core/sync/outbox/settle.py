@@ -8,6 +8,7 @@ policy's (:mod:`~ticketing_core.sync.outbox.policy`); this module writes it.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -71,29 +72,33 @@ class Settling(OutboxBase):
         if not claimed:
             return {}
         with self.database.begin() as conn:
-            now = self.database.now(conn)
-            settled = conn.execute(
-                events.update()
-                .where(
-                    events.c.id.in_([event.id for event in claimed]),
-                    events.c.claim_token.in_({event.claim_token for event in claimed}),
-                    events.c.status == PENDING,
-                )
-                .values(
-                    status=DELIVERED,
-                    delivered_at=now,
-                    lease_until=None,
-                    claim_token=None,
-                    last_error=None,
-                )
-                .returning(events.c.id)
-            ).all()
-            settled_ids = {event_id for (event_id,) in settled}
-            for integration_id in sorted(
-                {event.integration_id for event in claimed if event.id in settled_ids}
-            ):
-                self._record_delivery(conn, integration_id, now)
-            return dict.fromkeys(settled_ids, now)
+            return self._settle_delivered(conn, claimed)
+
+    def _settle_delivered(
+        self, conn: sa.Connection, claimed: Sequence[OutboxEvent]
+    ) -> dict[int, datetime]:
+        if not claimed:
+            return {}
+        now = self.database.now(conn)
+        settled = conn.execute(
+            events.update()
+            .where(
+                events.c.id.in_([event.id for event in claimed]),
+                events.c.claim_token.in_({event.claim_token for event in claimed}),
+                events.c.status == PENDING,
+            )
+            .values(
+                status=DELIVERED, delivered_at=now, lease_until=None, claim_token=None,
+                last_error=None,
+            )
+            .returning(events.c.id)
+        ).all()  # fmt: skip
+        settled_ids = {event_id for (event_id,) in settled}
+        for integration_id in sorted(
+            {event.integration_id for event in claimed if event.id in settled_ids}
+        ):
+            self._record_delivery(conn, integration_id, now)
+        return dict.fromkeys(settled_ids, now)
 
     def settle_failed(self, event: OutboxEvent, error: BaseException) -> str | None:
         """Record a failed attempt: back off and retry, or park as dead; in an outage, pause.
