@@ -109,7 +109,9 @@ def landed_round(
 
 
 def main() -> int:
-    logging.getLogger("ticketing_core.sync.delivery").setLevel(logging.ERROR)  # the injected failures
+    logging.getLogger("ticketing_core.sync.delivery").setLevel(
+        logging.ERROR
+    )  # the injected failures
     floor = NOTES * LATENCY_MS / 1000
     with run_in_thread(Emulator()) as running, tempfile.TemporaryDirectory() as tmp:
         times = [

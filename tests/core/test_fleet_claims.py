@@ -224,6 +224,20 @@ def test_events_of_a_rolled_back_transaction_wake_nothing(database: Database) ->
     assert outbox.counts()["pending"] == 0
 
 
+def test_a_wake_up_that_fails_after_the_commit_loses_nothing(database: Database) -> None:
+    outbox = Outbox(database)
+
+    def broken(tickets: object) -> None:
+        raise RuntimeError("the dispatcher is gone")
+
+    outbox.on_stored = broken
+    with database.begin() as conn:
+        stored = outbox.enqueue(notes(1, 2), conn)
+
+    assert stored == 2
+    assert outbox.counts()["pending"] == 2  # committed, and the caller heard no error
+
+
 def test_stats_count_each_integrations_events_and_live_claims(database: Database) -> None:
     outbox = Outbox(database)
     outbox.enqueue(notes(1, 4) + notes(2, 1))

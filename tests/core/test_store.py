@@ -182,8 +182,8 @@ def test_a_schema_1_outbox_is_upgraded_keeping_its_events(database_url: str) -> 
     assert (cut_short.status, cut_short.attempts, cut_short.in_doubt) == ("pending", 1, True)
 
 
-def failed_once(database_url: str, error: Exception) -> None:
-    """A database whose first note failed once with ``error``, of two; closed again."""
+def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(database_url: str) -> None:
+    from ticketing_core import errors
     from ticketing_core.policies import AddWorkNote
     from ticketing_core.sync.outbox import NewEvent, Outbox
 
@@ -191,15 +191,8 @@ def failed_once(database_url: str, error: Exception) -> None:
     outbox = Outbox(database, backoff_initial=30)
     outbox.enqueue([NewEvent(1, "t", AddWorkNote("x")), NewEvent(1, "u", AddWorkNote("y"))])
     [event] = outbox.claim(1)
-    outbox.settle_failed(event, error)
+    outbox.settle_failed(event, errors.RateLimited("slow down"))  # a pause, and one attempt
     database.dispose()
-
-
-def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(database_url: str) -> None:
-    from ticketing_core import errors
-    from ticketing_core.sync.outbox import Outbox
-
-    failed_once(database_url, errors.RateLimited("slow down"))  # a pause, and one attempt
     engine = sa.create_engine(engine_url(database_url))
     with engine.begin() as conn:  # back to schema 3: none of these columns existed
         back_to_schema_4(conn)
@@ -214,26 +207,6 @@ def test_a_schema_3_database_is_upgraded_keeping_its_pauses_and_attempts(databas
         outbox = Outbox(database)
         waiting = {e.ticket_id: e for e in outbox.entries()}
         assert (waiting["t"].attempts, waiting["t"].outage_attempts) == (1, 0)
-        assert outbox.claim(2) == []  # the pause survived the upgrade
-    finally:
-        database.dispose()
-
-
-def test_a_schema_5_database_is_upgraded_keeping_its_doubts_and_pauses(database_url: str) -> None:
-    from ticketing_core import errors
-    from ticketing_core.sync.outbox import Outbox
-
-    failed_once(database_url, errors.ProviderTimeout("no answer"))  # in doubt, and a pause
-    engine = sa.create_engine(engine_url(database_url))
-    with engine.begin() as conn:
-        back_to_schema_5(conn)
-        conn.execute(sa.text("UPDATE schema_version SET version = 5"))
-    engine.dispose()
-
-    database = Database(database_url)
-    try:
-        outbox = Outbox(database)
-        assert {e.ticket_id: e.in_doubt for e in outbox.entries()} == {"t": True, "u": False}
         assert outbox.claim(2) == []  # the pause survived the upgrade
     finally:
         database.dispose()
@@ -279,15 +252,8 @@ def test_a_schema_4_database_is_upgraded_keeping_notes_in_doubt_out_of_their_win
         database.dispose()
 
 
-def back_to_schema_5(conn: sa.Connection) -> None:
-    """Undo schema 6: the in-doubt column and the pause table had other names."""
-    conn.execute(sa.text("ALTER TABLE sync_outbox RENAME COLUMN in_doubt TO ambiguous"))
-    conn.execute(sa.text("ALTER TABLE sync_pause RENAME TO sync_throttle"))
-
-
 def back_to_schema_4(conn: sa.Connection) -> None:
-    """Undo schemas 6 and 5: no doubt_until, and the note tally per integration and ticket."""
-    back_to_schema_5(conn)
+    """Undo schema 5: no doubt_until, and the note tally per integration and ticket."""
     conn.execute(sa.text("ALTER TABLE sync_outbox DROP COLUMN doubt_until"))
     conn.execute(sa.text("DROP TABLE sync_note_tally"))
     conn.execute(

@@ -12,6 +12,7 @@ method takes the caller's ``conn``.
 from __future__ import annotations
 
 import contextvars
+import logging
 import secrets
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -39,6 +40,7 @@ POOL_SIZE, MAX_OVERFLOW = 10, 50
 _MIGRATION_LOCK = 0x7469636B  # "tick": one PostgreSQL advisory lock id for all migrations
 
 _READ_ONLY = "ticketing_read_only"
+log = logging.getLogger(__name__)
 
 
 def engine_url(url_or_path: str) -> str:
@@ -210,7 +212,10 @@ class Database:
             finally:
                 self._after_commit.pop(own, None)
         for callback in callbacks:
-            callback()
+            try:
+                callback()
+            except Exception:  # the transaction is committed: its caller must hear so
+                log.exception("a callback after the commit failed")
 
     def after_commit(self, conn: sa.Connection, callback: Callable[[], object]) -> None:
         """Call ``callback`` once the transaction ``conn`` is in has committed (never if it rolls

@@ -238,10 +238,15 @@ class Drain:
         return Drained(runs, carry_on=prefer if spent() else None)
 
     def _report(self, outcomes: Sequence[tuple[OutboxEvent, Outcome]]) -> None:
+        """Tell the hooks how each attempt ended. They come after the next claim, so they must
+        not stop the drain: its claimed run would wait out its lease."""
         for event, outcome in outcomes:
-            if self.on_attempt is not None:
-                self.on_attempt(event, outcome)
-            self._schedule_retry(event, outcome)
+            try:
+                if self.on_attempt is not None:
+                    self.on_attempt(event, outcome)
+                self._schedule_retry(event, outcome)
+            except Exception:
+                log.exception("outbox event %s: reporting its attempt failed", event.id)
 
     def _schedule_retry(self, event: OutboxEvent, outcome: Outcome) -> None:
         if self.retry_later is None or outcome.status != PENDING or outcome.error is None:

@@ -37,16 +37,17 @@ class Dispatcher(Protocol):
 
 
 class Every:
-    """Runs ``action`` when called, at most once per ``seconds`` (the first call runs it)."""
+    """Runs ``action`` when called, at most once per ``seconds``: at the first call when
+    ``at_start``, else once ``seconds`` have passed. A run that raises is tried at the next call."""
 
-    def __init__(self, seconds: float, action: Callable[[], object]) -> None:
+    def __init__(self, seconds: float, action: Callable[[], object], *, at_start: bool) -> None:
         self.seconds, self.action = seconds, action
-        self._last = float("-inf")
+        self._last = float("-inf") if at_start else time.monotonic()
 
     def __call__(self) -> None:
         if time.monotonic() - self._last > self.seconds:
-            self._last = time.monotonic()
             self.action()
+            self._last = time.monotonic()
 
 
 class ThreadedDispatcher:
@@ -80,8 +81,8 @@ class ThreadedDispatcher:
             instance_limit=instance_limit or max(1, concurrency - 1),
             on_attempt=on_attempt,
         )
-        self._prune = Every(prune_interval, prune or outbox.prune)
-        self._renew = Every(outbox.lease.total_seconds() / 3, self._renew_in_flight)
+        self._prune = Every(prune_interval, prune or outbox.prune, at_start=True)
+        self._renew = Every(outbox.lease.total_seconds() / 3, self._renew_in_flight, at_start=True)
         self._wakeup = threading.Event()
         self._stopping = threading.Event()  # claim nothing more
         self._halted = threading.Event()  # and stop renewing: the loop ends

@@ -110,7 +110,8 @@ class SyncService:
     def __attrs_post_init__(self) -> None:
         self.links = LinkStore(self.database)
         self.delivery = Delivery(self.outbox, self.provider_for, deadline=self.delivery_deadline)
-        _woken_by(self, None, self.dispatcher)
+        if self.dispatcher is not None:
+            _woken_by(self, None, self.dispatcher)
         self.requests = KeyedRequests(
             self.database,
             lease_seconds=max(60.0, 3 * self.interactive_deadline),

@@ -179,7 +179,7 @@ class Relay:
     ) -> None:
         self.outbox, self.actor = outbox, actor
         self.interval, self.instance_limit = settings.relay_interval, settings.instance_concurrency
-        self.prune = Every(prune_interval, prune)
+        self.prune = Every(prune_interval, prune, at_start=False)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -249,7 +249,7 @@ class Deliveries:
         with self._lock:
             if self._runtime is not None:
                 self._runtime.stop()
-                self._runtime = None
+                self._runtime, self._drain = None, None
 
 
 class Draining(dramatiq.Middleware):

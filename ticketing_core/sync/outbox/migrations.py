@@ -101,19 +101,9 @@ def _notes_per_ticket_v5(conn: sa.Connection) -> None:
             )
 
 
-def _one_word_v6(conn: sa.Connection) -> None:
-    """Schema 5 to 6: one word per idea. An event that may have landed is *in doubt* (the column
-    was ``ambiguous``); an integration whose claims wait is *paused* (the table was
-    ``sync_throttle``)."""
-    inspector = sa.inspect(conn)
-    if inspector.has_table("sync_outbox"):
-        conn.exec_driver_sql("ALTER TABLE sync_outbox RENAME COLUMN ambiguous TO in_doubt")
-    if inspector.has_table("sync_throttle"):
-        conn.exec_driver_sql("ALTER TABLE sync_throttle RENAME TO sync_pause")
-
-
 UPGRADES: Mapping[int, Upgrade] = {
-    1: _outbox_v2, 2: _outbox_v3, 3: _outages_v4, 4: _notes_per_ticket_v5, 5: _one_word_v6
+    1: _outbox_v2, 2: _outbox_v3, 3: _outages_v4, 4: _notes_per_ticket_v5
 }  # fmt: skip
 """``UPGRADES[n]`` turns schema ``n`` into ``n + 1``: written against the tables as they were then,
-in plain SQL, so that they never change with the tables' definitions."""
+in plain SQL, so that they never change with the tables' definitions. An upgrade adds; it never
+renames or drops what a worker still running the previous version reads."""

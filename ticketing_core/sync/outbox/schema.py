@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
 
 import attrs
 import cattrs
@@ -35,8 +34,9 @@ events = sa.Table(
     # Of those, the failures during an outage: max_attempts does not count them.
     sa.Column("outage_attempts", sa.Integer, nullable=False, default=0),
     sa.Column("claims", sa.Integer, nullable=False, default=0),
-    # An attempt may have landed; cleared once a look at the ticket says it did not.
-    sa.Column("in_doubt", sa.Boolean, nullable=False, default=False),
+    # An attempt may have landed; cleared once a look at the ticket says it did not. (Named
+    # "ambiguous" in the database: a rename would stop every worker still running older code.)
+    sa.Column("ambiguous", sa.Boolean, key="in_doubt", nullable=False, default=False),
     # Until then the service may still be working on an attempt in doubt: it is not sent again
     # before (a note is looked for at once all the same).
     sa.Column("doubt_until", UtcDateTime),
@@ -68,7 +68,7 @@ note_tally = sa.Table(
 )
 
 pauses = sa.Table(
-    "sync_pause",
+    "sync_throttle",  # the database's name for the pauses, kept for older workers' sake
     metadata,
     # An integration whose service is down or asked to slow down (429), or that this host cannot use:
     # claims leave it alone until then. ``seconds``: how long the pause was, which the next one doubles
@@ -189,7 +189,7 @@ def new_row(event: NewEvent, now: datetime) -> dict[str, object]:
     }
 
 
-def loaded_event(row: sa.RowMapping | dict[str, Any], installation_id: str) -> OutboxEvent:
+def loaded_event(row: sa.RowMapping, installation_id: str) -> OutboxEvent:
     return OutboxEvent(
         id=row["id"],
         integration_id=row["integration_id"],
@@ -199,7 +199,7 @@ def loaded_event(row: sa.RowMapping | dict[str, Any], installation_id: str) -> O
         status=row["status"],
         attempts=row["attempts"],
         claims=row["claims"],
-        in_doubt=row["in_doubt"],
+        in_doubt=row[events.c.in_doubt],
         last_error=row["last_error"],
         created=row["created"],
         next_attempt_at=row["next_attempt_at"],

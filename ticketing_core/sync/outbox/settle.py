@@ -112,7 +112,8 @@ class Settling(OutboxBase):
         retryable = isinstance(error, ProviderError) and error.retryable
         with self.database.begin() as conn:
             # The event's row, then the integration's: the order every writer takes them in.
-            held_row = sa.select(events.c.in_doubt).where(held(event)).with_for_update()
+            held_row = sa.select(events.c.in_doubt.label("in_doubt")).where(held(event))
+            held_row = held_row.with_for_update()
             row = conn.execute(held_row).first()
             if row is None:
                 return None  # the claim was lost
