@@ -193,24 +193,33 @@ class Claims(Settling):
         """The oldest event (id, ordering key) of the integration's ticket that has been due
         longest and may be claimed, if any.
 
-        In two steps whose cost does not hang on the planner's statistics: each ticket's oldest
-        undelivered event in one pass, then those that may be claimed now, by primary key.
+        PostgreSQL: in two steps whose cost does not hang on the planner's statistics, each
+        ticket's oldest undelivered event in one pass, then those that may be claimed now, by
+        primary key. SQLite walks its index of due events and stops at the first that is its
+        ticket's oldest: short, since the transaction holds the whole file's write lock.
         """
-        heads = list(
-            conn.execute(
-                sa.select(sa.func.min(events.c.id))
-                .where(
-                    events.c.integration_id == integration_id,
-                    events.c.status.in_((PENDING, DEAD)),
-                )
-                .group_by(events.c.ordering_key)
-            ).scalars()
-        )
-        if not heads:
-            return None
+        oldest_of_ticket: sa.ColumnElement[bool]
+        if self.database.is_postgresql:
+            heads = list(
+                conn.execute(
+                    sa.select(sa.func.min(events.c.id))
+                    .where(
+                        events.c.integration_id == integration_id,
+                        events.c.status.in_((PENDING, DEAD)),
+                    )
+                    .group_by(events.c.ordering_key)
+                ).scalars()
+            )
+            if not heads:
+                return None
+            oldest_of_ticket = events.c.id.in_(heads)
+        else:
+            oldest_of_ticket = events.c.id == _oldest_of_ticket()
         found = conn.execute(
             sa.select(events.c.id, events.c.ordering_key)
-            .where(events.c.id.in_(heads), self._claimable(now))
+            .where(
+                events.c.integration_id == integration_id, self._claimable(now), oldest_of_ticket
+            )
             .order_by(events.c.next_attempt_at, events.c.id)
             .limit(1)
             .with_for_update(skip_locked=True)
