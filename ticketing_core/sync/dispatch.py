@@ -144,9 +144,9 @@ class ThreadedDispatcher:
             self._drains += len(tickets)
         for ticket in tickets:
             assert self._pool is not None
-            self._pool.submit(self._drain, ticket)
+            self._pool.submit(self._run_drain, ticket)
 
-    def _drain(self, ticket: str) -> None:
+    def _run_drain(self, ticket: str) -> None:
         runs = 0
         try:
             runs = self.drain(ticket, stopping=self._stopping.is_set).runs
