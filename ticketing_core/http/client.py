@@ -178,7 +178,7 @@ class ServiceClient:
             _service.reset(service)
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
-    def _retry_wait(self, exc: Exception, repeatable: bool, budget: Budget) -> bool | float:
+    def _retry_wait(self, exc: BaseException, repeatable: bool, budget: Budget) -> bool | float:
         """Whether (and after how long) to send again: False, True (backoff) or seconds."""
         if not _worth_repeating(exc, repeatable):
             return False
@@ -259,7 +259,7 @@ def retry_notice(retry: RetryDetails) -> str:
     return f"{why}; retrying in {wait} s ({attempt})"
 
 
-def _worth_repeating(exc: Exception, repeatable: bool) -> bool:
+def _worth_repeating(exc: BaseException, repeatable: bool) -> bool:
     if isinstance(exc, RateLimited):
         return True  # a refusal: nothing happened
     if not isinstance(exc, ProviderUnavailable):
