@@ -5,6 +5,7 @@ provider it talks to::
 
     TicketingError
     ├── InvalidInput            the caller's input was wrong; fix it, don't retry
+    │   └── BadSignature            a notification whose signature or time does not check out
     ├── PluginError             a provider is not installed or could not be loaded
     ├── IntegrationUnusable     this host cannot use the integration as configured (its key, its rules)
     └── ProviderError           the provider's service refused or failed the call
@@ -48,6 +49,11 @@ class InvalidInput(TicketingError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class BadSignature(InvalidInput):
+    """A change notification whose signature is missing or wrong, or whose time is too far from
+    ours: it is dropped unread (a host answers 401)."""
 
 
 class IntegrationUnusable(TicketingError):

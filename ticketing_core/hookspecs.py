@@ -37,12 +37,16 @@ Stability: hooks change only by gaining arguments (implementations may accept fe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from ticketing_core._markers import hookspec
 from ticketing_core.models import (
     Capabilities,
+    ChangePage,
+    JournalEntry,
+    Notice,
     Page,
     SearchQuery,
     Ticket,
@@ -172,6 +176,59 @@ class Provider(Protocol):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@runtime_checkable
+class InboundProvider(Provider, Protocol):
+    """A provider through which changes flow back: ``capabilities.inbound_sync`` is True.
+
+    The host learns of a change from a notification (:meth:`read_notification`) or from its
+    reconciling poll (:meth:`changed_since`), and in both cases reads the tickets itself
+    (:meth:`get_many`, :meth:`journal_since`): a notification names a ticket, nothing more is
+    believed. The host applies a change once per ``Ticket.revision`` and journal entry id, and
+    drops the changes :meth:`own_user` made (echoes), so no loop can start.
+    """
+
+    def changed_since(
+        self, cursor: str | None, *, overlap: float = 0.0, limit: int = 100
+    ) -> ChangePage:
+        """One page of tickets changed at or after ``cursor`` (minus ``overlap`` seconds), in a
+        stable order (the service's own change time, then id), at most ``limit`` of them.
+
+        Times are the service's, never the caller's clock. ``cursor`` is one this method
+        returned; ``None`` starts at the newest change the service has now (an empty page).
+        The host passes an ``overlap`` at the start of each poll, so that a change committed
+        late with an earlier time, and changes sharing one time across a page boundary, are
+        listed again rather than missed: repeats are expected. Every ticket the service knows,
+        linked or not; ``Ticket.updated_by`` and ``Ticket.revision`` filled.
+        """
+
+    def get_many(self, ticket_ids: Sequence[str]) -> list[Ticket]:
+        """The tickets with these ids, read in one request (at most 100 ids); those the
+        service does not have are left out."""
+
+    def journal_since(self, ticket_id: str, after: datetime | None) -> list[JournalEntry]:
+        """The work notes and comments added to the ticket at or after ``after`` (all when
+        ``None``), oldest first, with their authors. Raise ``PermissionDenied`` when the
+        connection may not read them."""
+
+    def own_user(self) -> str:
+        """The user name the service records for this connection's own changes (in
+        ``Ticket.updated_by`` and ``JournalEntry.author``); at most one read, then cached."""
+
+    def states(self) -> tuple[TicketStatus, ...]:
+        """The states a ticket may be in, from the service's own choice list (ServiceNow:
+        ``sys_choice``), active ones in their order; never a table written into the provider."""
+
+    def read_notification(self, body: Mapping[str, Any]) -> Notice:
+        """What a notification's JSON body names (no I/O); the signature is checked before.
+        Raise ``InvalidInput`` saying what is wrong when it names no ticket of this
+        connection's table or project."""
+
+    def notification_setup(self, endpoint: str, secret: str) -> str:
+        """What an administrator installs on the service so that it notifies ``endpoint``,
+        signing with ``secret`` (ServiceNow: two Business Rules; Jira: a webhook), as text to
+        paste: it skips changes :meth:`own_user` makes."""
 
 
 class ProviderFactory(Protocol):

@@ -30,7 +30,10 @@ class Ticket:
     """A ticket as the provider's service reports it now.
 
     ``status`` is a human label ("In Progress"); ``priority``, ``urgency`` and ``impact`` are the
-    provider's own codes as strings. Times are UTC.
+    provider's own codes as strings. Times are UTC. ``updated_by`` is the user name the service
+    recorded for the last change, and ``revision`` a number the service raises with every change
+    (ServiceNow's ``sys_mod_count``), when the provider can tell them: inbound sync uses them to
+    drop its own changes and to apply each change once, in order.
     """
 
     id: str
@@ -49,6 +52,8 @@ class Ticket:
     updated_at: datetime | None = None
     url: str | None = None
     extras: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+    updated_by: str | None = None
+    revision: int | None = None
 
 
 def _not_blank(name: str, value: str) -> None:
@@ -170,18 +175,23 @@ class Capabilities:
     canonical ones (ServiceNow: ``close_code``, ``caller_id``, ...). A name starting with
     ``custom_field_prefix`` (ServiceNow: ``u_``) is an instance's custom field: hosts pass one only
     when the user asked for a custom field explicitly. Providers refuse any other name.
+
+    ``inbound_sync``: the provider is an :class:`~ticketing_core.hookspecs.InboundProvider`
+    (changes flow back from the service), and ``notification_signature`` names the
+    :mod:`ticketing_core.notifications` scheme its service signs notifications with.
     """
 
     work_notes: bool = True
     public_comments: bool = False
     state_changes: bool = True
     idempotency_keys: bool = True
-    inbound_webhooks: bool = False
+    inbound_sync: bool = False
     field_choices: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     user_options: tuple[str, ...] = ()
     secret_options: tuple[str, ...] = ()
     extra_fields: tuple[str, ...] = ()
     custom_field_prefix: str | None = None
+    notification_signature: str | None = None
 
     def unknown_fields(self, names: Iterable[str]) -> list[str]:
         """The names among ``names`` that are neither declared nor custom fields, sorted."""
@@ -221,6 +231,43 @@ class Capabilities:
             for name, value in values.items()
             if (choices := self.field_choices.get(name)) is not None and value not in choices
         }
+
+
+@attrs.frozen
+class ChangePage:
+    """One page of tickets changed on the service, oldest change first; ``cursor`` resumes
+    after the last of them, and ``more`` says whether another page follows now."""
+
+    tickets: tuple[Ticket, ...]
+    cursor: str
+    more: bool
+
+
+@attrs.frozen
+class JournalEntry:
+    """A work note or comment on a ticket, as the service stored it.
+
+    ``id`` is the service's own and never reused; ``kind`` is ``"work_note"`` (agents only) or
+    ``"comment"`` (the requester sees it); ``author`` is a user name as in ``Ticket.updated_by``.
+    """
+
+    id: str
+    ticket_id: str
+    kind: str
+    text: str
+    author: str
+    created_at: datetime
+
+
+@attrs.frozen
+class Notice:
+    """What a change notification from the service names. Never trusted beyond the ticket it
+    names: the host re-reads that ticket with the integration's own credentials."""
+
+    ticket_id: str
+    event: str  # "update" (fields changed) or "journal" (a note or comment added)
+    updated_by: str | None = None
+    revision: int | None = None
 
 
 @attrs.frozen

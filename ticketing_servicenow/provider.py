@@ -73,8 +73,7 @@ class ServiceNowProvider(Provider):
         public_comments=True,
         state_changes=True,
         idempotency_keys=True,
-        inbound_webhooks=False,
-        field_choices={
+                field_choices={
             "priority": ("1", "2", "3", "4", "5"),
             "urgency": ("1", "2", "3"),
             "impact": ("1", "2", "3"),

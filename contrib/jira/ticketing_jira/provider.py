@@ -71,8 +71,7 @@ class JiraProvider(Provider):
         public_comments=True,
         state_changes=True,
         idempotency_keys=True,
-        inbound_webhooks=False,
-        field_choices={"priority": ("Highest", "High", "Medium", "Low", "Lowest")},
+                field_choices={"priority": ("Highest", "High", "Medium", "Low", "Lowest")},
         user_options=("project", "issue_type"),
         extra_fields=("duedate",),  # labels are the key's home: replacing them is refused
         custom_field_prefix="customfield_",
