@@ -9,13 +9,14 @@ ticket's state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
 import attrs
 
 from ticketing_core._markers import hookimpl
+from ticketing_core.errors import InvalidInput
 from ticketing_core.models import Anomaly, Capabilities, TicketChanges
 
 DEFAULT_POLICY = "work-notes"
@@ -90,13 +91,48 @@ class Messages:
     def resolution(self, change: StatusChange) -> str:
         return f"Anomaly {change.anomaly_id} was marked {change.status} in {self.product}."
 
-    def status_pulled(self, ticket_number: str, old: str | None, new: str) -> str:
-        return f"Ticket {ticket_number} status changed from {old or 'unknown'} to {new}"
+    def status_pulled(
+        self, ticket_number: str, old: str | None, new: str, by: str | None = None
+    ) -> str:
+        changed = f"Ticket {ticket_number} status changed from {old or 'unknown'} to {new}"
+        return f"{changed} by {by}" if by else changed
+
+    def ticket_entry(self, ticket_number: str, kind: str, author: str, text: str) -> str:
+        """An anomaly comment copied from a ticket's work note or comment."""
+        what = "Work note" if kind == "work_note" else "Comment"
+        return f"{what} on {ticket_number} by {author}: {text}"
 
 
 def as_utc(moment: datetime) -> datetime:
     """A naive datetime is taken as UTC (as the store does), never as the machine's local time."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+MIN_RECONCILE_INTERVAL, MAX_RECONCILE_INTERVAL = 10.0, 86400.0
+
+
+@attrs.frozen
+class InboundPolicy:
+    """How changes flowing back from an integration's tickets reach anomalies (opt-in).
+
+    The link's status always follows its ticket, with one comment on the anomaly saying who
+    changed it. ``copy_entries``: the ticket's work notes and comments written by people (not by
+    the integration) become anomaly comments. ``status_map`` (ticket status -> anomaly status)
+    is the only way an anomaly's own status changes; empty by default. The reconciling poll
+    runs every ``reconcile_interval_s`` seconds, and once when the host starts.
+    """
+
+    copy_entries: bool = True
+    status_map: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    reconcile_interval_s: float = attrs.field(default=300.0)
+
+    @reconcile_interval_s.validator
+    def _check_interval(self, _: attrs.Attribute[float], value: float) -> None:
+        if not MIN_RECONCILE_INTERVAL <= value <= MAX_RECONCILE_INTERVAL:
+            raise InvalidInput(
+                f"reconcile_interval_s must be between {MIN_RECONCILE_INTERVAL:.0f} and "
+                f"{MAX_RECONCILE_INTERVAL:.0f} seconds, got {value}"
+            )
 
 
 class SyncPolicy(Protocol):

@@ -28,6 +28,7 @@ from ticketing_core.sync.settings import (
     DEFAULT_RETENTION,
     DeliverySettings,
 )
+from ticketing_core.sync.synclog import SyncLog
 
 if TYPE_CHECKING:
     from ticketing_core.sync.database import Database
@@ -57,6 +58,7 @@ class OutboxBase:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.retention = retention
+        self.log = SyncLog(database)
         self.on_stored: Wake | None = None
         """Called after the transaction that stored events commits (a dispatcher's wake)."""
 

@@ -122,6 +122,7 @@ class Operations(OutboxBase):
             ).all()
             for ticket_id, digest, count in notes:
                 self._add_to_tally(conn, ticket_id, digest, count)
+            self.log.prune(cutoff, conn)
             return int(conn.execute(events.delete().where(old)).rowcount)
 
     @staticmethod

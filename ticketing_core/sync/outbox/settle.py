@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import attrs
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ticketing_core.errors import IntegrationUnusable, ProviderError, may_have_landed
-from ticketing_core.policies import AddWorkNote
+from ticketing_core.policies import AddWorkNote, ChangeTicket
 from ticketing_core.sync.outbox import policy
 from ticketing_core.sync.outbox.base import OutboxBase
 from ticketing_core.sync.outbox.schema import (
@@ -31,6 +32,7 @@ from ticketing_core.sync.outbox.schema import (
     held,
     pauses,
 )
+from ticketing_core.sync.synclog import OUTBOUND, LogEntry
 
 
 class Settling(OutboxBase):
@@ -94,6 +96,14 @@ class Settling(OutboxBase):
             .returning(events.c.id)
         ).all()  # fmt: skip
         settled_ids = {event_id for (event_id,) in settled}
+        self.log.write(
+            conn,
+            *(
+                _entry(event, "checked" if event.in_doubt else "delivered")
+                for event in claimed
+                if event.id in settled_ids
+            ),
+        )
         for integration_id in sorted(
             {event.integration_id for event in claimed if event.id in settled_ids}
         ):
@@ -153,6 +163,8 @@ class Settling(OutboxBase):
                     claim_token=None,
                 )
             )
+            decision = "dead" if status == DEAD else "in doubt" if landed else "failed"
+            self.log.write(conn, _entry(event, decision, f"{type(error).__name__}: {error}"))
         return status
 
     def _wait_until_usable(self, event: OutboxEvent, error: IntegrationUnusable) -> str | None:
@@ -212,3 +224,16 @@ class Settling(OutboxBase):
             conn, integration_id, {"until": now, "seconds": 0.0, "delivered_at": now},
             delivered_at=now, seconds=0.0,
         )  # fmt: skip
+
+
+def _entry(event: OutboxEvent, decision: str, why: str = "") -> LogEntry:
+    """The sync log's row for an outbound decision: what the event carries, and why."""
+    if isinstance(event.action, ChangeTicket):
+        changed = {k: v for k, v in attrs.asdict(event.action.changes).items() if v}
+        what = f"change {changed}"
+    else:
+        what = f"work note {event.action.text[:200]!r}"
+    detail = f"event {event.id}: {what}" + (f"; {why}" if why else "")
+    return LogEntry(
+        OUTBOUND, decision, event.integration_id, event.ticket_id, event.anomaly_id, detail
+    )
