@@ -445,6 +445,13 @@ def test_control_endpoints(server: RunningEmulator, emulator: Emulator) -> None:
             "groups": 3,
             "clock_skew_seconds": 0,
             "deny_read": [],
+            "notifications": {
+                "url": None,
+                "integration_user": None,
+                "pending": 0,
+                "sent": 0,
+                "failed": 0,
+            },
             "pending_faults": 0,
             "requests": 5,
             "latency_ms": 5,

@@ -25,6 +25,16 @@ What is the instance's own, from Python or over HTTP:
   bearer tokens on the Table API until ``token_lifetime`` runs out or ``expire_tokens()``
   (``POST /__emulator/oauth {"token_lifetime": 1.5}`` or ``{"expire_tokens": true}``; a GET
   there counts token requests). Latency, ``down`` and the faults apply to it as to the Table API.
+- ``sys_choice``: the choice lists (``state``, ``priority``, ...) as a read-only table, which
+  display values follow; :meth:`Emulator.set_choice` adds or retires a choice, so a test can
+  make an instance with states of its own.
+- The generated Business Rules, played (:mod:`servicenow_emulator.notify`): given a URL and a
+  secret (``notify_url``/``notify_secret`` at start, :meth:`Emulator.notify_to`, or
+  ``POST /__emulator/notify {"url", "secret", "integration_user"}``; a GET there counts what was
+  sent), every incident insert or update and every work note or comment by a user other than
+  ``integration_user`` is posted, signed, from a background thread.
+- Agents: :meth:`Emulator.act_as` (``POST /__emulator/act {"user", "sys_id", "fields"}``)
+  changes an incident as another user would through the Table API.
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ from ticketing_localserver.emulation import (
     json_response,
 )
 
+from .notify import Notifier, NotifyTarget
 from .query import TEXT_QUERY, Resolver, parse
 
 ADMIN_SYS_ID = "6816f79cc0a8016401c5a33be04be441"  # admin's sys_id on every real instance
@@ -291,11 +302,15 @@ _GROUP_FIELDS = (
 _JOURNAL_FIELDS = (
     "sys_id", "element", "element_id", "name", "value", "sys_created_on", "sys_created_by",
 )  # fmt: skip
+_CHOICE_FIELDS = (
+    "sys_id", "name", "element", "value", "label", "sequence", "inactive", "language",
+)  # fmt: skip
 _TABLES: dict[str, _Table] = {
     "incident": _INCIDENT,
     "sys_user": _Table(fields=_USER_FIELDS, references={}),
     "sys_user_group": _Table(fields=_GROUP_FIELDS, references={"manager": "sys_user"}),
     "sys_journal_field": _Table(fields=_JOURNAL_FIELDS, references={}),
+    "sys_choice": _Table(fields=_CHOICE_FIELDS, references={}),
 }
 # Fields that business rules own; writes to them are ignored like writes to unknown fields.
 _READ_ONLY = frozenset(
@@ -362,6 +377,9 @@ class Emulator(EmulatedService):
         oauth_client_user: str = "admin",
         oauth_basic_client_auth: bool = False,
         token_lifetime: float = 1800.0,
+        notify_url: str | None = None,
+        notify_secret: str | None = None,
+        integration_user: str | None = None,
     ) -> None:
         """``tokens`` maps bearer tokens to user names; ``clock`` returns UTC datetimes;
         ``custom_fields`` are the instance's own incident columns (``u_...``), empty by default.
@@ -371,7 +389,11 @@ class Emulator(EmulatedService):
         ``oauth_basic_client_auth`` also takes the client from a Basic ``Authorization`` header
         of a token request, which ServiceNow does not document (by default such a request is
         refused, so that a client's tests prove it sends form fields); ``token_lifetime`` is in
-        seconds."""
+        seconds.
+
+        ``notify_url`` and ``notify_secret`` (both or neither) start the instance with the
+        generated Business Rules installed, skipping ``integration_user``'s changes; see
+        :meth:`notify_to`."""
         super().__init__(_FaultAnswers(), latency_ms)
         self._custom_fields = dict.fromkeys(custom_fields, "")
         self._users = {user.user_name: user for user in (DEFAULT_USERS if users is None else users)}
@@ -388,15 +410,19 @@ class Emulator(EmulatedService):
         self._oauth_client_user = oauth_client_user
         self.oauth_basic_client_auth = oauth_basic_client_auth
         self._initial_token_lifetime = token_lifetime
+        self._initial_target = _target(notify_url, notify_secret, integration_user)
+        self._instant: str | None = None
+        self._notifier = Notifier(lambda: (self._clock() + self.clock_skew).timestamp())
         self.reset()
         self.app = Starlette(routes=self._routes())
 
     # ---- Python API -----------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget incidents, journal, faults, issued OAuth tokens and the request log; restore
-        latency, ``down``, the in-flight cap, the token lifetime, no clock skew and no denied
-        tables. OAuth clients stay."""
+        """Forget incidents, journal, faults, issued OAuth tokens, the request log and added
+        choices; restore latency, ``down``, the in-flight cap, the token lifetime, no clock
+        skew, no denied tables and the notification target given at start, and count
+        notifications from zero (those queued still go out). OAuth clients stay."""
         with self._lock:
             super().reset()
             self.token_lifetime = self._initial_token_lifetime
@@ -411,9 +437,15 @@ class Emulator(EmulatedService):
                 "sys_user": {u.sys_id: _user_row(u, now) for u in self._users.values()},
                 "sys_user_group": {g.sys_id: _group_row(g, now) for g in self._groups},
                 "sys_journal_field": {},
+                "sys_choice": {},
             }
             self._journal_by_doc: dict[str, list[dict[str, str]]] = {}
             self._next_number = self._number_start
+            for element, labels in _INCIDENT.choices.items():
+                for sequence, (value, label) in enumerate(labels.items(), start=1):
+                    self._put_choice("incident", element, value, label, str(sequence), "false")
+            self._notifier.target = self._initial_target
+            self._notifier.forget_counts()
 
     @property
     def incidents(self) -> list[dict[str, str]]:
@@ -427,14 +459,87 @@ class Emulator(EmulatedService):
             return [dict(entry) for entry in self._journal_by_doc.get(sys_id, [])]
 
     def seed_incidents(self, n: int, *, user: str = "admin", **fields: str) -> list[dict[str, str]]:
-        """Create ``n`` incidents as ``user``; ``{i}`` in a value becomes the 1-based index."""
+        """Create ``n`` incidents as ``user``, in one transaction, so all at one instant of the
+        instance's clock; ``{i}`` in a value becomes the 1-based index."""
         fields.setdefault("short_description", "Seeded incident {i}")
         with self._lock:
             author = self._users[user]
-            return [
-                dict(self._insert({k: v.replace("{i}", str(i)) for k, v in fields.items()}, author))
-                for i in range(1, n + 1)
-            ]
+            self._instant = self._now()
+            try:
+                return [
+                    dict(
+                        self._insert(
+                            {k: v.replace("{i}", str(i)) for k, v in fields.items()}, author
+                        )
+                    )
+                    for i in range(1, n + 1)
+                ]
+            finally:
+                self._instant = None
+
+    def set_choice(
+        self,
+        table: str,
+        element: str,
+        value: str,
+        label: str,
+        *,
+        inactive: bool = False,
+        sequence: int | None = None,
+    ) -> dict[str, str]:
+        """Add a choice to ``table.element``, or change one (its label, whether it is retired,
+        its place); a new one goes last unless ``sequence`` says otherwise. Returns its row."""
+        with self._lock:
+            old = self._tables["sys_choice"].get(_choice_id(table, element, value))
+            if sequence is None:
+                sequence = int(old["sequence"]) if old else self._last_sequence(table, element) + 1
+            row = self._put_choice(
+                table, element, value, label, str(sequence), "true" if inactive else "false"
+            )
+            return dict(row)
+
+    def _last_sequence(self, table: str, element: str) -> int:
+        rows = self._tables["sys_choice"].values()
+        mine = (r for r in rows if (r["name"], r["element"]) == (table, element))
+        return max((int(r["sequence"]) for r in mine), default=0)
+
+    def act_as(self, user: str, sys_id: str, **fields: Any) -> dict[str, str]:
+        """Change an incident as ``user`` (an agent) would through the Table API: ``state``,
+        ``work_notes``, ``comments`` or any other field, with the same business rules,
+        ``sys_mod_count``, journal rows and notifications. Returns a copy of the row."""
+        with self._lock:
+            author = self._users.get(user)
+            if author is None:
+                raise ValueError(f"unknown user {user!r}")
+            row = self._tables["incident"].get(sys_id)
+            if row is None:
+                raise KeyError(f"no incident {sys_id!r}")
+            self._apply(row, fields, author, is_new=False)
+            return dict(row)
+
+    def notify_to(
+        self, url: str | None, secret: str | None = None, integration_user: str | None = None
+    ) -> None:
+        """Install the generated Business Rules, posting to ``url`` signed with ``secret`` and
+        skipping ``integration_user``'s changes; ``url`` None removes them."""
+        self._notifier.target = _target(url, secret, integration_user)
+
+    def wait_for_notifications(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait until every notification queued so far was sent or dropped, then return the
+        counts (``sent``, ``failed``, ``pending``); TimeoutError after ``timeout`` seconds."""
+        self._notifier.wait(timeout)
+        return self._notifier.stats()
+
+    def notification_for(self, sys_id: str, event: str = "update") -> dict[str, str]:
+        """The body the generated rules send for the incident's last change (``"update"``) or
+        its last work note or comment (``"journal"``)."""
+        with self._lock:
+            row = self._tables["incident"][sys_id]
+            if event == "update":
+                return _update_notice(row)
+            if event == "journal":
+                return _journal_notice(row, self._journal_by_doc[sys_id][-1])
+        raise ValueError(f"event must be 'update' or 'journal', not {event!r}")
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -445,6 +550,7 @@ class Emulator(EmulatedService):
                 "groups": len(self._tables["sys_user_group"]),
                 "clock_skew_seconds": self.clock_skew.total_seconds(),
                 "deny_read": sorted(self.deny_tables),
+                "notifications": self._notifier.stats(),
                 **super().stats(),
             }
 
@@ -491,6 +597,8 @@ class Emulator(EmulatedService):
         clock = self.control_endpoint(self._control_clock)
         acl = self.control_endpoint(self._control_acl)
         oauth = self.control_endpoint(self._control_oauth)
+        notify = self.control_endpoint(self._control_notify)
+        act = self.control_endpoint(self._control_act)
         return [
             Route("/api/now/table/{table}", api, methods=["GET", "POST"]),
             Route(
@@ -503,6 +611,8 @@ class Emulator(EmulatedService):
             Route("/__emulator/clock", clock, methods=["POST"]),
             Route("/__emulator/acl", acl, methods=["POST"]),
             Route("/__emulator/oauth", oauth, methods=["GET", "POST"]),
+            Route("/__emulator/notify", notify, methods=["GET", "POST"]),
+            Route("/__emulator/act", act, methods=["POST"]),
         ]
 
     def _control_clock(self, body: dict[str, Any], _request: Request) -> dict[str, Any]:
@@ -527,6 +637,20 @@ class Emulator(EmulatedService):
         if expire:
             self.expire_tokens()
         return self.oauth_stats()
+
+    def _control_notify(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+        if request.method == "POST":
+            fields = {name: body.get(name) for name in ("url", "secret", "integration_user")}
+            if not all(value is None or isinstance(value, str) for value in fields.values()):
+                raise TypeError("url, secret and integration_user must be strings or null")
+            self.notify_to(**fields)
+        return self._notifier.stats()
+
+    def _control_act(self, body: dict[str, Any], _request: Request) -> dict[str, Any]:
+        fields = body.get("fields", {})
+        if not isinstance(fields, dict):
+            raise TypeError("fields must be an object")
+        return self.act_as(str(body["user"]), str(body["sys_id"]), **fields)
 
     def _may_read(self, table: str, user: User) -> bool:
         if table in self.deny_tables:
@@ -567,7 +691,7 @@ class Emulator(EmulatedService):
             if sys_id is not None:
                 return self._on_record(name, sys_id, method, body, user, view)
             if method == "GET":
-                return self._list(name, request, view)
+                return self._list(name, request, view, user)
             row = self._insert(body, user)
             location = f"{view.base}/api/now/table/{name}/{row['sys_id']}"
             return json_response(
@@ -589,11 +713,10 @@ class Emulator(EmulatedService):
             self._apply(row, body, user, is_new=False)
         return json_response({"result": self._render(name, row, view)})
 
-    def _list(self, name: str, request: Request, view: _View) -> Response:
+    def _list(self, name: str, request: Request, view: _View, user: User) -> Response:
         params = request.query_params
-        rows = parse(params.get("sysparm_query", "")).apply(
-            self._tables[name].values(), self._resolver(name)
-        )
+        query = parse(params.get("sysparm_query", ""), user_name=user.user_name)
+        rows = query.apply(self._tables[name].values(), self._resolver(name))
         limit = int_param(params.get("sysparm_limit"), DEFAULT_LIMIT, minimum=1)
         offset = int_param(params.get("sysparm_offset"), 0, minimum=0)
         headers = {
@@ -697,6 +820,7 @@ class Emulator(EmulatedService):
         row["number"] = f"INC{self._next_number:07d}"
         self._next_number += 1
         self._tables["incident"][row["sys_id"]] = row
+        self._notifier.offer(_update_notice(row))
         return row
 
     def _apply(
@@ -729,8 +853,14 @@ class Emulator(EmulatedService):
                 after["reassignment_count"] = str(int(row["reassignment_count"]) + 1)
         after.update(sys_updated_on=now, sys_updated_by=user.user_name)
         row.update(after)
-        for element, text in notes:
+        entries = [
             self._append_journal(row["sys_id"], element, text, user.user_name, now)
+            for element, text in notes
+        ]
+        if not is_new:  # an insert notifies once it is stored
+            self._notifier.offer(_update_notice(row))
+        for entry in entries:
+            self._notifier.offer(_journal_notice(row, entry))
 
     def _changes(self, body: Mapping[str, Any]) -> tuple[dict[str, str], list[tuple[str, str]]]:
         """Split a write into field changes and journal notes; unknown fields are dropped."""
@@ -760,7 +890,9 @@ class Emulator(EmulatedService):
                     return row["sys_id"]
         return ""
 
-    def _append_journal(self, doc: str, element: str, text: str, author: str, now: str) -> None:
+    def _append_journal(
+        self, doc: str, element: str, text: str, author: str, now: str
+    ) -> dict[str, str]:
         entry = {
             "sys_id": uuid.uuid4().hex,
             "element": element,
@@ -772,6 +904,23 @@ class Emulator(EmulatedService):
         }
         self._tables["sys_journal_field"][entry["sys_id"]] = entry
         self._journal_by_doc.setdefault(doc, []).append(entry)
+        return entry
+
+    def _put_choice(
+        self, table: str, element: str, value: str, label: str, sequence: str, inactive: str
+    ) -> dict[str, str]:
+        row = {
+            "sys_id": _choice_id(table, element, value),
+            "name": table,
+            "element": element,
+            "value": value,
+            "label": label,
+            "sequence": sequence,
+            "inactive": inactive,
+            "language": "en",
+        }
+        self._tables["sys_choice"][row["sys_id"]] = row
+        return row
 
     # ---- reads ----------------------------------------------------------------------------
 
@@ -788,7 +937,8 @@ class Emulator(EmulatedService):
         if name == "incident" and field_name in _JOURNAL_VIEWS:
             display = self._journal_text(row["sys_id"], _JOURNAL_VIEWS[field_name])
         else:
-            display = table.choices.get(field_name, {}).get(raw, raw)
+            choice = self._tables["sys_choice"].get(_choice_id(name, field_name, raw))
+            display = choice["label"] if choice else raw
         return display if view.mode == "true" else {"display_value": display, "value": raw}
 
     def _render_reference(self, target: str, value: str, view: _View) -> Any:
@@ -846,8 +996,9 @@ class Emulator(EmulatedService):
         return "\n".join(fields + notes)
 
     def _now(self) -> str:
-        """The instance's time: the clock, plus the skew set for this test."""
-        return (self._clock() + self.clock_skew).strftime(TIMESTAMP)
+        """The instance's time: the clock, plus the skew set for this test; held still through
+        a transaction that sets ``_instant``."""
+        return self._instant or (self._clock() + self.clock_skew).strftime(TIMESTAMP)
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -875,6 +1026,45 @@ def _required(form: Mapping[str, str], name: str) -> str:
         # Names the missing field, never a value: a body may hold a secret.
         raise _OAuthError(400, "invalid_request", f"Missing parameter: {name}")
     return value
+
+
+def _target(
+    url: str | None, secret: str | None, integration_user: str | None
+) -> NotifyTarget | None:
+    if url is None:
+        return None
+    if not secret:
+        raise ValueError("notifications need a secret to sign them with")
+    return NotifyTarget(url, secret, integration_user)
+
+
+def _choice_id(table: str, element: str, value: str) -> str:
+    return _stable_id("sys_choice", f"{table}.{element}={value}")
+
+
+def _update_notice(row: Mapping[str, str]) -> dict[str, str]:
+    """What the rule on ``incident`` sends for an insert or update."""
+    return {
+        "table": "incident",
+        "sys_id": row["sys_id"],
+        "sys_mod_count": row["sys_mod_count"],
+        "sys_updated_on": row["sys_updated_on"],
+        "sys_updated_by": row["sys_updated_by"],
+        "event": "update",
+    }
+
+
+def _journal_notice(row: Mapping[str, str], entry: Mapping[str, str]) -> dict[str, str]:
+    """What the rule on ``sys_journal_field`` sends for a work note or comment: the incident's
+    sys_mod_count, the entry's time and author."""
+    return {
+        "table": "incident",
+        "sys_id": row["sys_id"],
+        "sys_mod_count": row["sys_mod_count"],
+        "sys_updated_on": entry["sys_created_on"],
+        "sys_updated_by": entry["sys_created_by"],
+        "event": "journal",
+    }
 
 
 def _run_state_rules(

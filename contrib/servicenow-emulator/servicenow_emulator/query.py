@@ -8,6 +8,7 @@ conditions on fields the table does not have, are dropped silently, as ServiceNo
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,6 +29,11 @@ _CONDITION = re.compile(
 # Clients send date bounds as gs.dateGenerate('2024-01-31','10:00:00'); compare the literal instead.
 _DATE_GENERATE = re.compile(r"javascript:gs\.dateGenerate\('([^']*)',\s*'([^']*)'\)")
 _ESCAPED_CARET = "\x00"
+# The one script value the emulator evaluates: the session user's name, as in
+# ``sys_user?sysparm_query=user_name=javascript:gs.getUserName()``.
+USER_NAME_SCRIPT = "javascript:gs.getUserName()"
+# What ServiceNow compares as numbers: plain decimals (not "1e5", "inf" or "nan", which are text).
+_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
 _STRING_TESTS: dict[str, Callable[[str, str], bool]] = {
     "=": operator.eq,
@@ -83,7 +89,9 @@ class EncodedQuery:
         return rows
 
 
-def parse(text: str) -> EncodedQuery:
+def parse(text: str, *, user_name: str | None = None) -> EncodedQuery:
+    """The query ``text``; ``user_name`` is what :data:`USER_NAME_SCRIPT` stands for."""
+    conditions = functools.partial(_parse_condition, user_name=user_name)
     groups: list[list[list[Condition]]] = [[]]
     order_by: list[tuple[str, bool]] = []
     for raw in text.replace("^^", _ESCAPED_CARET).split("^"):
@@ -94,19 +102,18 @@ def parse(text: str) -> EncodedQuery:
             order_by.append((part.removeprefix("ORDERBY"), False))
         elif part.startswith("NQ"):
             groups.append([])
-            _add(groups[-1], part.removeprefix("NQ"), alternative=False)
+            _add(groups[-1], conditions(part.removeprefix("NQ")), alternative=False)
         elif part.startswith("OR"):
-            _add(groups[-1], part.removeprefix("OR"), alternative=True)
+            _add(groups[-1], conditions(part.removeprefix("OR")), alternative=True)
         else:
-            _add(groups[-1], part, alternative=False)
+            _add(groups[-1], conditions(part), alternative=False)
     return EncodedQuery(
         groups=tuple(tuple(tuple(clause) for clause in group) for group in groups if group),
         order_by=tuple(order_by),
     )
 
 
-def _add(group: list[list[Condition]], part: str, *, alternative: bool) -> None:
-    condition = _parse_condition(part)
+def _add(group: list[list[Condition]], condition: Condition | None, *, alternative: bool) -> None:
     if condition is None:
         return
     if alternative and group:
@@ -115,13 +122,15 @@ def _add(group: list[list[Condition]], part: str, *, alternative: bool) -> None:
         group.append([condition])
 
 
-def _parse_condition(part: str) -> Condition | None:
+def _parse_condition(part: str, *, user_name: str | None) -> Condition | None:
     if part.startswith(TEXT_QUERY + "="):
         return Condition(TEXT_QUERY, "=", part.removeprefix(TEXT_QUERY + "="))
     found = _CONDITION.fullmatch(part)
     if found is None:
         return None  # EQ markers, unsupported operators, garbage: ignored like ServiceNow does
     value = _DATE_GENERATE.sub(r"\1 \2", found["value"])
+    if value == USER_NAME_SCRIPT and user_name is not None:
+        value = user_name
     return Condition(found["field"], found["op"], value)
 
 
@@ -155,10 +164,7 @@ def _split_list(value: str) -> set[str]:
 
 
 def _number(value: str) -> float | None:
-    try:
-        return float(value)
-    except ValueError:
-        return None
+    return float(value) if _DECIMAL.fullmatch(value) else None
 
 
 def _sort(rows: list[R], field: str, descending: bool, resolve: Resolver) -> None:
