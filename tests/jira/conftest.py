@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
@@ -21,11 +26,18 @@ BASIC_TOKEN = f"{DEFAULT_EMAIL}:{DEFAULT_API_TOKEN}"
 BEARER = "oauth-access-token"  # John Doe's
 READER = Account("reader@example.com", "Rita Reader", "reader-token", read_only=True)
 JOHN = next(a for a in DEFAULT_ACCOUNTS if a.display_name == "John Doe")
+# Newfoundland: behind UTC by a half-hour offset that changes with daylight saving time, so a
+# JQL date written in the wrong zone misses changes instead of only repeating some.
+NEWFOUNDLAND = Account(
+    "nl@example.com", "Nell Newfoundland", "nl-token", time_zone="America/St_Johns"
+)
+NEWFOUNDLAND_TOKEN = f"{NEWFOUNDLAND.email}:nl-token"
 
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[RunningEmulator]:
-    emulator = JiraEmulator(accounts=[*DEFAULT_ACCOUNTS, READER], tokens={BEARER: JOHN.email})
+    accounts = [*DEFAULT_ACCOUNTS, READER, NEWFOUNDLAND]
+    emulator = JiraEmulator(accounts=accounts, tokens={BEARER: JOHN.email})
     with run_in_thread(emulator) as running:
         yield running
 
@@ -51,3 +63,54 @@ def provider(server: RunningEmulator, emulator: JiraEmulator) -> Iterator[JiraPr
     jira = JiraProvider(api_url=server.url, api_access_token=BASIC_TOKEN)
     yield jira
     jira.close()
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A local HTTP endpoint that records what is posted to it and answers ``status``."""
+
+    url: str
+    posts: list[Received] = field(default_factory=list)
+    status: int = 204
+    on_post: Any = None  # called with each Received before answering, if set
+
+    def events(self) -> list[str]:
+        return [post.json()["webhookEvent"] for post in self.posts]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    record = Receiver(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            received = Received(dict(self.headers.items()), self.rfile.read(length))
+            record.posts.append(received)
+            if record.on_post is not None:
+                record.on_post(received)
+            self.send_response(record.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:  # keep test output quiet
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    record.url = f"http://127.0.0.1:{http.server_address[1]}/hook"
+    thread = threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield record
+    finally:
+        http.shutdown()
+        http.server_close()

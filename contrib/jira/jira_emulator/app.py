@@ -16,10 +16,11 @@ import hmac
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from http import HTTPStatus
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,6 +36,7 @@ from ticketing_localserver.emulation import (
 
 from .adf import adf_to_text, is_document, text_to_adf
 from .jql import JqlError, Schema, Search, compile_query
+from .webhooks import Delivery, Webhook, WebhookSender
 
 ADMIN_ACCOUNT_ID = "5f8a1c2b3d4e5f60718293a4"
 DEFAULT_EMAIL = "admin@example.com"
@@ -44,6 +46,11 @@ SD_PUBLIC_COMMENT = "sd.public.comment"
 _EXPAND = "renderedFields,names,schema,operations,editmeta,changelog,versionedRepresentations"
 _SEARCH_LIMIT, _ID_SEARCH_LIMIT, _DEFAULT_SEARCH = 100, 5000, 50
 _COMMENT_LIMIT = 5000
+_BULK_FETCH_LIMIT = 100
+_CHANGELOG_EXPAND_LIMIT = 100
+# The registration body's key for the JQL filter, as Jira's admin webhook REST API names it.
+_JQL_FILTER = "issue-related-events-section"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Entity property limits (Jira: "The property key cannot be longer than 255 characters.").
 _PROPERTY_KEY_LIMIT, _PROPERTY_VALUE_LIMIT = 255, 32768
 _ADF_REQUIRED = "Operation value must be an Atlassian Document (see the Atlassian Document Format)"
@@ -57,18 +64,29 @@ _MAINTENANCE_PAGE = (
 
 @dataclass(frozen=True)
 class Account:
-    """An Atlassian account; ``api_token`` None means no Basic login, ``read_only`` 403s writes."""
+    """An Atlassian account; ``api_token`` None means no Basic login, ``read_only`` 403s writes.
+
+    ``time_zone`` is the profile's (an IANA name): Jira reads JQL dates in it. ``site_admin``
+    may manage webhooks.
+    """
 
     email: str
     display_name: str
     api_token: str | None = field(default=None, repr=False)
     read_only: bool = False
     account_id: str = ""  # derived from the email when empty, so ids are stable across runs
+    time_zone: str = "UTC"
+    site_admin: bool = False
 
     def __post_init__(self) -> None:
         if not self.account_id:
             digest = hashlib.sha256(self.email.casefold().encode()).hexdigest()[:24]
             object.__setattr__(self, "account_id", digest)
+        ZoneInfo(self.time_zone)  # an unknown zone fails here, not in the first search
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
 
 
 @dataclass(frozen=True)
@@ -161,7 +179,13 @@ class Project:
 
 
 DEFAULT_ACCOUNTS = (
-    Account(DEFAULT_EMAIL, "Alice Admin", DEFAULT_API_TOKEN, account_id=ADMIN_ACCOUNT_ID),
+    Account(
+        DEFAULT_EMAIL,
+        "Alice Admin",
+        DEFAULT_API_TOKEN,
+        account_id=ADMIN_ACCOUNT_ID,
+        site_admin=True,
+    ),
     Account("john.doe@example.com", "John Doe"),
     Account("jane.smith@example.com", "Jane Smith"),
 )
@@ -240,6 +264,16 @@ class _Comment:
     jsd_public: bool  # what Jira reports: internal only counts in service desk projects
 
 
+@dataclass(frozen=True)
+class _History:
+    """One changelog entry: who changed which fields of an issue, and when."""
+
+    id: str
+    author: Account
+    created: datetime
+    items: tuple[dict[str, Any], ...]
+
+
 @dataclass
 class _Issue:
     id: str
@@ -258,6 +292,7 @@ class _Issue:
     updated: datetime
     resolved: datetime | None = None
     comments: list[_Comment] = field(default_factory=list)
+    histories: list[_History] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -284,6 +319,12 @@ _ALL_FIELDS = (
     "summary", "issuetype", "project", "status", "priority", "labels", "assignee", "reporter",
     "creator", "created", "updated", "resolution", "resolutiondate", "description", "comment",
 )  # fmt: skip
+# A webhook body carries the issue without its comments; a comment's body carries only a summary.
+_ISSUE_EVENT_FIELDS = frozenset(_ALL_FIELDS) - {"comment"}
+_COMMENT_EVENT_FIELDS = frozenset(
+    {"summary", "issuetype", "project", "assignee", "priority", "status"}
+)
+_INTERNAL_PROPERTY = {"key": SD_PUBLIC_COMMENT, "value": {"internal": True}}
 
 
 class JiraEmulator(EmulatedService):
@@ -313,13 +354,17 @@ class JiraEmulator(EmulatedService):
             for index, p in enumerate(configured)
         }
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._webhook_sender = WebhookSender()
+        # Jira's base URL setting, for the links in webhook bodies: where the site was last reached.
+        self._site_url = "http://localhost"
         self.reset()
         self.app = Starlette(routes=self._routes())
 
     # ---- Python API -----------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget issues, comments, faults and the request log; restore latency and ``down``."""
+        """Forget issues, comments, webhooks (and their queued deliveries), faults and the
+        request log; restore latency and ``down``."""
         with self._lock:
             super().reset()
             self._issues: dict[str, _Issue] = {}  # by id, in creation order
@@ -327,6 +372,73 @@ class JiraEmulator(EmulatedService):
             self._key_counters = dict.fromkeys(self._projects, 0)
             self._next_issue_id = 10000
             self._next_comment_id = 10000
+            self._next_history_id = 10000
+            self._webhooks: dict[int, Webhook] = {}
+            self._next_webhook_id = 1
+            self._webhook_sender.reset()
+
+    def add_webhook(
+        self,
+        url: str,
+        secret: str | None = None,
+        events: Sequence[str] = ("jira:issue_updated", "comment_created"),
+        *,
+        jql: str = "",
+        name: str = "Emulator webhook",
+    ) -> int:
+        """Register an admin webhook as the site admin would; returns its id."""
+        body = {
+            "name": name,
+            "url": url,
+            "events": list(events),
+            "filters": {_JQL_FILTER: jql},
+            "secret": secret,
+        }
+        with self._lock:
+            admin = next(a for a in self._accounts.values() if a.site_admin)
+            return self._register(body, admin).id
+
+    def wait_for_webhooks(self, timeout: float = 5.0) -> bool:
+        """Wait until every webhook delivery queued so far has been attempted (False if
+        ``timeout`` seconds pass first). Call it outside any lock of the receiver's."""
+        return self._webhook_sender.wait(timeout)
+
+    def act_as(
+        self,
+        account: str,
+        issue: str,
+        *,
+        status: str | None = None,
+        comment: str | None = None,
+        internal: bool = False,
+        fields: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Change an issue as ``account`` (email or account id) would through the REST API:
+        edit ``fields`` (REST shape) and move to ``status`` as one change, then add ``comment``
+        (an internal one with ``internal``, as a service desk agent can). Webhooks fire as for
+        any client. Returns the stored issue."""
+        with self._lock:
+            author = self._account(account)
+            target = self._find(issue)
+            if author is None or target is None:
+                raise KeyError(account if author is None else issue)
+            if author.read_only:
+                raise ApiError(403, ["You do not have permission to edit issues in this project."])
+            if fields or status is not None:
+                self._change(
+                    target, {"fields": dict(fields or {})}, author, self._status(target, status)
+                )
+            if comment is not None:
+                properties = [_INTERNAL_PROPERTY] if internal else []
+                self._append_comment(target, text_to_adf(comment), author, None, properties)
+            return _stored_issue(target)
+
+    def _status(self, issue: _Issue, name: str | None) -> Status | None:
+        if name is None:
+            return None
+        if name not in issue.project.statuses or name == issue.status.name:
+            raise ValueError(f"no transition of {issue.key} to {name!r}")
+        return STATUSES[name]
 
     @property
     def issues(self) -> list[dict[str, Any]]:
@@ -359,8 +471,9 @@ class JiraEmulator(EmulatedService):
                 if status is not None and status not in target.statuses:
                     raise ValueError(f"{status!r} is not in {target.key}'s workflow")
                 issue = self._create_issue(self._seed_fields(target, values), creator)
-                if status is not None:
+                if status is not None:  # moved right after creation; set-up, so nobody is notified
                     self._move(issue, STATUSES[status])
+                    self._touch(issue)
                 created.append(_stored_issue(issue))
             return created
 
@@ -371,6 +484,8 @@ class JiraEmulator(EmulatedService):
                 "comments": sum(len(issue.comments) for issue in self._issues.values()),
                 "accounts": len(self._accounts),
                 "projects": len(self._projects),
+                "webhooks": len(self._webhooks),
+                "webhook_deliveries": self._webhook_sender.counts(),
                 **super().stats(),
             }
 
@@ -395,11 +510,14 @@ class JiraEmulator(EmulatedService):
 
     def _routes(self) -> list[Route]:
         issue = "/rest/api/3/issue/{issue}"
+        webhooks = "/rest/webhooks/1.0/webhook"
         api: list[tuple[str, str, _Handler, str | None]] = [
             ("/rest/api/3/myself", "GET", self._myself, None),
             ("/rest/api/3/project/{project}", "GET", self._get_project, None),
+            ("/rest/api/3/project/{project}/statuses", "GET", self._project_statuses, None),
             ("/rest/servicedeskapi/servicedesk", "GET", self._service_desks, None),
             ("/rest/api/3/issue", "POST", self._create, "create issues in this project"),
+            ("/rest/api/3/issue/bulkfetch", "POST", self._bulk_fetch, None),
             (issue, "GET", self._get_issue, None),
             (issue, "PUT", self._edit, "edit issues in this project"),
             (issue, "DELETE", self._delete, "delete issues in this project"),
@@ -410,6 +528,10 @@ class JiraEmulator(EmulatedService):
             ("/rest/api/3/search/jql", "GET", self._search_get, None),
             ("/rest/api/3/search/jql", "POST", self._search_post, None),
             ("/rest/api/3/search/approximate-count", "POST", self._approximate_count, None),
+            (webhooks, "GET", self._list_webhooks, None),
+            (webhooks, "POST", self._register_webhook, "register webhooks"),
+            (webhooks + "/{webhook}", "GET", self._get_webhook, None),
+            (webhooks + "/{webhook}", "DELETE", self._delete_webhook, "delete webhooks"),
         ]
         return [
             *(
@@ -433,7 +555,9 @@ class JiraEmulator(EmulatedService):
             raise ApiError(403, [f"You do not have permission to {write_action}."])
         body = await _read_object(request) if request.method in ("POST", "PUT") else {}
         with self._lock:
-            return handler(_Call(request, account, body))
+            call = _Call(request, account, body)
+            self._site_url = call.base
+            return handler(call)
 
     def _basic_account(self, email: str, token: str) -> Account | None:
         account = self._accounts.get(email.casefold())
@@ -463,6 +587,20 @@ class JiraEmulator(EmulatedService):
                     _issue_type_json(ISSUE_TYPES[name], call.base) for name in project.issue_types
                 ],
             }
+        )
+
+    def _project_statuses(self, call: _Call) -> Response:
+        """The statuses each issue type of the project can be in (here: the project workflow)."""
+        wanted = call.request.path_params["project"]
+        project = self._project(wanted)
+        if project is None:
+            raise ApiError(404, [f"No project could be found with key '{wanted}'."])
+        statuses = [_status_json(STATUSES[name], call.base) for name in project.statuses]
+        return json_response(
+            [
+                {**_issue_type_json(ISSUE_TYPES[name], call.base), "statuses": statuses}
+                for name in project.issue_types
+            ]
         )
 
     def _service_desks(self, call: _Call) -> Response:
@@ -540,16 +678,55 @@ class JiraEmulator(EmulatedService):
     def _get_issue(self, call: _Call) -> Response:
         issue = self._issue(call)
         selected = _select_fields(call.request.query_params.getlist("fields"), default="*all")
-        return json_response(_issue_json(issue, call.base, selected))
+        return json_response(_issue_json(issue, call.base, selected, _expands(call)))
+
+    def _bulk_fetch(self, call: _Call) -> Response:
+        """Up to 100 issues by id or key; those missing or hidden are left out, not refused."""
+        refs = call.body.get("issueIdsOrKeys")
+        if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+            raise ApiError(400, ["issueIdsOrKeys must be a non-empty list of issue ids or keys."])
+        if len(refs) > _BULK_FETCH_LIMIT:
+            raise ApiError(400, [f"You can request at most {_BULK_FETCH_LIMIT} issues at once."])
+        fields = call.body.get("fields") or []
+        expand = call.body.get("expand") or []
+        if not isinstance(fields, list) or not isinstance(expand, list):
+            raise ApiError(400, [_BAD_PAYLOAD])
+        selected = _select_fields([str(f) for f in fields], default="*navigable")
+        expands = frozenset(str(e) for e in expand)
+        found = {issue.id: issue for ref in refs if (issue := self._find(ref.strip()))}
+        issues = [_issue_json(issue, call.base, selected, expands) for issue in found.values()]
+        return json_response({"expand": _EXPAND, "issues": issues, "issueErrors": []})
 
     def _edit(self, call: _Call) -> Response:
         issue = self._issue(call)
-        self._apply_edit(issue, call.body, call.account)
+        self._change(issue, call.body, call.account)
         return Response(status_code=204)
 
-    def _apply_edit(self, issue: _Issue, body: Mapping[str, Any], author: Account) -> None:
-        """Apply a body's ``fields`` and ``update``; all is validated first, so a refused edit
-        changes nothing."""
+    def _change(
+        self,
+        issue: _Issue,
+        body: Mapping[str, Any],
+        author: Account,
+        target: Status | None = None,
+    ) -> None:
+        """Apply an edit body (and the move to ``target``) as one changelog entry and one
+        ``jira:issue_updated``, then add the body's comments. All is validated first, so a
+        refused edit changes nothing."""
+        changes, comments = self._edit_changes(issue, body)
+        items = [_change_item(name, getattr(issue, name), value) for name, value in changes.items()]
+        for name, value in changes.items():
+            setattr(issue, name, value)
+        if target is not None:
+            items += self._move(issue, target)
+        self._record(issue, author, items, "issue_updated" if target is None else "issue_generic")
+        for comment in comments:
+            self._append_comment(issue, comment, author, visibility=None, properties=[])
+
+    def _edit_changes(
+        self, issue: _Issue, body: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The attribute values a body's ``fields`` and ``update`` change, and the comments its
+        ``update`` adds; raises for anything refused."""
         fields, update = body.get("fields") or {}, body.get("update") or {}
         if not isinstance(fields, dict) or not isinstance(update, dict):
             raise ApiError(400, [_BAD_PAYLOAD])
@@ -564,13 +741,28 @@ class JiraEmulator(EmulatedService):
                 self._update_operation(issue, name, operation, changes, comments, errors)
         if errors:
             raise ApiError(400, errors=errors)
-        changed = {k: v for k, v in changes.items() if getattr(issue, k) != v}
-        for name, value in changed.items():
-            setattr(issue, name, value)
-        for comment in comments:
-            self._append_comment(issue, comment, author, visibility=None, properties=[])
-        if changed:
-            issue.updated = self._now()
+        return {k: v for k, v in changes.items() if getattr(issue, k) != v}, comments
+
+    def _record(
+        self, issue: _Issue, author: Account, items: list[dict[str, Any]], event_type: str
+    ) -> None:
+        """Note a change of ``items`` in the changelog and notify the webhooks; no-op changes
+        leave no trace, as in Jira."""
+        if not items:
+            return
+        history = _History(str(self._next_history_id), author, self._touch(issue), tuple(items))
+        self._next_history_id += 1
+        issue.histories.append(history)
+        payload = _issue_event(issue, author, self._site_url, event_type)
+        self._notify(
+            "jira:issue_updated", issue, {**payload, "changelog": _changelog_event(history)}
+        )
+
+    def _touch(self, issue: _Issue) -> datetime:
+        """Mark ``issue`` changed now. Its ``updated`` rises strictly with every change (by a
+        millisecond when the clock has not moved), so clients can use it as a revision."""
+        issue.updated = max(self._now(), issue.updated + timedelta(milliseconds=1))
+        return issue.updated
 
     def _update_operation(
         self,
@@ -670,19 +862,19 @@ class JiraEmulator(EmulatedService):
         target = dict(_transition_targets(issue)).get(wanted)
         if target is None:
             raise ApiError(400, [f"Transition id '{wanted}' is not valid for this issue."])
-        self._apply_edit(issue, call.body, call.account)
-        self._move(issue, target)
+        self._change(issue, call.body, call.account, target)
         return Response(status_code=204)
 
-    def _move(self, issue: _Issue, status: Status) -> None:
-        now = self._now()
+    def _move(self, issue: _Issue, status: Status) -> list[dict[str, Any]]:
+        """Put ``issue`` in ``status``; the changelog items saying so."""
+        items = [_change_item("status", issue.status, status)]
         # Done-category statuses carry a resolution, as the default workflows' post functions set.
-        if status.category == "done" and issue.resolved is None:
-            issue.resolved = now
-        elif status.category != "done":
-            issue.resolved = None
+        resolved = status.category == "done"
+        if resolved != (issue.resolved is not None):
+            items.append(_resolution_item(resolved))
+            issue.resolved = self._now() if resolved else None
         issue.status = status
-        issue.updated = now
+        return items
 
     # ---- comments -------------------------------------------------------------------------
 
@@ -714,7 +906,7 @@ class JiraEmulator(EmulatedService):
             and p["value"].get("internal") is True
             for p in properties
         )
-        now = self._now()
+        now = self._touch(issue)
         comment = _Comment(
             id=str(self._next_comment_id),
             author=author,
@@ -729,7 +921,12 @@ class JiraEmulator(EmulatedService):
         )
         self._next_comment_id += 1
         issue.comments.append(comment)
-        issue.updated = now
+        base = self._site_url
+        comment_json = _comment_json(issue, comment, base, frozenset())
+        commented = _issue_event(issue, author, base, "issue_commented")
+        self._notify("jira:issue_updated", issue, {**commented, "comment": comment_json})
+        summary = _issue_json(issue, base, _COMMENT_EVENT_FIELDS)
+        self._notify("comment_created", issue, {"comment": comment_json, "issue": summary})
         return comment
 
     def _list_comments(self, call: _Call) -> Response:
@@ -748,6 +945,96 @@ class JiraEmulator(EmulatedService):
             }
         )
 
+    # ---- webhooks -------------------------------------------------------------------------
+
+    def _list_webhooks(self, call: _Call) -> Response:
+        _require_admin(call.account)
+        return json_response([_webhook_json(hook, call.base) for hook in self._webhooks.values()])
+
+    def _get_webhook(self, call: _Call) -> Response:
+        _require_admin(call.account)
+        return json_response(_webhook_json(self._webhook(call), call.base))
+
+    def _register_webhook(self, call: _Call) -> Response:
+        _require_admin(call.account)
+        return json_response(_webhook_json(self._register(call.body, call.account), call.base), 201)
+
+    def _delete_webhook(self, call: _Call) -> Response:
+        _require_admin(call.account)
+        del self._webhooks[self._webhook(call).id]
+        return Response(status_code=204)
+
+    def _webhook(self, call: _Call) -> Webhook:
+        wanted = call.request.path_params["webhook"]
+        hook = self._webhooks.get(int(wanted)) if wanted.isdigit() else None
+        if hook is None:
+            raise ApiError(404, [f"No webhook with id {wanted} exists."])
+        return hook
+
+    def _register(self, body: Mapping[str, Any], account: Account) -> Webhook:
+        """A webhook from a registration body (``name``, ``url``, ``events``, ``filters``,
+        ``excludeBody``, ``secret``), stored; every problem is reported at once."""
+        errors: dict[str, str] = {}
+        name, url, events = body.get("name"), body.get("url"), body.get("events", [])
+        filters, secret = body.get("filters") or {}, body.get("secret")
+        if not _is_text(name):
+            errors["name"] = "The webhook name must not be empty."
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            errors["url"] = "The webhook URL must be an absolute http(s) URL."
+        if not isinstance(events, list) or not all(_is_text(e) for e in events):
+            errors["events"] = "Events must be a list of event names."
+        jql = (filters.get(_JQL_FILTER) or "") if isinstance(filters, dict) else None
+        if not isinstance(jql, str):
+            errors["filters"] = f"Filters must be an object with '{_JQL_FILTER}' JQL."
+        elif jql:
+            try:
+                compile_query(jql, self._schema(account))
+            except JqlError as error:
+                errors["filters"] = str(error)
+        if secret is not None and not isinstance(secret, str):
+            errors["secret"] = "The secret must be a string."  # noqa: S105 - a message
+        if errors:
+            raise ApiError(400, errors=errors)
+        hook = Webhook(
+            id=self._next_webhook_id,
+            name=str(name),
+            url=str(url),
+            events=tuple(events),
+            jql=str(jql),
+            secret=secret or None,
+            exclude_body=body.get("excludeBody") is True,
+            registered_by=account.account_id,
+            registered_at=_epoch_ms(self._now()),
+        )
+        self._next_webhook_id += 1
+        self._webhooks[hook.id] = hook
+        return hook
+
+    def _notify(self, event: str, issue: _Issue, payload: Mapping[str, Any]) -> None:
+        """Queue ``event`` about ``issue`` for every webhook that wants it. Only queued here:
+        the sender posts from its own thread, never under the site's lock."""
+        hooks = [
+            h for h in self._webhooks.values() if event in h.events and self._matches(h, issue)
+        ]
+        if not hooks:
+            return
+        body = {"timestamp": _epoch_ms(self._now()), "webhookEvent": event, **payload}
+        encoded = json.dumps(body).encode()
+        for hook in hooks:
+            sent = b"" if hook.exclude_body else encoded
+            self._webhook_sender.send(Delivery(hook.url, sent, hook.secret))
+
+    def _matches(self, hook: Webhook, issue: _Issue) -> bool:
+        if not hook.jql:
+            return True
+        # Read as the account that registered it; one that is gone makes the filter match none.
+        account = self._by_account_id(hook.registered_by)
+        try:
+            search = compile_query(hook.jql, self._schema(account)) if account else None
+        except JqlError:  # it names something gone since (an issue key): it matches nothing
+            return False
+        return search is not None and bool(search.select([_row(issue)]))
+
     # ---- search ---------------------------------------------------------------------------
 
     def _search_get(self, call: _Call) -> Response:
@@ -758,6 +1045,7 @@ class JiraEmulator(EmulatedService):
             params.get("maxResults"),
             params.getlist("fields"),
             params.get("nextPageToken"),
+            params.get("expand") or "",
         )
 
     def _search_post(self, call: _Call) -> Response:
@@ -772,6 +1060,7 @@ class JiraEmulator(EmulatedService):
             None if max_results is None else str(max_results),
             [str(f) for f in fields],
             body.get("nextPageToken"),
+            str(body.get("expand") or ""),
         )
 
     def _search(
@@ -781,6 +1070,7 @@ class JiraEmulator(EmulatedService):
         max_results: str | None,
         fields: list[str],
         token: str | None,
+        expand: str,
     ) -> Response:
         search = self._compile(jql, call.account)
         selected = _select_fields(fields, default="id")
@@ -790,7 +1080,9 @@ class JiraEmulator(EmulatedService):
         offset = _decode_page_token(token, jql) if token else 0
         matched = search.select(self._rows())
         page = [row["_issue"] for row in matched[offset : offset + limit]]
-        body: dict[str, Any] = {"issues": [_search_hit(i, call.base, selected) for i in page]}
+        expands = frozenset(part.strip() for part in expand.split(","))
+        hits = [_search_hit(issue, call.base, selected, expands) for issue in page]
+        body: dict[str, Any] = {"issues": hits}
         is_last = offset + limit >= len(matched)
         if not is_last:
             body["nextPageToken"] = _page_token(offset + limit, jql)
@@ -834,6 +1126,7 @@ class JiraEmulator(EmulatedService):
             ranks={p.id: len(PRIORITIES) - int(p.id) for p in PRIORITIES.values()},
             current_user=account.account_id,
             now=self._clock(),
+            zone=account.zone,
         )
 
     def _rows(self) -> list[dict[str, Any]]:
@@ -893,7 +1186,7 @@ def _user_json(account: Account, base: str) -> dict[str, Any]:
         "emailAddress": account.email,
         "displayName": account.display_name,
         "active": True,
-        "timeZone": "UTC",
+        "timeZone": account.time_zone,
         "accountType": "atlassian",
     }
 
@@ -994,20 +1287,131 @@ def _field_json(issue: _Issue, name: str, base: str) -> Any:
     return renderers[name]()
 
 
-def _issue_json(issue: _Issue, base: str, selected: frozenset[str]) -> dict[str, Any]:
+def _issue_json(
+    issue: _Issue, base: str, selected: frozenset[str], expands: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     fields = {name: _field_json(issue, name, base) for name in _ALL_FIELDS if name in selected}
-    return {
+    rendered = {
         "expand": _EXPAND,
         "id": issue.id,
         "self": _issue_url(issue, base),
         "key": issue.key,
         "fields": fields,
     }
+    if "changelog" in expands:
+        rendered["changelog"] = _changelog_json(issue, base)
+    return rendered
 
 
-def _search_hit(issue: _Issue, base: str, selected: frozenset[str]) -> dict[str, Any]:
+def _search_hit(
+    issue: _Issue, base: str, selected: frozenset[str], expands: frozenset[str]
+) -> dict[str, Any]:
     # Enhanced search returns bare ids unless fields are asked for.
-    return {"id": issue.id} if selected <= {"id"} else _issue_json(issue, base, selected)
+    if selected <= {"id"} and "changelog" not in expands:
+        return {"id": issue.id}
+    return _issue_json(issue, base, selected, expands)
+
+
+def _changelog_json(issue: _Issue, base: str) -> dict[str, Any]:
+    """The ``changelog`` expansion: "recent updates to an issue, sorted by date, starting from
+    the most recent" (Jira's words), at most 100 of them."""
+    recent = issue.histories[::-1][:_CHANGELOG_EXPAND_LIMIT]
+    return {
+        "startAt": 0,
+        "maxResults": len(recent),
+        "total": len(issue.histories),
+        "histories": [
+            {
+                "id": history.id,
+                "author": _user_json(history.author, base),
+                "created": _timestamp(history.created),
+                "items": list(history.items),
+            }
+            for history in recent
+        ],
+    }
+
+
+def _change_item(name: str, old: Any, new: Any) -> dict[str, Any]:
+    """A changelog item: the field's old and new value, as ids (``from``/``to``) where the
+    value is a thing with one, and as text (``fromString``/``toString``)."""
+    (old_id, old_text), (new_id, new_text) = _change_value(old), _change_value(new)
+    return {
+        "field": name,
+        "fieldtype": "jira",
+        "fieldId": name,
+        "from": old_id,
+        "fromString": old_text,
+        "to": new_id,
+        "toString": new_text,
+    }
+
+
+def _change_value(value: Any) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, None
+    if isinstance(value, Status | Priority):
+        return value.id, value.name
+    if isinstance(value, Account):
+        return value.account_id, value.display_name
+    if isinstance(value, list):
+        return None, " ".join(value)
+    if isinstance(value, dict):
+        return None, adf_to_text(value)
+    return None, str(value)
+
+
+def _resolution_item(resolved: bool) -> dict[str, Any]:
+    done = (_RESOLUTION_DONE["id"], _RESOLUTION_DONE["name"])
+    (old_id, old_text), (new_id, new_text) = (
+        ((None, None), done) if resolved else (done, (None, None))
+    )
+    return {
+        "field": "resolution",
+        "fieldtype": "jira",
+        "fieldId": "resolution",
+        "from": old_id,
+        "fromString": old_text,
+        "to": new_id,
+        "toString": new_text,
+    }
+
+
+def _issue_event(issue: _Issue, author: Account, base: str, event_type: str) -> dict[str, Any]:
+    """The common part of a ``jira:issue_updated`` body: who, what kind of change, the issue."""
+    return {
+        "issue_event_type_name": event_type,
+        "user": _user_json(author, base),
+        "issue": _issue_json(issue, base, _ISSUE_EVENT_FIELDS),
+    }
+
+
+def _changelog_event(history: _History) -> dict[str, Any]:
+    return {"id": history.id, "items": list(history.items)}
+
+
+def _webhook_json(hook: Webhook, base: str) -> dict[str, Any]:
+    """A registered webhook as the admin REST API shows it; the secret is never shown again."""
+    return {
+        "self": f"{base}/rest/webhooks/1.0/webhook/{hook.id}",
+        "name": hook.name,
+        "url": hook.url,
+        "events": list(hook.events),
+        "filters": {_JQL_FILTER: hook.jql},
+        "excludeBody": hook.exclude_body,
+        "enabled": True,
+        "lastUpdatedUser": hook.registered_by,
+        "lastUpdated": hook.registered_at,
+    }
+
+
+def _require_admin(account: Account) -> None:
+    if not account.site_admin:
+        raise ApiError(403, ["Only Jira administrators can manage webhooks."])
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 def _select_fields(specs: Iterable[str], *, default: str) -> frozenset[str]:

@@ -17,7 +17,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 Row = Mapping[str, Any]
@@ -301,6 +301,8 @@ class Schema:
     ranks: Mapping[str, int]  # canonical priority -> rank; higher is more urgent
     current_user: str  # the caller's account id, for currentUser()
     now: datetime
+    # The caller's profile time zone: Jira reads date literals and startOfDay() in it.
+    zone: tzinfo = UTC
 
 
 _EQUALITY = frozenset({"=", "!=", "in", "not in"})
@@ -467,7 +469,7 @@ def _bind_value(field: _Field, typed: str, operand: Operand, schema: Schema) -> 
     if isinstance(operand, Function):
         return _call(field, operand, schema)
     if field.kind == "date":
-        return _parse_date(typed, operand, schema.now)
+        return _parse_date(typed, operand, schema.now, schema.zone)
     if field.kind == "number":
         if not operand.isdigit():
             raise JqlError(f"The value '{operand}' does not exist for the field '{typed}'.")
@@ -488,7 +490,8 @@ def _call(field: _Field, function: Function, schema: Schema) -> Any:
     if name == "currentuser" and field.name in _USER_FIELDS:
         return schema.current_user.casefold()
     if name in ("now", "startofday", "endofday") and field.kind == "date":
-        midnight = schema.now.replace(hour=0, minute=0, second=0, microsecond=0)
+        local = schema.now.astimezone(schema.zone)
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
         return {
             "now": schema.now,
             "startofday": midnight,
@@ -502,10 +505,10 @@ def _call(field: _Field, function: Function, schema: Schema) -> Any:
     raise JqlError(f"Unable to find JQL function '{function.name}()'.")
 
 
-def _parse_date(typed: str, literal: str, now: datetime) -> datetime:
+def _parse_date(typed: str, literal: str, now: datetime, zone: tzinfo) -> datetime:
     for fmt in _DATE_FORMATS:
         try:
-            return datetime.strptime(literal, fmt).replace(tzinfo=UTC)
+            return datetime.strptime(literal, fmt).replace(tzinfo=zone)
         except ValueError:
             continue
     period = _PERIOD.fullmatch(literal.strip())
