@@ -79,7 +79,7 @@ def test_an_outage_shows_as_paused_with_its_reason_counts_and_last_delivery(
     assert fresh == {
         "id": fresh["id"], "type": "servicenow", "category": "ticketing",
         "api_url": emulator_url, "connected": True, "status": "idle",
-        "created": fresh["created"], "pending": 0, "dead": 0,
+        "created": fresh["created"], "pending": 0, "dead": 0, "inbound": {"enabled": False},
     }  # fmt: skip
     assert (delivering["connected"], delivering["pending"], delivering["dead"]) == (True, 1, 0)
     assert "last_error" not in delivering

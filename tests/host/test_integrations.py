@@ -22,6 +22,9 @@ SECRET = ADMIN_TOKEN.partition(":")[2]
         ("POST", "/api/anomalies"),
         ("GET", "/api/integrations/ticketing/tickets/search"),
         ("GET", "/api/anomalies/12345/ticket-links"),
+        ("PUT", "/api/integrations/1/inbound"),
+        ("POST", "/api/integrations/1/inbound/secret"),
+        ("GET", "/api/integrations/1/sync-log"),
     ],
 )
 @pytest.mark.parametrize(
@@ -56,6 +59,10 @@ def test_openapi_is_public_and_lists_every_endpoint(host: Host) -> None:
         "/api/anomalies": ["post"],
         "/api/anomalies/{anomaly_id}": ["get", "put"],
         "/api/anomalies/{anomaly_id}/comments": ["post"],
+        "/api/integrations/{integration_id}/inbound": ["put"],
+        "/api/integrations/{integration_id}/inbound/secret": ["post"],
+        "/api/integrations/{integration_id}/sync-log": ["get"],
+        "/api/inbound/{integration_id}": ["post"],
     }
     assert "HTTPBearer" in document["components"]["securitySchemes"]
 
@@ -80,7 +87,7 @@ def test_creating_an_integration_validates_and_returns_the_seed_shape(
     listed = host.api.get("/api/integrations")
     fetched = host.api.get(f"/api/integrations/{created['id']}")
     # Answers after a create's also tell how its deliveries stand (see test_integration_state).
-    idle = created | {"pending": 0, "dead": 0}
+    idle = created | {"pending": 0, "dead": 0, "inbound": {"enabled": False}}
     assert listed.json() == [idle]
     assert fetched.json() == idle
     for text in (response.text, listed.text, fetched.text):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -88,8 +88,37 @@ class LinkStore:
             )
             return [_link(row) for row in rows.mappings()]
 
-    def record_status(self, link_id: int, status: str, synced_at: datetime) -> None:
-        with self.database.begin() as c:
+    def for_ticket(
+        self, integration_id: int, ticket_id: str, conn: sa.Connection | None = None
+    ) -> list[TicketLink]:
+        """The links of one ticket (one per anomaly it tracks)."""
+        with self.database.read(conn) as c:
+            rows = c.execute(
+                sa.select(links)
+                .where(links.c.integration_id == integration_id, links.c.ticket_id == ticket_id)
+                .order_by(links.c.id)
+            )
+            return [_link(row) for row in rows.mappings()]
+
+    def linked_tickets(self, integration_id: int, ticket_ids: Collection[str]) -> set[str]:
+        """Those of ``ticket_ids`` that some anomaly is linked to through the integration."""
+        found: set[str] = set()
+        with self.database.read() as c:
+            for chunk in _chunks(sorted(set(ticket_ids)), 500):
+                found.update(
+                    c.execute(
+                        sa.select(links.c.ticket_id).where(
+                            links.c.integration_id == integration_id,
+                            links.c.ticket_id.in_(chunk),
+                        )
+                    ).scalars()
+                )
+        return found
+
+    def record_status(
+        self, link_id: int, status: str, synced_at: datetime, conn: sa.Connection | None = None
+    ) -> None:
+        with self.database.begin(conn) as c:
             c.execute(
                 links.update()
                 .where(links.c.id == link_id)
@@ -127,6 +156,11 @@ class LinkStore:
                 .first()
             )
         return _link(row) if row is not None else None
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _link(row: sa.RowMapping) -> TicketLink:

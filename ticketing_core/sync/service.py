@@ -24,12 +24,14 @@ from ticketing_core.errors import (
     Conflict,
     IntegrationUnusable,
     InvalidInput,
+    NotFound,
     ProviderError,
     TicketingError,
 )
-from ticketing_core.hookspecs import Provider
+from ticketing_core.hookspecs import InboundProvider, Provider
 from ticketing_core.http.budget import DEFAULT_DEADLINE, call_budget
 from ticketing_core.models import (
+    MAX_PAGE_SIZE,
     Anomaly,
     Capabilities,
     Ticket,
@@ -59,10 +61,13 @@ log = logging.getLogger(__name__)
 
 USER = "user"
 INTEGRATION = "integration"
+TICKET = "ticket"  # copied from a ticket's work note or comment (inbound sync)
 
 # Takes the caller's open transaction, if any, so a lookup never checks out a second connection.
 PolicyFor = Callable[[int, sa.Connection | None], SyncPolicy]
 CommentOnAnomaly = Callable[[int, str], None]
+TicketRef = tuple[int, str]
+"""A ticket as (integration id, ticket id)."""
 
 
 class CreatedTicket(NamedTuple):
@@ -72,6 +77,13 @@ class CreatedTicket(NamedTuple):
     ticket: Ticket
     link: TicketLink
     existing: bool
+
+
+def _by_integration(links: Sequence[TicketLink]) -> dict[int, list[TicketLink]]:
+    grouped: dict[int, list[TicketLink]] = {}
+    for link in links:
+        grouped.setdefault(link.integration_id, []).append(link)
+    return grouped
 
 
 def _woken_by(service: SyncService, _: object, dispatcher: Dispatcher | None) -> Dispatcher | None:
@@ -222,32 +234,58 @@ class SyncService:
     def pull_status(self, anomaly_id: int) -> list[TicketLink]:
         """Read each linked ticket's status; record it, and comment on the anomaly when it changed.
 
-        The anomaly's own status never changes. A ticket that cannot be read keeps its last known
-        status while the others are refreshed; only when none can be read is the error raised.
+        The anomaly's own status never changes. Tickets of a provider with inbound sync are read
+        a hundred per request. A ticket that cannot be read keeps its last known status while the
+        others are refreshed; only when none can be read is the error raised.
         """
         links = self.links.for_anomaly(anomaly_id)
         failures: list[ProviderError | IntegrationUnusable] = []
-        for link in links:
-            try:
-                with call_budget(deadline=self.interactive_deadline):
-                    provider = self.provider_for(link.integration_id, None)
-                    status = provider.get_status(link.ticket_id)
-            except (ProviderError, IntegrationUnusable) as exc:
-                log.warning(
-                    "cannot pull %s for anomaly %s: %s", link.ticket_number, anomaly_id, exc
-                )
-                failures.append(exc)
-                continue
-            if status.label != link.status:
-                # Comment before recording: a crash in between repeats the comment, never loses it.
-                self.comment_on_anomaly(
-                    anomaly_id,
-                    self.messages.status_pulled(link.ticket_number, link.status, status.label),
-                )
-            self.links.record_status(link.id, status.label, utcnow())
+        for integration_id, linked in _by_integration(links).items():
+            statuses = self._statuses(integration_id, [link.ticket_id for link in linked])
+            for link in linked:
+                status = statuses[link.ticket_id]
+                if not isinstance(status, str):
+                    log.warning(
+                        "cannot pull %s for anomaly %s: %s", link.ticket_number, anomaly_id, status
+                    )
+                    failures.append(status)
+                    continue
+                if status != link.status:
+                    # Comment before recording: a crash in between repeats the comment, never
+                    # loses it.
+                    self.comment_on_anomaly(
+                        anomaly_id,
+                        self.messages.status_pulled(link.ticket_number, link.status, status),
+                    )
+                self.links.record_status(link.id, status, utcnow())
         if links and len(failures) == len(links):
             raise failures[0]
         return self.links.for_anomaly(anomaly_id)
+
+    def _statuses(
+        self, integration_id: int, ticket_ids: Sequence[str]
+    ) -> dict[str, str | ProviderError | IntegrationUnusable]:
+        """Each ticket's status label, or why it could not be read: a hundred tickets per read
+        where the provider can, else one by one."""
+        found: dict[str, str | ProviderError | IntegrationUnusable] = {}
+        try:
+            provider = self.provider_for(integration_id, None)
+            if isinstance(provider, InboundProvider) and provider.capabilities.inbound_sync:
+                for start in range(0, len(ticket_ids), MAX_PAGE_SIZE):
+                    with call_budget(deadline=self.interactive_deadline):
+                        tickets = provider.get_many(ticket_ids[start : start + MAX_PAGE_SIZE])
+                    found.update((ticket.id, ticket.status) for ticket in tickets)
+                gone = NotFound("no such ticket: it was deleted, or is hidden from us")
+                return {ticket_id: found.get(ticket_id, gone) for ticket_id in ticket_ids}
+            for ticket_id in ticket_ids:
+                try:
+                    with call_budget(deadline=self.interactive_deadline):
+                        found[ticket_id] = provider.get_status(ticket_id).label
+                except ProviderError as exc:
+                    found[ticket_id] = exc
+        except (ProviderError, IntegrationUnusable) as exc:
+            return {ticket_id: found.get(ticket_id, exc) for ticket_id in ticket_ids}
+        return found
 
     # -- flows that only queue ------------------------------------------------------------------
 
@@ -258,25 +296,39 @@ class SyncService:
         *,
         changed_at: datetime | None = None,
         conn: sa.Connection | None = None,
+        came_from: TicketRef | None = None,
     ) -> int:
-        """Queue what each linked ticket's policy makes of the change; returns the events stored."""
+        """Queue what each linked ticket's policy makes of the change; returns the events stored.
+
+        ``came_from``: the ticket the change came from (inbound sync), which is not told of it."""
         change = StatusChange(anomaly_id, status, changed_at or utcnow())
         return self._queue(
             anomaly_id,
             lambda policy, can: policy.on_status_change(change, self.messages, can),
             conn,
+            came_from,
         )
 
     def anomaly_commented(
-        self, anomaly_id: int, text: str, *, origin: str = USER, conn: sa.Connection | None = None
+        self,
+        anomaly_id: int,
+        text: str,
+        *,
+        origin: str = USER,
+        conn: sa.Connection | None = None,
+        came_from: TicketRef | None = None,
     ) -> int:
-        """Queue a user's comment for every linked ticket; the integration's own are not pushed."""
+        """Queue a user's comment for every linked ticket; the integration's own are not pushed,
+        nor is one copied from a ticket (``came_from``) pushed back to that ticket."""
         if origin == INTEGRATION:
             return 0
         if not text.strip():
             raise InvalidInput("comment text must not be empty")
         return self._queue(
-            anomaly_id, lambda policy, can: policy.on_comment(text, self.messages, can), conn
+            anomaly_id,
+            lambda policy, can: policy.on_comment(text, self.messages, can),
+            conn,
+            came_from,
         )
 
     def prune(self) -> None:
@@ -301,11 +353,13 @@ class SyncService:
         anomaly_id: int,
         actions_of: Callable[[SyncPolicy, Capabilities], Sequence[Action]],
         conn: sa.Connection | None,
+        came_from: TicketRef | None = None,
     ) -> int:
         with self.database.begin(conn) as c:
             new_events = [
                 NewEvent(link.integration_id, link.ticket_id, action, anomaly_id)
                 for link in self.links.for_anomaly(anomaly_id, conn=c)
+                if (link.integration_id, link.ticket_id) != came_from
                 for action in actions_of(
                     self.policy_for(link.integration_id, c),
                     self._capabilities(link.integration_id, c),

@@ -42,7 +42,7 @@ from ticketing_core.plugins import DISTRIBUTION, check_api_url
 from ticketing_core.sync.database import TRANSIENT, unavailable_reason
 from ticketing_core.sync.schema import utcnow
 
-from . import metrics
+from . import inbound, metrics
 from .compose import runtime_for
 from .db import (
     MAX_ANOMALY_ID,
@@ -115,7 +115,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="ticketing host", version=version(DISTRIBUTION), lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.notification_limit = inbound.RateLimit()
     app.include_router(api)
+    app.include_router(inbound.admin, dependencies=[Depends(require_token)])
+    app.include_router(inbound.receiver)
     registry = metrics.registry_for(runtime.service.outbox)
 
     @app.get("/metrics", include_in_schema=False)
@@ -353,7 +356,10 @@ def with_state(
 ) -> list[IntegrationStateOut]:
     """The integrations with how their deliveries stand, read from the outbox."""
     states = runtime.service.outbox.delivery_states([each.id for each in integrations])
-    return [IntegrationStateOut.of(each, states.get(each.id)) for each in integrations]
+    return [
+        IntegrationStateOut.of(each, states.get(each.id), runtime.inbound.heard(each.id))
+        for each in integrations
+    ]
 
 
 @api.get("/integrations", response_model_exclude_none=True)

@@ -8,6 +8,7 @@ build their own runtimes and run the same delivery loop.
 from __future__ import annotations
 
 from ticketing_core.sync.dispatch import Dispatcher, ThreadedDispatcher
+from ticketing_core.sync.inbound import InboundWorker
 
 from . import metrics
 from .runtime import HostRuntime
@@ -15,9 +16,12 @@ from .settings import Settings
 
 
 def runtime_for(settings: Settings) -> HostRuntime:
-    """What ``serve`` runs: the API's runtime, its dispatcher attached (started by ``start``)."""
+    """What ``serve`` runs: the API's runtime, its dispatcher and its inbound worker attached
+    (started by ``start``). Inbound work runs here, beside the receiver, with or without a
+    fleet: it is reads and short transactions, not deliveries."""
     runtime = HostRuntime(settings)
     runtime.service.dispatcher = dispatcher_for(runtime)
+    runtime.inbound_worker = InboundWorker(runtime.inbound, runtime.store.inbound_integrations)
     return runtime
 
 

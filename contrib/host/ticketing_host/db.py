@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from ticketing_core.models import Anomaly, FailedCheck
 from ticketing_core.policies import DEFAULT_POLICY
 from ticketing_core.sync.database import Database
+from ticketing_core.sync.inbound.schema import forget_inbound
 from ticketing_core.sync.keys import digest
 from ticketing_core.sync.links import LinkStore
 from ticketing_core.sync.outbox import Outbox
@@ -24,7 +25,7 @@ from ticketing_core.sync.service import USER
 
 from .keys import CredentialsUnreadable, Keyring
 
-SCHEMA_VERSION = 2  # 2: credentials encrypted (keys.py), secret options apart
+SCHEMA_VERSION = 3  # 2: credentials encrypted (keys.py), secret options apart; 3: inbound sync
 MAX_ANOMALY_ID = 2**63 - 1  # BigInteger
 MAX_INTEGRATION_ID = 2**31 - 1  # Integer
 TYPE_LENGTH = 64
@@ -46,6 +47,9 @@ integrations = sa.Table(
     sa.Column("connected", sa.Boolean, nullable=False, default=True),
     sa.Column("status", sa.String(32), nullable=False, default="idle"),
     sa.Column("created", UtcDateTime, nullable=False),
+    sa.Column("inbound", sa.JSON),  # the inbound policy's options; NULL: inbound sync off
+    # Encrypted JSON list of {"secret", "until"}: the notification secrets still accepted.
+    sa.Column("inbound_secrets", sa.Text),
     sqlite_autoincrement=True,  # a deleted integration's id is never given to another
 )
 
@@ -112,6 +116,8 @@ class IntegrationRecord:
     status: str
     created: datetime
     unreadable: str | None = None
+    inbound: Mapping[str, Any] | None = None
+    """The inbound policy's options (see ``InboundPolicy``); None while inbound sync is off."""
 
     def checked(self) -> IntegrationRecord:
         """This record, if its credentials could be read; else raises CredentialsUnreadable."""
@@ -141,6 +147,18 @@ class AnomalyEntry:
     comments: tuple[Comment, ...] = ()
 
 
+@attrs.frozen
+class _SecretEntry:
+    secret: str = attrs.field(repr=False)
+    until: datetime | None  # None: the current secret, valid until replaced
+
+
+def _inbound_columns(conn: sa.Connection) -> None:
+    """Schema 2 to 3: inbound sync's options and notification secrets."""
+    conn.execute(sa.text("ALTER TABLE integrations ADD COLUMN inbound JSON"))
+    conn.execute(sa.text("ALTER TABLE integrations ADD COLUMN inbound_secrets TEXT"))
+
+
 def token_hash(token: str) -> str:
     return digest(token)
 
@@ -155,7 +173,7 @@ class HostStore:
             host_metadata,
             component="ticketing_host",
             version=SCHEMA_VERSION,
-            upgrades={1: self._encrypt_credentials},
+            upgrades={1: self._encrypt_credentials, 2: _inbound_columns},
         )
         self.database = database
 
@@ -264,9 +282,81 @@ class HostStore:
             "secret_options": self.keyring.encrypt(json.dumps(secret)) if secret else None,
         }
 
+    # -- inbound sync ----------------------------------------------------------------------------------
+
+    def set_inbound(
+        self, integration_id: int, options: Mapping[str, Any] | None, secret: str | None = None
+    ) -> None:
+        """Turn inbound sync on with ``options`` (``secret`` its first notification secret,
+        when it was off), change its options, or turn it off (``None``: secrets forgotten)."""
+        values: dict[str, Any] = {"inbound": None if options is None else dict(options)}
+        if options is None:
+            values["inbound_secrets"] = None
+        elif secret is not None:
+            values["inbound_secrets"] = self._secrets_column([_SecretEntry(secret, None)])
+        with self.database.begin() as conn:
+            self.integration(integration_id, conn)
+            conn.execute(
+                integrations.update().where(integrations.c.id == integration_id).values(**values)
+            )
+            if options is None:
+                forget_inbound(integration_id, conn)
+
+    def add_inbound_secret(self, integration_id: int, secret: str, keep_for: timedelta) -> None:
+        """Make ``secret`` the notification secret; those before it stay valid ``keep_for``."""
+        with self.database.begin() as conn:
+            now = utcnow()
+            kept = [
+                attrs.evolve(entry, until=entry.until or now + keep_for)
+                for entry in self._secret_entries(integration_id, conn)
+                if entry.until is None or entry.until > now
+            ]
+            conn.execute(
+                integrations.update()
+                .where(integrations.c.id == integration_id)
+                .values(inbound_secrets=self._secrets_column([_SecretEntry(secret, None), *kept]))
+            )
+
+    def inbound_secrets(self, integration_id: int, conn: sa.Connection | None = None) -> list[str]:
+        """The notification secrets valid now, newest first."""
+        now = utcnow()
+        return [
+            entry.secret
+            for entry in self._secret_entries(integration_id, conn)
+            if entry.until is None or entry.until > now
+        ]
+
+    def inbound_integrations(self) -> list[int]:
+        with self.database.read() as conn:
+            return list(
+                conn.execute(
+                    sa.select(integrations.c.id).where(integrations.c.inbound.is_not(None))
+                ).scalars()
+            )
+
+    def _secret_entries(
+        self, integration_id: int, conn: sa.Connection | None
+    ) -> list[_SecretEntry]:
+        with self.database.read(conn) as c:
+            stored = c.execute(
+                sa.select(integrations.c.inbound_secrets).where(integrations.c.id == integration_id)
+            ).scalar()
+        if not stored:
+            return []
+        what = f"integration {integration_id}'s notification secrets"
+        return [
+            _SecretEntry(item["secret"], item["until"] and datetime.fromisoformat(item["until"]))
+            for item in json.loads(self.keyring.decrypt(stored, what))
+        ]
+
+    def _secrets_column(self, entries: Iterable[_SecretEntry]) -> str:
+        listed = [{"secret": e.secret, "until": e.until and e.until.isoformat()} for e in entries]
+        return self.keyring.encrypt(json.dumps(listed))
+
     def _record(self, row: sa.RowMapping) -> IntegrationRecord:
         fields = dict(row)
         fields.pop("revision")
+        fields.pop("inbound_secrets")
         stored_token, stored_secrets = fields.pop("api_access_token"), fields.pop("secret_options")
         what = f"integration {row['id']}'s credentials"
         try:
@@ -311,6 +401,7 @@ class HostStore:
             self.integration(integration_id, conn)
             LinkStore(self.database).delete_for_integration(integration_id, conn)
             Outbox(self.database).discard_for_integration(integration_id, conn)
+            forget_inbound(integration_id, conn)
             conn.execute(integrations.delete().where(integrations.c.id == integration_id))
 
     # -- anomalies ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import attrs
 import sqlalchemy as sa
 
 from ticketing_core.errors import IntegrationUnusable, InvalidInput, TicketingError
@@ -17,10 +18,12 @@ from ticketing_core.hookspecs import Provider
 from ticketing_core.http.network import BlockedAddress, NetworkPolicy
 from ticketing_core.models import Capabilities
 from ticketing_core.plugins import default_registry
-from ticketing_core.policies import Messages, SyncPolicy
+from ticketing_core.policies import InboundPolicy, Messages, SyncPolicy
 from ticketing_core.sync.database import Database, SchemaNotReady, sqlite_path
+from ticketing_core.sync.inbound import Inbound, InboundWorker
 from ticketing_core.sync.outbox import Outbox
 from ticketing_core.sync.providers import ProviderPool
+from ticketing_core.sync.schema import utcnow
 from ticketing_core.sync.service import INTEGRATION, SyncService
 
 from .db import HostStore, IntegrationRecord, token_hash
@@ -85,6 +88,9 @@ class HostRuntime:
             interactive_deadline=settings.request_deadline,
             delivery_deadline=settings.delivery_deadline,
         )
+        self.inbound = Inbound(self.service, self._inbound_policy, HostAnomalies(self.store))
+        self.inbound_worker: InboundWorker | None = None
+        """Reads notified tickets and runs the polls; attached to ``serve``'s runtime only."""
 
     def connect(
         self, type: str, api_url: str, api_access_token: str, options: Mapping[str, Any]
@@ -217,8 +223,12 @@ class HostRuntime:
 
     def start(self) -> None:
         self.service.start()
+        if self.inbound_worker is not None:
+            self.inbound_worker.start()
 
     def stop(self) -> None:
+        if self.inbound_worker is not None:
+            self.inbound_worker.stop()
         self.service.stop()
         self.pool.close()
         self.database.dispose()
@@ -255,3 +265,22 @@ class HostRuntime:
 
     def _comment_from_integration(self, anomaly_id: int, text: str) -> None:
         self.store.add_comment(anomaly_id, text, origin=INTEGRATION)
+
+    def _inbound_policy(
+        self, integration_id: int, conn: sa.Connection | None
+    ) -> InboundPolicy | None:
+        options = self.store.integration(integration_id, conn).inbound
+        return None if options is None else InboundPolicy(**options)
+
+
+@attrs.frozen
+class HostAnomalies:
+    """What inbound sync changes on the host's anomalies, in its transaction."""
+
+    store: HostStore
+
+    def comment(self, anomaly_id: int, text: str, origin: str, conn: sa.Connection) -> None:
+        self.store.add_comment(anomaly_id, text, origin=origin, conn=conn)
+
+    def set_status(self, anomaly_id: int, status: str, conn: sa.Connection) -> bool:
+        return self.store.set_status(anomaly_id, status, utcnow(), conn) != status

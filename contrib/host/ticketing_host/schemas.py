@@ -6,15 +6,18 @@ Shapes are the seed's. Request bodies are strict (unknown keys are errors); resp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
+import attrs
 from pydantic import (
     AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
+    StrictBool,
     StrictStr,
     StringConstraints,
     model_validator,
@@ -22,8 +25,10 @@ from pydantic import (
 
 from ticketing_core.converters import unstructure
 from ticketing_core.models import Anomaly, FailedCheck, Page, Ticket, TicketDraft, TicketLink
-from ticketing_core.policies import DEFAULT_POLICY
+from ticketing_core.policies import DEFAULT_POLICY, MAX_RECONCILE_INTERVAL, MIN_RECONCILE_INTERVAL
+from ticketing_core.sync.inbound import Heard
 from ticketing_core.sync.outbox import DeliveryState
+from ticketing_core.sync.synclog import LoggedEntry
 
 from .db import (
     MAX_ANOMALY_ID,
@@ -175,9 +180,18 @@ class IntegrationStateOut(IntegrationOut):
     last_delivered_at: str | None = Field(
         default=None, description="When an event was last delivered to it (UTC)."
     )
+    inbound: InboundStateOut = Field(
+        description="Two-way sync: whether changes flow back from its tickets, and when the "
+        "instance was last heard from. Never the secret."
+    )
 
     @classmethod
-    def of(cls, integration: IntegrationRecord, state: DeliveryState | None = None) -> Self:
+    def of(
+        cls,
+        integration: IntegrationRecord,
+        state: DeliveryState | None = None,
+        heard: Heard | None = None,
+    ) -> Self:
         state = state or DeliveryState()
         shown = IntegrationOut.of(integration, state).model_dump()
         return cls(
@@ -187,7 +201,90 @@ class IntegrationStateOut(IntegrationOut):
             paused_until=_shown_time(state.paused_until),
             last_error=state.last_error,
             last_delivered_at=_shown_time(state.last_delivered_at),
+            inbound=InboundStateOut.of(integration.inbound, heard),
         )
+
+
+# -- two-way sync ----------------------------------------------------------------------------------
+
+
+class InboundOptions(Body):
+    """The inbound policy's options (see the README's "Two-way sync")."""
+
+    copy_entries: StrictBool = Field(
+        default=True,
+        description="Copy the ticket's work notes and comments written by people (not by the "
+        "integration) to the anomaly as comments.",
+    )
+    status_map: dict[Annotated[str, Field(min_length=1, max_length=128)], AnomalyStatus] = Field(
+        default_factory=dict,
+        description="Ticket status -> anomaly status: the only way a ticket changes an "
+        "anomaly's own status. Each ticket status must be in the instance's choice list.",
+        max_length=64,
+    )
+    reconcile_interval_s: float = Field(
+        default=300.0,
+        ge=MIN_RECONCILE_INTERVAL,
+        le=MAX_RECONCILE_INTERVAL,
+        description="Seconds between reconciling polls, which catch notifications lost while "
+        "the host was down.",
+    )
+
+
+class InboundIn(InboundOptions):
+    enabled: StrictBool
+
+
+class InboundStateOut(BaseModel):
+    enabled: bool
+    copy_entries: bool | None = None
+    status_map: dict[str, str] | None = None
+    reconcile_interval_s: float | None = None
+    last_notified_at: str | None = Field(
+        default=None, description="When a notification was last accepted (UTC)."
+    )
+    last_polled_at: str | None = Field(
+        default=None, description="When the reconciling poll last finished (UTC)."
+    )
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any] | None, heard: Heard | None) -> Self:
+        if options is None:
+            return cls(enabled=False)
+        heard = heard or Heard(None, None)
+        return cls(
+            enabled=True,
+            **options,
+            last_notified_at=_shown_time(heard.notified_at),
+            last_polled_at=_shown_time(heard.polled_at),
+        )
+
+
+class InboundOut(BaseModel):
+    """Inbound sync as set; ``secret`` and ``business_rule`` (what to install on the service,
+    holding the secret) only when a secret was made by this request."""
+
+    enabled: bool
+    endpoint: str | None = None
+    secret: str | None = None
+    business_rule: str | None = None
+    previous_secret_valid_until: str | None = None
+
+
+class SyncLogOut(BaseModel):
+    id: int
+    at: str
+    direction: Literal["in", "out"]
+    decision: str
+    ticket_id: str | None
+    anomaly_id: int | None
+    detail: str
+
+    @classmethod
+    def of(cls, logged: LoggedEntry) -> Self:
+        entry = attrs.asdict(logged.entry)
+        del entry["integration_id"]
+        return cls(id=logged.id, at=logged.at.strftime(INTEGRATION_TIME_FORMAT), **entry)
 
 
 def _shown_time(moment: datetime | None) -> str | None:
@@ -351,7 +448,7 @@ class CommentIn(Body):
 class CommentOut(BaseModel):
     id: int
     message: str
-    origin: Literal["user", "integration"]
+    origin: Literal["user", "integration", "ticket"]
     created: str
 
     @classmethod

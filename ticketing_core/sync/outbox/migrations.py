@@ -101,8 +101,13 @@ def _notes_per_ticket_v5(conn: sa.Connection) -> None:
             )
 
 
+def _sync_log_v6(_conn: sa.Connection) -> None:
+    """Schema 5 to 6: the sync log and inbound sync's tables, all new: the schema's
+    ``create_all`` makes them."""
+
+
 UPGRADES: Mapping[int, Upgrade] = {
-    1: _outbox_v2, 2: _outbox_v3, 3: _outages_v4, 4: _notes_per_ticket_v5
+    1: _outbox_v2, 2: _outbox_v3, 3: _outages_v4, 4: _notes_per_ticket_v5, 5: _sync_log_v6,
 }  # fmt: skip
 """``UPGRADES[n]`` turns schema ``n`` into ``n + 1``: written against the tables as they were then,
 in plain SQL, so that they never change with the tables' definitions. An upgrade adds; it never

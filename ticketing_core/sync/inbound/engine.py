@@ -1,0 +1,456 @@
+"""Changes flowing back: what a ticket's change does to the anomalies linked to it.
+
+A change is learnt of from a notification (:meth:`Inbound.notify`, stored and answered at once)
+or from the reconciling poll (:meth:`Inbound.reconcile`), and in both cases the tickets are read
+with the integration's own credentials: a notification names a ticket and is believed no further.
+
+Exactly once, in the ticket's order, on the host's side: a ticket's change is applied in the
+transaction that raises the ticket's applied ``revision`` (a conditional update, so two workers
+reading the same change cannot both apply it, and an older read never undoes a newer one), and a
+journal entry in the one that stores its id. What the integration's own user did (an echo of
+our own delivery) only moves the link's status; and what came from a ticket is never sent back
+to it (``came_from``), while other tickets of the anomaly still get it. Every decision is a row
+of the sync log, in the transaction that acts on it.
+
+Assumptions: the service raises ``Ticket.revision`` with every change (when it has none, every
+read that differs is applied); it records who made a change in ``updated_by``/``author``; a
+commit becomes visible to the poll within :data:`POLL_OVERLAP` seconds of the time it carries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ticketing_core.errors import InvalidInput, ProviderError
+from ticketing_core.hookspecs import InboundProvider
+from ticketing_core.models import JournalEntry, Notice, Ticket, TicketLink
+from ticketing_core.policies import InboundPolicy
+from ticketing_core.sync.inbound.schema import applied_entries, applied_tickets, cursors, notices
+from ticketing_core.sync.service import INTEGRATION, TICKET, SyncService
+from ticketing_core.sync.synclog import INBOUND, LogEntry, SyncLog
+
+if TYPE_CHECKING:
+    from ticketing_core.sync.database import Database
+
+log = logging.getLogger(__name__)
+
+BATCH = 100  # tickets per read: ServiceNow's sys_idIN and Jira's id in (...) take this many
+POLL_OVERLAP = 120.0  # seconds each poll re-reads before its cursor: late commits, equal times
+ENTRY_OVERLAP = timedelta(seconds=120)  # the same for journal entries
+NEW, DUPLICATE, STALE = "new", "duplicate", "stale"
+
+
+class Anomalies(Protocol):
+    """The host's side: comments on anomalies and their status, in the caller's transaction."""
+
+    def comment(self, anomaly_id: int, text: str, origin: str, conn: sa.Connection) -> None:
+        """Add a comment: ``origin`` INTEGRATION (what the integration says) or TICKET (copied
+        from a ticket)."""
+
+    def set_status(self, anomaly_id: int, status: str, conn: sa.Connection) -> bool:
+        """Set the anomaly's status; whether it changed."""
+
+
+InboundPolicyFor = Callable[[int, sa.Connection | None], InboundPolicy | None]
+"""An integration's inbound policy, or None when inbound sync is off for it."""
+
+
+@attrs.frozen
+class Heard:
+    """When an integration's inbound sync last heard from the service."""
+
+    notified_at: datetime | None
+    polled_at: datetime | None
+
+
+@attrs.define
+class Inbound:
+    """Applies changes read from tickets to their anomalies (see the module's docstring)."""
+
+    service: SyncService
+    policy_for: InboundPolicyFor
+    anomalies: Anomalies
+    on_notice: Callable[[int], object] | None = None
+    """Told an integration's id once a notification for it is stored (a worker's wake)."""
+    log: SyncLog = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.log = SyncLog(self.service.database)
+
+    @property
+    def database(self) -> Database:
+        return self.service.database
+
+    # -- intake ----------------------------------------------------------------------------------
+
+    def notify(self, integration_id: int, notice: Notice) -> None:
+        """Store a verified notification for its ticket to be read after the caller answers."""
+        with self.database.begin() as conn:
+            now = self.database.now(conn)
+            insert = self._insert(notices).values(
+                integration_id=integration_id, ticket_id=notice.ticket_id, version=1, received=now
+            )
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[notices.c.integration_id, notices.c.ticket_id],
+                    set_={"version": notices.c.version + 1},
+                )
+            )
+            self._touch(conn, integration_id, heard_at=now)
+            detail = f"{notice.event} by {notice.updated_by or 'someone'}"
+            if notice.revision is not None:
+                detail += f", revision {notice.revision}"
+            self.log.write(
+                conn, LogEntry(INBOUND, "received", integration_id, notice.ticket_id, None, detail)
+            )
+            if self.on_notice is not None:
+                wake = self.on_notice
+                self.database.after_commit(conn, lambda: wake(integration_id))
+
+    def refused(self, integration_id: int, reason: str) -> None:
+        """Record a notification refused unread (a bad signature, say)."""
+        self._note(integration_id, "refused", None, reason)
+
+    def failed(self, integration_id: int, reason: str) -> None:
+        """Record a read or poll that failed (it is tried again)."""
+        self._note(integration_id, "read failed", None, reason)
+
+    def heard(self, integration_id: int) -> Heard:
+        with self.database.read() as conn:
+            row = conn.execute(
+                sa.select(cursors.c.heard_at, cursors.c.polled_at).where(
+                    cursors.c.integration_id == integration_id
+                )
+            ).first()
+        return Heard(*row) if row is not None else Heard(None, None)
+
+    def pending_integrations(self) -> list[int]:
+        """Integrations with notifications waiting to be read."""
+        with self.database.read() as conn:
+            return list(conn.execute(sa.select(notices.c.integration_id).distinct()).scalars())
+
+    # -- work ------------------------------------------------------------------------------------
+
+    def drain(self, integration_id: int) -> int:
+        """Read the tickets stored notifications name, a batch at a time, and apply them;
+        returns how many tickets were read."""
+        read = 0
+        while batch := self._waiting(integration_id):
+            inbound = self._connected(integration_id)
+            if inbound is None:  # inbound sync was turned off meanwhile
+                self._forget(integration_id, batch)
+                return read
+            provider, policy = inbound
+            tickets = provider.get_many(list(batch))
+            for missing in sorted(set(batch) - {ticket.id for ticket in tickets}):
+                self._note(integration_id, "not found", missing, detail="the ticket is gone")
+            self.apply(integration_id, tickets, provider, policy)
+            self._forget(integration_id, batch)
+            read += len(batch)
+        return read
+
+    def reconcile(self, integration_id: int) -> int:
+        """List the tickets changed since the cursor and apply those linked here, as
+        notifications would; returns how many tickets were listed."""
+        inbound = self._connected(integration_id)
+        if inbound is None:
+            return 0
+        provider, policy = inbound
+        cursor = self._cursor(integration_id)
+        overlap = POLL_OVERLAP
+        listed = 0
+        while True:
+            page = provider.changed_since(cursor, overlap=overlap, limit=BATCH)
+            overlap = 0.0  # only the poll's first page reaches back
+            listed += len(page.tickets)
+            linked = self.service.links.linked_tickets(
+                integration_id, [ticket.id for ticket in page.tickets]
+            )
+            self.apply(
+                integration_id, [t for t in page.tickets if t.id in linked], provider, policy
+            )
+            cursor = page.cursor
+            self._save_cursor(integration_id, cursor, finished=not page.more)
+            if not page.more:
+                return listed
+
+    def apply(
+        self,
+        integration_id: int,
+        tickets: Iterable[Ticket],
+        provider: InboundProvider,
+        policy: InboundPolicy,
+    ) -> None:
+        """Apply each ticket's change to the anomalies linked to it, once."""
+        own = provider.own_user()
+        known = self._revisions(integration_id, [ticket.id for ticket in tickets])
+        for ticket in tickets:
+            applied, entries_after = known.get(ticket.id, (None, None))
+            if applied is not None and ticket.revision is not None and ticket.revision <= applied:
+                decision = DUPLICATE if ticket.revision == applied else STALE
+                self._note(integration_id, decision, ticket.id, f"revision {ticket.revision}")
+                continue
+            links = self.service.links.for_ticket(integration_id, ticket.id)
+            if not links:
+                continue
+            entries = (
+                self._entries(integration_id, provider, ticket, links, entries_after)
+                if policy.copy_entries
+                else []
+            )
+            self._apply_ticket(integration_id, ticket, links, entries, own, policy, provider)
+
+    # -- one ticket ------------------------------------------------------------------------------
+
+    def _apply_ticket(
+        self,
+        integration_id: int,
+        ticket: Ticket,
+        links: Sequence[TicketLink],
+        entries: Sequence[JournalEntry],
+        own: str,
+        policy: InboundPolicy,
+        provider: InboundProvider,
+    ) -> None:
+        with self.database.begin() as conn:
+            decision = self._claim_revision(conn, integration_id, ticket)
+            if decision != NEW:
+                self._note(integration_id, decision, ticket.id, f"revision {ticket.revision}", conn)
+                return
+            echo = ticket.updated_by == own
+            for link in links:
+                if link.status != ticket.status:
+                    self._follow_status(conn, link, ticket, echo, policy)
+            if echo:
+                self._note(integration_id, "echo dropped", ticket.id, f"by {own}", conn)
+            for entry in entries:
+                self._copy_entry(conn, integration_id, entry, links, own)
+            if entries:
+                self._read_entries_until(conn, integration_id, ticket.id, entries[-1].created_at)
+        if ticket.status and ticket.status not in {s.label for s in provider.states()}:
+            self._note(
+                integration_id,
+                "unknown state",
+                ticket.id,
+                f"{ticket.status!r} is not in the instance's state choices (read again)",
+            )
+
+    def _follow_status(
+        self,
+        conn: sa.Connection,
+        link: TicketLink,
+        ticket: Ticket,
+        echo: bool,
+        policy: InboundPolicy,
+    ) -> None:
+        """The link takes the ticket's status; unless it was our own change, the anomaly hears
+        of it, and its own status follows when the policy maps the new one."""
+        self.service.links.record_status(link.id, ticket.status, self.database.now(conn), conn)
+        if echo:
+            return
+        messages = self.service.messages
+        by = ticket.updated_by or "someone"
+        text = messages.status_pulled(link.ticket_number, link.status, ticket.status, by)
+        self.anomalies.comment(link.anomaly_id, text, INTEGRATION, conn)
+        detail = f"status {link.status or 'unknown'} -> {ticket.status} by {by}"
+        mapped = policy.status_map.get(ticket.status)
+        if mapped is not None and self.anomalies.set_status(link.anomaly_id, mapped, conn):
+            detail += f"; anomaly status -> {mapped}"
+            self.service.anomaly_status_changed(
+                link.anomaly_id, mapped, conn=conn, came_from=(link.integration_id, ticket.id)
+            )
+        self._note(link.integration_id, "applied", ticket.id, detail, conn, link.anomaly_id)
+
+    def _copy_entry(
+        self,
+        conn: sa.Connection,
+        integration_id: int,
+        entry: JournalEntry,
+        links: Sequence[TicketLink],
+        own: str,
+    ) -> None:
+        stored = conn.execute(
+            self._insert(applied_entries)
+            .values(
+                integration_id=integration_id,
+                entry_id=entry.id,
+                ticket_id=entry.ticket_id,
+                seen=self.database.now(conn),
+            )
+            .on_conflict_do_nothing()
+        ).rowcount
+        if not stored:
+            return  # read again through an overlap: applied already
+        if entry.author == own:
+            self._note(integration_id, "echo dropped", entry.ticket_id, f"entry {entry.id}", conn)
+            return
+        for link in links:
+            text = self.service.messages.ticket_entry(
+                link.ticket_number, entry.kind, entry.author, entry.text
+            )
+            self.anomalies.comment(link.anomaly_id, text, TICKET, conn)
+            self.service.anomaly_commented(
+                link.anomaly_id, text, conn=conn, came_from=(integration_id, entry.ticket_id)
+            )
+            detail = f"{entry.kind} {entry.id} by {entry.author} copied"
+            self._note(integration_id, "applied", entry.ticket_id, detail, conn, link.anomaly_id)
+
+    def _entries(
+        self,
+        integration_id: int,
+        provider: InboundProvider,
+        ticket: Ticket,
+        links: Sequence[TicketLink],
+        entries_after: datetime | None,
+    ) -> list[JournalEntry]:
+        """The ticket's entries since those read last (since it was linked, at first); none,
+        noted, when they cannot be read: the status still follows."""
+        since = entries_after or min(link.created for link in links)
+        try:
+            return provider.journal_since(ticket.id, since - ENTRY_OVERLAP)
+        except ProviderError as exc:
+            self._note(integration_id, "entries unreadable", ticket.id, str(exc))
+            return []
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+
+    def _claim_revision(self, conn: sa.Connection, integration_id: int, ticket: Ticket) -> str:
+        """Raise the ticket's applied revision to this one; NEW when this transaction did."""
+        if ticket.revision is None:
+            return NEW
+        key = (
+            applied_tickets.c.integration_id == integration_id,
+            applied_tickets.c.ticket_id == ticket.id,
+        )
+        raised = conn.execute(
+            applied_tickets.update()
+            .where(*key, applied_tickets.c.revision < ticket.revision)
+            .values(revision=ticket.revision)
+        ).rowcount
+        if raised:
+            return NEW
+        stored = conn.execute(
+            self._insert(applied_tickets)
+            .values(integration_id=integration_id, ticket_id=ticket.id, revision=ticket.revision)
+            .on_conflict_do_nothing()
+        ).rowcount
+        if stored:
+            return NEW
+        applied = conn.execute(sa.select(applied_tickets.c.revision).where(*key)).scalar_one()
+        return DUPLICATE if applied == ticket.revision else STALE
+
+    def _read_entries_until(
+        self, conn: sa.Connection, integration_id: int, ticket_id: str, until: datetime
+    ) -> None:
+        conn.execute(
+            applied_tickets.update()
+            .where(
+                applied_tickets.c.integration_id == integration_id,
+                applied_tickets.c.ticket_id == ticket_id,
+            )
+            .values(entries_after=until)
+        )
+
+    def _revisions(
+        self, integration_id: int, ticket_ids: Sequence[str]
+    ) -> dict[str, tuple[int, datetime | None]]:
+        if not ticket_ids:
+            return {}
+        with self.database.read() as conn:
+            rows = conn.execute(
+                sa.select(
+                    applied_tickets.c.ticket_id,
+                    applied_tickets.c.revision,
+                    applied_tickets.c.entries_after,
+                ).where(
+                    applied_tickets.c.integration_id == integration_id,
+                    applied_tickets.c.ticket_id.in_(ticket_ids),
+                )
+            )
+            return {ticket_id: (revision, after) for ticket_id, revision, after in rows}
+
+    def _waiting(self, integration_id: int) -> dict[str, int]:
+        """Up to a batch of notified tickets, oldest notification first, with their versions."""
+        with self.database.read() as conn:
+            rows = conn.execute(
+                sa.select(notices.c.ticket_id, notices.c.version)
+                .where(notices.c.integration_id == integration_id)
+                .order_by(notices.c.received)
+                .limit(BATCH)
+            )
+            return dict(rows.tuples().all())
+
+    def _forget(self, integration_id: int, batch: dict[str, int]) -> None:
+        """Drop the notifications read, but not one that came again meanwhile."""
+        with self.database.begin() as conn:
+            for ticket_id, version in batch.items():
+                conn.execute(
+                    notices.delete().where(
+                        notices.c.integration_id == integration_id,
+                        notices.c.ticket_id == ticket_id,
+                        notices.c.version == version,
+                    )
+                )
+
+    def _cursor(self, integration_id: int) -> str | None:
+        with self.database.read() as conn:
+            found: str | None = conn.execute(
+                sa.select(cursors.c.cursor).where(cursors.c.integration_id == integration_id)
+            ).scalar()
+        return found
+
+    def _save_cursor(self, integration_id: int, cursor: str, *, finished: bool) -> None:
+        with self.database.begin() as conn:
+            now = self.database.now(conn)
+            if finished:
+                self._touch(conn, integration_id, cursor=cursor, polled_at=now)
+            else:
+                self._touch(conn, integration_id, cursor=cursor)
+
+    def _touch(self, conn: sa.Connection, integration_id: int, **values: object) -> None:
+        conn.execute(
+            self._insert(cursors)
+            .values(integration_id=integration_id, **values)
+            .on_conflict_do_update(index_elements=[cursors.c.integration_id], set_=values)
+        )
+
+    def prune(self, older_than: datetime) -> int:
+        """Forget journal entry ids seen before ``older_than``: reads never reach back so far."""
+        with self.database.begin() as conn:
+            return int(
+                conn.execute(
+                    applied_entries.delete().where(applied_entries.c.seen < older_than)
+                ).rowcount
+            )
+
+    def _connected(self, integration_id: int) -> tuple[InboundProvider, InboundPolicy] | None:
+        policy = self.policy_for(integration_id, None)
+        if policy is None:
+            return None
+        provider = self.service.provider_for(integration_id, None)
+        if not isinstance(provider, InboundProvider) or not provider.capabilities.inbound_sync:
+            raise InvalidInput(f"integration {integration_id}'s provider has no inbound sync")
+        return provider, policy
+
+    def _note(
+        self,
+        integration_id: int,
+        decision: str,
+        ticket_id: str | None,
+        detail: str,
+        conn: sa.Connection | None = None,
+        anomaly_id: int | None = None,
+    ) -> None:
+        entry = LogEntry(INBOUND, decision, integration_id, ticket_id, anomaly_id, detail)
+        with self.database.begin(conn) as c:
+            self.log.write(c, entry)
+
+    def _insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+        return (postgresql.insert if self.database.is_postgresql else sqlite.insert)(table)
