@@ -26,7 +26,7 @@ STATE_CODES = {label.lower(): code for code, label in STATE_LABELS.items()}
 TICKET_FIELDS = (
     "sys_id", "number", "short_description", "description", "state", "priority", "urgency", "impact",
     "category", "subcategory", "assigned_to", "assignment_group", "sys_created_on", "sys_updated_on",
-    "correlation_id", "correlation_display",
+    "correlation_id", "correlation_display", "sys_updated_by", "sys_mod_count",
 )  # fmt: skip
 EXTRA_FIELDS = ("correlation_id", "correlation_display")
 # Incident fields an update may set besides the canonical ones (whose ServiceNow names, such as
@@ -84,6 +84,8 @@ class IncidentRecord:
     sys_updated_on: FieldValue = FieldValue()
     correlation_id: FieldValue = FieldValue()
     correlation_display: FieldValue = FieldValue()
+    sys_updated_by: FieldValue = FieldValue()
+    sys_mod_count: FieldValue = FieldValue()
 
 
 wire = cattrs.Converter()  # lenient: instances return many more fields than we read
@@ -93,6 +95,12 @@ wire.register_structure_hook(FieldValue, _field_value)
 def state_label(code: str) -> str:
     """The label for a state code; an unknown code (a custom state) is shown as it is."""
     return STATE_LABELS.get(code, code)
+
+
+def status_of(state: FieldValue) -> str:
+    """A state's label as the instance displays it (its own ``sys_choice``); read without
+    display values, the base system's label for the code."""
+    return state.display if state.display != state.value else state_label(state.value)
 
 
 def state_code(status: str) -> str:
@@ -108,7 +116,7 @@ def to_ticket(data: Mapping[str, Any], api_url: str) -> Ticket:
         number=record.number.value,
         title=record.short_description.value,
         description=record.description.value,
-        status=state_label(record.state.value),
+        status=status_of(record.state),
         priority=record.priority.value or None,
         urgency=record.urgency.value or None,
         impact=record.impact.value or None,
@@ -120,12 +128,18 @@ def to_ticket(data: Mapping[str, Any], api_url: str) -> Ticket:
         updated_at=_parse_glide_time(record.sys_updated_on.value),
         url=ticket_url(api_url, sys_id),
         extras={name: getattr(record, name).value for name in EXTRA_FIELDS},
+        updated_by=record.sys_updated_by.value or None,
+        revision=_revision(record.sys_mod_count.value),
     )
 
 
 def to_status(data: Mapping[str, Any]) -> TicketStatus:
-    code = _field_value(data.get("state"), FieldValue).value
-    return TicketStatus(code=code, label=state_label(code))
+    state = _field_value(data.get("state"), FieldValue)
+    return TicketStatus(code=state.value, label=status_of(state))
+
+
+def _revision(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
 def ticket_url(api_url: str, sys_id: str) -> str:

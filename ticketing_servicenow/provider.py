@@ -1,15 +1,17 @@
-"""The ServiceNow provider: the seven incident operations over the Table API."""
+"""The ServiceNow provider: the incident operations over the Table API, and inbound sync."""
 
 from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, ClassVar
 
 import httpx
 
-from ticketing_core.errors import InvalidInput, NotFound
-from ticketing_core.hookspecs import Provider
+from ticketing_core.errors import InvalidInput, NotFound, UnexpectedResponse
+from ticketing_core.hookspecs import InboundProvider
 from ticketing_core.http import (
     RETRYING_DEPRECATED,
     OAuthClient,
@@ -19,6 +21,9 @@ from ticketing_core.http import (
 )
 from ticketing_core.models import (
     Capabilities,
+    ChangePage,
+    JournalEntry,
+    Notice,
     Page,
     SearchQuery,
     Ticket,
@@ -26,10 +31,16 @@ from ticketing_core.models import (
     TicketDraft,
     TicketStatus,
 )
-from ticketing_servicenow import mapping
+from ticketing_core.notifications import TICKETING_V1
+from ticketing_servicenow import inbound, mapping
 from ticketing_servicenow.envelopes import error_reason, result_of
 
-INCIDENTS = "/api/now/table/incident"
+TABLE = "incident"
+INCIDENTS = f"/api/now/table/{TABLE}"
+JOURNAL = "/api/now/table/sys_journal_field"
+CHOICES = "/api/now/table/sys_choice"
+USERS = "/api/now/table/sys_user"
+STATE_CHOICES = f"name={TABLE}^element=state^inactive=false^language=en^ORDERBYsequence"
 OAUTH_TOKEN_PATH = "/oauth_token.do"  # noqa: S105 - the instance's OAuth 2.0 token endpoint
 # Characters that cannot change an encoded query; correlation_id holds 100 of them.
 _SAFE_KEY = re.compile(r"[A-Za-z0-9._:@-]+")
@@ -46,7 +57,7 @@ READ_PARAMS = {
 }
 
 
-class ServiceNowProvider(Provider):
+class ServiceNowProvider(InboundProvider):
     """A :class:`ticketing_core.Provider` for one ServiceNow instance.
 
     ``api_access_token`` is ``username:password`` (Basic auth) or a bearer token. With OAuth
@@ -62,6 +73,11 @@ class ServiceNowProvider(Provider):
     ``sysparm_limit=1``; none with ``key_is_fresh``). Work notes carry no marker: whether one
     landed is told by counting its text in the incident's ``work_notes`` journal, read through
     display values, which an integration user with incident rights alone may do.
+
+    Inbound sync reads ``sys_journal_field`` (work notes and comments), ``sys_choice`` (the
+    instance's states) and, for a bearer or client-credentials connection, its own
+    ``sys_user`` row once; the integration user needs read access to those three tables.
+    Ticket status labels are the instance's own display values.
     """
 
     name = "servicenow"
@@ -73,7 +89,8 @@ class ServiceNowProvider(Provider):
         public_comments=True,
         state_changes=True,
         idempotency_keys=True,
-                field_choices={
+        inbound_sync=True,
+        field_choices={
             "priority": ("1", "2", "3", "4", "5"),
             "urgency": ("1", "2", "3"),
             "impact": ("1", "2", "3"),
@@ -85,6 +102,7 @@ class ServiceNowProvider(Provider):
         secret_options=("client_secret",),
         extra_fields=mapping.EXTRA_FIELDS_WRITABLE,
         custom_field_prefix=mapping.CUSTOM_FIELD_PREFIX,
+        notification_signature=TICKETING_V1,
     )
 
     def __init__(
@@ -99,6 +117,10 @@ class ServiceNowProvider(Provider):
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.close_code = close_code
+        # Basic auth and the password grant name the user; a bearer token is looked up once.
+        user, colon, _ = api_access_token.partition(":")
+        self._own_user = user if colon and user else None
+        self._states: tuple[TicketStatus, ...] | None = None
         oauth = None
         if client_id or client_secret:
             if not (client_id and client_secret):
@@ -131,7 +153,7 @@ class ServiceNowProvider(Provider):
                 "sysparm_offset": query.offset,
             },
         )
-        items = tuple(self._tickets(response))
+        items = tuple(self._tickets(result_of(response)))
         return Page(
             items=items,
             total=_total_count(response, default=query.offset + len(items)),
@@ -141,7 +163,7 @@ class ServiceNowProvider(Provider):
 
     def get(self, ticket_id: str) -> Ticket:
         response = self._client.request("GET", self._record(ticket_id), params=READ_PARAMS)
-        return mapping.to_ticket(result_of(response), self.api_url)
+        return self._ticket(result_of(response))
 
     def find(self, number: str) -> Ticket:
         found = self._first_where(f"number={mapping.escape_query_value(number.strip())}")
@@ -181,7 +203,7 @@ class ServiceNowProvider(Provider):
             json=payload,
             idempotent=True,  # fields only: setting them twice is setting them once
         )
-        return mapping.to_ticket(result_of(response), self.api_url)
+        return self._ticket(result_of(response))
 
     def add_work_note(
         self, ticket_id: str, text: str, *, idempotency_key: str | None = None
@@ -209,13 +231,134 @@ class ServiceNowProvider(Provider):
 
     def get_status(self, ticket_id: str) -> TicketStatus:
         response = self._client.request(
-            "GET", self._record(ticket_id), params={"sysparm_fields": "state"}
+            "GET",
+            self._record(ticket_id),
+            params={"sysparm_fields": "state", "sysparm_display_value": "all"},
         )
         return mapping.to_status(result_of(response))
 
+    # ---- inbound sync ---------------------------------------------------------------------
+
+    def changed_since(
+        self, cursor: str | None, *, overlap: float = 0.0, limit: int = inbound.MAX_BATCH
+    ) -> ChangePage:
+        """Keyset pages on ``(sys_updated_on, sys_id)``: ``limit`` is capped at 100 per
+        request, ``overlap`` moves the start back to the beginning of that earlier second."""
+        if limit < 1:
+            raise InvalidInput("limit must be at least 1")
+        if cursor is None:
+            return ChangePage(tickets=(), cursor=self._newest_change().encode(), more=False)
+        given = inbound.Cursor.decode(cursor)
+        limit = min(limit, inbound.MAX_BATCH)
+        response = self._client.request(
+            "GET",
+            INCIDENTS,
+            params=READ_PARAMS
+            | {"sysparm_query": given.minus(overlap).query(), "sysparm_limit": limit},
+        )
+        records = result_of(response)
+        more = _total_count(response, default=len(records)) > limit
+        last = inbound.Cursor.of(records[-1]) if records else given
+        # The last page never moves the cursor back, however far the overlap reached.
+        after = last if more else max(last, given)
+        return ChangePage(tickets=tuple(self._tickets(records)), cursor=after.encode(), more=more)
+
+    def get_many(self, ticket_ids: Sequence[str]) -> list[Ticket]:
+        if len(ticket_ids) > inbound.MAX_BATCH:
+            raise InvalidInput(f"at most {inbound.MAX_BATCH} tickets per read")
+        wanted = {self._sys_id(ticket_id) for ticket_id in ticket_ids}
+        if not wanted:
+            return []
+        response = self._client.request(
+            "GET",
+            INCIDENTS,
+            params=READ_PARAMS
+            | {
+                "sysparm_query": f"sys_idIN{','.join(sorted(wanted))}",
+                "sysparm_limit": len(wanted),
+            },
+        )
+        # A query the instance could not read would match every record: keep those asked for.
+        return [t for t in self._tickets(result_of(response)) if t.id in wanted]
+
+    def journal_since(self, ticket_id: str, after: datetime | None) -> list[JournalEntry]:
+        sys_id = self._sys_id(ticket_id)
+        query = inbound.journal_query(TABLE, sys_id, after)
+        rows: list[Mapping[str, Any]] = []
+        while True:
+            response = self._client.request(
+                "GET",
+                JOURNAL,
+                params={
+                    "sysparm_query": query,
+                    "sysparm_fields": ",".join(inbound.JOURNAL_FIELDS),
+                    "sysparm_limit": inbound.MAX_BATCH,
+                    "sysparm_offset": len(rows),
+                },
+            )
+            page = result_of(response)
+            rows += page
+            if not page or _total_count(response, default=len(rows)) <= len(rows):
+                return _journal_entries(rows, sys_id)
+
+    def own_user(self) -> str:
+        if self._own_user is None:
+            response = self._client.request(
+                "GET",
+                USERS,
+                params={
+                    "sysparm_query": "user_name=javascript:gs.getUserName()",
+                    "sysparm_fields": "user_name",
+                    "sysparm_limit": 1,
+                },
+            )
+            found = [str(row.get("user_name") or "") for row in result_of(response)]
+            if not found or not found[0]:
+                raise UnexpectedResponse("ServiceNow names no sys_user for this connection")
+            self._own_user = found[0]
+        return self._own_user
+
+    def states(self, *, refresh: bool = False) -> tuple[TicketStatus, ...]:
+        """The instance's active incident states from ``sys_choice``, in their order; read
+        once, then again with ``refresh`` or after a ticket showed a state not among them."""
+        if self._states is None or refresh:
+            response = self._client.request(
+                "GET",
+                CHOICES,
+                params={"sysparm_query": STATE_CHOICES, "sysparm_fields": "value,label"},
+            )
+            choices = tuple(
+                TicketStatus(code=str(row["value"]), label=str(row["label"]))
+                for row in result_of(response)
+            )
+            self._states = choices or None  # an empty list (rows hidden) is asked again
+            return choices
+        return self._states
+
+    def read_notification(self, body: Mapping[str, Any]) -> Notice:
+        return inbound.read_notice(body, TABLE)
+
+    def notification_setup(self, endpoint: str, secret: str) -> str:
+        return inbound.business_rules(endpoint, secret, self.own_user(), TABLE)
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _newest_change(self) -> inbound.Cursor:
+        response = self._client.request(
+            "GET",
+            INCIDENTS,
+            params={
+                "sysparm_query": "ORDERBYDESCsys_updated_on^ORDERBYDESCsys_id",
+                "sysparm_fields": "sys_updated_on,sys_id",
+                "sysparm_limit": 1,
+            },
+        )
+        records = result_of(response)
+        return inbound.Cursor.of(records[0]) if records else inbound.Cursor()
+
     def _post(self, payload: dict[str, str]) -> Ticket:
         response = self._client.request("POST", INCIDENTS, params=READ_PARAMS, json=payload)
-        return mapping.to_ticket(result_of(response), self.api_url)
+        return self._ticket(result_of(response))
 
     def _first_where(self, condition: str) -> Ticket | None:
         response = self._client.request(
@@ -224,11 +367,17 @@ class ServiceNowProvider(Provider):
             params=READ_PARAMS
             | {"sysparm_query": f"{condition}^{mapping.SEARCH_ORDER}", "sysparm_limit": 1},
         )
-        tickets = self._tickets(response)
+        tickets = self._tickets(result_of(response))
         return tickets[0] if tickets else None
 
-    def _tickets(self, response: httpx.Response) -> list[Ticket]:
-        return [mapping.to_ticket(record, self.api_url) for record in result_of(response)]
+    def _tickets(self, records: Sequence[Mapping[str, Any]]) -> list[Ticket]:
+        return [self._ticket(record) for record in records]
+
+    def _ticket(self, record: Mapping[str, Any]) -> Ticket:
+        ticket = mapping.to_ticket(record, self.api_url)
+        if self._states is not None and ticket.status not in {s.label for s in self._states}:
+            self._states = None  # a state we have not seen: read the choices again
+        return ticket
 
     @classmethod
     def _record(cls, ticket_id: str) -> str:
@@ -252,6 +401,19 @@ def _checked_key(key: str) -> str:
             "(it is stored in correlation_id and queried)"
         )
     return key
+
+
+def _journal_entries(rows: Sequence[Mapping[str, Any]], sys_id: str) -> list[JournalEntry]:
+    """The rows of this record's work notes and comments (a query the instance could not read
+    would match others too) as entries."""
+    try:
+        return [
+            inbound.journal_entry(row)
+            for row in rows
+            if row.get("element_id") == sys_id and row.get("element") in inbound.JOURNAL_KINDS
+        ]
+    except (KeyError, ValueError, TypeError) as error:
+        raise UnexpectedResponse(f"ServiceNow's journal rows are malformed: {error!r}") from None
 
 
 def _total_count(response: httpx.Response, *, default: int) -> int:

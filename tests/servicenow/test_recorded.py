@@ -60,6 +60,25 @@ def test_incident_lifecycle(recorded: ServiceNowProvider) -> None:
 
 
 @pytest.mark.vcr
+def test_inbound_reads(recorded: ServiceNowProvider) -> None:
+    start = recorded.changed_since(None)
+    created = recorded.create(DRAFT, idempotency_key="ticketing-recorded-inbound-1")
+    recorded.add_work_note(created.id, "Recorded inbound note")
+
+    page = recorded.changed_since(start.cursor, overlap=1.0)
+    assert created.id in [t.id for t in page.tickets]
+    [again] = recorded.get_many([created.id])
+    assert (again.revision, again.updated_by) == (1, created.updated_by)
+    [entry] = recorded.journal_since(created.id, None)
+    assert (entry.kind, entry.text, entry.author) == (
+        "work_note",
+        "Recorded inbound note",
+        created.updated_by,
+    )
+    assert {"New", "In Progress", "Resolved"} <= {s.label for s in recorded.states()}
+
+
+@pytest.mark.vcr
 def test_missing_record_is_not_found(recorded: ServiceNowProvider) -> None:
     with pytest.raises(errors.NotFound, match="No Record found"):
         recorded.get("0123456789abcdef0123456789abcdef")
