@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ticketing_core.errors import BadSignature, InvalidInput
+from ticketing_core.errors import BadSignature, InvalidInput, ProviderError
 from ticketing_core.hookspecs import InboundProvider
 from ticketing_core.models import Notice
 from ticketing_core.notifications import verify
@@ -68,9 +68,19 @@ def set_inbound(runtime: HostRuntime, integration_id: int, body: InboundIn) -> I
         return InboundOut(enabled=True, endpoint=endpoint(runtime, integration_id))
     secret = new_secret()
     runtime.store.set_inbound(integration_id, options, secret)
-    if runtime.inbound_worker is not None:
-        runtime.inbound_worker.wake()  # its first poll sets the cursor
+    start_polling(runtime, integration_id)
     return shown_secret(runtime, provider, integration_id, secret)
+
+
+def start_polling(runtime: HostRuntime, integration_id: int) -> None:
+    """Set the poll's cursor at the instance's newest change now: later changes are caught
+    even if every notification is lost. Left to the worker when the instance cannot answer."""
+    try:
+        runtime.inbound.reconcile(integration_id)
+    except ProviderError as exc:
+        runtime.inbound.failed(integration_id, f"the first poll: {exc}; the worker tries again")
+        if runtime.inbound_worker is not None:
+            runtime.inbound_worker.wake()
 
 
 def rotate_secret(runtime: HostRuntime, integration_id: int) -> InboundOut:

@@ -385,7 +385,7 @@ class Inbound:
                 .order_by(notices.c.received)
                 .limit(BATCH)
             )
-            return dict(rows.tuples().all())
+            return {ticket_id: version for ticket_id, version in rows}
 
     def _forget(self, integration_id: int, batch: dict[str, int]) -> None:
         """Drop the notifications read, but not one that came again meanwhile."""

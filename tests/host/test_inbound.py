@@ -1,0 +1,346 @@
+"""Two-way sync through the host, over real HTTP: the ServiceNow emulator plays the generated
+Business Rules (signed notifications to the receiver) and an agent acting on incidents."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from servicenow_emulator import Emulator
+
+from ticketing_core.notifications import TICKETING_V1, sign
+
+from .conftest import (
+    ANOMALY,
+    TICKET_REQUEST,
+    Host,
+    StartHost,
+    create_integration,
+    incident,
+    links_path,
+    ok,
+    settled,
+    tickets_path,
+    wait_until,
+    work_notes,
+)
+
+AGENT = "beth.anglin"
+OWN_USER = "admin"  # the user of the tests' integration credentials (ADMIN_TOKEN)
+ANOMALY_PATH = f"/api/anomalies/{ANOMALY['id']}"
+
+
+def enable(host: Host, integration_id: int, **options: Any) -> dict[str, Any]:
+    path = f"/api/integrations/{integration_id}/inbound"
+    answer: dict[str, Any] = ok(host.api.put(path, json={"enabled": True, **options}))
+    return answer
+
+
+def receiver(host: Host, integration_id: int) -> str:
+    return f"{host.url}/api/inbound/{integration_id}"
+
+
+def install_rules(
+    emulator: Emulator, host: Host, integration_id: int, secret: str, skip: str | None = OWN_USER
+) -> None:
+    """What an administrator does with the printed rules: the emulator now notifies the host."""
+    emulator.notify_to(receiver(host, integration_id), secret, skip)
+
+
+def comments(host: Host) -> list[str]:
+    return [c["message"] for c in ok(host.api.get(ANOMALY_PATH))["comments"]]
+
+
+def log_of(host: Host, integration_id: int, **query: Any) -> list[dict[str, Any]]:
+    path = f"/api/integrations/{integration_id}/sync-log"
+    entries: list[dict[str, Any]] = ok(host.api.get(path, params=query))
+    return entries
+
+
+def decisions(host: Host, integration_id: int, **query: Any) -> list[str]:
+    return [entry["decision"] for entry in log_of(host, integration_id, **query)]
+
+
+def quiet(host: Host, emulator: Emulator) -> None:
+    """Nothing more is on its way: notifications sent, read, and deliveries settled."""
+    for _ in range(3):
+        emulator.wait_for_notifications()
+        wait_until(lambda: not host.runtime.inbound.pending_integrations())
+        settled(host)
+
+
+@pytest.fixture
+def linked(
+    start_host: StartHost, emulator: Emulator, emulator_url: str, database_url: str
+) -> tuple[Host, int, str, str]:
+    """A host on each database with inbound sync on, its rules installed in the emulator, and
+    an incident created from the anomaly: (host, integration id, sys_id, secret)."""
+    host = start_host(database=database_url)
+    integration_id = create_integration(host, emulator_url)["id"]
+    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
+    created = ok(host.api.post(tickets_path(), json=TICKET_REQUEST))
+    settled(host)
+    answer = enable(host, integration_id)
+    install_rules(emulator, host, integration_id, answer["secret"])
+    quiet(host, emulator)
+    return host, integration_id, created["ticket"]["ticket_id"], answer["secret"]
+
+
+def test_enabling_shows_the_secret_once_and_the_integration_never(
+    host: Host, integration: dict[str, Any]
+) -> None:
+    integration_id = integration["id"]
+
+    first = enable(host, integration_id)
+    again = enable(host, integration_id, copy_entries=False)
+    shown = ok(host.api.get(f"/api/integrations/{integration_id}"))
+
+    assert first["enabled"] is True
+    assert first["endpoint"] == f"https://qualytics.example/api/inbound/{integration_id}"
+    assert len(first["secret"]) >= 40
+    assert first["endpoint"] in first["business_rule"]
+    assert "async" in first["business_rule"].lower()
+    assert again == {"enabled": True, "endpoint": first["endpoint"]}
+    assert shown["inbound"]["enabled"] is True
+    assert shown["inbound"]["copy_entries"] is False
+    assert first["secret"] not in json.dumps(shown)
+
+
+def test_a_status_map_naming_a_state_the_instance_lacks_is_refused(
+    host: Host, integration: dict[str, Any]
+) -> None:
+    path = f"/api/integrations/{integration['id']}/inbound"
+
+    refused = host.api.put(path, json={"enabled": True, "status_map": {"Fixed": "Resolved"}})
+
+    assert refused.status_code == 422
+    assert "no state 'Fixed'" in refused.json()["detail"]
+    assert "Resolved" in refused.json()["detail"]
+    assert ok(host.api.get(f"/api/integrations/{integration['id']}"))["inbound"] == {
+        "enabled": False
+    }
+
+
+def test_an_agent_resolving_the_incident_is_heard_and_named_on_the_anomaly(
+    linked: tuple[Host, int, str, str], emulator: Emulator
+) -> None:
+    host, integration_id, sys_id, _ = linked
+    number = incident(emulator, sys_id)["number"]
+
+    emulator.act_as(AGENT, sys_id, state="6", close_code="Solved (Permanently)", close_notes="ok")
+    quiet(host, emulator)
+
+    [link] = ok(host.api.get(f"{ANOMALY_PATH}/ticket-links"))
+    assert link["status"] == "Resolved"
+    assert f"Ticket {number} status changed from New to Resolved by {AGENT}" in comments(host)
+    assert ok(host.api.get(ANOMALY_PATH))["status"] == ANOMALY["status"]  # no map: unchanged
+    assert {"received", "applied"} <= set(decisions(host, integration_id, ticket_id=sys_id))
+
+
+def test_the_status_map_moves_the_anomaly_and_is_not_pushed_back(
+    linked: tuple[Host, int, str, str], emulator: Emulator
+) -> None:
+    host, integration_id, sys_id, _ = linked
+    enable(host, integration_id, status_map={"Resolved": "Resolved"})
+    notes_before = work_notes(emulator, sys_id)
+
+    emulator.act_as(AGENT, sys_id, state="6", close_code="Solved (Permanently)", close_notes="ok")
+    quiet(host, emulator)
+
+    assert ok(host.api.get(ANOMALY_PATH))["status"] == "Resolved"
+    assert work_notes(emulator, sys_id) == notes_before  # the ticket is not told its own news
+    applied = log_of(host, integration_id, anomaly_id=ANOMALY["id"])
+    assert any("anomaly status -> Resolved" in entry["detail"] for entry in applied)
+
+
+def test_a_work_note_by_an_agent_becomes_a_comment_that_names_ticket_and_author(
+    linked: tuple[Host, int, str, str], emulator: Emulator
+) -> None:
+    host, _, sys_id, _ = linked
+    number = incident(emulator, sys_id)["number"]
+    notes_before = work_notes(emulator, sys_id)
+
+    emulator.act_as(AGENT, sys_id, work_notes="Root cause: a null-filling job; fixed upstream.")
+    emulator.act_as(AGENT, sys_id, comments="Thanks, closing soon.")
+    quiet(host, emulator)
+
+    # In one second: ServiceNow's journal times cannot order them, so neither can we.
+    copied = [c for c in comments(host) if c.startswith(("Work note on", "Comment on"))]
+    assert sorted(copied, reverse=True) == [
+        f"Work note on {number} by {AGENT}: Root cause: a null-filling job; fixed upstream.",
+        f"Comment on {number} by {AGENT}: Thanks, closing soon.",
+    ]
+    assert work_notes(emulator, sys_id)[: len(notes_before)] == notes_before
+    assert len(work_notes(emulator, sys_id)) == len(notes_before) + 1  # only the agent's
+
+
+def test_a_ping_pong_between_two_tickets_settles_in_one_round_trip(
+    linked: tuple[Host, int, str, str], emulator: Emulator
+) -> None:
+    """An agent's note on ticket A reaches the anomaly, then ticket B (pushed by the
+    integration). B's change is the integration's own: the rules here do not skip it, so the
+    host must drop the echo itself; nothing goes back to A; then all is quiet."""
+    host, integration_id, first, secret = linked
+    [row] = emulator.seed_incidents(1)
+    second = row["sys_id"]
+    ok(host.api.post(links_path(), json={"ticket_id": second}))
+    install_rules(emulator, host, integration_id, secret, skip=None)
+    quiet(host, emulator)
+    before = {sys_id: len(emulator.journal(sys_id)) for sys_id in (first, second)}
+
+    emulator.act_as(AGENT, first, work_notes="ping")
+    quiet(host, emulator)
+    time.sleep(0.5)
+    quiet(host, emulator)
+
+    after = {sys_id: len(emulator.journal(sys_id)) for sys_id in (first, second)}
+    assert after == {first: before[first] + 1, second: before[second] + 1}
+    [forwarded] = work_notes(emulator, second)[-1:]
+    assert forwarded.endswith(f"by {AGENT}: ping")
+    assert "echo dropped" in decisions(host, integration_id, ticket_id=second)
+    assert sum("ping" in c for c in comments(host)) == 1
+
+
+def test_notifications_lost_while_the_host_was_down_are_caught_by_the_poll(
+    linked: tuple[Host, int, str, str], emulator: Emulator
+) -> None:
+    host, integration_id, sys_id, _ = linked
+    emulator.notify_to("http://127.0.0.1:9/api/inbound/1", "wrong", OWN_USER)  # nobody listens
+
+    emulator.act_as(AGENT, sys_id, state="2", work_notes="looking into it")
+    emulator.wait_for_notifications()
+    assert emulator.stats()["notifications"]["failed"] >= 1
+    host.runtime.inbound.reconcile(integration_id)
+
+    [link] = ok(host.api.get(f"{ANOMALY_PATH}/ticket-links"))
+    assert link["status"] == "In Progress"
+    assert any(c.endswith(f"by {AGENT}: looking into it") for c in comments(host))
+    assert ok(host.api.get(f"/api/integrations/{integration_id}"))["inbound"]["last_polled_at"]
+
+
+def test_duplicate_and_replayed_notifications_apply_once(
+    linked: tuple[Host, int, str, str], emulator: Emulator
+) -> None:
+    host, integration_id, sys_id, secret = linked
+    emulator.act_as(AGENT, sys_id, work_notes="once only")
+    quiet(host, emulator)
+    body = json.dumps(emulator.notification_for(sys_id, "journal")).encode()
+
+    for _ in range(3):
+        headers = sign(TICKETING_V1, secret, body, time.time())
+        replayed = httpx.post(receiver(host, integration_id), content=body, headers=headers)
+        assert replayed.status_code == 202
+    quiet(host, emulator)
+
+    assert sum(c.endswith("once only") for c in comments(host)) == 1
+    assert "duplicate" in decisions(host, integration_id, ticket_id=sys_id)
+
+
+def _forged(secret: str, body: bytes, why: str) -> tuple[dict[str, str], bytes]:
+    """Headers and body of a notification altered in the way ``why`` says."""
+    now = time.time()
+    signed = sign(TICKETING_V1, secret, body, now)
+    return {
+        "no signature": ({}, body),
+        "wrong secret": (sign(TICKETING_V1, "x" * 43, body, now), body),
+        "body changed": (signed, body.replace(b'"update"', b'"journal"')),
+        "re-serialised": (signed, json.dumps(json.loads(body), indent=1).encode()),
+        "stale": (sign(TICKETING_V1, secret, body, now - 301), body),
+        "future": (sign(TICKETING_V1, secret, body, now + 301), body),
+        "header case and junk": ({"x-ticketing-signature": "v1=" + "A" * 44}, body),
+    }[why]
+
+
+@pytest.mark.parametrize(
+    "why",
+    [
+        "no signature", "wrong secret", "body changed", "re-serialised", "stale", "future",
+        "header case and junk",
+    ],
+)  # fmt: skip
+def test_forged_stale_or_altered_notifications_are_refused(
+    linked: tuple[Host, int, str, str], emulator: Emulator, why: str
+) -> None:
+    host, integration_id, sys_id, secret = linked
+    body = json.dumps(emulator.notification_for(sys_id)).encode()
+    headers, sent = _forged(secret, body, why)
+
+    refused = httpx.post(receiver(host, integration_id), content=sent, headers=headers)
+
+    assert refused.status_code == 401, why
+    assert refused.json()["detail"].startswith("notification refused")
+    assert decisions(host, integration_id)[0] == "refused"
+    assert secret not in json.dumps(log_of(host, integration_id))
+
+
+def test_the_receiver_answers_unknown_and_malformed_notifications_with_4xx(
+    linked: tuple[Host, int, str, str], emulator: Emulator
+) -> None:
+    host, integration_id, sys_id, secret = linked
+
+    def post(body: bytes, integration: int = integration_id) -> httpx.Response:
+        headers = sign(TICKETING_V1, secret, body, time.time())
+        return httpx.post(receiver(host, integration), content=body, headers=headers)
+
+    other_table = dict(emulator.notification_for(sys_id), table="problem")
+    assert post(b"{}", integration=integration_id + 1).status_code == 404
+    assert post(b"not json").status_code == 422
+    assert post(b"[1, 2]").status_code == 422
+    assert post(json.dumps(other_table).encode()).status_code == 422
+    assert post(b"x" * (1024 * 1024 + 1)).status_code == 413
+    ok(host.api.put(f"/api/integrations/{integration_id}/inbound", json={"enabled": False}))
+    assert post(json.dumps(emulator.notification_for(sys_id)).encode()).status_code == 404
+
+
+def test_a_rotated_secret_keeps_the_previous_one_valid(
+    linked: tuple[Host, int, str, str], emulator: Emulator
+) -> None:
+    host, integration_id, sys_id, old = linked
+
+    rotated = ok(host.api.post(f"/api/integrations/{integration_id}/inbound/secret"))
+    body = json.dumps(emulator.notification_for(sys_id)).encode()
+
+    for secret in (old, rotated["secret"]):
+        headers = sign(TICKETING_V1, secret, body, time.time())
+        accepted = httpx.post(receiver(host, integration_id), content=body, headers=headers)
+        assert accepted.status_code == 202
+    assert rotated["secret"] != old
+    assert rotated["previous_secret_valid_until"]
+    assert (
+        rotated["secret"] in rotated["business_rule"] or "generateMac" in rotated["business_rule"]
+    )
+
+
+def test_a_host_clock_ten_minutes_off_refuses_notifications_and_the_poll_catches_up(
+    linked: tuple[Host, int, str, str], emulator: Emulator
+) -> None:
+    host, integration_id, sys_id, _ = linked
+    emulator.clock_skew = timedelta(minutes=10)
+
+    emulator.act_as(AGENT, sys_id, state="3", hold_reason="1")
+    emulator.wait_for_notifications()
+    host.runtime.inbound.reconcile(integration_id)
+
+    assert "refused" in decisions(host, integration_id)
+    [link] = ok(host.api.get(f"{ANOMALY_PATH}/ticket-links"))
+    assert link["status"] == "On Hold"
+
+
+def test_the_pull_of_many_links_reads_a_hundred_tickets_a_request(
+    host: Host, emulator: Emulator, integration: dict[str, Any], anomaly: dict[str, Any]
+) -> None:
+    rows = emulator.seed_incidents(150)
+    for row in rows:
+        ok(host.api.post(links_path(), json={"ticket_id": row["sys_id"]}))
+    settled(host)
+    before = len(emulator.requests)
+
+    pulled = ok(host.api.post(f"{ANOMALY_PATH}/ticket-links/sync"))
+
+    reads = [r for r in emulator.requests[before:] if r["path"] == "/api/now/table/incident"]
+    assert len(pulled) == 150
+    assert len(reads) == 2  # ceil(150 / 100)
