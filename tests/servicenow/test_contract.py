@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from typing import ClassVar
 
 import pytest
 from servicenow_emulator import DEFAULT_PASSWORD, Emulator
+from servicenow_emulator.notify import encode
 
-from ticketing_core.testing import ProviderContract
+from ticketing_core.testing import InboundContract
 
 from ..conftest import ADMIN_TOKEN
 
 
 class ServiceNowFake:
     """The kit's view of the ServiceNow emulator."""
+
+    agent = "beth.anglin"
 
     def __init__(self, emulator: Emulator, url: str) -> None:
         self.emulator = emulator
@@ -39,8 +43,31 @@ class ServiceNowFake:
         journal = self.emulator.journal(ticket_id)
         return [entry["value"] for entry in journal if entry["element"] == "work_notes"]
 
+    def act_as_agent(
+        self,
+        ticket_id: str,
+        *,
+        status: str | None = None,
+        note: str | None = None,
+        comment: str | None = None,
+    ) -> None:
+        fields = {"state": status, "work_notes": note, "comments": comment}
+        given = {name: value for name, value in fields.items() if value is not None}
+        self.emulator.act_as(self.agent, ticket_id, **given)
 
-class TestServiceNowContract(ProviderContract):
+    def seed_at_one_time(self, count: int, title: str) -> None:
+        self.seed(count, title)  # the emulator seeds at one instant
+
+    def notification_for(self, ticket_id: str) -> bytes:
+        return encode(self.emulator.notification_for(ticket_id))
+
+    def notification_elsewhere(self, ticket_id: str) -> bytes:
+        return json.dumps(
+            json.loads(self.notification_for(ticket_id)) | {"table": "problem"}
+        ).encode()
+
+
+class TestServiceNowContract(InboundContract):
     provider_name = "servicenow"
     distribution = "ticketing-framework"
     note_method = "PATCH"  # a work note is a write to the incident's work_notes field

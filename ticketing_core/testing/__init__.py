@@ -27,6 +27,13 @@ secrets stay out of reprs and errors. The kit talks to the provider only through
 The non-JSON error pages come from a :class:`Gateway` the kit puts in front of the fake (a reverse
 proxy, as a load balancer or an ingress would be), so a fake need not know how to send them.
 
+A provider with inbound sync (``capabilities.inbound_sync``) subclasses :class:`InboundContract`
+instead, whose ``service`` is an :class:`InboundFakeService` (it can also act as a person working
+on tickets, and hand out the notifications the service sends): it adds checks of every
+:class:`~ticketing_core.hookspecs.InboundProvider` method (changes listed after a cursor with
+their revision and author, pages of changes at one time missing nothing and never looping,
+batch reads in one request, journal entries with kinds and authors, states, notifications).
+
 The repeat-safety checks fail one write *after* the service committed it, which the fake targets by
 HTTP method: set ``create_method`` and ``note_method`` on the subclass if the provider's create or
 ``add_work_note`` is not a POST.
@@ -37,12 +44,15 @@ from ticketing_core.testing.contract import (
     DRAFT,
     FAULTS,
     GATEWAY_ERRORS,
+    CountingTransport,
+    InboundContract,
     ProviderContract,
     note_count,
+    poll,
     raised_by,
     secret_part,
 )
-from ticketing_core.testing.fake_service import FakeService
+from ticketing_core.testing.fake_service import FakeService, InboundFakeService
 from ticketing_core.testing.gateway import BAD_GATEWAY_PAGE, Gateway
 
 __all__ = [
@@ -51,10 +61,14 @@ __all__ = [
     "DRAFT",
     "FAULTS",
     "GATEWAY_ERRORS",
+    "CountingTransport",
     "FakeService",
     "Gateway",
+    "InboundContract",
+    "InboundFakeService",
     "ProviderContract",
     "note_count",
+    "poll",
     "raised_by",
     "secret_part",
 ]

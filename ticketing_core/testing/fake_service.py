@@ -1,4 +1,5 @@
-"""What the kit needs from a provider's fake service."""
+"""What the kit needs from a provider's fake service; :class:`InboundFakeService` for the
+inbound checks."""
 
 from __future__ import annotations
 
@@ -35,3 +36,34 @@ class FakeService(Protocol):
 
     def notes(self, ticket_id: str) -> list[str]:
         """Texts of the ticket's internal notes as the service stores them, oldest first."""
+
+
+class InboundFakeService(FakeService, Protocol):
+    """What the inbound checks (:class:`~ticketing_core.testing.InboundContract`) need besides:
+    a person working on tickets in the service, and the notifications the service sends."""
+
+    agent: str
+    """The user name the service records for :meth:`act_as_agent`'s changes: a person, never
+    the user the kit connects as."""
+
+    def act_as_agent(
+        self,
+        ticket_id: str,
+        *,
+        status: str | None = None,
+        note: str | None = None,
+        comment: str | None = None,
+    ) -> None:
+        """As :attr:`agent`, directly in the service: move the ticket to ``status`` (a
+        ``TicketStatus.code`` from the provider's ``states()``), add an internal ``note``
+        (kind ``"work_note"``) and a public ``comment`` (kind ``"comment"``), each when given."""
+
+    def seed_at_one_time(self, count: int, title: str) -> None:
+        """Create ``count`` tickets whose title contains ``title``, all with one change time as
+        the service records it (ServiceNow: the same second)."""
+
+    def notification_for(self, ticket_id: str) -> bytes:
+        """The raw body of the notification the service sends for the ticket's last change."""
+
+    def notification_elsewhere(self, ticket_id: str) -> bytes:
+        """That notification, but naming another table or project than the connection's."""
