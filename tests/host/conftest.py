@@ -131,3 +131,6 @@ def settled(host: Host) -> dict[str, int]:
     outbox = host.runtime.service.outbox
     wait_until(lambda: outbox.counts()["pending"] == 0)
     return outbox.counts()
+
+
+from .inbound_helpers import inbound_linked  # noqa: E402, F401 - the two-way sync tests' fixture

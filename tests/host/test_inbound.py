@@ -10,84 +10,34 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from servicenow_emulator import Emulator
 
 from ticketing_core.notifications import TICKETING_V1, sign
 
 from .conftest import (
     ANOMALY,
-    TICKET_REQUEST,
     Host,
-    StartHost,
-    create_integration,
     incident,
     links_path,
     ok,
     settled,
-    tickets_path,
-    wait_until,
     work_notes,
 )
-
-AGENT = "beth.anglin"
-OWN_USER = "admin"  # the user of the tests' integration credentials (ADMIN_TOKEN)
-ANOMALY_PATH = f"/api/anomalies/{ANOMALY['id']}"
-
-
-def enable(host: Host, integration_id: int, **options: Any) -> dict[str, Any]:
-    path = f"/api/integrations/{integration_id}/inbound"
-    answer: dict[str, Any] = ok(host.api.put(path, json={"enabled": True, **options}))
-    return answer
-
-
-def receiver(host: Host, integration_id: int) -> str:
-    return f"{host.url}/api/inbound/{integration_id}"
-
-
-def install_rules(
-    emulator: Emulator, host: Host, integration_id: int, secret: str, skip: str | None = OWN_USER
-) -> None:
-    """What an administrator does with the printed rules: the emulator now notifies the host."""
-    emulator.notify_to(receiver(host, integration_id), secret, skip)
-
-
-def comments(host: Host) -> list[str]:
-    return [c["message"] for c in ok(host.api.get(ANOMALY_PATH))["comments"]]
-
-
-def log_of(host: Host, integration_id: int, **query: Any) -> list[dict[str, Any]]:
-    path = f"/api/integrations/{integration_id}/sync-log"
-    entries: list[dict[str, Any]] = ok(host.api.get(path, params=query))
-    return entries
-
-
-def decisions(host: Host, integration_id: int, **query: Any) -> list[str]:
-    return [entry["decision"] for entry in log_of(host, integration_id, **query)]
-
-
-def quiet(host: Host, emulator: Emulator) -> None:
-    """Nothing more is on its way: notifications sent, read, and deliveries settled."""
-    for _ in range(3):
-        emulator.wait_for_notifications()
-        wait_until(lambda: not host.runtime.inbound.pending_integrations())
-        settled(host)
-
-
-@pytest.fixture
-def linked(
-    start_host: StartHost, emulator: Emulator, emulator_url: str, database_url: str
-) -> tuple[Host, int, str, str]:
-    """A host on each database with inbound sync on, its rules installed in the emulator, and
-    an incident created from the anomaly: (host, integration id, sys_id, secret)."""
-    host = start_host(database=database_url)
-    integration_id = create_integration(host, emulator_url)["id"]
-    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
-    created = ok(host.api.post(tickets_path(), json=TICKET_REQUEST))
-    settled(host)
-    answer = enable(host, integration_id)
-    install_rules(emulator, host, integration_id, answer["secret"])
-    quiet(host, emulator)
-    return host, integration_id, created["ticket"]["ticket_id"], answer["secret"]
+from .inbound_helpers import (
+    AGENT,
+    ANOMALY_PATH,
+    OWN_USER,
+    Linked,
+    comments,
+    decisions,
+    enable,
+    install_rules,
+    log_of,
+    quiet,
+    receiver,
+)
 
 
 def test_enabling_shows_the_secret_once_and_the_integration_never(
@@ -126,9 +76,9 @@ def test_a_status_map_naming_a_state_the_instance_lacks_is_refused(
 
 
 def test_an_agent_resolving_the_incident_is_heard_and_named_on_the_anomaly(
-    linked: tuple[Host, int, str, str], emulator: Emulator
+    inbound_linked: Linked, emulator: Emulator
 ) -> None:
-    host, integration_id, sys_id, _ = linked
+    host, integration_id, sys_id, _ = inbound_linked
     number = incident(emulator, sys_id)["number"]
 
     emulator.act_as(AGENT, sys_id, state="6", close_code="Solved (Permanently)", close_notes="ok")
@@ -142,9 +92,9 @@ def test_an_agent_resolving_the_incident_is_heard_and_named_on_the_anomaly(
 
 
 def test_the_status_map_moves_the_anomaly_and_is_not_pushed_back(
-    linked: tuple[Host, int, str, str], emulator: Emulator
+    inbound_linked: Linked, emulator: Emulator
 ) -> None:
-    host, integration_id, sys_id, _ = linked
+    host, integration_id, sys_id, _ = inbound_linked
     enable(host, integration_id, status_map={"Resolved": "Resolved"})
     notes_before = work_notes(emulator, sys_id)
 
@@ -158,9 +108,9 @@ def test_the_status_map_moves_the_anomaly_and_is_not_pushed_back(
 
 
 def test_a_work_note_by_an_agent_becomes_a_comment_that_names_ticket_and_author(
-    linked: tuple[Host, int, str, str], emulator: Emulator
+    inbound_linked: Linked, emulator: Emulator
 ) -> None:
-    host, _, sys_id, _ = linked
+    host, _, sys_id, _ = inbound_linked
     number = incident(emulator, sys_id)["number"]
     notes_before = work_notes(emulator, sys_id)
 
@@ -179,12 +129,12 @@ def test_a_work_note_by_an_agent_becomes_a_comment_that_names_ticket_and_author(
 
 
 def test_a_ping_pong_between_two_tickets_settles_in_one_round_trip(
-    linked: tuple[Host, int, str, str], emulator: Emulator
+    inbound_linked: Linked, emulator: Emulator
 ) -> None:
     """An agent's note on ticket A reaches the anomaly, then ticket B (pushed by the
     integration). B's change is the integration's own: the rules here do not skip it, so the
     host must drop the echo itself; nothing goes back to A; then all is quiet."""
-    host, integration_id, first, secret = linked
+    host, integration_id, first, secret = inbound_linked
     [row] = emulator.seed_incidents(1)
     second = row["sys_id"]
     ok(host.api.post(links_path(), json={"ticket_id": second}))
@@ -206,9 +156,9 @@ def test_a_ping_pong_between_two_tickets_settles_in_one_round_trip(
 
 
 def test_notifications_lost_while_the_host_was_down_are_caught_by_the_poll(
-    linked: tuple[Host, int, str, str], emulator: Emulator
+    inbound_linked: Linked, emulator: Emulator
 ) -> None:
-    host, integration_id, sys_id, _ = linked
+    host, integration_id, sys_id, _ = inbound_linked
     emulator.notify_to("http://127.0.0.1:9/api/inbound/1", "wrong", OWN_USER)  # nobody listens
 
     emulator.act_as(AGENT, sys_id, state="2", work_notes="looking into it")
@@ -223,9 +173,9 @@ def test_notifications_lost_while_the_host_was_down_are_caught_by_the_poll(
 
 
 def test_duplicate_and_replayed_notifications_apply_once(
-    linked: tuple[Host, int, str, str], emulator: Emulator
+    inbound_linked: Linked, emulator: Emulator
 ) -> None:
-    host, integration_id, sys_id, secret = linked
+    host, integration_id, sys_id, secret = inbound_linked
     emulator.act_as(AGENT, sys_id, work_notes="once only")
     quiet(host, emulator)
     body = json.dumps(emulator.notification_for(sys_id, "journal")).encode()
@@ -263,9 +213,9 @@ def _forged(secret: str, body: bytes, why: str) -> tuple[dict[str, str], bytes]:
     ],
 )  # fmt: skip
 def test_forged_stale_or_altered_notifications_are_refused(
-    linked: tuple[Host, int, str, str], emulator: Emulator, why: str
+    inbound_linked: Linked, emulator: Emulator, why: str
 ) -> None:
-    host, integration_id, sys_id, secret = linked
+    host, integration_id, sys_id, secret = inbound_linked
     body = json.dumps(emulator.notification_for(sys_id)).encode()
     headers, sent = _forged(secret, body, why)
 
@@ -278,9 +228,9 @@ def test_forged_stale_or_altered_notifications_are_refused(
 
 
 def test_the_receiver_answers_unknown_and_malformed_notifications_with_4xx(
-    linked: tuple[Host, int, str, str], emulator: Emulator
+    inbound_linked: Linked, emulator: Emulator
 ) -> None:
-    host, integration_id, sys_id, secret = linked
+    host, integration_id, sys_id, secret = inbound_linked
 
     def post(body: bytes, integration: int = integration_id) -> httpx.Response:
         headers = sign(TICKETING_V1, secret, body, time.time())
@@ -297,9 +247,9 @@ def test_the_receiver_answers_unknown_and_malformed_notifications_with_4xx(
 
 
 def test_a_rotated_secret_keeps_the_previous_one_valid(
-    linked: tuple[Host, int, str, str], emulator: Emulator
+    inbound_linked: Linked, emulator: Emulator
 ) -> None:
-    host, integration_id, sys_id, old = linked
+    host, integration_id, sys_id, old = inbound_linked
 
     rotated = ok(host.api.post(f"/api/integrations/{integration_id}/inbound/secret"))
     body = json.dumps(emulator.notification_for(sys_id)).encode()
@@ -316,9 +266,9 @@ def test_a_rotated_secret_keeps_the_previous_one_valid(
 
 
 def test_a_host_clock_ten_minutes_off_refuses_notifications_and_the_poll_catches_up(
-    linked: tuple[Host, int, str, str], emulator: Emulator
+    inbound_linked: Linked, emulator: Emulator
 ) -> None:
-    host, integration_id, sys_id, _ = linked
+    host, integration_id, sys_id, _ = inbound_linked
     emulator.clock_skew = timedelta(minutes=10)
 
     emulator.act_as(AGENT, sys_id, state="3", hold_reason="1")
@@ -344,3 +294,52 @@ def test_the_pull_of_many_links_reads_a_hundred_tickets_a_request(
     reads = [r for r in emulator.requests[before:] if r["path"] == "/api/now/table/incident"]
     assert len(pulled) == 150
     assert len(reads) == 2  # ceil(150 / 100)
+
+
+NOTIFICATION_FIELDS = (
+    "table",
+    "sys_id",
+    "sys_mod_count",
+    "sys_updated_on",
+    "sys_updated_by",
+    "event",
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+notification_bodies = st.one_of(
+    st.binary(max_size=200),
+    st.dictionaries(st.sampled_from(NOTIFICATION_FIELDS) | st.text(max_size=8), json_values).map(
+        lambda value: json.dumps(value).encode()
+    ),
+    st.fixed_dictionaries(
+        {name: st.text(max_size=40) | json_values for name in NOTIFICATION_FIELDS}
+    ).map(lambda value: json.dumps(value).encode()),
+)
+
+
+def test_hostile_notifications_get_a_4xx_or_are_stored_for_a_ticket_read(
+    host: Host, integration: dict[str, Any]
+) -> None:
+    integration_id = integration["id"]
+    secret = enable(host, integration_id)["secret"]
+
+    @settings(max_examples=60, deadline=None)
+    @given(body=notification_bodies, signed=st.booleans(), skew=st.integers(-400, 400))
+    def check(body: bytes, signed: bool, skew: int) -> None:
+        headers = sign(TICKETING_V1, secret if signed else "not-it", body, time.time() + skew)
+
+        answer = httpx.post(receiver(host, integration_id), content=body, headers=headers)
+
+        assert answer.status_code in (202, 401, 422), answer.text
+        assert isinstance(answer.json(), dict)
+        if not signed or abs(skew) > 300:
+            assert answer.status_code == 401
+        if answer.status_code == 202:
+            notice = json.loads(body)
+            assert notice["table"] == "incident"
+            assert notice["event"] in ("update", "journal")
+
+    check()

@@ -1,0 +1,83 @@
+"""Helpers and the fixture of the two-way sync tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from servicenow_emulator import Emulator
+
+from .conftest import (
+    ANOMALY,
+    TICKET_REQUEST,
+    Host,
+    StartHost,
+    create_integration,
+    ok,
+    settled,
+    tickets_path,
+    wait_until,
+)
+
+Linked = tuple[Host, int, str, str]
+"""A host with inbound sync on: (host, integration id, the linked incident's sys_id, secret)."""
+
+AGENT = "beth.anglin"
+OWN_USER = "admin"  # the user of the tests' integration credentials (ADMIN_TOKEN)
+ANOMALY_PATH = f"/api/anomalies/{ANOMALY['id']}"
+
+
+def enable(host: Host, integration_id: int, **options: Any) -> dict[str, Any]:
+    path = f"/api/integrations/{integration_id}/inbound"
+    answer: dict[str, Any] = ok(host.api.put(path, json={"enabled": True, **options}))
+    return answer
+
+
+def receiver(host: Host, integration_id: int) -> str:
+    return f"{host.url}/api/inbound/{integration_id}"
+
+
+def install_rules(
+    emulator: Emulator, host: Host, integration_id: int, secret: str, skip: str | None = OWN_USER
+) -> None:
+    """What an administrator does with the printed rules: the emulator now notifies the host."""
+    emulator.notify_to(receiver(host, integration_id), secret, skip)
+
+
+def comments(host: Host) -> list[str]:
+    return [c["message"] for c in ok(host.api.get(ANOMALY_PATH))["comments"]]
+
+
+def log_of(host: Host, integration_id: int, **query: Any) -> list[dict[str, Any]]:
+    path = f"/api/integrations/{integration_id}/sync-log"
+    entries: list[dict[str, Any]] = ok(host.api.get(path, params=query))
+    return entries
+
+
+def decisions(host: Host, integration_id: int, **query: Any) -> list[str]:
+    return [entry["decision"] for entry in log_of(host, integration_id, **query)]
+
+
+def quiet(host: Host, emulator: Emulator) -> None:
+    """Nothing more is on its way: notifications sent, read, and deliveries settled."""
+    for _ in range(3):
+        emulator.wait_for_notifications()
+        wait_until(lambda: not host.runtime.inbound.pending_integrations())
+        settled(host)
+
+
+@pytest.fixture
+def inbound_linked(
+    start_host: StartHost, emulator: Emulator, emulator_url: str, database_url: str
+) -> Linked:
+    """A host on each database with inbound sync on, its rules installed in the emulator, and
+    an incident created from the anomaly: (host, integration id, sys_id, secret)."""
+    host = start_host(database=database_url)
+    integration_id = create_integration(host, emulator_url)["id"]
+    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
+    created = ok(host.api.post(tickets_path(), json=TICKET_REQUEST))
+    settled(host)
+    answer = enable(host, integration_id)
+    install_rules(emulator, host, integration_id, answer["secret"])
+    quiet(host, emulator)
+    return host, integration_id, created["ticket"]["ticket_id"], answer["secret"]
