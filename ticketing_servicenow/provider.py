@@ -257,7 +257,7 @@ class ServiceNowProvider(InboundProvider):
             | {"sysparm_query": given.minus(overlap).query(), "sysparm_limit": limit},
         )
         records = result_of(response)
-        more = _total_count(response, default=len(records)) > limit
+        more = _more_after(response, limit, full_page=len(records) == limit)
         last = inbound.Cursor.of(records[-1]) if records else given
         # The last page never moves the cursor back, however far the overlap reached.
         after = last if more else max(last, given)
@@ -298,7 +298,9 @@ class ServiceNowProvider(InboundProvider):
             )
             page = result_of(response)
             rows += page
-            if not page or _total_count(response, default=len(rows)) <= len(rows):
+            if not page or not _more_after(
+                response, len(rows), full_page=len(page) == inbound.MAX_BATCH
+            ):
                 return _journal_entries(rows, sys_id)
 
     def own_user(self) -> str:
@@ -414,6 +416,14 @@ def _journal_entries(rows: Sequence[Mapping[str, Any]], sys_id: str) -> list[Jou
         ]
     except (KeyError, ValueError, TypeError) as error:
         raise UnexpectedResponse(f"ServiceNow's journal rows are malformed: {error!r}") from None
+
+
+def _more_after(response: httpx.Response, listed: int, *, full_page: bool) -> bool:
+    """Whether the query matches more than ``listed`` rows: ``X-Total-Count`` says (counted
+    before ACLs, so a page short of its limit is not the end), else a full page may be
+    followed by more."""
+    total = _total_count(response, default=-1)
+    return total > listed if total >= 0 else full_page
 
 
 def _total_count(response: httpx.Response, *, default: int) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -496,3 +497,22 @@ def test_the_business_rules_send_what_the_receiver_verifies(
     notice = provider.read_notification(json.loads(body))
     assert (notice.ticket_id, notice.revision, notice.updated_by) == (SYS_ID, 7, "jane.agent")
     assert notice.event == ("update" if rule == 1 else "journal")
+
+
+@pytest.mark.parametrize(("rows", "more"), [(2, True), (1, False)])
+def test_without_a_total_count_a_full_page_may_have_more(rows: int, more: bool) -> None:
+    """A proxy that drops X-Total-Count: a full page is not taken for the last one."""
+    record = {"sys_id": SYS_ID, "sys_updated_on": "2026-12-07 10:00:00", "state": "1"}
+
+    def answer(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"result": [record] * rows})
+
+    with ServiceNowProvider(
+        api_url="https://acme.service-now.com",
+        api_access_token="a:b",
+        transport=httpx.MockTransport(answer),
+    ) as provider:
+        page = provider.changed_since(Cursor().encode(), limit=2)
+
+    assert page.more is more
+    assert Cursor.decode(page.cursor) == Cursor("2026-12-07 10:00:00", SYS_ID)
