@@ -215,7 +215,15 @@ def test_the_host_adds_its_commands_through_the_hook() -> None:
 
     registry.add_commands(group)
 
-    assert sorted(group.commands) == ["demo", "keys", "serve", "worker"]
+    assert sorted(group.commands) == [
+        "demo",
+        "inbound",
+        "keys",
+        "serve",
+        "servicenow",
+        "sync-log",
+        "worker",
+    ]
     assert registry.providers() == []
 
 
