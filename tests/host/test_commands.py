@@ -45,6 +45,11 @@ def test_demo_runs_every_flow_offline_and_shows_the_work_notes() -> None:
     )
     assert notes[2].endswith("] Qualytics Anomaly Status: Acknowledged")
     assert notes[3].startswith("  Comment from Qualytics: Investigating with data team.")
+    heard = lines[lines.index("Anomaly 12345 heard, without a pull:") + 1 :]
+    assert heard == [
+        "  [integration] Ticket INC0010001 status changed from New to Resolved by beth.anglin",
+        "  [ticket] Work note on INC0010001 by beth.anglin: Backfill done; job fixed.",
+    ]
 
 
 def free_port() -> int:

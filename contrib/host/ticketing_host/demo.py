@@ -52,6 +52,7 @@ TICKET_REQUEST = {
     "assigned_group": "Data Engineering",
 }
 COMMENT = "Investigating with data team. Looks like ETL pipeline issue."
+AGENT = "beth.anglin"  # a ServiceNow user of the emulator's, not the integration's
 
 
 def main() -> None:
@@ -81,6 +82,7 @@ def main() -> None:
             ) as agent,
         ):
             run_demo(api, agent, snow, runtime_of(app))
+            two_way(api, snow.emulator, host.url, runtime_of(app))
 
 
 def run_demo(
@@ -143,6 +145,30 @@ def pull_changes(api: httpx.Client) -> None:
     click.echo(f"Anomaly {ANOMALY_ID} is still {anomaly['status']}; its comments:")
     for comment in anomaly["comments"]:
         click.echo(f"  [{comment['origin']}] {comment['message']}")
+
+
+def two_way(api: httpx.Client, emulator: Emulator, host_url: str, runtime: HostRuntime) -> None:
+    """Turn two-way sync on, install the printed rules (the emulator plays them), and let an
+    agent resolve the first incident with a work note: the anomaly hears of both."""
+    answer = call(api, "PUT", "/integrations/1/inbound", {"status_map": {}, "enabled": True})
+    click.echo(f"Two-way sync on: ServiceNow notifies {answer['endpoint']}")
+    emulator.notify_to(f"{host_url}/api/inbound/1", answer["secret"], "admin")
+    [first, *_] = call(api, "GET", f"{ANOMALY_PATH}/ticket-links")
+    heard_before = len(call(api, "GET", ANOMALY_PATH)["comments"])
+    emulator.act_as(
+        AGENT, first["ticket_id"], state="6", close_code="Solved (Permanently)",
+        close_notes="Backfilled customer_email.", work_notes="Backfill done; job fixed.",
+    )  # fmt: skip
+    click.echo(f"The agent {AGENT} resolved {first['ticket_number']} with a work note")
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while len(comments := call(api, "GET", ANOMALY_PATH)["comments"]) < heard_before + 2:
+        if time.monotonic() > deadline:
+            raise click.ClickException("the anomaly did not hear of the agent's change")
+        time.sleep(0.05)
+    click.echo(f"Anomaly {ANOMALY_ID} heard, without a pull:")
+    for comment in comments[heard_before:]:
+        click.echo(f"  [{comment['origin']}] {comment['message']}")
+    wait_for_deliveries(runtime)
 
 
 def call(api: httpx.Client, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
