@@ -18,11 +18,15 @@ from ticketing_core.notifications import TICKETING_V1, sign
 
 from .conftest import (
     ANOMALY,
+    TICKET_REQUEST,
     Host,
+    StartHost,
+    create_integration,
     incident,
     links_path,
     ok,
     settled,
+    tickets_path,
     work_notes,
 )
 from .inbound_helpers import (
@@ -343,3 +347,28 @@ def test_hostile_notifications_get_a_4xx_or_are_stored_for_a_ticket_read(
             assert notice["event"] in ("update", "journal")
 
     check()
+
+
+def test_the_sync_log_tells_why_a_note_did_or_did_not_arrive(
+    start_host: StartHost, emulator: Emulator, emulator_url: str
+) -> None:
+    host = start_host(max_attempts=2, backoff_initial=0.1, backoff_max=0.2, doubt_seconds=1.0)
+    integration_id = create_integration(host, emulator_url)["id"]
+    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
+    sys_id = ok(host.api.post(tickets_path(), json=TICKET_REQUEST))["ticket"]["ticket_id"]
+
+    emulator.add_fault("503_after_commit", method="PATCH")
+    ok(host.api.post(f"{ANOMALY_PATH}/comments", json={"message": "lands, unanswered"}), 201)
+    settled(host)
+    emulator.add_fault("500", method="PATCH", count=2)
+    ok(host.api.post(f"{ANOMALY_PATH}/comments", json={"message": "never lands"}), 201)
+    settled(host)
+
+    entries = log_of(host, integration_id, ticket_id=sys_id)
+    outbound = [(e["decision"], e["detail"]) for e in reversed(entries) if e["direction"] == "out"]
+    assert [decision for decision, _ in outbound] == ["in doubt", "checked", "in doubt", "dead"]
+    assert "lands, unanswered" in outbound[0][1]
+    assert "503" in outbound[0][1]
+    assert "never lands" in outbound[3][1]
+    assert "500" in outbound[3][1]
+    assert all(e["anomaly_id"] == ANOMALY["id"] for e in entries if e["direction"] == "out")
