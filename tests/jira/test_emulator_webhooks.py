@@ -211,6 +211,19 @@ def test_act_as_changes_and_comments_as_that_account(
     assert emulator.comments(issue["id"])[0]["internal"] is True
 
 
+def test_act_as_takes_a_status_id_too(emulator: JiraEmulator) -> None:
+    [issue] = emulator.seed_issues(1)
+    assert emulator.act_as(JOHN.email, issue["key"], status="10001")["status"] == "Done"
+
+
+def test_seeded_issues_can_share_one_time(emulator: JiraEmulator) -> None:
+    at = datetime(2026, 12, 7, 10, 0, 0, 123456, tzinfo=UTC)
+    seeded = emulator.seed_issues(3, at=at)
+    assert {(i["created"], i["updated"]) for i in seeded} == {
+        ("2026-12-07T10:00:00.123+0000", "2026-12-07T10:00:00.123+0000")
+    }
+
+
 def test_act_as_refuses_unknown_accounts_issues_and_transitions(emulator: JiraEmulator) -> None:
     [issue] = emulator.seed_issues(1)
     with pytest.raises(KeyError):

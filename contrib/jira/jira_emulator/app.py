@@ -414,7 +414,7 @@ class JiraEmulator(EmulatedService):
         fields: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Change an issue as ``account`` (email or account id) would through the REST API:
-        edit ``fields`` (REST shape) and move to ``status`` as one change, then add ``comment``
+        edit ``fields`` (REST shape) and move to ``status`` (a name or id) as one change, then add ``comment``
         (an internal one with ``internal``, as a service desk agent can). Webhooks fire as for
         any client. Returns the stored issue."""
         with self._lock:
@@ -433,12 +433,15 @@ class JiraEmulator(EmulatedService):
                 self._append_comment(target, text_to_adf(comment), author, None, properties)
             return _stored_issue(target)
 
-    def _status(self, issue: _Issue, name: str | None) -> Status | None:
-        if name is None:
+    def _status(self, issue: _Issue, wanted: str | None) -> Status | None:
+        """The workflow status named (or with the id) ``wanted``, other than the issue's own."""
+        if wanted is None:
             return None
-        if name not in issue.project.statuses or name == issue.status.name:
-            raise ValueError(f"no transition of {issue.key} to {name!r}")
-        return STATUSES[name]
+        for name in issue.project.statuses:
+            status = STATUSES[name]
+            if wanted in (status.name, status.id) and status != issue.status:
+                return status
+        raise ValueError(f"no transition of {issue.key} to {wanted!r}")
 
     @property
     def issues(self) -> list[dict[str, Any]]:
@@ -454,11 +457,14 @@ class JiraEmulator(EmulatedService):
                 raise KeyError(issue_id_or_key)
             return [_stored_comment(comment) for comment in issue.comments]
 
-    def seed_issues(self, n: int, project: str = "DQ", **fields: Any) -> list[dict[str, Any]]:
+    def seed_issues(
+        self, n: int, project: str = "DQ", *, at: datetime | None = None, **fields: Any
+    ) -> list[dict[str, Any]]:
         """Create ``n`` issues as the first account; ``{i}`` in a string becomes the 1-based index.
 
         ``fields``: summary, description (text or ADF), issuetype, priority, status (names),
-        labels (list), assignee and reporter (email or account id).
+        labels (list), assignee and reporter (email or account id). ``at`` (UTC) is the time
+        every one of them was created and last updated, instead of now.
         """
         fields.setdefault("summary", "Seeded issue {i}")
         with self._lock:
@@ -474,6 +480,10 @@ class JiraEmulator(EmulatedService):
                 if status is not None:  # moved right after creation; set-up, so nobody is notified
                     self._move(issue, STATUSES[status])
                     self._touch(issue)
+                if at is not None:
+                    issue.created = issue.updated = at.replace(
+                        microsecond=at.microsecond // 1000 * 1000
+                    )
                 created.append(_stored_issue(issue))
             return created
 

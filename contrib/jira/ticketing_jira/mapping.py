@@ -5,20 +5,29 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
 from ticketing_core.errors import InvalidInput, UnexpectedResponse
 from ticketing_core.http import is_json, json_body, status_line
-from ticketing_core.models import SearchQuery, Ticket, TicketChanges, TicketDraft, TicketStatus
+from ticketing_core.models import (
+    JournalEntry,
+    SearchQuery,
+    Ticket,
+    TicketChanges,
+    TicketDraft,
+    TicketStatus,
+)
 from ticketing_jira.adf import adf_to_text, text_to_adf
 
 # The fields a Ticket is built from; asking only for these keeps responses small.
 TICKET_FIELDS = (
     "summary", "description", "status", "priority", "assignee", "labels", "created", "updated",
 )  # fmt: skip
+# Inbound reads add what tells who changed an issue last (see inbound.last_changed_by).
+INBOUND_FIELDS = (*TICKET_FIELDS, "creator", "comment")
 # Stable paging needs a total order: newest first, the key breaks ties.
 SEARCH_ORDER = "ORDER BY created DESC, key DESC"
 OLDEST_FIRST = "ORDER BY created ASC, key ASC"
@@ -27,17 +36,19 @@ LABEL_MAX_LENGTH = 255
 # The comment property a keyed note carries: {"key": NOTE_KEY_PROPERTY, "value": {"key": <key>}}.
 NOTE_KEY_PROPERTY = "ticketing.idempotency"
 _JIRA_TIME = "%Y-%m-%dT%H:%M:%S.%f%z"  # 2024-01-15T10:30:00.000+0000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # ---- issues -> tickets ------------------------------------------------------------------------
 
 
-def to_ticket(issue: Mapping[str, Any], api_url: str) -> Ticket:
+def to_ticket(issue: Mapping[str, Any], api_url: str, *, updated_by: str | None = None) -> Ticket:
     if not issue.get("id") or not issue.get("key"):
         raise UnexpectedResponse("Jira's issue has no id or key")
     fields: Mapping[str, Any] = issue.get("fields") or {}
     status: Mapping[str, Any] = fields.get("status") or {}
     key = str(issue["key"])
+    updated = parse_time(fields.get("updated"))
     return Ticket(
         id=str(issue["id"]),
         number=key,
@@ -47,12 +58,36 @@ def to_ticket(issue: Mapping[str, Any], api_url: str) -> Ticket:
         priority=_text(fields.get("priority"), "name"),
         assigned_to=_text(fields.get("assignee"), "displayName"),
         created_at=parse_time(fields.get("created")),
-        updated_at=parse_time(fields.get("updated")),
+        updated_at=updated,
         url=f"{api_url}/browse/{key}",
         extras={
             "status_category": _text(status.get("statusCategory"), "key") or "",
             "labels": ",".join(fields.get("labels") or []),
         },
+        # Jira keeps no change counter; its millisecond ``updated`` rises with every change.
+        updated_by=updated_by,
+        revision=None if updated is None else epoch_ms(updated),
+    )
+
+
+def epoch_ms(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def to_journal_entry(comment: Mapping[str, Any], ticket_id: str) -> JournalEntry:
+    """A comment as a journal entry: internal ones (``jsdPublic`` false: a service desk's
+    agents-only comments) are work notes, the others comments."""
+    author = comment.get("author") or {}
+    created = parse_time(comment.get("created"))
+    if not comment.get("id") or created is None:
+        raise UnexpectedResponse("Jira's comment has no id or creation time")
+    return JournalEntry(
+        id=str(comment["id"]),
+        ticket_id=ticket_id,
+        kind="work_note" if comment.get("jsdPublic") is False else "comment",
+        text=adf_to_text(comment.get("body")),
+        author=str(author.get("accountId") or ""),
+        created_at=created,
     )
 
 

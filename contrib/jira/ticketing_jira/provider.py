@@ -1,13 +1,16 @@
-"""The Jira Cloud provider: the seven ticket operations on one project over REST API v3."""
+"""The Jira Cloud provider: the ticket operations and inbound sync on one project over REST API v3."""
 
 from __future__ import annotations
 
 import re
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ticketing_core.errors import (
     InvalidInput,
@@ -15,7 +18,7 @@ from ticketing_core.errors import (
     ProviderError,
     UnexpectedResponse,
 )
-from ticketing_core.hookspecs import Provider
+from ticketing_core.hookspecs import InboundProvider
 from ticketing_core.http import (
     RETRYING_DEPRECATED,
     ServiceClient,
@@ -25,6 +28,9 @@ from ticketing_core.http import (
 )
 from ticketing_core.models import (
     Capabilities,
+    ChangePage,
+    JournalEntry,
+    Notice,
     Page,
     SearchQuery,
     Ticket,
@@ -32,8 +38,10 @@ from ticketing_core.models import (
     TicketDraft,
     TicketStatus,
 )
-from ticketing_jira import mapping
+from ticketing_core.notifications import HUB_SHA256
+from ticketing_jira import inbound, mapping
 from ticketing_jira.adf import text_to_adf
+from ticketing_jira.inbound import PollCursor
 
 API = "/rest/api/3"
 ISSUES = f"{API}/issue"
@@ -43,7 +51,10 @@ DIALECT = ServiceDialect(
     mapping.error_reason,
     non_json_hint="Jira answered with a web page (maintenance or a proxy)",
 )
-READ_PARAMS = {"fields": ",".join(mapping.TICKET_FIELDS)}
+# Reads of one issue carry what tells who changed it last (see _ticket).
+READ_PARAMS = {"fields": ",".join(mapping.INBOUND_FIELDS), "expand": "changelog"}
+# Jira's own limits: 100 full issues per search page and per bulk fetch.
+PAGE_LIMIT = BATCH_LIMIT = 100
 # On a service-desk project, comments without this property are shown to the customer.
 INTERNAL_COMMENT = {"key": "sd.public.comment", "value": {"internal": True}}
 COMMENT_PAGE_SIZE = 100
@@ -51,7 +62,7 @@ _ISSUE_ID = re.compile(r"\d+")
 _ISSUE_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*-\d+")
 
 
-class JiraProvider(Provider):
+class JiraProvider(InboundProvider):
     """A :class:`ticketing_core.Provider` for one project of a Jira Cloud site.
 
     ``api_access_token`` is ``email:api_token`` (Basic auth) or an OAuth bearer token. ``project``
@@ -62,6 +73,11 @@ class JiraProvider(Provider):
     Keyed creates carry the key as a label (``ticketing-key-<key>``) and look it up first (one
     JQL search; none with ``key_is_fresh``); keyed notes carry it in a
     comment property (:data:`ticketing_jira.mapping.NOTE_KEY_PROPERTY`), so the text stays as given.
+
+    Inbound sync: ``Ticket.revision`` is the issue's ``updated`` in epoch milliseconds, and
+    ``Ticket.updated_by`` (from the inbound reads) the accountId behind the newest changelog entry,
+    comment or the creation, whichever is latest (see :func:`ticketing_jira.inbound.last_changed_by`).
+    User names are accountIds throughout (``own_user``, ``JournalEntry.author``, notices).
     """
 
     name = "jira"
@@ -71,7 +87,9 @@ class JiraProvider(Provider):
         public_comments=True,
         state_changes=True,
         idempotency_keys=True,
-                field_choices={"priority": ("Highest", "High", "Medium", "Low", "Lowest")},
+        inbound_sync=True,
+        notification_signature=HUB_SHA256,
+        field_choices={"priority": ("Highest", "High", "Medium", "Low", "Lowest")},
         user_options=("project", "issue_type"),
         extra_fields=("duedate",),  # labels are the key's home: replacing them is refused
         custom_field_prefix="customfield_",
@@ -91,6 +109,8 @@ class JiraProvider(Provider):
         self.issue_type = issue_type
         self._client = ServiceClient(self.api_url, api_access_token, DIALECT, **client_options)
         self._service_desk: bool | None = None  # read once; computing it twice is harmless
+        self._me: tuple[str, ZoneInfo] | None = None  # accountId and profile time zone
+        self._me_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"JiraProvider(api_url={self.api_url!r}, project={self.project!r})"
@@ -117,15 +137,13 @@ class JiraProvider(Provider):
         return Page(items=items, total=total, page=query.page, size=query.size)
 
     def get(self, ticket_id: str) -> Ticket:
-        issue = self._json("GET", _issue_path(ticket_id), params=READ_PARAMS)
-        return mapping.to_ticket(issue, self.api_url)
+        return self._ticket(self._json("GET", _issue_path(ticket_id), params=READ_PARAMS))
 
     def find(self, number: str) -> Ticket:
         key = number.strip()
         if not _ISSUE_KEY.fullmatch(key):
             raise NotFound(f"{number!r} is not a Jira issue key (like DQ-12)")
-        issue = self._json("GET", f"{ISSUES}/{key}", params=READ_PARAMS)
-        return mapping.to_ticket(issue, self.api_url)
+        return self._ticket(self._json("GET", f"{ISSUES}/{key}", params=READ_PARAMS))
 
     def create(
         self,
@@ -205,6 +223,129 @@ class JiraProvider(Provider):
         issue = self._json("GET", _issue_path(ticket_id), params={"fields": "status"})
         return mapping.to_status(issue)
 
+    # ---- inbound sync ---------------------------------------------------------------------
+
+    def changed_since(
+        self, cursor: str | None, *, overlap: float = 0.0, limit: int = PAGE_LIMIT
+    ) -> ChangePage:
+        """Changed issues in passes: each pass lists, in id order (a keyset that issues changed
+        meanwhile cannot shift), the issues updated since the last pass's newest change minus
+        ``overlap``, read in one request per page of ``limit``; the newest change when the pass
+        began is where the next one starts. Within a page, oldest change first. ``overlap``
+        widens only a pass's start (a cursor mid-pass keeps its own)."""
+        if not 1 <= limit <= PAGE_LIMIT or overlap < 0:
+            raise InvalidInput(f"limit must be 1 to {PAGE_LIMIT} and overlap not negative")
+        if cursor is None:
+            return ChangePage((), PollCursor(self._newest_change() or 0).encode(), more=False)
+        position = PollCursor.decode(cursor)
+        if position.between_passes:
+            since = max(position.since - round(overlap * 1000), 0)
+            position = PollCursor(since, head=self._newest_change() or since)
+        return self._pass_page(position, limit)
+
+    def get_many(self, ticket_ids: Sequence[str]) -> list[Ticket]:
+        """One bulk fetch (``POST /rest/api/3/issue/bulkfetch``), which leaves out issues that
+        are gone or hidden; a JQL ``id in (...)`` search would refuse the whole list instead."""
+        ids = list(dict.fromkeys(_issue_id(ticket_id) for ticket_id in ticket_ids))
+        if len(ids) > BATCH_LIMIT:
+            raise InvalidInput(f"at most {BATCH_LIMIT} tickets are read at once, not {len(ids)}")
+        if not ids:
+            return []
+        body = {
+            "issueIdsOrKeys": ids,
+            "fields": list(mapping.INBOUND_FIELDS),
+            "expand": ["changelog"],
+        }
+        found = self._json("POST", f"{ISSUES}/bulkfetch", json=body, idempotent=True)
+        return [self._ticket(issue) for issue in found.get("issues") or []]
+
+    def journal_since(self, ticket_id: str, after: datetime | None) -> list[JournalEntry]:
+        """The issue's comments, read newest first until one is older than ``after``."""
+        entries: dict[str, JournalEntry] = {}  # by id: a comment added while paging repeats one
+        for comment in self._comments_newest_first(ticket_id):
+            entry = mapping.to_journal_entry(comment, _issue_id(ticket_id))
+            if after is not None and entry.created_at < after:
+                break
+            entries.setdefault(entry.id, entry)
+        return sorted(entries.values(), key=lambda entry: (entry.created_at, int(entry.id)))
+
+    def own_user(self) -> str:
+        return self._myself()[0]
+
+    def states(self) -> tuple[TicketStatus, ...]:
+        """Every status an issue type of the project can be in, in Jira's order, each once."""
+        path = f"{API}/project/{quote(self.project, safe='')}/statuses"
+        issue_types = json_body(self._client.request("GET", path), "Jira")
+        if not isinstance(issue_types, list):
+            raise UnexpectedResponse("Jira's project statuses are not a list")
+        statuses = (
+            mapping.status_of(status)
+            for issue_type in issue_types
+            if isinstance(issue_type, Mapping)
+            for status in issue_type.get("statuses") or []
+            if isinstance(status, Mapping)
+        )
+        return tuple({status.code: status for status in statuses}.values())
+
+    def read_notification(self, body: Mapping[str, Any]) -> Notice:
+        return inbound.read_notice(body, self.project)
+
+    def notification_setup(self, endpoint: str, secret: str) -> str:
+        return inbound.webhook_setup(self.api_url, self.project, endpoint, secret)
+
+    def _pass_page(self, position: PollCursor, limit: int) -> ChangePage:
+        jql = inbound.pass_jql(self.project, position.since, position.after, self._myself()[1])
+        body = {
+            "jql": jql,
+            "maxResults": limit,
+            "fields": list(mapping.INBOUND_FIELDS),
+            "expand": "changelog",
+        }
+        with _refused_input():
+            page = self._search_page(body)
+        issues = list(page.get("issues") or [])
+        tickets = sorted(
+            (self._ticket(issue) for issue in issues),
+            key=lambda ticket: (ticket.revision or 0, int(ticket.id)),
+        )
+        if page.get("isLast", True) or not tickets:
+            resting = PollCursor(position.head if position.head is not None else position.since)
+            return ChangePage(tuple(tickets), resting.encode(), more=False)
+        resume = PollCursor(position.since, position.head, max(int(t.id) for t in tickets))
+        return ChangePage(tuple(tickets), resume.encode(), more=True)
+
+    def _newest_change(self) -> int | None:
+        """The project's newest ``updated`` in epoch ms, None when it has no issues."""
+        body = {
+            "jql": inbound.newest_change_jql(self.project),
+            "maxResults": 1,
+            "fields": ["updated"],
+        }
+        with _refused_input():
+            issues = self._search_page(body).get("issues") or []
+        updated = (
+            mapping.parse_time((issues[0].get("fields") or {}).get("updated")) if issues else None
+        )
+        return None if updated is None else mapping.epoch_ms(updated)
+
+    def _ticket(self, issue: Mapping[str, Any]) -> Ticket:
+        """An issue read with READ_PARAMS' fields and expansion, ``updated_by`` filled."""
+        return mapping.to_ticket(issue, self.api_url, updated_by=inbound.last_changed_by(issue))
+
+    def _myself(self) -> tuple[str, ZoneInfo]:
+        """This connection's accountId and time zone: one read, then kept."""
+        with self._me_lock:
+            if self._me is None:
+                me = self._json("GET", f"{API}/myself")
+                account_id, zone = me.get("accountId"), me.get("timeZone") or "UTC"
+                if not isinstance(account_id, str) or not account_id:
+                    raise UnexpectedResponse("Jira's answer about this account has no accountId")
+                try:
+                    self._me = (account_id, ZoneInfo(str(zone)))
+                except (ZoneInfoNotFoundError, ValueError):
+                    raise UnexpectedResponse(f"Jira named an unknown time zone {zone!r}") from None
+            return self._me
+
     def _create(self, fields: dict[str, Any]) -> Ticket:
         with _refused_input():
             created = self._json("POST", ISSUES, json={"fields": fields})
@@ -224,7 +365,7 @@ class JiraProvider(Provider):
         # A short read, so GET (search posts because free text can make its JQL long).
         params = READ_PARAMS | {"jql": jql, "maxResults": 1}
         issues = self._json("GET", SEARCH, params=params).get("issues") or []
-        return mapping.to_ticket(issues[0], self.api_url) if issues else None
+        return self._ticket(issues[0]) if issues else None
 
     def _issues_on_page(self, jql: str, query: SearchQuery) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"jql": jql, "maxResults": query.size, "fields": ["id"]}
@@ -295,10 +436,14 @@ class JiraProvider(Provider):
 
 
 def _issue_path(ticket_id: str) -> str:
+    return f"{ISSUES}/{_issue_id(ticket_id)}"
+
+
+def _issue_id(ticket_id: str) -> str:
     issue_id = ticket_id.strip()
     if not _ISSUE_ID.fullmatch(issue_id):
         raise InvalidInput(f"{ticket_id!r} is not a Jira issue id (a number, like 10042)")
-    return f"{ISSUES}/{issue_id}"
+    return issue_id
 
 
 @contextmanager
