@@ -12,7 +12,17 @@ from ticketing_jira import JiraProvider
 
 from ticketing_core.models import TicketChanges
 
-from .conftest import ANOMALY, ANOMALY_ID, Host, StartHost, links_path, ok, settled, tickets_path
+from .conftest import (
+    ANOMALY,
+    ANOMALY_ID,
+    Host,
+    StartHost,
+    links_path,
+    ok,
+    settled,
+    tickets_path,
+    wait_until,
+)
 
 JIRA_TOKEN = f"{DEFAULT_EMAIL}:{DEFAULT_API_TOKEN}"
 
@@ -146,3 +156,35 @@ def test_state_mapping_resolves_jira_issues_too(
     assert settled(host)["dead"] == 0
     key = created["ticket"]["ticket_number"]
     assert next(i for i in jira.issues if i["key"] == key)["status"] == "Done"
+
+
+def test_two_way_sync_with_jira_webhooks(jira_host: Host, jira: JiraEmulator) -> None:
+    api = jira_host.api
+    request = {"title": "Nulls in customer_email", "description": "150 nulls", "priority": "High"}
+    key = ok(api.post(tickets_path(), json=request))["ticket"]["ticket_number"]
+    settled(jira_host)
+    enabled = ok(api.put("/api/integrations/1/inbound", json={"enabled": True}))
+    assert '"jira:issue_updated"' in enabled["business_rule"]
+    jira.add_webhook(
+        f"{jira_host.url}/api/inbound/1",
+        enabled["secret"],
+        events=("jira:issue_updated", "comment_created"),
+    )
+
+    jira.act_as("john.doe@example.com", key, status="In Progress", comment="On it.")
+    jira.wait_for_webhooks()
+    wait_until(lambda: not jira_host.runtime.inbound.pending_integrations())
+    settled(jira_host)
+
+    [link] = ok(api.get(f"/api/anomalies/{ANOMALY_ID}/ticket-links"))
+    messages = [c["message"] for c in ok(api.get(f"/api/anomalies/{ANOMALY_ID}"))["comments"]]
+    assert link["status"] == "In Progress"
+    assert any(
+        m.startswith(f"Ticket {key} status changed from To Do to In Progress") for m in messages
+    )
+    assert (
+        sum(m.startswith(f"Comment on {key} by ") and m.endswith(": On it.") for m in messages) == 1
+    )
+    assert sum("On it." in text for text in comments(jira, key)) == 1  # not pushed back
+    log = ok(api.get("/api/integrations/1/sync-log"))
+    assert {"received", "applied"} <= {entry["decision"] for entry in log}
