@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+import ticketing_host.inbound
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from servicenow_emulator import Emulator
@@ -269,11 +269,12 @@ def test_a_rotated_secret_keeps_the_previous_one_valid(
     )
 
 
+@pytest.mark.parametrize("minutes", [10, -10])
 def test_a_host_clock_ten_minutes_off_refuses_notifications_and_the_poll_catches_up(
-    inbound_linked: Linked, emulator: Emulator
+    inbound_linked: Linked, emulator: Emulator, minutes: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host, integration_id, sys_id, _ = inbound_linked
-    emulator.clock_skew = timedelta(minutes=10)
+    monkeypatch.setattr(ticketing_host.inbound, "now", lambda: time.time() + 60 * minutes)
 
     emulator.act_as(AGENT, sys_id, state="3", hold_reason="1")
     emulator.wait_for_notifications()
@@ -282,6 +283,21 @@ def test_a_host_clock_ten_minutes_off_refuses_notifications_and_the_poll_catches
     assert "refused" in decisions(host, integration_id)
     [link] = ok(host.api.get(f"{ANOMALY_PATH}/ticket-links"))
     assert link["status"] == "On Hold"
+
+
+def test_a_retired_state_is_recorded_and_still_followed(
+    inbound_linked: Linked, emulator: Emulator
+) -> None:
+    host, integration_id, sys_id, _ = inbound_linked
+    emulator.set_choice("incident", "state", "3", "On Hold", inactive=True)
+
+    emulator.act_as(AGENT, sys_id, state="3", hold_reason="1")
+    quiet(host, emulator)
+
+    [link] = ok(host.api.get(f"{ANOMALY_PATH}/ticket-links"))
+    assert link["status"] == "On Hold"
+    [unknown] = [e for e in log_of(host, integration_id) if e["decision"] == "unknown state"]
+    assert "'On Hold' is not in the instance's state choices" in unknown["detail"]
 
 
 def test_the_pull_of_many_links_reads_a_hundred_tickets_a_request(
