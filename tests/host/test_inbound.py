@@ -203,8 +203,8 @@ def _forged(secret: str, body: bytes, why: str) -> tuple[dict[str, str], bytes]:
         "wrong secret": (sign(TICKETING_V1, "x" * 43, body, now), body),
         "body changed": (signed, body.replace(b'"update"', b'"journal"')),
         "re-serialised": (signed, json.dumps(json.loads(body), indent=1).encode()),
-        "stale": (sign(TICKETING_V1, secret, body, now - 301), body),
-        "future": (sign(TICKETING_V1, secret, body, now + 301), body),
+        "stale": (sign(TICKETING_V1, secret, body, now - 330), body),
+        "future": (sign(TICKETING_V1, secret, body, now + 330), body),
         "header case and junk": ({"x-ticketing-signature": "v1=" + "A" * 44}, body),
     }[why]
 

@@ -276,6 +276,7 @@ class Inbound:
         links: Sequence[TicketLink],
         own: str,
     ) -> None:
+        # RETURNING tells whether the row went in (rowcount does not, on every driver).
         stored = conn.execute(
             self._insert(applied_entries)
             .values(
@@ -285,8 +286,9 @@ class Inbound:
                 seen=self.database.now(conn),
             )
             .on_conflict_do_nothing()
-        ).rowcount
-        if not stored:
+            .returning(applied_entries.c.entry_id)
+        ).first()
+        if stored is None:
             return  # read again through an overlap: applied already
         if entry.author == own:
             self._note(integration_id, "echo dropped", entry.ticket_id, f"entry {entry.id}", conn)
@@ -340,8 +342,9 @@ class Inbound:
             self._insert(applied_tickets)
             .values(integration_id=integration_id, ticket_id=ticket.id, revision=ticket.revision)
             .on_conflict_do_nothing()
-        ).rowcount
-        if stored:
+            .returning(applied_tickets.c.revision)
+        ).first()
+        if stored is not None:
             return NEW
         applied = conn.execute(sa.select(applied_tickets.c.revision).where(*key)).scalar_one()
         return DUPLICATE if applied == ticket.revision else STALE
