@@ -31,9 +31,10 @@ def install(session: nox.Session, *groups: str) -> None:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the test suite offline: emulator over real HTTP, cassettes replayed (record mode none)."""
+    """Run the test suite offline: emulator over real HTTP, cassettes replayed (record mode none),
+    in a process per core."""
     install(session, "test")
-    session.run("pytest", *(session.posargs or ["--record-mode=none"]))
+    session.run("pytest", *(session.posargs or ["--record-mode=none", "--numprocesses=auto"]))
 
 
 @nox.session(python=PYTHON)

@@ -281,14 +281,15 @@ def test_dead_events_are_retried_on_request(database: Database) -> None:
 
 
 def test_an_expired_lease_is_claimed_again_after_the_doubt_window(database: Database) -> None:
-    outbox = Outbox(database, lease_seconds=0.2, doubt_seconds=0.3)
+    # Wide margins: a loaded machine may take a few hundred milliseconds between two lines.
+    outbox = Outbox(database, lease_seconds=1.0, doubt_seconds=1.5)
     outbox.enqueue([note("t", "x")])
     (first,) = outbox.claim(1)
 
     assert outbox.claim(1) == []
-    time.sleep(0.3)
+    time.sleep(1.1)
     assert outbox.claim(1) == []  # the dead worker's request may still be landing
-    time.sleep(0.3)
+    time.sleep(1.5)
     (again,) = outbox.claim(1)
 
     assert again.id == first.id
