@@ -115,7 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="ticketing host", version=version(DISTRIBUTION), lifespan=lifespan)
     app.state.runtime = runtime
-    app.state.notification_limit = inbound.RateLimit()
+    app.state.receiver_limits = inbound.ReceiverLimits()
     app.include_router(api)
     app.include_router(inbound.admin, dependencies=[Depends(require_token)])
     app.include_router(inbound.receiver)

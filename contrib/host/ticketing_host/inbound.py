@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import timedelta
+from math import ceil
 from typing import Annotated, Any
 
 import attrs
@@ -35,6 +36,7 @@ from .schemas import ERROR_RESPONSES, InboundIn, InboundOut, SyncLogOut
 SECRET_KEPT = timedelta(hours=24)  # a replaced secret stays valid while the service side changes
 RATE, BURST = 1000.0, 2000.0  # notifications per second and integration, and the burst allowed
 now = time.time  # the host's clock, which a notification's timestamp must be near
+IntegrationId = Annotated[int, Path(ge=1, le=MAX_INTEGRATION_ID)]
 
 
 def inbound_policy(options: Mapping[str, Any] | None) -> InboundPolicy | None:
@@ -160,6 +162,14 @@ class RateLimit:
             return (1 - bucket.tokens) / self.rate
 
 
+@attrs.frozen
+class ReceiverLimits:
+    """Signed notifications per second and integration; refusals logged per second."""
+
+    notifications: RateLimit = attrs.Factory(RateLimit)
+    refusals_logged: RateLimit = attrs.Factory(lambda: RateLimit(rate=1.0, burst=10.0))
+
+
 receiver = APIRouter(prefix="/api")
 
 
@@ -168,44 +178,49 @@ receiver = APIRouter(prefix="/api")
     status_code=202,
     responses={401: {}, 404: {}, 413: {}, 422: {}, 429: {}},
 )
-async def receive_notification(integration_id: int, request: Request) -> JSONResponse:
+async def receive_notification(integration_id: IntegrationId, request: Request) -> JSONResponse:
     """A signed change notification from the service (see the README's "Two-way sync"); 202
     once stored, a duplicate too. No API token: the signature is the credential."""
     body = await request.body()
     state = request.app.state
     # The database work is synchronous: off the event loop, as FastAPI runs sync routes.
     await run_in_threadpool(
-        accept, state.runtime, state.notification_limit, integration_id, request.headers, body
+        accept, state.runtime, state.receiver_limits, integration_id, request.headers, body
     )
     return JSONResponse({"accepted": True}, status_code=202)
 
 
 def accept(
     runtime: HostRuntime,
-    limit: RateLimit,
+    limits: ReceiverLimits,
     integration_id: int,
     headers: Mapping[str, str],
     body: bytes,
 ) -> Notice:
     """Check and store one notification, or raise the HTTPException that answers it."""
-    try:
-        integration = runtime.store.integration(integration_id)
-    except UnknownRecord:
-        integration = None
-    if integration is None or integration.inbound is None:
-        raise HTTPException(404, f"no integration {integration_id} with inbound sync on")
-    wait = limit.wait_for(integration_id)
-    if wait:
-        raise HTTPException(
-            429, "too many notifications: slow down", headers={"Retry-After": f"{wait:.0f}"}
-        )
+    # The integration and its secrets are one row: read in one transaction.
+    with runtime.database.read() as conn:
+        try:
+            integration = runtime.store.integration(integration_id, conn)
+        except UnknownRecord:
+            integration = None
+        if integration is None or integration.inbound is None:
+            raise HTTPException(404, f"no integration {integration_id} with inbound sync on")
+        secrets = runtime.store.inbound_secrets(integration_id, conn)
     provider = inbound_provider(runtime, integration.checked())
     scheme = provider.capabilities.notification_signature or ""
     try:
-        verify(scheme, runtime.store.inbound_secrets(integration_id), headers, body, now())
+        verify(scheme, secrets, headers, body, now())
     except BadSignature as exc:
-        runtime.inbound.refused(integration_id, str(exc))
+        # A flood of forgeries is refused without filling the log: a row a second at most.
+        if not limits.refusals_logged.wait_for(integration_id):
+            runtime.inbound.refused(integration_id, str(exc))
         raise HTTPException(401, f"notification refused: {exc}") from None
+    # Only signed notifications count against the integration's rate: forgeries cannot use it up.
+    if wait := limits.notifications.wait_for(integration_id):
+        raise HTTPException(
+            429, "too many notifications: slow down", headers={"Retry-After": str(ceil(wait))}
+        )
     try:
         parsed = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -229,7 +244,6 @@ def _runtime(request: Request) -> HostRuntime:
 
 
 Runtime = Annotated[HostRuntime, Depends(_runtime)]
-IntegrationId = Annotated[int, Path(ge=1, le=MAX_INTEGRATION_ID)]
 admin = APIRouter(prefix="/api/integrations/{integration_id}", responses=ERROR_RESPONSES)
 
 

@@ -14,6 +14,7 @@ from ticketing_core.cli import database_option
 from ticketing_core.errors import TicketingError
 
 from .commands import access_options, access_settings
+from .db import MAX_INTEGRATION_ID
 
 if TYPE_CHECKING:
     from .runtime import HostRuntime
@@ -27,8 +28,9 @@ def host_options(command: Callable[..., Any]) -> Callable[..., Any]:
         database_option,
         click.option("--public-url", envvar="TICKETING_PUBLIC_URL",
                      default="http://127.0.0.1:8000", show_default=True, help=PUBLIC_URL_HELP),
-        click.option("--integration", "integration_id", type=click.IntRange(min=1),
-                     required=True, help="The integration's id."),
+        click.option("--integration", "integration_id",
+                     type=click.IntRange(1, MAX_INTEGRATION_ID), required=True,
+                     help="The integration's id."),
         access_options,
     ]  # fmt: skip
     for option in reversed(options):

@@ -28,7 +28,7 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ticketing_core.errors import InvalidInput, ProviderError
+from ticketing_core.errors import InvalidInput, PermissionDenied
 from ticketing_core.hookspecs import InboundProvider
 from ticketing_core.models import JournalEntry, Notice, Ticket, TicketLink
 from ticketing_core.policies import InboundPolicy
@@ -224,6 +224,8 @@ class Inbound:
             if decision != NEW:
                 self._note(integration_id, decision, ticket.id, f"revision {ticket.revision}", conn)
                 return
+            # Read again under the claim: an applier that went before may have moved them.
+            links = self.service.links.for_ticket(integration_id, ticket.id, conn)
             echo = ticket.updated_by == own
             for link in links:
                 if link.status != ticket.status:
@@ -313,40 +315,42 @@ class Inbound:
         entries_after: datetime | None,
     ) -> list[JournalEntry]:
         """The ticket's entries since those read last (since it was linked, at first); none,
-        noted, when they cannot be read: the status still follows."""
+        noted, when the connection may not read them: the status still follows."""
         since = entries_after or min(link.created for link in links)
         try:
             return provider.journal_since(ticket.id, since - ENTRY_OVERLAP)
-        except ProviderError as exc:
+        except PermissionDenied as exc:  # for good: the status still follows, the log says why
             self._note(integration_id, "entries unreadable", ticket.id, str(exc))
             return []
+        # Any other failure passes up before the change is claimed: it is read again later.
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
     def _claim_revision(self, conn: sa.Connection, integration_id: int, ticket: Ticket) -> str:
-        """Raise the ticket's applied revision to this one; NEW when this transaction did."""
+        """Raise the ticket's applied revision to this one; NEW when this transaction did.
+
+        One statement, so that of two transactions claiming one ticket the second waits for the
+        first's row and then compares with what it committed (a newer revision still wins)."""
         if ticket.revision is None:
             return NEW
-        key = (
-            applied_tickets.c.integration_id == integration_id,
-            applied_tickets.c.ticket_id == ticket.id,
+        stored = self._insert(applied_tickets).values(
+            integration_id=integration_id, ticket_id=ticket.id, revision=ticket.revision
         )
-        raised = conn.execute(
-            applied_tickets.update()
-            .where(*key, applied_tickets.c.revision < ticket.revision)
-            .values(revision=ticket.revision)
-        ).rowcount
-        if raised:
-            return NEW
-        stored = conn.execute(
-            self._insert(applied_tickets)
-            .values(integration_id=integration_id, ticket_id=ticket.id, revision=ticket.revision)
-            .on_conflict_do_nothing()
-            .returning(applied_tickets.c.revision)
+        claimed = conn.execute(
+            stored.on_conflict_do_update(
+                index_elements=[applied_tickets.c.integration_id, applied_tickets.c.ticket_id],
+                set_={"revision": stored.excluded.revision},
+                where=applied_tickets.c.revision < stored.excluded.revision,
+            ).returning(applied_tickets.c.revision)
         ).first()
-        if stored is not None:
+        if claimed is not None:
             return NEW
-        applied = conn.execute(sa.select(applied_tickets.c.revision).where(*key)).scalar_one()
+        applied = conn.execute(
+            sa.select(applied_tickets.c.revision).where(
+                applied_tickets.c.integration_id == integration_id,
+                applied_tickets.c.ticket_id == ticket.id,
+            )
+        ).scalar_one()
         return DUPLICATE if applied == ticket.revision else STALE
 
     def _read_entries_until(
