@@ -13,7 +13,17 @@ from servicenow_emulator import DEFAULT_PASSWORD, Emulator
 
 from ticketing_core.notifications import TICKETING_V1, sign
 
-from .conftest import Host, ok
+from ..conftest import ADMIN_TOKEN
+from .conftest import (
+    ANOMALY,
+    TICKET_REQUEST,
+    Host,
+    StartHost,
+    incident,
+    ok,
+    settled,
+    tickets_path,
+)
 from .inbound_helpers import (
     AGENT,
     ANOMALY_PATH,
@@ -21,6 +31,8 @@ from .inbound_helpers import (
     Linked,
     comments,
     decisions,
+    enable,
+    install_rules,
     quiet,
     receiver,
 )
@@ -152,3 +164,43 @@ def test_edits_on_both_sides_at_once_each_arrive_once(
         f"Work note on {emulator.incidents[0]['number']} by {AGENT}: from the agent"
     ]
     assert OWN_USER not in {c.split(" by ")[-1].split(":")[0] for c in comments(host)}
+
+
+def test_a_persons_status_change_followed_by_a_note_of_ours_is_still_heard(
+    inbound_linked: Linked, emulator: Emulator
+) -> None:
+    host, integration_id, sys_id, _ = inbound_linked
+    emulator.notify_to(None)  # read by the poll, after our note made us the last writer
+    emulator.act_as(AGENT, sys_id, state="2")
+    ok(host.api.post(f"{ANOMALY_PATH}/comments", json={"message": "a note of ours"}), 201)
+    settled(host)
+    assert incident(emulator, sys_id)["sys_updated_by"] == OWN_USER
+
+    host.runtime.inbound.reconcile(integration_id)
+
+    assert link_status(host) == "In Progress"
+    [heard] = [c for c in comments(host) if "status changed" in c]
+    assert heard.endswith("from New to In Progress by someone")
+
+
+def test_our_own_status_change_followed_by_an_agents_note_is_not_credited_to_the_agent(
+    start_host: StartHost, emulator: Emulator, emulator_url: str
+) -> None:
+    host = start_host()
+    body = {"type": "servicenow", "api_url": emulator_url, "api_access_token": ADMIN_TOKEN,
+            "sync_policy": "state-mapping"}  # fmt: skip
+    integration_id = ok(host.api.post("/api/integrations", json=body), 201)["id"]
+    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
+    sys_id = ok(host.api.post(tickets_path(), json=TICKET_REQUEST))["ticket"]["ticket_id"]
+    secret = enable(host, integration_id)["secret"]
+    install_rules(emulator, host, integration_id, secret)
+    ok(host.api.put(ANOMALY_PATH, json={"status": "Resolved"}))  # resolves the ticket
+    settled(host)
+
+    emulator.act_as(AGENT, sys_id, work_notes="confirmed fixed")
+    quiet(host, emulator)
+
+    assert link_status(host) == "Resolved"
+    assert not [c for c in comments(host) if "status changed" in c]
+    assert any(c.endswith(f"by {AGENT}: confirmed fixed") for c in comments(host))
+    assert "echo dropped" in decisions(host, integration_id, ticket_id=sys_id)

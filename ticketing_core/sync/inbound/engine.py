@@ -226,11 +226,13 @@ class Inbound:
                 return
             # Read again under the claim: an applier that went before may have moved them.
             links = self.service.links.for_ticket(integration_id, ticket.id, conn)
-            echo = ticket.updated_by == own
-            for link in links:
-                if link.status != ticket.status:
-                    self._follow_status(conn, link, ticket, echo, policy)
-            if echo:
+            # Who changed the status is not who changed the ticket last (a note of ours may
+            # have followed a person's change): the status is ours when it is the one we set.
+            ours = self.service.outbox.status_sent(integration_id, ticket.id, conn)
+            moved = [link for link in links if link.status != ticket.status]
+            for link in moved:
+                self._follow_status(conn, link, ticket, ticket.status == ours, own, policy)
+            if ticket.updated_by == own and not moved:
                 self._note(integration_id, "echo dropped", ticket.id, f"by {own}", conn)
             for entry in entries:
                 self._copy_entry(conn, integration_id, entry, links, own)
@@ -250,15 +252,19 @@ class Inbound:
         link: TicketLink,
         ticket: Ticket,
         echo: bool,
+        own: str,
         policy: InboundPolicy,
     ) -> None:
         """The link takes the ticket's status; unless it was our own change, the anomaly hears
         of it, and its own status follows when the policy maps the new one."""
         self.service.links.record_status(link.id, ticket.status, self.database.now(conn), conn)
         if echo:
+            detail = f"status {ticket.status}: the one this integration set"
+            self._note(link.integration_id, "echo dropped", ticket.id, detail, conn)
             return
         messages = self.service.messages
-        by = ticket.updated_by or "someone"
+        # The last writer is named unless it was us (then someone changed the status before).
+        by = ticket.updated_by if ticket.updated_by not in (None, own) else "someone"
         text = messages.status_pulled(link.ticket_number, link.status, ticket.status, by)
         self.anomalies.comment(link.anomaly_id, text, INTEGRATION, conn)
         detail = f"status {link.status or 'unknown'} -> {ticket.status} by {by}"

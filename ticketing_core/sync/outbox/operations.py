@@ -136,6 +136,25 @@ class Operations(OutboxBase):
                 note_tally.insert().values(ticket_id=ticket_id, digest=digest, delivered=count)
             )
 
+    def status_sent(self, integration_id: int, ticket_id: str, conn: sa.Connection) -> str | None:
+        """The status the newest status change delivered to the ticket set, if any: what an
+        echo of our own write looks like when the ticket is read back."""
+        changes = conn.execute(
+            sa.select(events.c.action)
+            .where(
+                events.c.integration_id == integration_id,
+                events.c.ticket_id == ticket_id,
+                events.c.status == DELIVERED,
+                events.c.note_digest.is_(None),  # not a note: a change of fields
+            )
+            .order_by(events.c.delivered_at.desc(), events.c.id.desc())
+            .limit(20)
+        ).scalars()
+        for action in changes:
+            if status := action.get("changes", {}).get("status"):
+                return str(status)
+        return None
+
     def entries(self, status: str | None = None, limit: int = 100) -> list[OutboxEvent]:
         """Events newest first, all or those with ``status``."""
         query = sa.select(events.c.id).order_by(events.c.id.desc()).limit(limit)
