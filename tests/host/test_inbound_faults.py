@@ -19,6 +19,7 @@ from .conftest import (
     TICKET_REQUEST,
     Host,
     StartHost,
+    create_integration,
     incident,
     ok,
     settled,
@@ -204,3 +205,37 @@ def test_our_own_status_change_followed_by_an_agents_note_is_not_credited_to_the
     assert not [c for c in comments(host) if "status changed" in c]
     assert any(c.endswith(f"by {AGENT}: confirmed fixed") for c in comments(host))
     assert "echo dropped" in decisions(host, integration_id, ticket_id=sys_id)
+
+
+def test_turning_two_way_sync_off_and_on_copies_no_note_twice(
+    inbound_linked: Linked, emulator: Emulator
+) -> None:
+    host, integration_id, sys_id, _ = inbound_linked
+    emulator.act_as(AGENT, sys_id, work_notes="note one")
+    quiet(host, emulator)
+    path = f"/api/integrations/{integration_id}/inbound"
+    ok(host.api.put(path, json={"enabled": False}))
+    secret = enable(host, integration_id)["secret"]
+    install_rules(emulator, host, integration_id, secret)
+
+    emulator.act_as(AGENT, sys_id, work_notes="note two")
+    quiet(host, emulator)
+
+    copied = [c for c in comments(host) if c.startswith("Work note on")]
+    assert [c.rsplit(": ", 1)[1] for c in copied] == ["note one", "note two"]
+
+
+def test_an_instance_clock_behind_the_hosts_loses_no_note(
+    start_host: StartHost, emulator: Emulator, emulator_url: str
+) -> None:
+    emulator.clock_skew = timedelta(minutes=-10)  # its notes carry times before the link's
+    host = start_host()
+    integration_id = create_integration(host, emulator_url)["id"]
+    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
+    sys_id = ok(host.api.post(tickets_path(), json=TICKET_REQUEST))["ticket"]["ticket_id"]
+    enable(host, integration_id)
+
+    emulator.act_as(AGENT, sys_id, work_notes="root cause found")
+    host.runtime.inbound.reconcile(integration_id)  # its notifications would be refused as stale
+
+    assert any(c.endswith(f"by {AGENT}: root cause found") for c in comments(host))

@@ -300,7 +300,7 @@ class HostStore:
                 integrations.update().where(integrations.c.id == integration_id).values(**values)
             )
             if options is None:
-                forget_inbound(integration_id, conn)
+                forget_inbound(integration_id, conn, applied=False)
 
     def add_inbound_secret(self, integration_id: int, secret: str, keep_for: timedelta) -> None:
         """Make ``secret`` the notification secret; those before it stay valid ``keep_for``."""
@@ -401,7 +401,7 @@ class HostStore:
             self.integration(integration_id, conn)
             LinkStore(self.database).delete_for_integration(integration_id, conn)
             Outbox(self.database).discard_for_integration(integration_id, conn)
-            forget_inbound(integration_id, conn)
+            forget_inbound(integration_id, conn, applied=True)
             conn.execute(integrations.delete().where(integrations.c.id == integration_id))
 
     # -- anomalies ---------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 BATCH = 100  # tickets per read: ServiceNow's sys_idIN and Jira's id in (...) take this many
 POLL_OVERLAP = 120.0  # seconds each poll re-reads before its cursor: late commits, equal times
 ENTRY_OVERLAP = timedelta(seconds=120)  # the same for journal entries
+FIRST_READ_SLACK = timedelta(hours=1)  # how far the host's clock may run ahead of the instance
 NEW, DUPLICATE, STALE = "new", "duplicate", "stale"
 
 
@@ -322,13 +323,21 @@ class Inbound:
     ) -> list[JournalEntry]:
         """The ticket's entries since those read last (since it was linked, at first); none,
         noted, when the connection may not read them: the status still follows."""
-        since = entries_after or min(link.created for link in links)
+        since = entries_after or self._first_read_from(ticket, links)
         try:
             return provider.journal_since(ticket.id, since - ENTRY_OVERLAP)
         except PermissionDenied as exc:  # for good: the status still follows, the log says why
             self._note(integration_id, "entries unreadable", ticket.id, str(exc))
             return []
         # Any other failure passes up before the change is claimed: it is read again later.
+
+    @staticmethod
+    def _first_read_from(ticket: Ticket, links: Sequence[TicketLink]) -> datetime:
+        """Where a ticket's first journal read starts: when it was linked, on the host's clock,
+        an hour early so that an instance clock behind ours loses nothing; never before the
+        ticket was made (the instance's own time)."""
+        start = min(link.created for link in links) - FIRST_READ_SLACK
+        return max(start, ticket.created_at) if ticket.created_at else start
 
     # -- bookkeeping -----------------------------------------------------------------------------
 

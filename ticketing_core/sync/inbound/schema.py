@@ -42,7 +42,10 @@ cursors = sa.Table(
 )
 
 
-def forget_inbound(integration_id: int, conn: sa.Connection) -> None:
-    """Drop an integration's inbound state: it was deleted, or inbound sync turned off."""
-    for table in (applied_tickets, applied_entries, notices, cursors):
+def forget_inbound(integration_id: int, conn: sa.Connection, *, applied: bool) -> None:
+    """Drop an integration's waiting notifications and its poll, and with ``applied`` what was
+    applied too (the integration was deleted). Turning inbound sync off keeps that, so that
+    turning it on again never copies a note twice."""
+    tables = (applied_tickets, applied_entries, notices, cursors) if applied else (notices, cursors)
+    for table in tables:
         conn.execute(table.delete().where(table.c.integration_id == integration_id))
