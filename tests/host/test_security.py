@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from httpx_auth import OAuth2
 from servicenow_emulator import Emulator
 from servicenow_emulator.app import DEFAULT_OAUTH_CLIENT_ID, DEFAULT_OAUTH_CLIENT_SECRET
+
+from ticketing_core.notifications import TICKETING_V1, sign
 
 from ..conftest import ADMIN_TOKEN, SECRET_KEY, postgres_schema, wait_until
 from .conftest import API_TOKEN, Host, StartHost, create_integration, ok, work_notes
@@ -424,3 +428,31 @@ def test_a_long_comment_is_422_and_nothing_is_queued(host: Host, ticket: dict[st
 def test_the_api_token_stays_required(host: Host) -> None:
     assert host.api.get("/api/integrations", headers={"Authorization": ""}).status_code == 401
     assert API_TOKEN  # the fixture's token is what the other calls send
+
+
+def test_keys_rotate_re_encrypts_the_notification_secrets_too(
+    start_host: StartHost, emulator: Emulator, emulator_url: str, tmp_path: Path
+) -> None:
+    database = str(tmp_path / "rotate.db")
+    first = start_host(database=database)
+    integration_id = create_integration(first, emulator_url)["id"]
+    path = f"/api/integrations/{integration_id}/inbound"
+    secret = first.api.put(path, json={"enabled": True}).json()["secret"]
+    new_key = Fernet.generate_key().decode()
+    environment = {"PATH": ""}
+
+    rotated = subprocess.run(
+        [TICKETING, "keys", "rotate", "--database", database],
+        env=environment | {"TICKETING_SECRET_KEY": f"{new_key},{SECRET_KEY}"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    under_new = start_host(database=database, secret_key=new_key)  # the old key dropped
+    body = b'{"table": "incident"}'
+    signed = sign(TICKETING_V1, secret, body, time.time())
+    heard = httpx.post(
+        f"{under_new.url}/api/inbound/{integration_id}", content=body, headers=signed
+    )
+
+    assert rotated.returncode == 0, rotated.stderr
+    assert heard.status_code == 422  # past the signature: the secret was read under the new key
+    assert under_new.api.post(f"{path}/secret").status_code == 200

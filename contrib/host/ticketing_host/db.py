@@ -252,21 +252,22 @@ class HostStore:
             rows = conn.execute(sa.select(integrations).with_for_update()).mappings().all()
             for row in rows:
                 what = f"integration {row['id']}'s credentials"
-                stored = [row["api_access_token"], row["secret_options"]]
+                columns = ("api_access_token", "secret_options", "inbound_secrets")
+                stored = [row[column] for column in columns]
                 if all(value is None or self.keyring.is_current(value) for value in stored):
                     continue
                 try:
-                    token, secrets = (
+                    rotated_values = [
                         None if value is None else self.keyring.rotate(value, what)
                         for value in stored
-                    )
+                    ]
                 except CredentialsUnreadable as exc:
                     unreadable.append(str(exc))
                     continue
                 conn.execute(
                     integrations.update()
                     .where(integrations.c.id == row["id"])
-                    .values(api_access_token=token, secret_options=secrets)
+                    .values(dict(zip(columns, rotated_values, strict=True)))
                 )
                 rotated += 1
         return rotated, unreadable
