@@ -33,9 +33,9 @@ def dispatcher_for(runtime: HostRuntime) -> Dispatcher:
             service.delivery,
             concurrency=settings.concurrency,
             poll_interval=settings.poll_interval,
-            prune=service.prune,
+            prune=runtime.prune,
             on_attempt=metrics.observe,
         )
     from . import fleet  # Dramatiq, only for those who run a fleet
 
-    return fleet.dispatcher_for(service.outbox, settings, prune=service.prune)
+    return fleet.dispatcher_for(service.outbox, settings, prune=runtime.prune)

@@ -309,7 +309,7 @@ class HostStore:
             now = utcnow()
             kept = [
                 attrs.evolve(entry, until=entry.until or now + keep_for)
-                for entry in self._secret_entries(integration_id, conn)
+                for entry in self._secret_entries(integration_id, conn, lock=True)
                 if entry.until is None or entry.until > now
             ]
             conn.execute(
@@ -336,12 +336,12 @@ class HostStore:
             )
 
     def _secret_entries(
-        self, integration_id: int, conn: sa.Connection | None
+        self, integration_id: int, conn: sa.Connection | None, *, lock: bool = False
     ) -> list[_SecretEntry]:
+        """``lock``: under a row lock, for a read-modify-write (two rotations at once)."""
+        query = sa.select(integrations.c.inbound_secrets).where(integrations.c.id == integration_id)
         with self.database.read(conn) as c:
-            stored = c.execute(
-                sa.select(integrations.c.inbound_secrets).where(integrations.c.id == integration_id)
-            ).scalar()
+            stored = c.execute(query.with_for_update() if lock else query).scalar()
         if not stored:
             return []
         what = f"integration {integration_id}'s notification secrets"

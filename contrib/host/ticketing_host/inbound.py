@@ -70,9 +70,10 @@ def set_inbound(runtime: HostRuntime, integration_id: int, body: InboundIn) -> I
         runtime.store.set_inbound(integration_id, options)
         return InboundOut(enabled=True, endpoint=endpoint(runtime, integration_id))
     secret = new_secret()
+    shown = shown_secret(runtime, provider, integration_id, secret)  # may read: before storing
     runtime.store.set_inbound(integration_id, options, secret)
     start_polling(runtime, integration_id)
-    return shown_secret(runtime, provider, integration_id, secret)
+    return shown
 
 
 def start_polling(runtime: HostRuntime, integration_id: int) -> None:
@@ -96,8 +97,8 @@ def rotate_secret(runtime: HostRuntime, integration_id: int) -> InboundOut:
         )
     provider = inbound_provider(runtime, integration)
     secret = new_secret()
+    shown = shown_secret(runtime, provider, integration_id, secret)  # may read: before storing
     runtime.store.add_inbound_secret(integration_id, secret, SECRET_KEPT)
-    shown = shown_secret(runtime, provider, integration_id, secret)
     until = time.gmtime(time.time() + SECRET_KEPT.total_seconds())
     until_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", until)
     return shown.model_copy(update={"previous_secret_valid_until": until_text})

@@ -221,6 +221,12 @@ class HostRuntime:
             return [token_hash(self.settings.api_token)]
         return self.store.token_hashes()
 
+    def prune(self) -> None:
+        """Forget what is past its retention: delivered events, finished request keys, the
+        sync log's old rows, journal entry ids no read reaches back to."""
+        self.service.prune()
+        self.inbound.prune(utcnow() - self.service.outbox.retention)
+
     def start(self) -> None:
         self.service.start()
         if self.inbound_worker is not None:
