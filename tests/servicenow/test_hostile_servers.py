@@ -367,3 +367,17 @@ def test_an_error_body_of_any_shape_keeps_its_status(
 
     assert caught.value.status_code == 403
     assert "HTTP 403 Forbidden" in str(caught.value)
+
+
+def test_a_poll_whose_pages_acls_hide_whole_ends_instead_of_looping(
+    serve: Callable[[Answer], Server],
+) -> None:
+    # 150 changes match, and the integration user may see none of them: every page is empty.
+    server = serve(reply(200, b'{"result": []}', X_Total_Count="150"))
+
+    with connect(server.url) as provider:
+        page = provider.changed_since("sn1|2026-12-07 10:00:00|", overlap=120)
+
+    assert (page.tickets, page.more) == ((), False)
+    assert len(server.paths) <= 11  # the first page and at most ten more looked past
+    assert "sysparm_offset=100" in server.paths[1]

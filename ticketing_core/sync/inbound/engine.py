@@ -45,6 +45,7 @@ BATCH = 100  # tickets per read: ServiceNow's sys_idIN and Jira's id in (...) ta
 POLL_OVERLAP = 120.0  # seconds each poll re-reads before its cursor: late commits, equal times
 ENTRY_OVERLAP = timedelta(seconds=120)  # the same for journal entries
 FIRST_READ_SLACK = timedelta(hours=1)  # how far the host's clock may run ahead of the instance
+MAX_POLL_PAGES = 1000  # per poll: 100,000 changed tickets; the next poll goes on from there
 NEW, DUPLICATE, STALE = "new", "duplicate", "stale"
 
 
@@ -167,7 +168,7 @@ class Inbound:
         cursor = self._cursor(integration_id)
         overlap = POLL_OVERLAP
         listed = 0
-        while True:
+        for _ in range(MAX_POLL_PAGES):  # bounded: a service that always says "more" cannot hold us
             page = provider.changed_since(cursor, overlap=overlap, limit=BATCH)
             overlap = 0.0  # only the poll's first page reaches back
             listed += len(page.tickets)
@@ -180,7 +181,8 @@ class Inbound:
             cursor = page.cursor
             self._save_cursor(integration_id, cursor, finished=not page.more)
             if not page.more:
-                return listed
+                break
+        return listed
 
     def apply(
         self,
