@@ -388,3 +388,16 @@ def test_the_sync_log_tells_why_a_note_did_or_did_not_arrive(
     assert "never lands" in outbound[3][1]
     assert "500" in outbound[3][1]
     assert all(e["anomaly_id"] == ANOMALY["id"] for e in entries if e["direction"] == "out")
+
+
+def test_a_pull_that_finds_a_new_status_is_a_row_of_the_sync_log(
+    host: Host, emulator: Emulator, ticket: dict[str, Any]
+) -> None:
+    sys_id = ticket["ticket"]["ticket_id"]
+    emulator.act_as(AGENT, sys_id, state="2")
+
+    ok(host.api.post(f"{ANOMALY_PATH}/ticket-links/sync"))
+
+    [pulled] = [e for e in log_of(host, 1, ticket_id=sys_id) if e["decision"] == "pulled"]
+    assert pulled["detail"] == "status New -> In Progress, pulled"
+    assert pulled["anomaly_id"] == ANOMALY["id"]

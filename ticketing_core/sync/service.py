@@ -56,6 +56,7 @@ from ticketing_core.sync.outbox import NewEvent, Outbox
 from ticketing_core.sync.providers import ProviderFor
 from ticketing_core.sync.schema import utcnow
 from ticketing_core.sync.settings import DEFAULT_DELIVERY_DEADLINE
+from ticketing_core.sync.synclog import INBOUND, LogEntry
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +258,17 @@ class SyncService:
                         anomaly_id,
                         self.messages.status_pulled(link.ticket_number, link.status, status),
                     )
-                self.links.record_status(link.id, status, utcnow())
+                with self.database.begin() as conn:
+                    self.links.record_status(link.id, status, utcnow(), conn)
+                    if status != link.status:
+                        detail = f"status {link.status or 'unknown'} -> {status}, pulled"
+                        self.outbox.log.write(
+                            conn,
+                            LogEntry(
+                                INBOUND, "pulled", link.integration_id, link.ticket_id,
+                                anomaly_id, detail,
+                            ),
+                        )  # fmt: skip
         if links and len(failures) == len(links):
             raise failures[0]
         return self.links.for_anomaly(anomaly_id)
