@@ -163,12 +163,49 @@ class RateLimit:
             return (1 - bucket.tokens) / self.rate
 
 
+class RecentIntegrations:
+    """Integrations and their notification secrets as read in the last second: a burst of
+    notifications reads and decrypts them once, and a change takes effect within a second."""
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        self.seconds = seconds
+        self._read: dict[int, tuple[float, IntegrationRecord | None, list[str]]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(
+        self, runtime: HostRuntime, integration_id: int
+    ) -> tuple[IntegrationRecord | None, list[str]]:
+        with self._lock:
+            found = self._read.get(integration_id)
+        if found is not None and time.monotonic() - found[0] < self.seconds:
+            return found[1], found[2]
+        # The integration and its secrets are one row: read in one transaction.
+        with runtime.database.read() as conn:
+            try:
+                integration: IntegrationRecord | None = runtime.store.integration(
+                    integration_id, conn
+                )
+            except UnknownRecord:
+                integration = None
+            secrets = runtime.store.inbound_secrets(integration_id, conn) if integration else []
+        with self._lock:
+            self._read[integration_id] = (time.monotonic(), integration, secrets)
+        return integration, secrets
+
+    def forget(self, integration_id: int) -> None:
+        """Read it again next time: this process just changed it."""
+        with self._lock:
+            self._read.pop(integration_id, None)
+
+
 @attrs.frozen
 class ReceiverLimits:
-    """Signed notifications per second and integration; refusals logged per second."""
+    """Signed notifications per second and integration; refusals logged per second; the
+    integrations read recently."""
 
     notifications: RateLimit = attrs.Factory(RateLimit)
     refusals_logged: RateLimit = attrs.Factory(lambda: RateLimit(rate=1.0, burst=10.0))
+    recent: RecentIntegrations = attrs.Factory(RecentIntegrations)
 
 
 receiver = APIRouter(prefix="/api")
@@ -199,15 +236,9 @@ def accept(
     body: bytes,
 ) -> Notice:
     """Check and store one notification, or raise the HTTPException that answers it."""
-    # The integration and its secrets are one row: read in one transaction.
-    with runtime.database.read() as conn:
-        try:
-            integration = runtime.store.integration(integration_id, conn)
-        except UnknownRecord:
-            integration = None
-        if integration is None or integration.inbound is None:
-            raise HTTPException(404, f"no integration {integration_id} with inbound sync on")
-        secrets = runtime.store.inbound_secrets(integration_id, conn)
+    integration, secrets = limits.recent.lookup(runtime, integration_id)
+    if integration is None or integration.inbound is None:
+        raise HTTPException(404, f"no integration {integration_id} with inbound sync on")
     provider = inbound_provider(runtime, integration.checked())
     scheme = provider.capabilities.notification_signature or ""
     try:
@@ -249,17 +280,27 @@ admin = APIRouter(prefix="/api/integrations/{integration_id}", responses=ERROR_R
 
 
 @admin.put("/inbound", response_model_exclude_none=True)
-def put_inbound(integration_id: IntegrationId, body: InboundIn, runtime: Runtime) -> InboundOut:
+def put_inbound(
+    integration_id: IntegrationId, body: InboundIn, runtime: Runtime, request: Request
+) -> InboundOut:
     """Turn two-way sync on or off, or change its options. Turning it on makes the
     notification secret and answers it, with what to install on the service: the only time
     the secret is shown."""
-    return set_inbound(runtime, integration_id, body)
+    try:
+        return set_inbound(runtime, integration_id, body)
+    finally:
+        request.app.state.receiver_limits.recent.forget(integration_id)
 
 
 @admin.post("/inbound/secret", response_model_exclude_none=True)
-def post_inbound_secret(integration_id: IntegrationId, runtime: Runtime) -> InboundOut:
+def post_inbound_secret(
+    integration_id: IntegrationId, runtime: Runtime, request: Request
+) -> InboundOut:
     """A new notification secret, shown once; the previous one stays valid for 24 hours."""
-    return rotate_secret(runtime, integration_id)
+    try:
+        return rotate_secret(runtime, integration_id)
+    finally:
+        request.app.state.receiver_limits.recent.forget(integration_id)
 
 
 @admin.get("/sync-log")

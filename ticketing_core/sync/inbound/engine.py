@@ -20,6 +20,8 @@ commit becomes visible to the poll within :data:`POLL_OVERLAP` seconds of the ti
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -45,6 +47,7 @@ BATCH = 100  # tickets per read: ServiceNow's sys_idIN and Jira's id in (...) ta
 POLL_OVERLAP = 120.0  # seconds each poll re-reads before its cursor: late commits, equal times
 ENTRY_OVERLAP = timedelta(seconds=120)  # the same for journal entries
 FIRST_READ_SLACK = timedelta(hours=1)  # how far the host's clock may run ahead of the instance
+HEARD_RESOLUTION = 1.0  # seconds: how fresh "last heard from the instance" is kept
 MAX_POLL_PAGES = 1000  # per poll: 100,000 changed tickets; the next poll goes on from there
 NEW, DUPLICATE, STALE = "new", "duplicate", "stale"
 
@@ -82,6 +85,8 @@ class Inbound:
     on_notice: Callable[[int], object] | None = None
     """Told an integration's id once a notification for it is stored (a worker's wake)."""
     log: SyncLog = attrs.field(init=False)
+    _heard_written: dict[int, float] = attrs.field(init=False, factory=dict)
+    _heard_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
 
     def __attrs_post_init__(self) -> None:
         self.log = SyncLog(self.service.database)
@@ -105,7 +110,8 @@ class Inbound:
                     set_={"version": notices.c.version + 1},
                 )
             )
-            self._touch(conn, integration_id, heard_at=now)
+            if self._heard_long_ago(integration_id):
+                self._touch(conn, integration_id, heard_at=now)
             detail = f"{notice.event} by {notice.updated_by or 'someone'}"
             if notice.revision is not None:
                 detail += f", revision {notice.revision}"
@@ -115,6 +121,16 @@ class Inbound:
             if self.on_notice is not None:
                 wake = self.on_notice
                 self.database.after_commit(conn, lambda: wake(integration_id))
+
+    def _heard_long_ago(self, integration_id: int) -> bool:
+        """Whether "last heard" was written more than a second ago by this process: it is
+        written at most once a second, not once per notification."""
+        now = time.monotonic()
+        with self._heard_lock:
+            if now - self._heard_written.get(integration_id, -HEARD_RESOLUTION) < HEARD_RESOLUTION:
+                return False
+            self._heard_written[integration_id] = now
+            return True
 
     def refused(self, integration_id: int, reason: str) -> None:
         """Record a notification refused unread (a bad signature, say)."""
