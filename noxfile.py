@@ -61,10 +61,12 @@ def record(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
-    """Time the outbox (100 work notes, 50 ms) and a sequential workload beside plain httpx (20 ms)."""
+    """Time the outbox (100 work notes, 50 ms), a sequential workload beside plain httpx (20 ms),
+    and two-way sync: notification to anomaly, the receiver's rate, the poll's and pull's reads."""
     install(session)
     session.run("python", "benchmarks/bench_outbox.py")
     session.run("python", "benchmarks/bench_sequential.py", *session.posargs)
+    session.run("python", "benchmarks/bench_inbound.py")
 
 
 @nox.session(name="bench-scale", python=PYTHON, default=False)
