@@ -210,11 +210,17 @@ class Inbound:
         """Apply each ticket's change to the anomalies linked to it, once."""
         own = provider.own_user()
         known = self._revisions(integration_id, [ticket.id for ticket in tickets])
+        seen_before = []  # written together: one transaction, not one per duplicate
         for ticket in tickets:
             applied, entries_after = known.get(ticket.id, (None, None))
             if applied is not None and ticket.revision is not None and ticket.revision <= applied:
                 decision = DUPLICATE if ticket.revision == applied else STALE
-                self._note(integration_id, decision, ticket.id, f"revision {ticket.revision}")
+                seen_before.append(
+                    LogEntry(
+                        INBOUND, decision, integration_id, ticket.id, None,
+                        f"revision {ticket.revision}",
+                    )
+                )  # fmt: skip
                 continue
             links = self.service.links.for_ticket(integration_id, ticket.id)
             if not links:
@@ -225,6 +231,9 @@ class Inbound:
                 else []
             )
             self._apply_ticket(integration_id, ticket, links, entries, own, policy, provider)
+        if seen_before:
+            with self.database.begin() as conn:
+                self.log.write(conn, *seen_before)
 
     # -- one ticket ------------------------------------------------------------------------------
 
