@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import attrs
 import sqlalchemy as sa
@@ -34,6 +34,7 @@ from ticketing_core.errors import InvalidInput, PermissionDenied
 from ticketing_core.hookspecs import InboundProvider
 from ticketing_core.models import JournalEntry, Notice, Ticket, TicketLink
 from ticketing_core.policies import InboundPolicy
+from ticketing_core.sync.inbound.host import Anomalies, Heard, InboundPolicyFor
 from ticketing_core.sync.inbound.schema import applied_entries, applied_tickets, cursors, notices
 from ticketing_core.sync.service import INTEGRATION, TICKET, SyncService
 from ticketing_core.sync.synclog import INBOUND, LogEntry, SyncLog
@@ -50,29 +51,6 @@ FIRST_READ_SLACK = timedelta(hours=1)  # how far the host's clock may run ahead 
 HEARD_RESOLUTION = 1.0  # seconds: how fresh "last heard from the instance" is kept
 MAX_POLL_PAGES = 1000  # per poll: 100,000 changed tickets; the next poll goes on from there
 NEW, DUPLICATE, STALE = "new", "duplicate", "stale"
-
-
-class Anomalies(Protocol):
-    """The host's side: comments on anomalies and their status, in the caller's transaction."""
-
-    def comment(self, anomaly_id: int, text: str, origin: str, conn: sa.Connection) -> None:
-        """Add a comment: ``origin`` INTEGRATION (what the integration says) or TICKET (copied
-        from a ticket)."""
-
-    def set_status(self, anomaly_id: int, status: str, conn: sa.Connection) -> bool:
-        """Set the anomaly's status; whether it changed."""
-
-
-InboundPolicyFor = Callable[[int, sa.Connection | None], InboundPolicy | None]
-"""An integration's inbound policy, or None when inbound sync is off for it."""
-
-
-@attrs.frozen
-class Heard:
-    """When an integration's inbound sync last heard from the service."""
-
-    notified_at: datetime | None
-    polled_at: datetime | None
 
 
 @attrs.define
