@@ -44,16 +44,14 @@ from ticketing_core.testing.contract import (
     DRAFT,
     FAULTS,
     GATEWAY_ERRORS,
-    CountingTransport,
-    InboundContract,
     ProviderContract,
     note_count,
-    poll,
     raised_by,
     secret_part,
 )
 from ticketing_core.testing.fake_service import FakeService, InboundFakeService
 from ticketing_core.testing.gateway import BAD_GATEWAY_PAGE, Gateway
+from ticketing_core.testing.inbound_contract import CountingTransport, InboundContract, poll
 
 __all__ = [
     "AFTER_COMMIT_FAULTS",

@@ -23,7 +23,7 @@ from ticketing_core.sync.outbox import Outbox
 from ticketing_core.sync.schema import UtcDateTime, utcnow
 from ticketing_core.sync.service import USER
 
-from .keys import CredentialsUnreadable, Keyring
+from .keys import CredentialsUnreadable, Keyring, NotificationSecret
 
 SCHEMA_VERSION = 3  # 2: credentials encrypted (keys.py), secret options apart; 3: inbound sync
 MAX_ANOMALY_ID = 2**63 - 1  # BigInteger
@@ -145,12 +145,6 @@ class AnomalyEntry:
     created: datetime
     updated: datetime
     comments: tuple[Comment, ...] = ()
-
-
-@attrs.frozen
-class _SecretEntry:
-    secret: str = attrs.field(repr=False)
-    until: datetime | None  # None: the current secret, valid until replaced
 
 
 def _inbound_columns(conn: sa.Connection) -> None:
@@ -294,7 +288,7 @@ class HostStore:
         if options is None:
             values["inbound_secrets"] = None
         elif secret is not None:
-            values["inbound_secrets"] = self._secrets_column([_SecretEntry(secret, None)])
+            values["inbound_secrets"] = self._secrets_column([NotificationSecret(secret, None)])
         with self.database.begin() as conn:
             self.integration(integration_id, conn)
             conn.execute(
@@ -315,7 +309,9 @@ class HostStore:
             conn.execute(
                 integrations.update()
                 .where(integrations.c.id == integration_id)
-                .values(inbound_secrets=self._secrets_column([_SecretEntry(secret, None), *kept]))
+                .values(
+                    inbound_secrets=self._secrets_column([NotificationSecret(secret, None), *kept])
+                )
             )
 
     def inbound_secrets(self, integration_id: int, conn: sa.Connection | None = None) -> list[str]:
@@ -337,22 +333,16 @@ class HostStore:
 
     def _secret_entries(
         self, integration_id: int, conn: sa.Connection | None, *, lock: bool = False
-    ) -> list[_SecretEntry]:
+    ) -> list[NotificationSecret]:
         """``lock``: under a row lock, for a read-modify-write (two rotations at once)."""
         query = sa.select(integrations.c.inbound_secrets).where(integrations.c.id == integration_id)
         with self.database.read(conn) as c:
             stored = c.execute(query.with_for_update() if lock else query).scalar()
-        if not stored:
-            return []
         what = f"integration {integration_id}'s notification secrets"
-        return [
-            _SecretEntry(item["secret"], item["until"] and datetime.fromisoformat(item["until"]))
-            for item in json.loads(self.keyring.decrypt(stored, what))
-        ]
+        return NotificationSecret.decrypted(self.keyring, stored, what) if stored else []
 
-    def _secrets_column(self, entries: Iterable[_SecretEntry]) -> str:
-        listed = [{"secret": e.secret, "until": e.until and e.until.isoformat()} for e in entries]
-        return self.keyring.encrypt(json.dumps(listed))
+    def _secrets_column(self, entries: Iterable[NotificationSecret]) -> str:
+        return NotificationSecret.encrypted(self.keyring, entries)
 
     def _record(self, row: sa.RowMapping) -> IntegrationRecord:
         fields = dict(row)

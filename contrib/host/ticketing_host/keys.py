@@ -7,8 +7,10 @@ tells an operator which key a credential was stored under when it can no longer 
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 
 import attrs
@@ -169,3 +171,26 @@ def _write_private(path: Path, content: str) -> bool:
         return False
     finally:
         temporary.unlink()
+
+
+@attrs.frozen
+class NotificationSecret:
+    """A secret notifications are signed with; ``until`` None for the current one, else when a
+    replaced one stops being accepted. Stored as an encrypted JSON list, like credentials."""
+
+    secret: str = attrs.field(repr=False)
+    until: datetime | None
+
+    @staticmethod
+    def encrypted(keyring: Keyring, secrets: Iterable[NotificationSecret]) -> str:
+        listed = [{"secret": s.secret, "until": s.until and s.until.isoformat()} for s in secrets]
+        return keyring.encrypt(json.dumps(listed))
+
+    @staticmethod
+    def decrypted(keyring: Keyring, stored: str, what: str) -> list[NotificationSecret]:
+        return [
+            NotificationSecret(
+                item["secret"], item["until"] and datetime.fromisoformat(item["until"])
+            )
+            for item in json.loads(keyring.decrypt(stored, what))
+        ]
