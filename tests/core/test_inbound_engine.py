@@ -4,14 +4,18 @@ the ServiceNow emulator over real HTTP."""
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Sequence
 
 import pytest
 import sqlalchemy as sa
 from servicenow_emulator import Emulator
 
+from ticketing_core.models import Notice
 from ticketing_core.policies import InboundPolicy, WorkNotesOnly
 from ticketing_core.sync.database import Database
 from ticketing_core.sync.inbound import Inbound
+from ticketing_core.sync.inbound.intake import BatchedIntake
 from ticketing_core.sync.service import SyncService
 from ticketing_servicenow import ServiceNowProvider
 
@@ -76,3 +80,40 @@ def test_racing_readers_of_one_change_apply_it_once(
     decisions = [logged.entry.decision for logged in engine.log.entries(INTEGRATION_ID)]
     assert decisions.count("applied") == 4  # two anomalies, a status and a note each
     assert decisions.count("duplicate") == READERS - 1
+
+
+def test_notifications_stored_together_each_wait_for_their_commit() -> None:
+    batches: list[int] = []
+    gate = threading.Event()
+
+    def store(received: Sequence[tuple[int, Notice]]) -> None:
+        gate.wait(5)  # the first batch is held while the others queue up
+        if any(notice.ticket_id == "bad" for _, notice in received):
+            raise RuntimeError("the database is gone")
+        batches.append(len(received))
+
+    intake = BatchedIntake(store)
+    outcomes: dict[str, str] = {}
+
+    def put(ticket_id: str) -> None:
+        try:
+            intake.put(1, Notice(ticket_id, "update"))
+            outcomes[ticket_id] = "stored"
+        except RuntimeError as exc:
+            outcomes[ticket_id] = str(exc)
+
+    first = threading.Thread(target=put, args=("t0",))
+    first.start()
+    time.sleep(0.1)
+    rest = [threading.Thread(target=put, args=(f"t{n}",)) for n in range(1, 20)]
+    for thread in rest:
+        thread.start()
+    time.sleep(0.2)
+    gate.set()
+    for thread in [first, *rest]:
+        thread.join()
+
+    assert batches == [1, 19]  # 20 notifications, two transactions
+    assert set(outcomes.values()) == {"stored"}
+    with pytest.raises(RuntimeError, match="the database is gone"):
+        intake.put(1, Notice("bad", "update"))

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
 import attrs
@@ -35,6 +36,7 @@ from ticketing_core.hookspecs import InboundProvider
 from ticketing_core.models import JournalEntry, Notice, Ticket, TicketLink
 from ticketing_core.policies import InboundPolicy
 from ticketing_core.sync.inbound.host import Anomalies, Heard, InboundPolicyFor
+from ticketing_core.sync.inbound.intake import BatchedIntake
 from ticketing_core.sync.inbound.schema import applied_entries, applied_tickets, cursors, notices
 from ticketing_core.sync.service import INTEGRATION, TICKET, SyncService
 from ticketing_core.sync.synclog import INBOUND, LogEntry, SyncLog
@@ -66,8 +68,11 @@ class Inbound:
     _heard_written: dict[int, float] = attrs.field(init=False, factory=dict)
     _heard_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
 
+    _intake: BatchedIntake = attrs.field(init=False)
+
     def __attrs_post_init__(self) -> None:
         self.log = SyncLog(self.service.database)
+        self._intake = BatchedIntake(self._store_notices)
 
     @property
     def database(self) -> Database:
@@ -76,29 +81,30 @@ class Inbound:
     # -- intake ----------------------------------------------------------------------------------
 
     def notify(self, integration_id: int, notice: Notice) -> None:
-        """Store a verified notification for its ticket to be read after the caller answers."""
+        """Store a verified notification for its ticket to be read after the caller answers;
+        returns once it is committed (with the others that arrived meanwhile)."""
+        self._intake.put(integration_id, notice)
+
+    def _store_notices(self, received: Sequence[tuple[int, Notice]]) -> None:
         with self.database.begin() as conn:
             now = self.database.now(conn)
-            insert = self._insert(notices).values(
-                integration_id=integration_id, ticket_id=notice.ticket_id, version=1, received=now
-            )
+            upsert = self._insert(notices)
             conn.execute(
-                insert.on_conflict_do_update(
+                upsert.on_conflict_do_update(
                     index_elements=[notices.c.integration_id, notices.c.ticket_id],
                     set_={"version": notices.c.version + 1},
-                )
+                ),
+                [
+                    {"integration_id": iid, "ticket_id": n.ticket_id, "version": 1, "received": now}
+                    for iid, n in received
+                ],
             )
-            if self._heard_long_ago(integration_id):
-                self._touch(conn, integration_id, heard_at=now)
-            detail = f"{notice.event} by {notice.updated_by or 'someone'}"
-            if notice.revision is not None:
-                detail += f", revision {notice.revision}"
-            self.log.write(
-                conn, LogEntry(INBOUND, "received", integration_id, notice.ticket_id, None, detail)
-            )
-            if self.on_notice is not None:
-                wake = self.on_notice
-                self.database.after_commit(conn, lambda: wake(integration_id))
+            self.log.write(conn, *(_received(iid, notice) for iid, notice in received))
+            for integration_id in sorted({iid for iid, _ in received}):
+                if self._heard_long_ago(integration_id):
+                    self._touch(conn, integration_id, heard_at=now)
+                if self.on_notice is not None:
+                    self.database.after_commit(conn, partial(self.on_notice, integration_id))
 
     def _heard_long_ago(self, integration_id: int) -> bool:
         """Whether "last heard" was written more than a second ago by this process: it is
@@ -481,3 +487,10 @@ class Inbound:
 
     def _insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
         return (postgresql.insert if self.database.is_postgresql else sqlite.insert)(table)
+
+
+def _received(integration_id: int, notice: Notice) -> LogEntry:
+    detail = f"{notice.event} by {notice.updated_by or 'someone'}"
+    if notice.revision is not None:
+        detail += f", revision {notice.revision}"
+    return LogEntry(INBOUND, "received", integration_id, notice.ticket_id, None, detail)
