@@ -25,7 +25,7 @@ TAKEN_ON_PYPI = frozenset({"ticketing"})  # "Distributed ticket lock client"
 THIRD_PARTY = frozenset({
     "attrs", "cattrs", "click", "cryptography", "dramatiq", "fastapi", "hatchling", "httpx",
     "httpx-auth", "hypothesis", "mypy", "pluggy", "prometheus-client", "psycopg", "pytest",
-    "pytest-recording", "rich", "ruff", "schemathesis", "sqlalchemy", "stamina", "starlette",
+    "pytest-recording", "pytest-xdist", "rich", "ruff", "schemathesis", "sqlalchemy", "stamina", "starlette",
     "uvicorn", "vcrpy", "websockets",
 })  # fmt: skip
 
