@@ -25,6 +25,10 @@ hooks are.
 Why a factory and not an instance: a host connects to many instances of one provider type (one per
 integration), each with its own credentials, so it needs to build providers on demand.
 
+A provider through which changes flow back (two-way sync, opt-in per integration) also implements
+:class:`InboundProvider`: list changed tickets from a cursor, read tickets in batches and their
+journal, name its own user, its states and what a notification names.
+
 What else a provider author uses: :mod:`ticketing_core.models` (the records, and
 :class:`~ticketing_core.models.Capabilities`, what a provider declares it supports),
 :mod:`ticketing_core.errors` (the only exceptions a provider raises), :mod:`ticketing_core.http`
