@@ -401,3 +401,23 @@ def test_a_pull_that_finds_a_new_status_is_a_row_of_the_sync_log(
     [pulled] = [e for e in log_of(host, 1, ticket_id=sys_id) if e["decision"] == "pulled"]
     assert pulled["detail"] == "status New -> In Progress, pulled"
     assert pulled["anomaly_id"] == ANOMALY["id"]
+
+
+def test_a_notification_that_cannot_be_stored_in_time_is_a_503_not_a_traceback(
+    host: Host, emulator: Emulator, integration: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    integration_id = integration["id"]
+    secret = enable(host, integration_id)["secret"]
+    [row] = emulator.seed_incidents(1)
+    monkeypatch.setattr(host.runtime.inbound._intake, "_timeout", 0.5)
+    body = json.dumps(emulator.notification_for(row["sys_id"])).encode()
+
+    # Another process holds SQLite's write lock (this engine begins every transaction IMMEDIATE).
+    with host.runtime.database.engine.begin() as blocker:
+        blocker.exec_driver_sql("SELECT 1")
+        headers = sign(TICKETING_V1, secret, body, time.time())
+        answer = httpx.post(receiver(host, integration_id), content=body, headers=headers)
+
+    assert answer.status_code == 503
+    assert answer.json()["detail"].startswith("the notification could not be stored in time")
+    assert answer.headers["Retry-After"] == "5"

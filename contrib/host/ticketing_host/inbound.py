@@ -263,7 +263,13 @@ def accept(
         notice = provider.read_notification(parsed)
     except InvalidInput as exc:
         raise HTTPException(422, f"the notification names no ticket here: {exc}") from None
-    runtime.inbound.notify(integration_id, notice)
+    try:
+        runtime.inbound.notify(integration_id, notice)
+    except TimeoutError:
+        raise HTTPException(
+            503, "the notification could not be stored in time: retry shortly",
+            headers={"Retry-After": "5"},
+        ) from None  # fmt: skip
     return notice
 
 
