@@ -196,8 +196,9 @@ class InboundProvider(Provider, Protocol):
     def changed_since(
         self, cursor: str | None, *, overlap: float = 0.0, limit: int = 100
     ) -> ChangePage:
-        """One page of tickets changed at or after ``cursor`` (minus ``overlap`` seconds), in a
-        stable order (the service's own change time, then id), at most ``limit`` of them.
+        """One page of tickets changed at or after ``cursor`` (minus ``overlap`` seconds), at
+        most ``limit`` of them, in an order that paging never skips a change in, however many
+        share one time (ServiceNow: its change time, then id; Jira: id, within one poll).
 
         Times are the service's, never the caller's clock. ``cursor`` is one this method
         returned; ``None`` starts at the newest change the service has now (an empty page).

@@ -98,8 +98,10 @@ def ticket(host: Host, integration: dict[str, Any], anomaly: dict[str, Any]) -> 
     return result
 
 
-def create_integration(host: Host, api_url: str, token: str = ADMIN_TOKEN) -> dict[str, Any]:
-    body = {"type": "servicenow", "api_url": api_url, "api_access_token": token}
+def create_integration(
+    host: Host, api_url: str, token: str = ADMIN_TOKEN, **fields: Any
+) -> dict[str, Any]:
+    body = {"type": "servicenow", "api_url": api_url, "api_access_token": token, **fields}
     created: dict[str, Any] = ok(host.api.post("/api/integrations", json=body), 201)
     return created
 

@@ -27,6 +27,14 @@ OWN_USER = "admin"  # the user of the tests' integration credentials (ADMIN_TOKE
 ANOMALY_PATH = f"/api/anomalies/{ANOMALY['id']}"
 
 
+def ticket_from_anomaly(host: Host, emulator_url: str, **integration: Any) -> tuple[int, str]:
+    """An integration, the seed's anomaly and an incident created from it: their ids."""
+    integration_id = create_integration(host, emulator_url, **integration)["id"]
+    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
+    created = ok(host.api.post(tickets_path(), json=TICKET_REQUEST))
+    return integration_id, created["ticket"]["ticket_id"]
+
+
 def enable(host: Host, integration_id: int, **options: Any) -> dict[str, Any]:
     path = f"/api/integrations/{integration_id}/inbound"
     answer: dict[str, Any] = ok(host.api.put(path, json={"enabled": True, **options}))
@@ -73,11 +81,9 @@ def inbound_linked(
     """A host on each database with inbound sync on, its rules installed in the emulator, and
     an incident created from the anomaly: (host, integration id, sys_id, secret)."""
     host = start_host(database=database_url)
-    integration_id = create_integration(host, emulator_url)["id"]
-    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
-    created = ok(host.api.post(tickets_path(), json=TICKET_REQUEST))
+    integration_id, sys_id = ticket_from_anomaly(host, emulator_url)
     settled(host)
     answer = enable(host, integration_id)
     install_rules(emulator, host, integration_id, answer["secret"])
     quiet(host, emulator)
-    return host, integration_id, created["ticket"]["ticket_id"], answer["secret"]
+    return host, integration_id, sys_id, answer["secret"]

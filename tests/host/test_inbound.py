@@ -18,15 +18,12 @@ from ticketing_core.notifications import TICKETING_V1, sign
 
 from .conftest import (
     ANOMALY,
-    TICKET_REQUEST,
     Host,
     StartHost,
-    create_integration,
     incident,
     links_path,
     ok,
     settled,
-    tickets_path,
     work_notes,
 )
 from .inbound_helpers import (
@@ -41,6 +38,7 @@ from .inbound_helpers import (
     log_of,
     quiet,
     receiver,
+    ticket_from_anomaly,
 )
 
 
@@ -369,9 +367,7 @@ def test_the_sync_log_tells_why_a_note_did_or_did_not_arrive(
     start_host: StartHost, emulator: Emulator, emulator_url: str
 ) -> None:
     host = start_host(max_attempts=2, backoff_initial=0.1, backoff_max=0.2, doubt_seconds=1.0)
-    integration_id = create_integration(host, emulator_url)["id"]
-    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
-    sys_id = ok(host.api.post(tickets_path(), json=TICKET_REQUEST))["ticket"]["ticket_id"]
+    integration_id, sys_id = ticket_from_anomaly(host, emulator_url)
 
     emulator.add_fault("503_after_commit", method="PATCH")
     ok(host.api.post(f"{ANOMALY_PATH}/comments", json={"message": "lands, unanswered"}), 201)

@@ -13,17 +13,12 @@ from servicenow_emulator import DEFAULT_PASSWORD, Emulator
 
 from ticketing_core.notifications import TICKETING_V1, sign
 
-from ..conftest import ADMIN_TOKEN
 from .conftest import (
-    ANOMALY,
-    TICKET_REQUEST,
     Host,
     StartHost,
-    create_integration,
     incident,
     ok,
     settled,
-    tickets_path,
 )
 from .inbound_helpers import (
     AGENT,
@@ -36,6 +31,7 @@ from .inbound_helpers import (
     install_rules,
     quiet,
     receiver,
+    ticket_from_anomaly,
 )
 
 
@@ -190,11 +186,7 @@ def test_our_own_status_change_followed_by_an_agents_note_is_not_credited_to_the
     start_host: StartHost, emulator: Emulator, emulator_url: str
 ) -> None:
     host = start_host()
-    body = {"type": "servicenow", "api_url": emulator_url, "api_access_token": ADMIN_TOKEN,
-            "sync_policy": "state-mapping"}  # fmt: skip
-    integration_id = ok(host.api.post("/api/integrations", json=body), 201)["id"]
-    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
-    sys_id = ok(host.api.post(tickets_path(), json=TICKET_REQUEST))["ticket"]["ticket_id"]
+    integration_id, sys_id = ticket_from_anomaly(host, emulator_url, sync_policy="state-mapping")
     secret = enable(host, integration_id)["secret"]
     install_rules(emulator, host, integration_id, secret)
     ok(host.api.put(ANOMALY_PATH, json={"status": "Resolved"}))  # resolves the ticket
@@ -232,9 +224,7 @@ def test_an_instance_clock_behind_the_hosts_loses_no_note(
 ) -> None:
     emulator.clock_skew = timedelta(minutes=-10)  # its notes carry times before the link's
     host = start_host()
-    integration_id = create_integration(host, emulator_url)["id"]
-    ok(host.api.post("/api/anomalies", json=ANOMALY), 201)
-    sys_id = ok(host.api.post(tickets_path(), json=TICKET_REQUEST))["ticket"]["ticket_id"]
+    integration_id, sys_id = ticket_from_anomaly(host, emulator_url)
     enable(host, integration_id)
 
     emulator.act_as(AGENT, sys_id, work_notes="root cause found")

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ticketing_core.sync.outbox.migrations import UPGRADES, Upgrade
 from ticketing_core.sync.schema import (
@@ -112,6 +113,11 @@ class Database:
     @property
     def is_postgresql(self) -> bool:
         return self.engine.dialect.name == "postgresql"
+
+    def insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+        """An INSERT of this database's dialect, which has ``on_conflict_do_update`` and
+        ``on_conflict_do_nothing`` (an upsert, the same on both)."""
+        return (postgresql.insert if self.is_postgresql else sqlite.insert)(table)
 
     def migrate(
         self,

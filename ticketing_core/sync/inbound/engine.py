@@ -22,14 +22,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
 
 import attrs
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ticketing_core.errors import InvalidInput, PermissionDenied
 from ticketing_core.hookspecs import InboundProvider
@@ -67,7 +66,6 @@ class Inbound:
     log: SyncLog = attrs.field(init=False)
     _heard_written: dict[int, float] = attrs.field(init=False, factory=dict)
     _heard_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
-
     _intake: BatchedIntake = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -88,7 +86,7 @@ class Inbound:
     def _store_notices(self, received: Sequence[tuple[int, Notice]]) -> None:
         with self.database.begin() as conn:
             now = self.database.now(conn)
-            upsert = self._insert(notices)
+            upsert = self.database.insert(notices)
             conn.execute(
                 upsert.on_conflict_do_update(
                     index_elements=[notices.c.integration_id, notices.c.ticket_id],
@@ -187,7 +185,7 @@ class Inbound:
     def apply(
         self,
         integration_id: int,
-        tickets: Iterable[Ticket],
+        tickets: Sequence[Ticket],
         provider: InboundProvider,
         policy: InboundPolicy,
     ) -> None:
@@ -197,8 +195,7 @@ class Inbound:
         seen_before = []  # written together: one transaction, not one per duplicate
         for ticket in tickets:
             applied, entries_after = known.get(ticket.id, (None, None))
-            if applied is not None and ticket.revision is not None and ticket.revision <= applied:
-                decision = DUPLICATE if ticket.revision == applied else STALE
+            if (decision := _seen_before(ticket, applied)) is not None:
                 seen_before.append(
                     LogEntry(
                         INBOUND, decision, integration_id, ticket.id, None,
@@ -298,7 +295,7 @@ class Inbound:
     ) -> None:
         # RETURNING tells whether the row went in (rowcount does not, on every driver).
         stored = conn.execute(
-            self._insert(applied_entries)
+            self.database.insert(applied_entries)
             .values(
                 integration_id=integration_id,
                 entry_id=entry.id,
@@ -359,7 +356,7 @@ class Inbound:
         first's row and then compares with what it committed (a newer revision still wins)."""
         if ticket.revision is None:
             return NEW
-        stored = self._insert(applied_tickets).values(
+        stored = self.database.insert(applied_tickets).values(
             integration_id=integration_id, ticket_id=ticket.id, revision=ticket.revision
         )
         claimed = conn.execute(
@@ -377,7 +374,7 @@ class Inbound:
                 applied_tickets.c.ticket_id == ticket.id,
             )
         ).scalar_one()
-        return DUPLICATE if applied == ticket.revision else STALE
+        return _seen_before(ticket, applied) or STALE
 
     def _read_entries_until(
         self, conn: sa.Connection, integration_id: int, ticket_id: str, until: datetime
@@ -449,7 +446,7 @@ class Inbound:
 
     def _touch(self, conn: sa.Connection, integration_id: int, **values: object) -> None:
         conn.execute(
-            self._insert(cursors)
+            self.database.insert(cursors)
             .values(integration_id=integration_id, **values)
             .on_conflict_do_update(index_elements=[cursors.c.integration_id], set_=values)
         )
@@ -485,12 +482,16 @@ class Inbound:
         with self.database.begin(conn) as c:
             self.log.write(c, entry)
 
-    def _insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
-        return (postgresql.insert if self.database.is_postgresql else sqlite.insert)(table)
-
 
 def _received(integration_id: int, notice: Notice) -> LogEntry:
     detail = f"{notice.event} by {notice.updated_by or 'someone'}"
     if notice.revision is not None:
         detail += f", revision {notice.revision}"
     return LogEntry(INBOUND, "received", integration_id, notice.ticket_id, None, detail)
+
+
+def _seen_before(ticket: Ticket, applied: int | None) -> str | None:
+    """DUPLICATE or STALE when a revision as new as the ticket's was applied already."""
+    if applied is None or ticket.revision is None or ticket.revision > applied:
+        return None
+    return DUPLICATE if ticket.revision == applied else STALE

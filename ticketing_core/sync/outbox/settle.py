@@ -14,7 +14,6 @@ from typing import Any
 
 import attrs
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ticketing_core.errors import IntegrationUnusable, ProviderError, may_have_landed
 from ticketing_core.policies import AddWorkNote, ChangeTicket
@@ -196,7 +195,7 @@ class Settling(OutboxBase):
     def _upsert_pause(
         self, conn: sa.Connection, integration_id: int, row: dict[str, Any], **changes: Any
     ) -> None:
-        insert = (postgresql.insert if self.database.is_postgresql else sqlite.insert)(pauses)
+        insert = self.database.insert(pauses)
         conn.execute(
             insert.values(integration_id=integration_id, **row).on_conflict_do_update(
                 index_elements=[pauses.c.integration_id], set_=changes
