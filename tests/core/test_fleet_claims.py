@@ -262,17 +262,18 @@ def test_a_dead_workers_run_of_identical_notes_is_redone_one_by_one_each_once(
     database: Database, emulator: Emulator, provider: ServiceNowProvider, sent_before_dying: int
 ) -> None:
     [incident] = emulator.seed_incidents(1)
-    outbox = Outbox(database, lease_seconds=0.5, doubt_seconds=0.5)
+    # Wide margins: a loaded machine may take a few hundred milliseconds between two lines.
+    outbox = Outbox(database, lease_seconds=1.0, doubt_seconds=1.0)
     service = SyncService(
         database, provider_for=lambda *_: provider, policy_for=lambda *_: WorkNotesOnly(),
-        comment_on_anomaly=lambda *_: None, outbox=outbox, delivery_deadline=0.3,
+        comment_on_anomaly=lambda *_: None, outbox=outbox, delivery_deadline=0.6,
     )  # fmt: skip
     text = "Anomaly 7 status changed to Active"  # the same text twice: a status set twice
     outbox.enqueue([NewEvent(1, incident["sys_id"], AddWorkNote(text)) for _ in range(2)])
     dying = outbox.claim_next(instance_limit=8, batch=10)
     for event in dying[:sent_before_dying]:  # it sent these, then died before settling any
         service.delivery(event)
-    time.sleep(1.2)  # lease + doubt: its claims may be taken over
+    time.sleep(2.5)  # lease + doubt: its claims may be taken over
 
     runs = []
     while run := outbox.claim_next(instance_limit=8, batch=10):
