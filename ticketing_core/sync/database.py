@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import secrets
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -89,6 +90,9 @@ class Database:
         pooled = parsed.get_backend_name() != "sqlite" or sqlite_file
         sizes = {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW} if pooled else {}
         self.engine = sa.create_engine(parsed, pool_pre_ping=True, **sizes)
+        # SQLite file written by this process: its writers queue here (see _one_writer).
+        self._writer = threading.Lock() if sqlite_file and not read_only else None
+        self._writing = threading.local()
         if self.engine.dialect.name == "sqlite":
             # Only the service's own opening switches a file to WAL: a look changes nothing.
             sa.event.listen(
@@ -211,7 +215,7 @@ class Database:
             yield conn
             return
         callbacks: list[Callable[[], object]] = []
-        with self.engine.begin() as own:
+        with self._one_writer(), self.engine.begin() as own:
             self._after_commit[own] = callbacks
             try:
                 yield own
@@ -222,6 +226,29 @@ class Database:
                 callback()
             except Exception:  # the transaction is committed: its caller must hear so
                 log.exception("a callback after the commit failed")
+
+    @contextmanager
+    def _one_writer(self) -> Iterator[None]:
+        """SQLite: hold this process's writer lock until the transaction has ended.
+
+        SQLite lets one connection write at a time, and one that finds the file locked sleeps in
+        growing steps (up to 100 ms) before it tries again: threads of one process queue here
+        instead and start the moment the writer before them commits. Waits as long as the
+        transaction's lock wait, then leaves it to SQLite; a nested transaction of the same
+        thread (which SQLite refuses after its wait) does not queue behind itself.
+        """
+        if self._writer is None or getattr(self._writing, "held", False):
+            yield
+            return
+        wait = _lock_wait.get()
+        held = self._writer.acquire(timeout=LOCK_WAIT if wait is None else wait)
+        self._writing.held = held
+        try:
+            yield
+        finally:
+            if held:
+                self._writing.held = False
+                self._writer.release()
 
     def after_commit(self, conn: sa.Connection, callback: Callable[[], object]) -> None:
         """Call ``callback`` once the transaction ``conn`` is in has committed (never if it rolls
