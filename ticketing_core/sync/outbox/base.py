@@ -37,6 +37,20 @@ Wake = Callable[[Collection[str]], object]
 """Told the tickets (ordering keys) new events were stored for, once they are visible."""
 
 
+NOW = sa.bindparam("now", type_=events.c.next_attempt_at.type)
+"""The database's time, bound when a statement built once is run (see ``_times``)."""
+TAKEN_OVER_BEFORE = sa.bindparam("taken_over_before", type_=events.c.lease_until.type)
+"""A lease that ended before this (now minus the doubt window) frees its event."""
+
+SETTLED = sa.or_(events.c.lease_until.is_(None), events.c.lease_until <= TAKEN_OVER_BEFORE)
+"""No claim holds the event: none was made, or it was settled, or its worker is gone (its lease
+ran out, and the doubt window after it, in case it sent something)."""
+
+IN_FLIGHT = sa.and_(events.c.claim_token.is_not(None), events.c.status == PENDING, sa.not_(SETTLED))
+"""Claimed and not yet free to be taken over (lease + doubt): what the instance limit and the
+operator's counts call in flight. A worker that stalled past its lease may still be sending."""
+
+
 class OutboxBase:
     """Settings and shared reads; :class:`~ticketing_core.sync.outbox.Outbox` adds the rest."""
 
@@ -69,20 +83,9 @@ class OutboxBase:
         del values["delivery_deadline"]  # the delivery's, not the outbox's
         return cls(database, **values)
 
-    def _settled(self, now: datetime) -> sa.ColumnElement[bool]:
-        """No claim holds the event: none was made, or it was settled, or its worker is gone
-        (its lease ran out, and the doubt window after it, in case it sent something)."""
-        return sa.or_(events.c.lease_until.is_(None), events.c.lease_until <= now - self.doubt)
-
-    def _in_flight(self, now: datetime) -> sa.ColumnElement[bool]:
-        """Claimed and not yet free to be taken over (lease + doubt): what the instance limit and
-        the operator's counts call in flight. A worker that stalled past its lease may still be
-        sending."""
-        return sa.and_(
-            events.c.claim_token.is_not(None),
-            events.c.status == PENDING,
-            sa.not_(self._settled(now)),
-        )
+    def _times(self, now: datetime) -> dict[str, datetime]:
+        """The parameters of :data:`NOW` and :data:`TAKEN_OVER_BEFORE` at ``now``."""
+        return {"now": now, "taken_over_before": now - self.doubt}
 
     def _load(self, conn: sa.Connection, event_ids: Sequence[int]) -> list[OutboxEvent]:
         if not event_ids:

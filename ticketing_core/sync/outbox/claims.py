@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ticketing_core.sync import lease
+from ticketing_core.sync.outbox.base import IN_FLIGHT, NOW, SETTLED
 from ticketing_core.sync.outbox.schema import (
     DEAD,
     PENDING,
@@ -123,22 +124,8 @@ class Claims(Settling):
         ):
             return run
         with self.database.read() as conn:
-            now = self.database.now(conn)
-            # Integrations with something pending and due: a cheap superset (an index range),
-            # which the claim itself narrows down.
-            candidates = list(
-                conn.execute(
-                    sa.select(events.c.integration_id)
-                    .where(
-                        events.c.status == PENDING,
-                        events.c.next_attempt_at <= now,
-                        events.c.integration_id.not_in(preferred),
-                        events.c.integration_id.not_in(_paused(now)),
-                    )
-                    .group_by(events.c.integration_id)
-                    .order_by(sa.func.min(events.c.next_attempt_at), sa.func.min(events.c.id))
-                ).scalars()
-            )
+            params = {**self._times(self.database.now(conn)), "preferred": preferred}
+            candidates = list(conn.execute(_CANDIDATES, params).scalars())
         for integration_id in candidates:
             if run := self._claim_within_limit(integration_id, None, instance_limit, batch, None):
                 return run
@@ -154,25 +141,18 @@ class Claims(Settling):
     ) -> list[OutboxEvent]:
         with self.database.begin() as conn:
             if self.database.is_postgresql:  # SQLite's writers go one at a time already
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_LIMIT_LOCK, integration_id)))
+                conn.execute(_LIMIT_LOCK_OF, {"integration_id": integration_id})
             if before is not None:
                 before(conn)
             now = self.database.now(conn)
-            busy_tickets = sa.select(sa.func.count(sa.distinct(events.c.ordering_key))).where(
-                events.c.integration_id == integration_id, self._in_flight(now)
-            )
-            pause = sa.select(pauses.c.until).where(
-                pauses.c.integration_id == integration_id, pauses.c.until > now
-            )
-            busy, paused = conn.execute(
-                sa.select(busy_tickets.scalar_subquery(), pause.scalar_subquery())
-            ).one()
+            params = {**self._times(now), "integration_id": integration_id}
+            busy, paused = conn.execute(_BUSY_AND_PAUSED, params).one()
             if paused is not None or busy >= instance_limit:
                 return []
-            run = self._run(conn, prefer, now, batch) if prefer else []
-            if not run and (head := self._due_head(conn, integration_id, now)) is not None:
+            run = self._run(conn, prefer, params, batch) if prefer else []
+            if not run and (head := self._due_head(conn, params)) is not None:
                 head_id, ticket = head  # may be claimed: a run of one needs no second look
-                run = [head_id] if batch == 1 else self._run(conn, ticket, now, batch)
+                run = [head_id] if batch == 1 else self._run(conn, ticket, params, batch)
             if not run:
                 return []
             leased = self._lease(conn, run, now)
@@ -182,14 +162,7 @@ class Claims(Settling):
                 return []
             return self._loaded(conn, leased)
 
-    def _claimable(self, now: datetime) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            events.c.status == PENDING, events.c.next_attempt_at <= now, self._settled(now)
-        )
-
-    def _due_head(
-        self, conn: sa.Connection, integration_id: int, now: datetime
-    ) -> tuple[int, str] | None:
+    def _due_head(self, conn: sa.Connection, params: dict[str, Any]) -> tuple[int, str] | None:
         """The oldest event (id, ordering key) of the integration's ticket that has been due
         longest and may be claimed, if any.
 
@@ -198,49 +171,23 @@ class Claims(Settling):
         primary key. SQLite walks its index of due events and stops at the first that is its
         ticket's oldest: short, since the transaction holds the whole file's write lock.
         """
-        oldest_of_ticket: sa.ColumnElement[bool]
         if self.database.is_postgresql:
-            heads = list(
-                conn.execute(
-                    sa.select(sa.func.min(events.c.id))
-                    .where(
-                        events.c.integration_id == integration_id,
-                        events.c.status.in_((PENDING, DEAD)),
-                    )
-                    .group_by(events.c.ordering_key)
-                ).scalars()
+            heads = list(conn.execute(_HEADS, params).scalars())
+            found = (
+                conn.execute(_DUE_AMONG_HEADS, {**params, "heads": heads}).first()
+                if heads
+                else None
             )
-            if not heads:
-                return None
-            oldest_of_ticket = events.c.id.in_(heads)
         else:
-            oldest_of_ticket = events.c.id == _oldest_of_ticket()
-        found = conn.execute(
-            sa.select(events.c.id, events.c.ordering_key)
-            .where(
-                events.c.integration_id == integration_id, self._claimable(now), oldest_of_ticket
-            )
-            .order_by(events.c.next_attempt_at, events.c.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        ).first()
+            found = conn.execute(_DUE_HEAD, params).first()
         return None if found is None else (int(found.id), str(found.ordering_key))
 
-    def _run(self, conn: sa.Connection, ticket: str, now: datetime, batch: int) -> list[int]:
+    @staticmethod
+    def _run(conn: sa.Connection, ticket: str, params: dict[str, Any], batch: int) -> list[int]:
         """The ticket's run (see the module docstring): ids of its oldest undelivered events,
         from the first, while they may be claimed. Empty if its oldest may not be claimed now.
         The lease's conditional update checks again."""
-        maybe_attempted = sa.or_(events.c.in_doubt, events.c.lease_until.is_not(None))
-        rows = conn.execute(
-            sa.select(
-                events.c.id,
-                self._claimable(now).label("claimable"),
-                maybe_attempted.label("maybe_attempted"),
-            )
-            .where(events.c.ordering_key == ticket, events.c.status.in_((PENDING, DEAD)))
-            .order_by(events.c.id)
-            .limit(batch)
-        ).all()
+        rows = conn.execute(_RUN, {**params, "ticket": ticket, "batch": batch}).all()
         run: list[int] = []
         for row in rows:
             if not row.claimable or (run and row.maybe_attempted):
@@ -257,16 +204,9 @@ class Claims(Settling):
         slots are full (its workers are draining) or that is paused."""
         with self.database.read() as conn:
             now = self.database.now(conn)
-            busy: dict[int, int] = dict(
-                conn.execute(
-                    sa.select(
-                        events.c.integration_id, sa.func.count(sa.distinct(events.c.ordering_key))
-                    )
-                    .where(self._in_flight(now))
-                    .group_by(events.c.integration_id)
-                ).all()
-            )
-            due = conn.execute(self._due_events(now, waiting)).all()
+            params = {**self._times(now), "due_before": now - timedelta(seconds=waiting)}
+            busy: dict[int, int] = dict(conn.execute(_BUSY_BY_INTEGRATION, params).all())
+            due = conn.execute(_DUE_TICKETS, params).all()
         woken: list[str] = []
         free: dict[int, int] = {}
         for integration_id, key in due:
@@ -275,20 +215,6 @@ class Claims(Settling):
                 free[integration_id] -= 1
                 woken.append(key)
         return woken
-
-    def _due_events(self, now: datetime, waiting: float) -> sa.Select[Any]:
-        """(integration_id, ordering_key) of the tickets whose oldest undelivered event may be
-        claimed and has been due for ``waiting`` seconds, of integrations not paused."""
-        return (
-            sa.select(events.c.integration_id, events.c.ordering_key)
-            .where(
-                self._claimable(now),
-                events.c.next_attempt_at <= now - timedelta(seconds=waiting),
-                events.c.id == _oldest_of_ticket(),
-                events.c.integration_id.not_in(_paused(now)),
-            )
-            .order_by(events.c.next_attempt_at, events.c.id)
-        )
 
     def _lease(
         self, conn: sa.Connection, event_ids: Sequence[int], now: datetime
@@ -299,16 +225,13 @@ class Claims(Settling):
         it was: a lease still there belongs to a claim nobody settled (the event is in doubt).
         """
         leased = conn.execute(
-            events.update()
-            .where(events.c.id.in_(event_ids), events.c.status == PENDING, self._settled(now))
-            .values(
-                lease_until=now + self.lease,
-                claims=events.c.claims + 1,
-                claim_token=lease.new_token(),
-                claimed_at=now,
-                in_doubt=sa.or_(events.c.in_doubt, events.c.lease_until.is_not(None)),
-            )
-            .returning(*events.c)
+            _LEASE,
+            {
+                **self._times(now),
+                "ids": list(event_ids),
+                "leased_until": now + self.lease,
+                "token": lease.new_token(),
+            },
         ).mappings()
         return sorted(leased, key=lambda row: int(row["id"]))
 
@@ -351,6 +274,14 @@ class Claims(Settling):
             )
 
 
+# The claim's statements, built once (building them anew took most of a claim's time); the
+# times they compare with are bound when they run (``OutboxBase._times``).
+
+_INTEGRATION = sa.bindparam("integration_id", type_=events.c.integration_id.type)
+_CLAIMABLE = sa.and_(events.c.status == PENDING, events.c.next_attempt_at <= NOW, SETTLED)
+_PAUSED = sa.select(pauses.c.integration_id).where(pauses.c.until > NOW)
+
+
 def _oldest_of_ticket() -> sa.ScalarSelect[Any]:
     """The id of the oldest undelivered event of the outer row's ticket (a dead one counts: it
     holds back its ticket's later events until it is retried or discarded)."""
@@ -365,5 +296,100 @@ def _oldest_of_ticket() -> sa.ScalarSelect[Any]:
     )
 
 
-def _paused(now: datetime) -> sa.Select[Any]:
-    return sa.select(pauses.c.integration_id).where(pauses.c.until > now)
+_LIMIT_LOCK_OF = sa.select(sa.func.pg_advisory_xact_lock(_LIMIT_LOCK, _INTEGRATION))
+
+# Integrations with something pending and due, but those ``preferred`` (tried already) and the
+# paused: a cheap superset (an index range), which the claim itself narrows down.
+_CANDIDATES = (
+    sa.select(events.c.integration_id)
+    .where(
+        events.c.status == PENDING,
+        events.c.next_attempt_at <= NOW,
+        events.c.integration_id.not_in(sa.bindparam("preferred", expanding=True)),
+        events.c.integration_id.not_in(_PAUSED),
+    )
+    .group_by(events.c.integration_id)
+    .order_by(sa.func.min(events.c.next_attempt_at), sa.func.min(events.c.id))
+)
+
+# Tickets of the integration in flight, and the end of its pause (NULL when not paused).
+_BUSY_AND_PAUSED = sa.select(
+    sa.select(sa.func.count(sa.distinct(events.c.ordering_key)))
+    .where(events.c.integration_id == _INTEGRATION, IN_FLIGHT)
+    .scalar_subquery(),
+    sa.select(pauses.c.until)
+    .where(pauses.c.integration_id == _INTEGRATION, pauses.c.until > NOW)
+    .scalar_subquery(),
+)
+
+_BUSY_BY_INTEGRATION = (
+    sa.select(events.c.integration_id, sa.func.count(sa.distinct(events.c.ordering_key)))
+    .where(IN_FLIGHT)
+    .group_by(events.c.integration_id)
+)
+
+_RUN = (
+    sa.select(
+        events.c.id,
+        _CLAIMABLE.label("claimable"),
+        sa.or_(events.c.in_doubt, events.c.lease_until.is_not(None)).label("maybe_attempted"),
+    )
+    .where(
+        events.c.ordering_key == sa.bindparam("ticket", type_=events.c.ordering_key.type),
+        events.c.status.in_((PENDING, DEAD)),
+    )
+    .order_by(events.c.id)
+    .limit(sa.bindparam("batch", type_=sa.Integer))
+)
+
+_DUE_FIRST = (events.c.next_attempt_at, events.c.id)
+_DUE_HEAD = (
+    sa.select(events.c.id, events.c.ordering_key)
+    .where(events.c.integration_id == _INTEGRATION, _CLAIMABLE, events.c.id == _oldest_of_ticket())
+    .order_by(*_DUE_FIRST)
+    .limit(1)
+)
+_HEADS = (
+    sa.select(sa.func.min(events.c.id))
+    .where(events.c.integration_id == _INTEGRATION, events.c.status.in_((PENDING, DEAD)))
+    .group_by(events.c.ordering_key)
+)
+_DUE_AMONG_HEADS = (
+    sa.select(events.c.id, events.c.ordering_key)
+    .where(
+        events.c.integration_id == _INTEGRATION,
+        _CLAIMABLE,
+        events.c.id.in_(sa.bindparam("heads", expanding=True)),
+    )
+    .order_by(*_DUE_FIRST)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+
+# (integration_id, ordering_key) of the tickets whose oldest undelivered event may be claimed
+# and has been due since ``due_before``, of integrations not paused.
+_DUE_TICKETS = (
+    sa.select(events.c.integration_id, events.c.ordering_key)
+    .where(
+        _CLAIMABLE,
+        events.c.next_attempt_at <= sa.bindparam("due_before", type_=events.c.next_attempt_at.type),
+        events.c.id == _oldest_of_ticket(),
+        events.c.integration_id.not_in(_PAUSED),
+    )
+    .order_by(*_DUE_FIRST)
+)
+
+_LEASE = (
+    events.update()
+    .where(
+        events.c.id.in_(sa.bindparam("ids", expanding=True)), events.c.status == PENDING, SETTLED
+    )
+    .values(
+        lease_until=sa.bindparam("leased_until", type_=events.c.lease_until.type),
+        claims=events.c.claims + 1,
+        claim_token=sa.bindparam("token", type_=events.c.claim_token.type),
+        claimed_at=NOW,
+        in_doubt=sa.or_(events.c.in_doubt, events.c.lease_until.is_not(None)),
+    )
+    .returning(*events.c)
+)

@@ -10,7 +10,7 @@ import attrs
 import sqlalchemy as sa
 
 from ticketing_core.policies import Action, AddWorkNote, ChangeTicket
-from ticketing_core.sync.outbox.base import OutboxBase
+from ticketing_core.sync.outbox.base import IN_FLIGHT, OutboxBase
 from ticketing_core.sync.outbox.schema import (
     DEAD,
     DELIVERED,
@@ -192,7 +192,7 @@ class Operations(OutboxBase):
         them), and the age of the oldest pending event."""
         with self.database.read() as conn:
             now = self.database.now(conn)
-            in_flight = sa.case((self._in_flight(now), events.c.ordering_key))
+            in_flight = sa.case((IN_FLIGHT, events.c.ordering_key))
             rows = conn.execute(
                 sa.select(
                     events.c.integration_id,
@@ -200,7 +200,8 @@ class Operations(OutboxBase):
                     sa.func.count(),
                     sa.func.count(sa.distinct(in_flight)),
                     sa.func.min(events.c.created),
-                ).group_by(events.c.integration_id, events.c.status)
+                ).group_by(events.c.integration_id, events.c.status),
+                self._times(now),
             ).all()
         found: dict[int, dict[str, Any]] = {}
         for integration_id, status, count, in_flight, oldest in rows:

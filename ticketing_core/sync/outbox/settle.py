@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import attrs
@@ -82,18 +83,13 @@ class Settling(OutboxBase):
             return {}
         now = self.database.now(conn)
         settled = conn.execute(
-            events.update()
-            .where(
-                events.c.id.in_([event.id for event in claimed]),
-                events.c.claim_token.in_({event.claim_token for event in claimed}),
-                events.c.status == PENDING,
-            )
-            .values(
-                status=DELIVERED, delivered_at=now, lease_until=None, claim_token=None,
-                last_error=None,
-            )
-            .returning(events.c.id)
-        ).all()  # fmt: skip
+            _SETTLE_DELIVERED,
+            {
+                "ids": [event.id for event in claimed],
+                "tokens": list({event.claim_token for event in claimed}),
+                "settled_at": now,
+            },
+        ).all()
         settled_ids = {event_id for (event_id,) in settled}
         self.log.write(
             conn,
@@ -219,10 +215,37 @@ class Settling(OutboxBase):
     def _record_delivery(self, conn: sa.Connection, integration_id: int, now: datetime) -> None:
         """A delivery succeeded: the service is up. Later failures of calls claimed before now
         count against their events, and the next outage's pauses start from the shortest."""
-        self._upsert_pause(
-            conn, integration_id, {"until": now, "seconds": 0.0, "delivered_at": now},
-            delivered_at=now, seconds=0.0,
-        )  # fmt: skip
+        conn.execute(
+            self._delivery_recorded,
+            {"integration_id": integration_id, "until": now, "seconds": 0.0, "delivered_at": now},
+        )
+
+    @cached_property
+    def _delivery_recorded(self) -> sa.Insert:
+        """The upsert of :meth:`_record_delivery`, built once (it runs on every delivery)."""
+        insert = self.database.insert(pauses)
+        return insert.on_conflict_do_update(
+            index_elements=[pauses.c.integration_id],
+            set_={"delivered_at": insert.excluded.delivered_at, "seconds": 0.0},
+        )
+
+
+_SETTLE_DELIVERED = (
+    events.update()
+    .where(
+        events.c.id.in_(sa.bindparam("ids", expanding=True)),
+        events.c.claim_token.in_(sa.bindparam("tokens", expanding=True)),
+        events.c.status == PENDING,
+    )
+    .values(
+        status=DELIVERED,
+        delivered_at=sa.bindparam("settled_at", type_=events.c.delivered_at.type),
+        lease_until=None,
+        claim_token=None,
+        last_error=None,
+    )
+    .returning(events.c.id)
+)
 
 
 def _entry(event: OutboxEvent, decision: str, why: str = "") -> LogEntry:
