@@ -405,7 +405,7 @@ def test_a_notification_that_cannot_be_stored_in_time_is_a_503_not_a_traceback(
     integration_id = integration["id"]
     secret = enable(host, integration_id)["secret"]
     [row] = emulator.seed_incidents(1)
-    monkeypatch.setattr(host.runtime.inbound._intake, "_timeout", 0.5)
+    monkeypatch.setattr(host.runtime.inbound._intake, "timeout", 0.5)
     body = json.dumps(emulator.notification_for(row["sys_id"])).encode()
 
     # Another process holds SQLite's write lock (this engine begins every transaction IMMEDIATE).

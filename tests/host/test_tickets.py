@@ -19,6 +19,7 @@ from .conftest import (
     incident,
     links_path,
     ok,
+    settled,
     tickets_path,
     work_notes,
 )
@@ -276,6 +277,7 @@ def test_linking_appends_the_anomaly_once_and_notes_the_link(
     assert incident(emulator, existing["sys_id"])["description"] == (
         "Orders load stopped at 02:00." + ANOMALY_BLOCK
     )
+    settled(host)  # the linkage note is delivered after the answer
     assert work_notes(emulator, existing["sys_id"]) == [
         f"Linked to Qualytics anomaly 12345: {PUBLIC_URL}/anomalies/12345"
     ]

@@ -234,21 +234,23 @@ class Database:
         SQLite lets one connection write at a time, and one that finds the file locked sleeps in
         growing steps (up to 100 ms) before it tries again: threads of one process queue here
         instead and start the moment the writer before them commits. Waits as long as the
-        transaction's lock wait, then leaves it to SQLite; a nested transaction of the same
-        thread (which SQLite refuses after its wait) does not queue behind itself.
+        transaction's lock wait, then tries SQLite once without waiting more (failing as a locked
+        database does); a nested transaction of the same thread does not queue behind itself.
         """
         if self._writer is None or getattr(self._writing, "held", False):
             yield
             return
         wait = _lock_wait.get()
-        held = self._writer.acquire(timeout=LOCK_WAIT if wait is None else wait)
-        self._writing.held = held
+        if not self._writer.acquire(timeout=LOCK_WAIT if wait is None else wait):
+            with lock_wait(0):
+                yield
+            return
+        self._writing.held = True
         try:
             yield
         finally:
-            if held:
-                self._writing.held = False
-                self._writer.release()
+            self._writing.held = False
+            self._writer.release()
 
     def after_commit(self, conn: sa.Connection, callback: Callable[[], object]) -> None:
         """Call ``callback`` once the transaction ``conn`` is in has committed (never if it rolls

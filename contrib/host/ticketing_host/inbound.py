@@ -9,6 +9,7 @@ credentials after the answer (:class:`~ticketing_core.sync.inbound.InboundWorker
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import threading
@@ -163,34 +164,59 @@ class RateLimit:
             return (1 - bucket.tokens) / self.rate
 
 
-class RecentIntegrations:
-    """Integrations and their notification secrets as read in the last second: a burst of
-    notifications reads and decrypts them once, and a change takes effect within a second."""
+@attrs.frozen
+class Receiving:
+    """What the receiver needs of an integration: whether it takes notifications, its
+    secrets, and its provider (which checks and reads them)."""
 
-    def __init__(self, seconds: float = 1.0) -> None:
-        self.seconds = seconds
-        self._read: dict[int, tuple[float, IntegrationRecord | None, list[str]]] = {}
-        self._lock = threading.Lock()
+    integration: IntegrationRecord | None
+    secrets: list[str] = attrs.field(factory=list)
+    provider: InboundProvider | None = None
+    unusable: str | None = None
+    """Why its provider cannot take notifications, when it cannot."""
 
-    def lookup(
-        self, runtime: HostRuntime, integration_id: int
-    ) -> tuple[IntegrationRecord | None, list[str]]:
-        with self._lock:
-            found = self._read.get(integration_id)
-        if found is not None and time.monotonic() - found[0] < self.seconds:
-            return found[1], found[2]
+    @classmethod
+    def read(cls, runtime: HostRuntime, integration_id: int) -> Receiving:
         # The integration and its secrets are one row: read in one transaction.
         with runtime.database.read() as conn:
             try:
-                integration: IntegrationRecord | None = runtime.store.integration(
-                    integration_id, conn
-                )
+                integration = runtime.store.integration(integration_id, conn)
             except UnknownRecord:
-                integration = None
-            secrets = runtime.store.inbound_secrets(integration_id, conn) if integration else []
+                return cls(None)
+            if integration.inbound is None:
+                return cls(integration)
+            secrets = runtime.store.inbound_secrets(integration_id, conn)
+        try:
+            return cls(integration, secrets, inbound_provider(runtime, integration.checked()))
+        except InvalidInput as exc:
+            return cls(integration, secrets, unusable=str(exc))
+
+
+class RecentIntegrations:
+    """Integrations as the receiver read them in the last second: a burst of notifications
+    reads and decrypts them once, and a change takes effect within a second."""
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        self.seconds = seconds
+        self._read: dict[int, tuple[float, Receiving]] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, integration_id: int) -> Receiving | None:
+        """What was read less than a second ago; None when it must be read again."""
         with self._lock:
-            self._read[integration_id] = (time.monotonic(), integration, secrets)
-        return integration, secrets
+            found = self._read.get(integration_id)
+        if found is not None and time.monotonic() - found[0] < self.seconds:
+            return found[1]
+        return None
+
+    def lookup(self, runtime: HostRuntime, integration_id: int) -> Receiving:
+        """Read from the database (a blocking call) unless read less than a second ago."""
+        if (found := self.cached(integration_id)) is not None:
+            return found
+        receiving = Receiving.read(runtime, integration_id)
+        with self._lock:
+            self._read[integration_id] = (time.monotonic(), receiving)
+        return receiving
 
     def forget(self, integration_id: int) -> None:
         """Read it again next time: this process just changed it."""
@@ -218,36 +244,51 @@ receiver = APIRouter(prefix="/api")
 )
 async def receive_notification(integration_id: IntegrationId, request: Request) -> JSONResponse:
     """A signed change notification from the service (see the README's "Two-way sync"); 202
-    once stored, a duplicate too. No API token: the signature is the credential."""
+    once stored, a duplicate too. No API token: the signature is the credential.
+
+    On the event loop but for the reads and writes of the database: a burst of notifications
+    costs no thread hand-off each, only the wait for its batch's commit."""
     body = await request.body()
-    state = request.app.state
-    # The database work is synchronous: off the event loop, as FastAPI runs sync routes.
-    await run_in_threadpool(
-        accept, state.runtime, state.receiver_limits, integration_id, request.headers, body
-    )
+    runtime: HostRuntime = request.app.state.runtime
+    limits: ReceiverLimits = request.app.state.receiver_limits
+    receiving = limits.recent.cached(integration_id)
+    if receiving is None:
+        receiving = await run_in_threadpool(limits.recent.lookup, runtime, integration_id)
+    try:
+        notice = check(limits, receiving, integration_id, request.headers, body)
+    except BadSignature as exc:
+        # A flood of forgeries is refused without filling the log: a row a second at most.
+        if not limits.refusals_logged.wait_for(integration_id):
+            await run_in_threadpool(runtime.inbound.refused, integration_id, str(exc))
+        raise HTTPException(401, f"notification refused: {exc}") from None
+    stored = asyncio.wrap_future(runtime.inbound.submit(integration_id, notice))
+    try:
+        await asyncio.wait_for(stored, runtime.inbound.notify_timeout)
+    except TimeoutError:
+        raise HTTPException(
+            503, "the notification could not be stored in time: retry shortly",
+            headers={"Retry-After": "5"},
+        ) from None  # fmt: skip
     return JSONResponse({"accepted": True}, status_code=202)
 
 
-def accept(
-    runtime: HostRuntime,
+def check(
     limits: ReceiverLimits,
+    receiving: Receiving,
     integration_id: int,
     headers: Mapping[str, str],
     body: bytes,
 ) -> Notice:
-    """Check and store one notification, or raise the HTTPException that answers it."""
-    integration, secrets = limits.recent.lookup(runtime, integration_id)
-    if integration is None or integration.inbound is None:
+    """The notification, checked: raises :class:`BadSignature`, or the HTTPException that
+    answers it."""
+    if receiving.integration is None or receiving.integration.inbound is None:
         raise HTTPException(404, f"no integration {integration_id} with inbound sync on")
-    provider = inbound_provider(runtime, integration.checked())
-    scheme = provider.capabilities.notification_signature or ""
-    try:
-        verify(scheme, secrets, headers, body, now())
-    except BadSignature as exc:
-        # A flood of forgeries is refused without filling the log: a row a second at most.
-        if not limits.refusals_logged.wait_for(integration_id):
-            runtime.inbound.refused(integration_id, str(exc))
-        raise HTTPException(401, f"notification refused: {exc}") from None
+    if receiving.provider is None:
+        raise HTTPException(422, receiving.unusable)
+    provider = receiving.provider
+    verify(
+        provider.capabilities.notification_signature or "", receiving.secrets, headers, body, now()
+    )
     # Only signed notifications count against the integration's rate: forgeries cannot use it up.
     if wait := limits.notifications.wait_for(integration_id):
         raise HTTPException(
@@ -260,17 +301,9 @@ def accept(
     if not isinstance(parsed, dict):
         raise HTTPException(422, "the notification is not a JSON object")
     try:
-        notice = provider.read_notification(parsed)
+        return provider.read_notification(parsed)
     except InvalidInput as exc:
         raise HTTPException(422, f"the notification names no ticket here: {exc}") from None
-    try:
-        runtime.inbound.notify(integration_id, notice)
-    except TimeoutError:
-        raise HTTPException(
-            503, "the notification could not be stored in time: retry shortly",
-            headers={"Retry-After": "5"},
-        ) from None  # fmt: skip
-    return notice
 
 
 # -- the API (behind the API token) ---------------------------------------------------------------

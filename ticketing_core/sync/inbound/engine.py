@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
@@ -51,6 +52,7 @@ ENTRY_OVERLAP = timedelta(seconds=120)  # the same for journal entries
 FIRST_READ_SLACK = timedelta(hours=1)  # how far the host's clock may run ahead of the instance
 HEARD_RESOLUTION = 1.0  # seconds: how fresh "last heard from the instance" is kept
 MAX_POLL_PAGES = 1000  # per poll: 100,000 changed tickets; the next poll goes on from there
+ENTRIES_PER_INSERT = 500  # rows of one INSERT: well within both databases' bound parameters
 NEW, DUPLICATE, STALE = "new", "duplicate", "stale"
 
 
@@ -80,8 +82,18 @@ class Inbound:
 
     def notify(self, integration_id: int, notice: Notice) -> None:
         """Store a verified notification for its ticket to be read after the caller answers;
-        returns once it is committed (with the others that arrived meanwhile)."""
+        returns once it is committed (with the others that arrived meanwhile), raises
+        :class:`TimeoutError` when that takes longer than :attr:`notify_timeout`."""
         self._intake.put(integration_id, notice)
+
+    def submit(self, integration_id: int, notice: Notice) -> Future[None]:
+        """:meth:`notify` for a caller that must not block (an event loop): a future, done once
+        the notification is committed."""
+        return self._intake.submit(integration_id, notice)
+
+    @property
+    def notify_timeout(self) -> float:
+        return self._intake.timeout
 
     def _store_notices(self, received: Sequence[tuple[int, Notice]]) -> None:
         with self.database.begin() as conn:
@@ -243,9 +255,8 @@ class Inbound:
                 self._follow_status(conn, link, ticket, ticket.status == ours, own, policy)
             if ticket.updated_by == own and not moved:
                 self._note(integration_id, "echo dropped", ticket.id, f"by {own}", conn)
-            for entry in entries:
-                self._copy_entry(conn, integration_id, entry, links, own)
             if entries:
+                self._copy_entries(conn, integration_id, entries, links, own)
                 self._read_entries_until(conn, integration_id, ticket.id, entries[-1].created_at)
         if ticket.status and ticket.status not in {s.label for s in provider.states()}:
             self._note(
@@ -285,41 +296,56 @@ class Inbound:
             )
         self._note(link.integration_id, "applied", ticket.id, detail, conn, link.anomaly_id)
 
-    def _copy_entry(
+    def _copy_entries(
         self,
         conn: sa.Connection,
         integration_id: int,
-        entry: JournalEntry,
+        entries: Sequence[JournalEntry],
         links: Sequence[TicketLink],
         own: str,
     ) -> None:
-        # RETURNING tells whether the row went in (rowcount does not, on every driver).
-        stored = conn.execute(
-            self.database.insert(applied_entries)
-            .values(
-                integration_id=integration_id,
-                entry_id=entry.id,
-                ticket_id=entry.ticket_id,
-                seen=self.database.now(conn),
+        """Copy the entries not applied before to the linked anomalies, but our own (echoes).
+        Storing an entry's id is what makes it applied once: one statement for them all."""
+        now = self.database.now(conn)
+        rows = [
+            {"integration_id": integration_id, "entry_id": entry.id,
+             "ticket_id": entry.ticket_id, "seen": now}
+            for entry in entries
+        ]  # fmt: skip
+        stored: set[str] = set()
+        for start in range(0, len(rows), ENTRIES_PER_INSERT):
+            # RETURNING tells which rows went in (rowcount does not, on every driver).
+            insert = self.database.insert(applied_entries)
+            stored.update(
+                conn.execute(
+                    insert.values(rows[start : start + ENTRIES_PER_INSERT])
+                    .on_conflict_do_nothing()
+                    .returning(applied_entries.c.entry_id)
+                ).scalars()
             )
-            .on_conflict_do_nothing()
-            .returning(applied_entries.c.entry_id)
-        ).first()
-        if stored is None:
-            return  # read again through an overlap: applied already
-        if entry.author == own:
-            self._note(integration_id, "echo dropped", entry.ticket_id, f"entry {entry.id}", conn)
-            return
-        for link in links:
-            text = self.service.messages.ticket_entry(
-                link.ticket_number, entry.kind, entry.author, entry.text
-            )
-            self.anomalies.comment(link.anomaly_id, text, TICKET, conn)
-            self.service.anomaly_commented(
-                link.anomaly_id, text, conn=conn, came_from=(integration_id, entry.ticket_id)
-            )
-            detail = f"{entry.kind} {entry.id} by {entry.author} copied"
-            self._note(integration_id, "applied", entry.ticket_id, detail, conn, link.anomaly_id)
+        notes = []
+        for entry in entries:
+            if entry.id not in stored:
+                continue  # read again through an overlap: applied already
+            if entry.author == own:
+                notes.append(
+                    LogEntry(INBOUND, "echo dropped", integration_id, entry.ticket_id, None,
+                             f"entry {entry.id}")
+                )  # fmt: skip
+                continue
+            for link in links:
+                text = self.service.messages.ticket_entry(
+                    link.ticket_number, entry.kind, entry.author, entry.text
+                )
+                self.anomalies.comment(link.anomaly_id, text, TICKET, conn)
+                self.service.anomaly_commented(
+                    link.anomaly_id, text, conn=conn, came_from=(integration_id, entry.ticket_id)
+                )
+                notes.append(
+                    LogEntry(INBOUND, "applied", integration_id, entry.ticket_id, link.anomaly_id,
+                             f"{entry.kind} {entry.id} by {entry.author} copied")
+                )  # fmt: skip
+        self.log.write(conn, *notes)
 
     def _entries(
         self,

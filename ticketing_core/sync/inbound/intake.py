@@ -8,6 +8,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 
 import attrs
 
@@ -20,32 +21,34 @@ MAX_BATCH = 500  # notifications per transaction
 class _Waiting:
     integration_id: int
     notice: Notice
-    done: threading.Event = attrs.field(factory=threading.Event)
-    error: BaseException | None = None
+    stored: Future[None] = attrs.field(factory=Future)
 
 
 Store = Callable[[Sequence[tuple[int, Notice]]], object]
 
 
 class BatchedIntake:
-    """``store(items)`` writes a batch in one transaction; :meth:`put` returns once the
-    notification's batch is committed, or raises what storing it raised."""
+    """``store(items)`` writes a batch in one transaction. :meth:`submit` gives a future that is
+    done once the notification's batch is committed, or failed with what storing it raised;
+    :meth:`put` waits for it."""
 
     def __init__(self, store: Store, *, timeout: float = 10.0) -> None:
         self._store = store
-        self._timeout = timeout
+        self.timeout = timeout
         self._queue: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def put(self, integration_id: int, notice: Notice) -> None:
+    def submit(self, integration_id: int, notice: Notice) -> Future[None]:
         waiting = _Waiting(integration_id, notice)
         self._queue.put(waiting)
         self._ensure_writer()
-        if not waiting.done.wait(self._timeout):
-            raise TimeoutError(f"the notification was not stored within {self._timeout:.0f} s")
-        if waiting.error is not None:
-            raise waiting.error
+        return waiting.stored
+
+    def put(self, integration_id: int, notice: Notice) -> None:
+        """Store the notification: returns once committed, raises :class:`TimeoutError` when
+        that takes longer than the timeout."""
+        self.submit(integration_id, notice).result(self.timeout)
 
     def _ensure_writer(self) -> None:
         with self._lock:
@@ -61,10 +64,16 @@ class BatchedIntake:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            error: BaseException | None = None
             try:
                 self._store([(each.integration_id, each.notice) for each in batch])
             except BaseException as exc:  # every caller of the batch hears of it
-                for each in batch:
-                    each.error = exc
+                error = exc
             for each in batch:
-                each.done.set()
+                try:
+                    if error is None:
+                        each.stored.set_result(None)
+                    else:
+                        each.stored.set_exception(error)
+                except InvalidStateError:
+                    pass  # its caller stopped waiting (cancelled the future)
