@@ -138,8 +138,10 @@ class Provider(Protocol):
 
     def add_work_note(
         self, ticket_id: str, text: str, *, idempotency_key: str | None = None
-    ) -> None:
-        """Add an internal note (visible to agents, not to the requester) to the ticket.
+    ) -> int | None:
+        """Add an internal note (visible to agents, not to the requester) to the ticket; return
+        the ticket's ``revision`` after it when the service's answer tells it (ServiceNow's
+        ``sys_mod_count``), else None. Two-way sync knows a revision so returned as its own.
 
         Repeat safety: keyed, checked by the caller. The note is never sent twice by one call: a
         failure that may have landed raises, and before trying again the caller asks

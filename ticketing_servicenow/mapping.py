@@ -138,6 +138,11 @@ def to_status(data: Mapping[str, Any]) -> TicketStatus:
     return TicketStatus(code=state.value, label=status_of(state))
 
 
+def revision_of(data: Mapping[str, Any]) -> int | None:
+    """The record's ``sys_mod_count``, read raw or with display values; None if unreadable."""
+    return _revision(_field_value(data.get("sys_mod_count"), FieldValue).value)
+
+
 def _revision(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 

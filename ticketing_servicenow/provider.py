@@ -207,16 +207,17 @@ class ServiceNowProvider(InboundProvider):
 
     def add_work_note(
         self, ticket_id: str, text: str, *, idempotency_key: str | None = None
-    ) -> None:
+    ) -> int | None:
         # The journal keeps text only, so the key cannot travel; has_work_note counts instead.
         if not text.strip():
             raise InvalidInput("a work note must not be empty")
-        self._client.request(
+        response = self._client.request(
             "PATCH",
             self._record(ticket_id),
-            params={"sysparm_fields": "sys_id"},
+            params={"sysparm_fields": "sys_id,sys_mod_count"},
             json={"work_notes": mapping.journal_safe(text)},
         )
+        return mapping.revision_of(result_of(response))
 
     def has_work_note(
         self, ticket_id: str, text: str, *, idempotency_key: str, identical_before: int

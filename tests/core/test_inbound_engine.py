@@ -14,8 +14,10 @@ from servicenow_emulator import Emulator
 from ticketing_core.models import Notice
 from ticketing_core.policies import InboundPolicy, WorkNotesOnly
 from ticketing_core.sync.database import Database
+from ticketing_core.sync.delivery import Drain
 from ticketing_core.sync.inbound import Inbound
 from ticketing_core.sync.inbound.intake import BatchedIntake
+from ticketing_core.sync.outbox import DELIVERED, PENDING
 from ticketing_core.sync.service import SyncService
 from ticketing_servicenow import ServiceNowProvider
 
@@ -117,3 +119,82 @@ def test_notifications_stored_together_each_wait_for_their_commit() -> None:
     assert set(outcomes.values()) == {"stored"}
     with pytest.raises(RuntimeError, match="the database is gone"):
         intake.put(1, Notice("bad", "update"))
+
+
+# -- the third guard against echoes: the revisions our own writes' answers told ------------------
+
+
+@pytest.fixture
+def linked(
+    inbound: tuple[Inbound, Anomalies], provider: ServiceNowProvider, emulator: Emulator
+) -> tuple[str, list[str]]:
+    """An incident linked to anomaly 1, its current revision applied; and the tickets whose
+    journal the engine reads from then on."""
+    engine, _ = inbound
+    [row] = emulator.seed_incidents(1)
+    engine.service.links.add(
+        anomaly_id=1, integration_id=INTEGRATION_ID, ticket_id=row["sys_id"],
+        ticket_number=row["number"], ticket_url=None, status="New",
+    )  # fmt: skip
+    engine.apply(INTEGRATION_ID, provider.get_many([row["sys_id"]]), provider, InboundPolicy())
+    journal_reads: list[str] = []
+    read_journal = provider.journal_since
+
+    def counted(ticket_id: str, after: object) -> object:
+        journal_reads.append(ticket_id)
+        return read_journal(ticket_id, after)  # type: ignore[arg-type]
+
+    provider.journal_since = counted  # type: ignore[method-assign]
+    return row["sys_id"], journal_reads
+
+
+def deliver_all(engine: Inbound) -> None:
+    outbox = engine.service.outbox
+    Drain(outbox, engine.service.delivery, instance_limit=1)()
+    assert outbox.counts()[DELIVERED] >= 1
+    assert not outbox.counts()[PENDING]
+
+
+def test_a_revision_our_own_note_made_is_dropped_without_reading_the_journal(
+    inbound: tuple[Inbound, Anomalies],
+    provider: ServiceNowProvider,
+    linked: tuple[str, list[str]],
+) -> None:
+    engine, anomalies = inbound
+    sys_id, journal_reads = linked
+    engine.service.anomaly_commented(1, "Our own note")
+    deliver_all(engine)
+    [delivered] = engine.service.outbox.entries(DELIVERED)
+    ticket = provider.get_many([sys_id])[0]
+
+    engine.apply(INTEGRATION_ID, [ticket], provider, InboundPolicy())
+
+    assert delivered.revision == ticket.revision
+    assert journal_reads == []
+    assert anomalies.comments == []
+    newest = engine.log.entries(INTEGRATION_ID, ticket_id=sys_id)[0].entry
+    assert (newest.decision, newest.detail) == (
+        "echo dropped",
+        f"revision {ticket.revision}: written by this integration",
+    )
+
+
+def test_a_change_by_someone_before_our_own_write_is_still_applied(
+    inbound: tuple[Inbound, Anomalies],
+    provider: ServiceNowProvider,
+    emulator: Emulator,
+    linked: tuple[str, list[str]],
+) -> None:
+    engine, anomalies = inbound
+    sys_id, journal_reads = linked
+    number = engine.service.links.for_ticket(INTEGRATION_ID, sys_id)[0].ticket_number
+    emulator.act_as("beth.anglin", sys_id, state="2")  # its notification lost
+    engine.service.anomaly_commented(1, "Our own note")
+    deliver_all(engine)  # the ticket's newest revision is ours, the one before is not
+
+    engine.apply(INTEGRATION_ID, provider.get_many([sys_id]), provider, InboundPolicy())
+
+    assert journal_reads == [sys_id]
+    assert [text for _, text, _ in anomalies.comments] == [
+        f"Ticket {number} status changed from New to In Progress by someone"
+    ]

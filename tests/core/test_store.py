@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+import attrs
 import sqlalchemy as sa
 
 from ticketing_core.sync.database import Database, engine_url
@@ -252,8 +253,41 @@ def test_a_schema_4_database_is_upgraded_keeping_notes_in_doubt_out_of_their_win
         database.dispose()
 
 
+def test_a_schema_6_database_is_upgraded_to_record_the_revisions_deliveries_told(
+    database_url: str,
+) -> None:
+    from ticketing_core.policies import AddWorkNote
+    from ticketing_core.sync.outbox import DELIVERED, NewEvent, Outbox
+
+    database = Database(database_url)
+    Outbox(database).enqueue([NewEvent(1, "t", AddWorkNote("x"))])
+    database.dispose()
+    engine = sa.create_engine(engine_url(database_url))
+    with engine.begin() as conn:
+        back_to_schema_6(conn)
+        conn.execute(sa.text("UPDATE schema_version SET version = 6"))
+    engine.dispose()
+
+    database = Database(database_url)
+    try:
+        outbox = Outbox(database)
+        [event] = outbox.claim(1)
+        outbox.settle_delivered(attrs.evolve(event, revision=7))
+        [delivered] = outbox.entries(DELIVERED)
+        assert delivered.revision == 7
+    finally:
+        database.dispose()
+
+
+def back_to_schema_6(conn: sa.Connection) -> None:
+    """Undo schema 7: no revision told by a delivery."""
+    conn.execute(sa.text("ALTER TABLE sync_outbox DROP COLUMN revision"))
+
+
 def back_to_schema_4(conn: sa.Connection) -> None:
-    """Undo schema 5: no doubt_until, and the note tally per integration and ticket."""
+    """Undo schemas 7 and 5: no doubt_until, and the note tally per integration and ticket
+    (schema 6 only added tables, which the upgrade makes when missing)."""
+    back_to_schema_6(conn)
     conn.execute(sa.text("ALTER TABLE sync_outbox DROP COLUMN doubt_until"))
     conn.execute(sa.text("DROP TABLE sync_note_tally"))
     conn.execute(

@@ -12,21 +12,29 @@ from .conftest import Workers, connect_instance
 from .test_fleet import delivered, link_tickets, notes_on
 
 AGENT = "beth.anglin"
+OWN_USER = "admin"  # the user of the integration's credentials
 
 
-def test_an_agents_note_reaches_the_anomaly_and_the_other_ticket_once(
+def two_linked(
     start_fleet_host: Any, workers: Workers, instance: Any
-) -> None:
+) -> tuple[Any, Emulator, str, str]:
+    """A fleet host with two incidents linked to anomaly 7, their linkage notes delivered by
+    the started workers."""
     emulator: Emulator = instance.emulator
     host = start_fleet_host()
     connect_instance(host, instance.url)
     first, second = link_tickets(host, emulator, 2)
     workers.start()
     wait_until(lambda: delivered(host, 2), timeout=60)  # the linkage notes
-    enabled = host.api.put("/api/integrations/1/inbound", json={"enabled": True})
-    assert enabled.status_code == 200, enabled.text
+    return host, emulator, first, second
+
+
+def test_an_agents_note_reaches_the_anomaly_and_the_other_ticket_once(
+    start_fleet_host: Any, workers: Workers, instance: Any
+) -> None:
+    host, emulator, first, second = two_linked(start_fleet_host, workers, instance)
     # The rules as generated, but not skipping the integration user: the host drops echoes.
-    emulator.notify_to(f"{host.url}/api/inbound/1", enabled.json()["secret"], None)
+    emulator.notify_to(f"{host.url}/api/inbound/1", enable_inbound(host), None)
 
     emulator.act_as(AGENT, first, work_notes="fixed upstream", state="2")
 
@@ -42,3 +50,56 @@ def test_an_agents_note_reaches_the_anomaly_and_the_other_ticket_once(
     assert sum("fixed upstream" in note for note in notes_on(emulator, first)) == 1
     log = host.api.get("/api/integrations/1/sync-log").json()
     assert {"received", "applied", "delivered", "echo dropped"} <= {e["decision"] for e in log}
+
+
+def enable_inbound(host: Any) -> str:
+    enabled = host.api.put("/api/integrations/1/inbound", json={"enabled": True})
+    assert enabled.status_code == 200, enabled.text
+    return str(enabled.json()["secret"])
+
+
+def test_notifications_lost_while_the_host_was_down_are_caught_by_the_poll(
+    start_fleet_host: Any, workers: Workers, instance: Any
+) -> None:
+    host, emulator, first, second = two_linked(start_fleet_host, workers, instance)
+    enable_inbound(host)
+    emulator.notify_to("http://127.0.0.1:9/api/inbound/1", "wrong", None)  # nobody listens
+
+    emulator.act_as(AGENT, first, work_notes="heard by the poll", state="2")
+    emulator.wait_for_notifications()
+    host.runtime.inbound.reconcile(1)
+
+    wait_until(lambda: delivered(host, 3), timeout=60)
+    links = host.api.get("/api/anomalies/7/ticket-links").json()
+    assert {link["ticket_id"]: link["status"] for link in links}[first] == "In Progress"
+    assert [note for note in notes_on(emulator, second) if "heard by the poll" in note] != []
+    assert sum("heard by the poll" in note for note in notes_on(emulator, first)) == 1
+
+
+def test_a_note_the_workers_delivered_is_known_by_its_revision_when_read_back(
+    start_fleet_host: Any, workers: Workers, instance: Any
+) -> None:
+    host, emulator, first, _ = two_linked(start_fleet_host, workers, instance)
+    emulator.notify_to(f"{host.url}/api/inbound/1", enable_inbound(host), OWN_USER)
+    emulator.act_as(AGENT, first, work_notes="an agent's note")  # applied: a revision known
+    wait_until(lambda: delivered(host, 3), timeout=60)  # copied to the other ticket
+    emulator.wait_for_notifications()
+    wait_until(lambda: not host.runtime.inbound.pending_integrations())
+
+    comment = host.api.post("/api/anomalies/7/comments", json={"message": "ours alone"})
+    assert comment.status_code == 201, comment.text
+    wait_until(lambda: delivered(host, 5), timeout=60)  # on both tickets, by the workers
+    host.runtime.inbound.reconcile(1)  # the rules skip our writes: the poll reads them back
+
+    log = host.api.get("/api/integrations/1/sync-log", params={"ticket_id": first}).json()
+    revision = int(emulator_row(emulator, first)["sys_mod_count"])
+    assert (log[0]["decision"], log[0]["detail"]) == (
+        "echo dropped",
+        f"revision {revision}: written by this integration",
+    )
+    assert [c for c in host.api.get("/api/anomalies/7").json()["comments"]
+            if "ours alone" in c["message"] and c["message"] != "ours alone"] == []  # fmt: skip
+
+
+def emulator_row(emulator: Emulator, sys_id: str) -> dict[str, str]:
+    return next(row for row in emulator.incidents if row["sys_id"] == sys_id)

@@ -41,8 +41,9 @@ from ticketing_core.sync.settings import DEFAULT_DELIVERY_DEADLINE, check_lease
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[OutboxEvent], None]
-"""Steps 1 to 3 for one claimed event: returns once it is at its ticket, raises otherwise."""
+Send = Callable[[OutboxEvent], int | None]
+"""Steps 1 to 3 for one claimed event: returns once it is at its ticket (with the ticket's
+revision when the service's answer told it), raises otherwise."""
 ProviderFor = Callable[[int, sa.Connection | None], Provider]
 
 
@@ -62,7 +63,7 @@ class Delivery:
         check_lease(outbox.lease.total_seconds(), deadline)
         self.outbox, self.provider_for, self.deadline = outbox, provider_for, deadline
 
-    def __call__(self, event: OutboxEvent) -> None:
+    def __call__(self, event: OutboxEvent) -> int | None:
         provider = self.provider_for(event.integration_id, None)
         action = event.action
         with call_budget(attempts=1, deadline=self.deadline):
@@ -72,14 +73,14 @@ class Delivery:
                     event.ticket_id, action.text, idempotency_key=key,
                     identical_before=event.identical_before,
                 ):  # fmt: skip
-                    return
+                    return None  # found: which revision it made is not known
                 self.outbox.confirm(event)
-                provider.add_work_note(event.ticket_id, action.text, idempotency_key=key)
-            elif isinstance(action, ChangeTicket):
-                self.outbox.confirm(
-                    event
-                )  # idempotent, but a stale worker must not undo later ones
-                provider.update(event.ticket_id, action.changes)
+                return provider.add_work_note(event.ticket_id, action.text, idempotency_key=key)
+            if isinstance(action, ChangeTicket):
+                # Idempotent, but a stale worker must not undo later ones.
+                self.outbox.confirm(event)
+                return provider.update(event.ticket_id, action.changes).revision
+        return None
 
 
 @attrs.frozen
@@ -129,11 +130,11 @@ def _send_run(
                 outbox.renew(run)
                 renewed = time.monotonic()
             try:
-                send(event)
+                revision = send(event)
             except Exception as exc:
                 outbox.release(run[position + 1 :])
                 return delivered, (event, _failed(outbox, event, exc))
-            delivered.append(event)
+            delivered.append(event if revision is None else attrs.evolve(event, revision=revision))
     except BaseException:
         outbox.settle_delivered(*delivered)
         raise

@@ -162,11 +162,11 @@ class ThreadedDispatcher:
     def _tracked(self, send: Send) -> Send:
         """``send``, with the event known to be in flight while it is sent (its lease renewed)."""
 
-        def tracked(event: OutboxEvent) -> None:
+        def tracked(event: OutboxEvent) -> int | None:
             with self._idle:
                 self._in_flight[event.id] = event
             try:
-                send(event)
+                return send(event)
             finally:
                 with self._idle:
                     self._in_flight.pop(event.id, None)

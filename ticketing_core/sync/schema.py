@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """The version of the engine's schema this code creates and reads (see
 :mod:`ticketing_core.sync.outbox.migrations` for the upgrades to it)."""
 

@@ -64,6 +64,22 @@ class InboundContract(ProviderContract):
         assert (created.updated_by, updated.updated_by) == (own, own)
         assert inbound.get(created.id).updated_by == own
 
+    def test_a_revision_a_write_returns_is_the_tickets_after_it(
+        self, inbound: InboundProvider
+    ) -> None:
+        """Two-way sync knows a revision a write returned as its own: it must be exactly the
+        ticket's revision after that write."""
+        created = inbound.create(DRAFT)
+        noted = inbound.add_work_note(created.id, "Conformance: a note's revision")
+        read = inbound.get(created.id)
+
+        assert noted is None or noted == read.revision
+        assert read.revision is not None and created.revision is not None
+        assert read.revision > created.revision
+        updated = inbound.update(created.id, TicketChanges(title="Conformance: revision"))
+        assert updated.revision == inbound.get(created.id).revision
+        assert updated.revision is not None and updated.revision > read.revision
+
     def test_pages_of_changes_at_one_time_miss_nothing_and_never_loop(
         self, inbound: InboundProvider, service: InboundFakeService
     ) -> None:

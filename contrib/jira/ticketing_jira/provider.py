@@ -192,7 +192,7 @@ class JiraProvider(InboundProvider):
 
     def add_work_note(
         self, ticket_id: str, text: str, *, idempotency_key: str | None = None
-    ) -> None:
+    ) -> int | None:
         if not text.strip():
             raise InvalidInput("a work note must not be empty")
         properties = [] if idempotency_key is None else [mapping.note_key_property(idempotency_key)]
@@ -204,6 +204,7 @@ class JiraProvider(InboundProvider):
         # A plain POST: never re-sent after a failure that may have landed; the caller asks
         # has_work_note with the key first.
         self._client.request("POST", f"{_issue_path(ticket_id)}/comment", json=body)
+        return None  # the answer is the comment's: it does not tell the issue's revision
 
     def has_work_note(
         self, ticket_id: str, text: str, *, idempotency_key: str, identical_before: int

@@ -218,17 +218,31 @@ class Inbound:
             links = self.service.links.for_ticket(integration_id, ticket.id)
             if not links:
                 continue
+            ours = self._ours_only(integration_id, ticket, applied, own)
             entries = (
                 self._entries(integration_id, provider, ticket, links, entries_after)
-                if policy.copy_entries
+                if policy.copy_entries and not ours
                 else []
             )
-            self._apply_ticket(integration_id, ticket, links, entries, own, policy, provider)
+            self._apply_ticket(integration_id, ticket, links, entries, own, policy, provider, ours)
         if seen_before:
             with self.database.begin() as conn:
                 self.log.write(conn, *seen_before)
 
     # -- one ticket ------------------------------------------------------------------------------
+
+    def _ours_only(
+        self, integration_id: int, ticket: Ticket, applied: int | None, own: str
+    ) -> bool:
+        """Whether every revision since the one applied last is one our own deliveries' answers
+        told (the third guard against echoes, after the rule's condition and the author): then
+        the ticket holds nothing to apply, and its journal need not be read."""
+        if applied is None or ticket.revision is None or ticket.updated_by != own:
+            return False
+        with self.database.read() as conn:
+            return self.service.outbox.ours_between(
+                integration_id, ticket.id, applied, ticket.revision, conn
+            )
 
     def _apply_ticket(
         self,
@@ -239,7 +253,9 @@ class Inbound:
         own: str,
         policy: InboundPolicy,
         provider: InboundProvider,
+        ours_only: bool = False,
     ) -> None:
+        """``ours_only``: every revision since the last applied was our own write."""
         with self.database.begin() as conn:
             decision = self._claim_revision(conn, integration_id, ticket)
             if decision != NEW:
@@ -252,9 +268,15 @@ class Inbound:
             ours = self.service.outbox.status_sent(integration_id, ticket.id, conn)
             moved = [link for link in links if link.status != ticket.status]
             for link in moved:
-                self._follow_status(conn, link, ticket, ticket.status == ours, own, policy)
+                echo = ours_only or ticket.status == ours
+                self._follow_status(conn, link, ticket, echo, own, policy)
             if ticket.updated_by == own and not moved:
-                self._note(integration_id, "echo dropped", ticket.id, f"by {own}", conn)
+                detail = (
+                    f"revision {ticket.revision}: written by this integration"
+                    if ours_only
+                    else f"by {own}"
+                )
+                self._note(integration_id, "echo dropped", ticket.id, detail, conn)
             if entries:
                 self._copy_entries(conn, integration_id, entries, links, own)
                 self._read_entries_until(conn, integration_id, ticket.id, entries[-1].created_at)

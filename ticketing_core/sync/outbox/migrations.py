@@ -106,8 +106,15 @@ def _sync_log_v6(_conn: sa.Connection) -> None:
     ``create_all`` makes them."""
 
 
+def _revisions_v7(conn: sa.Connection) -> None:
+    """Schema 6 to 7: the ticket's revision a delivery's answer told."""
+    if sa.inspect(conn).has_table("sync_outbox"):
+        conn.exec_driver_sql("ALTER TABLE sync_outbox ADD COLUMN revision BIGINT")
+
+
 UPGRADES: Mapping[int, Upgrade] = {
     1: _outbox_v2, 2: _outbox_v3, 3: _outages_v4, 4: _notes_per_ticket_v5, 5: _sync_log_v6,
+    6: _revisions_v7,
 }  # fmt: skip
 """``UPGRADES[n]`` turns schema ``n`` into ``n + 1``: written against the tables as they were then,
 in plain SQL, so that they never change with the tables' definitions. An upgrade adds; it never

@@ -19,6 +19,7 @@ from ticketing_core.sync.outbox.schema import (
     actions,
     events,
     note_tally,
+    ordering_key,
     pauses,
 )
 
@@ -154,6 +155,24 @@ class Operations(OutboxBase):
             if status := action.get("changes", {}).get("status"):
                 return str(status)
         return None
+
+    def ours_between(
+        self, integration_id: int, ticket_id: str, after: int, through: int, conn: sa.Connection
+    ) -> bool:
+        """Whether every revision of the ticket after ``after`` up to ``through`` was made by
+        a delivery of ours (its answer told that revision): the ticket then holds nothing new
+        but our own writes."""
+        if through <= after:
+            return False
+        told = conn.execute(
+            sa.select(sa.func.count(sa.distinct(events.c.revision))).where(
+                events.c.ordering_key == ordering_key(integration_id, ticket_id),
+                events.c.status == DELIVERED,
+                events.c.revision > after,
+                events.c.revision <= through,
+            )
+        ).scalar_one()
+        return int(told) == through - after
 
     def entries(self, status: str | None = None, limit: int = 100) -> list[OutboxEvent]:
         """Events newest first, all or those with ``status``."""

@@ -48,6 +48,9 @@ events = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("created", UtcDateTime, nullable=False),
     sa.Column("delivered_at", UtcDateTime),
+    # The ticket's revision the delivery's answer told (ServiceNow's sys_mod_count): two-way
+    # sync knows the ticket at that revision as changed by us.
+    sa.Column("revision", sa.BigInteger),
     sa.Index("ix_sync_outbox_due", "status", "next_attempt_at"),
     sa.Index("ix_sync_outbox_ordering", "ordering_key", "status", "id"),
     sa.Index("ix_sync_outbox_notes", "ticket_id", "note_digest", "status"),
@@ -113,6 +116,8 @@ class OutboxEvent:
     """Unique to this event in this installation: what keyed writes of it carry."""
     claimed_monotonic: float = attrs.field(factory=time.monotonic, repr=False, eq=False)
     """When this process loaded the claim, on its own monotonic clock."""
+    revision: int | None = None
+    """Once delivered: the ticket's revision the service's answer told, if it did."""
 
     @property
     def ordering_key(self) -> str:
@@ -204,6 +209,7 @@ def loaded_event(row: sa.RowMapping, installation_id: str) -> OutboxEvent:
         created=row["created"],
         next_attempt_at=row["next_attempt_at"],
         delivered_at=row["delivered_at"],
+        revision=row["revision"],
         outage_attempts=row["outage_attempts"],
         claimed_at=row["claimed_at"],
         claim_token=row["claim_token"],

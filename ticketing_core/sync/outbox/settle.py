@@ -91,6 +91,13 @@ class Settling(OutboxBase):
             },
         ).all()
         settled_ids = {event_id for (event_id,) in settled}
+        revisions = [
+            {"event_id": event.id, "told": event.revision}
+            for event in claimed
+            if event.id in settled_ids and event.revision is not None
+        ]
+        if revisions:
+            conn.execute(_RECORD_REVISION, revisions)
         self.log.write(
             conn,
             *(
@@ -229,6 +236,12 @@ class Settling(OutboxBase):
             set_={"delivered_at": insert.excluded.delivered_at, "seconds": 0.0},
         )
 
+
+_RECORD_REVISION = (
+    events.update()
+    .where(events.c.id == sa.bindparam("event_id", type_=events.c.id.type))
+    .values(revision=sa.bindparam("told", type_=events.c.revision.type))
+)
 
 _SETTLE_DELIVERED = (
     events.update()
