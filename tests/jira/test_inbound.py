@@ -72,6 +72,25 @@ def test_states_come_from_the_project(provider: JiraProvider, server: RunningEmu
         ]
 
 
+def test_states_are_read_once_and_again_when_an_issue_shows_another(
+    provider: JiraProvider, emulator: JiraEmulator
+) -> None:
+    states = provider.states()
+    assert provider.states() == states
+    assert api_calls(emulator, "/statuses") == 1
+
+    created = provider.create(DRAFT)
+    provider.get(created.id)  # a status among them: nothing to read again
+    assert provider.states() == states
+    assert api_calls(emulator, "/statuses") == 1
+
+    provider._states = states[1:]  # read before "To Do" was added to the workflow
+    provider.get(created.id)
+    assert provider.states() == states
+    assert provider.states(refresh=True) == states
+    assert api_calls(emulator, "/statuses") == 3
+
+
 # ---- reading tickets ------------------------------------------------------------------------
 
 

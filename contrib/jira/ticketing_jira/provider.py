@@ -111,6 +111,7 @@ class JiraProvider(InboundProvider):
         self._service_desk: bool | None = None  # read once; computing it twice is harmless
         self._me: tuple[str, ZoneInfo] | None = None  # accountId and profile time zone
         self._me_lock = threading.Lock()
+        self._states: tuple[TicketStatus, ...] | None = None
 
     def __repr__(self) -> str:
         return f"JiraProvider(api_url={self.api_url!r}, project={self.project!r})"
@@ -273,8 +274,11 @@ class JiraProvider(InboundProvider):
     def own_user(self) -> str:
         return self._myself()[0]
 
-    def states(self) -> tuple[TicketStatus, ...]:
-        """Every status an issue type of the project can be in, in Jira's order, each once."""
+    def states(self, *, refresh: bool = False) -> tuple[TicketStatus, ...]:
+        """Every status an issue type of the project can be in, in Jira's order, each once; read
+        once, then again with ``refresh`` or after an issue showed a status not among them."""
+        if self._states is not None and not refresh:
+            return self._states
         path = f"{API}/project/{quote(self.project, safe='')}/statuses"
         issue_types = json_body(self._client.request("GET", path), "Jira")
         if not isinstance(issue_types, list):
@@ -286,7 +290,9 @@ class JiraProvider(InboundProvider):
             for status in issue_type.get("statuses") or []
             if isinstance(status, Mapping)
         )
-        return tuple({status.code: status for status in statuses}.values())
+        found = tuple({status.code: status for status in statuses}.values())
+        self._states = found or None  # none listed (no permission yet) is asked again
+        return found
 
     def read_notification(self, body: Mapping[str, Any]) -> Notice:
         return inbound.read_notice(body, self.project)
@@ -331,7 +337,10 @@ class JiraProvider(InboundProvider):
 
     def _ticket(self, issue: Mapping[str, Any]) -> Ticket:
         """An issue read with READ_PARAMS' fields and expansion, ``updated_by`` filled."""
-        return mapping.to_ticket(issue, self.api_url, updated_by=inbound.last_changed_by(issue))
+        ticket = mapping.to_ticket(issue, self.api_url, updated_by=inbound.last_changed_by(issue))
+        if self._states is not None and ticket.status not in {s.label for s in self._states}:
+            self._states = None  # a status we have not seen: read the project's again
+        return ticket
 
     def _myself(self) -> tuple[str, ZoneInfo]:
         """This connection's accountId and time zone: one read, then kept."""
