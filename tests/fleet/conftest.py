@@ -15,7 +15,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +72,13 @@ class rabbitmq_channel:
         self.connection.close()
 
 
-@pytest.fixture(params=["redis", "rabbitmq"])
-def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+@contextmanager
+def queue_of_its_own(kind: str) -> Iterator[Broker]:
+    """A queue on Redis or RabbitMQ for one test; its queues and keys deleted afterwards."""
     queue = f"test-{uuid.uuid4().hex[:10]}"
-    url = REDIS_URL if request.param == "redis" else RABBITMQ_URL
-    yield Broker(request.param, url, queue)
-    if request.param == "redis":
+    url = REDIS_URL if kind == "redis" else RABBITMQ_URL
+    yield Broker(kind, url, queue)
+    if kind == "redis":
         client = redis.Redis.from_url(url)
         for key in client.scan_iter(f"{queue}:*"):
             client.delete(key)
@@ -86,6 +87,12 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         with rabbitmq_channel(url) as channel:
             for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
                 channel.queue_delete(name)
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    with queue_of_its_own(request.param) as made:
+        yield made
 
 
 @pytest.fixture

@@ -135,4 +135,4 @@ def settled(host: Host) -> dict[str, int]:
     return outbox.counts()
 
 
-from .inbound_helpers import inbound_linked  # noqa: E402, F401 - the two-way sync tests' fixture
+from .inbound_helpers import deployed, deployment, inbound_linked  # noqa: E402, F401 - fixtures

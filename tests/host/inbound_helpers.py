@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import pytest
 from servicenow_emulator import Emulator
 
+from ..conftest import postgres_schema
+from ..fleet.conftest import TIMING, Workers, queue_of_its_own
 from .conftest import (
     ANOMALY,
     TICKET_REQUEST,
@@ -74,13 +80,53 @@ def quiet(host: Host, emulator: Emulator) -> None:
         settled(host)
 
 
+DEPLOYMENTS = ["sqlite", "postgresql", "fleet-redis", "fleet-rabbitmq"]
+"""Where two-way sync's fault tests run: the embedded default on each database, and beside a
+Dramatiq fleet (``ticketing worker`` processes on PostgreSQL) with each broker."""
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def deployment(request: pytest.FixtureRequest) -> str:
+    """The embedded default on each database; a module may widen it to :data:`DEPLOYMENTS`."""
+    return str(request.param)
+
+
+@pytest.fixture
+def deployed(deployment: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The host's settings for ``deployment``; for a fleet, with ``start_workers`` to call once
+    the host is up (the workers are killed afterwards)."""
+    if deployment == "sqlite":
+        yield {"database": str(tmp_path / "host.db")}
+        return
+    with ExitStack() as stack:
+        database = stack.enter_context(postgres_schema())
+        if deployment == "postgresql":
+            yield {"database": database}
+            return
+        broker = stack.enter_context(queue_of_its_own(deployment.removeprefix("fleet-")))
+        workers = Workers(database, broker, Path(stack.enter_context(TemporaryDirectory())))
+        stack.callback(workers.kill_all)
+        yield {"database": database, "broker": broker.url, "queue": broker.queue,
+               "relay_interval": 1.0, **TIMING, "start_workers": workers.start}  # fmt: skip
+
+
+def start_deployed(start_host: StartHost, deployed: dict[str, Any]) -> Host:
+    """A host as :func:`deployed` says, and its fleet's workers, if it has one."""
+    settings = dict(deployed)
+    start_workers = settings.pop("start_workers", None)
+    host = start_host(**settings)
+    if start_workers is not None:
+        start_workers()
+    return host
+
+
 @pytest.fixture
 def inbound_linked(
-    start_host: StartHost, emulator: Emulator, emulator_url: str, database_url: str
+    start_host: StartHost, emulator: Emulator, emulator_url: str, deployed: dict[str, Any]
 ) -> Linked:
-    """A host on each database with inbound sync on, its rules installed in the emulator, and
-    an incident created from the anomaly: (host, integration id, sys_id, secret)."""
-    host = start_host(database=database_url)
+    """A host (see :func:`deployed`) with inbound sync on, its rules installed in the emulator,
+    and an incident created from the anomaly: (host, integration id, sys_id, secret)."""
+    host = start_deployed(start_host, deployed)
     integration_id, sys_id = ticket_from_anomaly(host, emulator_url)
     settled(host)
     answer = enable(host, integration_id)

@@ -1,5 +1,6 @@
 """Two-way sync through the host, over real HTTP: the ServiceNow emulator plays the generated
-Business Rules (signed notifications to the receiver) and an agent acting on incidents."""
+Business Rules (signed notifications to the receiver) and an agent acting on incidents. The tests
+on a linked incident run on SQLite and PostgreSQL and beside a fleet on Redis and RabbitMQ."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from .conftest import (
 from .inbound_helpers import (
     AGENT,
     ANOMALY_PATH,
+    DEPLOYMENTS,
     OWN_USER,
     Linked,
     comments,
@@ -40,6 +42,11 @@ from .inbound_helpers import (
     receiver,
     ticket_from_anomaly,
 )
+
+
+@pytest.fixture(params=DEPLOYMENTS)
+def deployment(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def test_enabling_shows_the_secret_once_and_the_integration_never(

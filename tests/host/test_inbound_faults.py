@@ -1,6 +1,7 @@
-"""Two-way sync under the faults issue 18 names, over real HTTP, on SQLite and PostgreSQL:
-refusals during the poll, tickets deleted, reopened and cancelled, an unreadable journal, late
-commits, reordered notifications, edits on both sides at once."""
+"""Two-way sync under the faults issue 18 names, over real HTTP, on SQLite and PostgreSQL and
+beside a Dramatiq fleet on Redis and on RabbitMQ: refusals during the poll, tickets deleted,
+reopened and cancelled, an unreadable journal, late commits, reordered notifications, edits on
+both sides at once."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from datetime import timedelta
 
 import httpx
+import pytest
 from servicenow_emulator import DEFAULT_PASSWORD, Emulator
 
 from ticketing_core.notifications import TICKETING_V1, sign
@@ -23,6 +25,7 @@ from .conftest import (
 from .inbound_helpers import (
     AGENT,
     ANOMALY_PATH,
+    DEPLOYMENTS,
     OWN_USER,
     Linked,
     comments,
@@ -33,6 +36,11 @@ from .inbound_helpers import (
     receiver,
     ticket_from_anomaly,
 )
+
+
+@pytest.fixture(params=DEPLOYMENTS)
+def deployment(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def link_status(host: Host) -> str:

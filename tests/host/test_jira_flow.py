@@ -1,4 +1,5 @@
-"""The seed's whole flow through the reference service with a Jira integration (type "jira")."""
+"""The seed's whole flow through the reference service with a Jira integration (type "jira"), and
+two-way sync with Jira's webhooks on each database and beside a fleet on each broker."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .conftest import (
     tickets_path,
     wait_until,
 )
+from .inbound_helpers import DEPLOYMENTS, start_deployed
 
 JIRA_TOKEN = f"{DEFAULT_EMAIL}:{DEFAULT_API_TOKEN}"
 
@@ -39,9 +41,19 @@ def jira(jira_server: RunningEmulator) -> JiraEmulator:
     return jira_server.emulator
 
 
+@pytest.fixture(params=DEPLOYMENTS)
+def deployment(request: pytest.FixtureRequest) -> str:
+    """Two-way sync with Jira, on each database and beside a fleet on each broker."""
+    return str(request.param)
+
+
 @pytest.fixture
 def jira_host(start_host: StartHost, jira: JiraEmulator, jira_server: RunningEmulator) -> Host:
-    host = start_host()
+    return with_jira(start_host(), jira_server)
+
+
+def with_jira(host: Host, jira_server: RunningEmulator) -> Host:
+    """The host with a Jira integration and the seed's anomaly."""
     body = {"type": "jira", "api_url": jira_server.url, "api_access_token": JIRA_TOKEN}
     integration = ok(host.api.post("/api/integrations", json=body), 201)
     assert (integration["type"], integration["connected"]) == ("jira", True)
@@ -158,7 +170,13 @@ def test_state_mapping_resolves_jira_issues_too(
     assert next(i for i in jira.issues if i["key"] == key)["status"] == "Done"
 
 
-def test_two_way_sync_with_jira_webhooks(jira_host: Host, jira: JiraEmulator) -> None:
+def test_two_way_sync_with_jira_webhooks(
+    start_host: StartHost,
+    deployed: dict[str, Any],
+    jira: JiraEmulator,
+    jira_server: RunningEmulator,
+) -> None:
+    jira_host = with_jira(start_deployed(start_host, deployed), jira_server)
     api = jira_host.api
     request = {"title": "Nulls in customer_email", "description": "150 nulls", "priority": "High"}
     key = ok(api.post(tickets_path(), json=request))["ticket"]["ticket_number"]
