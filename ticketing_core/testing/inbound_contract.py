@@ -74,11 +74,13 @@ class InboundContract(ProviderContract):
         read = inbound.get(created.id)
 
         assert noted is None or noted == read.revision
-        assert read.revision is not None and created.revision is not None
+        assert read.revision is not None
+        assert created.revision is not None
         assert read.revision > created.revision
         updated = inbound.update(created.id, TicketChanges(title="Conformance: revision"))
         assert updated.revision == inbound.get(created.id).revision
-        assert updated.revision is not None and updated.revision > read.revision
+        assert updated.revision is not None
+        assert updated.revision > read.revision
 
     def test_pages_of_changes_at_one_time_miss_nothing_and_never_loop(
         self, inbound: InboundProvider, service: InboundFakeService
