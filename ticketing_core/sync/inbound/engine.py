@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timedelta
 from functools import partial
@@ -151,22 +151,24 @@ class Inbound:
     # -- work ------------------------------------------------------------------------------------
 
     def drain(self, integration_id: int) -> int:
-        """Read the tickets stored notifications name, a batch at a time, and apply them;
-        returns how many tickets were read."""
-        read = 0
-        while batch := self._waiting(integration_id):
+        """Read the tickets stored notifications name, a batch at a time, and apply them, each
+        ticket once: one notified again meanwhile waits for the next drain (a ticket notified
+        without pause is read once a drain, not once a notification). Returns how many tickets
+        were read."""
+        read: set[str] = set()
+        while batch := self._waiting(integration_id, read):
             inbound = self._connected(integration_id)
             if inbound is None:  # inbound sync was turned off meanwhile
                 self._forget(integration_id, batch)
-                return read
+                return len(read)
             provider, policy = inbound
             tickets = provider.get_many(list(batch))
             for missing in sorted(set(batch) - {ticket.id for ticket in tickets}):
                 self._note(integration_id, "not found", missing, detail="the ticket is gone")
             self.apply(integration_id, tickets, provider, policy)
             self._forget(integration_id, batch)
-            read += len(batch)
-        return read
+            read.update(batch)
+        return len(read)
 
     def reconcile(self, integration_id: int) -> int:
         """List the tickets changed since the cursor and apply those linked here, as
@@ -201,10 +203,14 @@ class Inbound:
         provider: InboundProvider,
         policy: InboundPolicy,
     ) -> None:
-        """Apply each ticket's change to the anomalies linked to it, once."""
+        """Apply each ticket's change to the anomalies linked to it, once. A ticket whose
+        journal is read is applied in a transaction of its own; those with nothing to apply (a
+        duplicate, our own writes alone) are noted together, in one."""
         own = provider.own_user()
         known = self._revisions(integration_id, [ticket.id for ticket in tickets])
-        seen_before = []  # written together: one transaction, not one per duplicate
+        seen_before = []
+        ours_only = []
+        applied_now = []
         for ticket in tickets:
             applied, entries_after = known.get(ticket.id, (None, None))
             if (decision := _seen_before(ticket, applied)) is not None:
@@ -215,78 +221,90 @@ class Inbound:
                     )
                 )  # fmt: skip
                 continue
-            links = self.service.links.for_ticket(integration_id, ticket.id)
+            with self.database.read() as conn:
+                links = self.service.links.for_ticket(integration_id, ticket.id, conn)
+                ours = bool(links) and self._ours_only(conn, integration_id, ticket, applied, own)
             if not links:
                 continue
-            ours = self._ours_only(integration_id, ticket, applied, own)
+            if ours:
+                ours_only.append(ticket)
+                continue
             entries = (
                 self._entries(integration_id, provider, ticket, links, entries_after)
-                if policy.copy_entries and not ours
+                if policy.copy_entries
                 else []
             )
-            self._apply_ticket(integration_id, ticket, links, entries, own, policy, provider, ours)
-        if seen_before:
+            with self.database.begin() as conn:
+                if self._apply_ticket(conn, integration_id, ticket, entries, own, policy):
+                    applied_now.append(ticket)
+        if seen_before or ours_only:
             with self.database.begin() as conn:
                 self.log.write(conn, *seen_before)
+                # In one order, so that two appliers of one batch never wait on each other.
+                for ticket in sorted(ours_only, key=lambda t: t.id):
+                    if self._apply_ticket(conn, integration_id, ticket, (), own, policy, ours=True):
+                        applied_now.append(ticket)
+        for ticket in applied_now:
+            if ticket.status and ticket.status not in {s.label for s in provider.states()}:
+                self._note(
+                    integration_id,
+                    "unknown state",
+                    ticket.id,
+                    f"{ticket.status!r} is not in the instance's state choices (read again)",
+                )
 
     # -- one ticket ------------------------------------------------------------------------------
 
     def _ours_only(
-        self, integration_id: int, ticket: Ticket, applied: int | None, own: str
-    ) -> bool:
+        self, conn: sa.Connection, integration_id: int, ticket: Ticket, applied: int | None,
+        own: str,
+    ) -> bool:  # fmt: skip
         """Whether every revision since the one applied last is one our own deliveries' answers
         told (the third guard against echoes, after the rule's condition and the author): then
         the ticket holds nothing to apply, and its journal need not be read."""
         if applied is None or ticket.revision is None or ticket.updated_by != own:
             return False
-        with self.database.read() as conn:
-            return self.service.outbox.ours_between(
-                integration_id, ticket.id, applied, ticket.revision, conn
-            )
+        return self.service.outbox.ours_between(
+            integration_id, ticket.id, applied, ticket.revision, conn
+        )
 
     def _apply_ticket(
         self,
+        conn: sa.Connection,
         integration_id: int,
         ticket: Ticket,
-        links: Sequence[TicketLink],
         entries: Sequence[JournalEntry],
         own: str,
         policy: InboundPolicy,
-        provider: InboundProvider,
-        ours_only: bool = False,
-    ) -> None:
-        """``ours_only``: every revision since the last applied was our own write."""
-        with self.database.begin() as conn:
-            decision = self._claim_revision(conn, integration_id, ticket)
-            if decision != NEW:
-                self._note(integration_id, decision, ticket.id, f"revision {ticket.revision}", conn)
-                return
-            # Read again under the claim: an applier that went before may have moved them.
-            links = self.service.links.for_ticket(integration_id, ticket.id, conn)
-            # Who changed the status is not who changed the ticket last (a note of ours may
-            # have followed a person's change): the status is ours when it is the one we set.
-            ours = self.service.outbox.status_sent(integration_id, ticket.id, conn)
-            moved = [link for link in links if link.status != ticket.status]
-            for link in moved:
-                echo = ours_only or ticket.status == ours
-                self._follow_status(conn, link, ticket, echo, own, policy)
-            if ticket.updated_by == own and not moved:
-                detail = (
-                    f"revision {ticket.revision}: written by this integration"
-                    if ours_only
-                    else f"by {own}"
-                )
-                self._note(integration_id, "echo dropped", ticket.id, detail, conn)
-            if entries:
-                self._copy_entries(conn, integration_id, entries, links, own)
-                self._read_entries_until(conn, integration_id, ticket.id, entries[-1].created_at)
-        if ticket.status and ticket.status not in {s.label for s in provider.states()}:
-            self._note(
-                integration_id,
-                "unknown state",
-                ticket.id,
-                f"{ticket.status!r} is not in the instance's state choices (read again)",
+        *,
+        ours: bool = False,
+    ) -> bool:
+        """Apply one ticket's change in the caller's transaction if its revision is new;
+        whether it was. ``ours``: every revision since the last applied was our own write."""
+        decision = self._claim_revision(conn, integration_id, ticket)
+        if decision != NEW:
+            self._note(integration_id, decision, ticket.id, f"revision {ticket.revision}", conn)
+            return False
+        # Read again under the claim: an applier that went before may have moved them.
+        links = self.service.links.for_ticket(integration_id, ticket.id, conn)
+        # Who changed the status is not who changed the ticket last (a note of ours may have
+        # followed a person's change): the status is ours when it is the one we set.
+        moved = [link for link in links if link.status != ticket.status]
+        echo = ours or (
+            bool(moved)
+            and ticket.status == self.service.outbox.status_sent(integration_id, ticket.id, conn)
+        )
+        for link in moved:
+            self._follow_status(conn, link, ticket, echo, own, policy)
+        if ticket.updated_by == own and not moved:
+            detail = (
+                f"revision {ticket.revision}: written by this integration" if ours else f"by {own}"
             )
+            self._note(integration_id, "echo dropped", ticket.id, detail, conn)
+        if entries:
+            self._copy_entries(conn, integration_id, entries, links, own)
+            self._read_entries_until(conn, integration_id, ticket.id, entries[-1].created_at)
+        return True
 
     def _follow_status(
         self,
@@ -454,12 +472,16 @@ class Inbound:
             )
             return {ticket_id: (revision, after) for ticket_id, revision, after in rows}
 
-    def _waiting(self, integration_id: int) -> dict[str, int]:
-        """Up to a batch of notified tickets, oldest notification first, with their versions."""
+    def _waiting(self, integration_id: int, read: Collection[str]) -> dict[str, int]:
+        """Up to a batch of notified tickets but those ``read``, oldest notification first,
+        with their versions."""
         with self.database.read() as conn:
             rows = conn.execute(
                 sa.select(notices.c.ticket_id, notices.c.version)
-                .where(notices.c.integration_id == integration_id)
+                .where(
+                    notices.c.integration_id == integration_id,
+                    notices.c.ticket_id.not_in(sorted(read)),
+                )
                 .order_by(notices.c.received)
                 .limit(BATCH)
             )

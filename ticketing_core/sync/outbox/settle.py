@@ -82,22 +82,28 @@ class Settling(OutboxBase):
         if not claimed:
             return {}
         now = self.database.now(conn)
+        # The revisions the deliveries' answers told: the newest in the settling statement,
+        # the others of a run (rarely any) one statement each.
+        told = {event.id: event.revision for event in claimed if event.revision is not None}
+        newest = max(told, default=0)
         settled = conn.execute(
             _SETTLE_DELIVERED,
             {
                 "ids": [event.id for event in claimed],
                 "tokens": list({event.claim_token for event in claimed}),
                 "settled_at": now,
+                "told_id": newest,
+                "told": told.get(newest),
             },
         ).all()
         settled_ids = {event_id for (event_id,) in settled}
-        revisions = [
-            {"event_id": event.id, "told": event.revision}
-            for event in claimed
-            if event.id in settled_ids and event.revision is not None
+        others = [
+            {"event_id": event_id, "told": revision}
+            for event_id, revision in told.items()
+            if event_id != newest and event_id in settled_ids
         ]
-        if revisions:
-            conn.execute(_RECORD_REVISION, revisions)
+        if others:
+            conn.execute(_RECORD_REVISION, others)
         self.log.write(
             conn,
             *(
@@ -256,6 +262,13 @@ _SETTLE_DELIVERED = (
         lease_until=None,
         claim_token=None,
         last_error=None,
+        revision=sa.case(
+            (
+                events.c.id == sa.bindparam("told_id", type_=events.c.id.type),
+                sa.bindparam("told", type_=events.c.revision.type),
+            ),
+            else_=events.c.revision,
+        ),
     )
     .returning(events.c.id)
 )
