@@ -16,6 +16,10 @@ from ticketing_core.sync.inbound.engine import Inbound
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_FAILURE = 30.0  # seconds an integration rests after a failed read
+# Seconds between two rounds of reading while notifications keep coming: those about one ticket
+# that arrive meanwhile are read together, once, so a stream of them costs a few reads a second
+# per ticket and leaves the process's time to the receiver and the deliveries.
+GATHER = 0.3
 
 
 class InboundWorker:
@@ -51,10 +55,12 @@ class InboundWorker:
             self._thread.join(timeout)
             self._thread = None
 
-    def run_once(self) -> None:
-        """Read every stored notification, then run every poll that is due."""
+    def run_once(self) -> bool:
+        """Read every stored notification, then run every poll that is due; returns whether
+        there were notifications to read."""
+        read = False
         for integration_id in self.inbound.pending_integrations():
-            self._guarded(integration_id, self.inbound.drain)
+            read = self._guarded(integration_id, self.inbound.drain) or read
         now = time.monotonic()
         enabled = set(self.integrations())
         for integration_id in enabled:
@@ -63,14 +69,17 @@ class InboundWorker:
                 self._next_poll[integration_id] = now + self._interval(integration_id)
         for gone in set(self._next_poll) - enabled:  # turned off: polls at once when back on
             del self._next_poll[gone]
+        return read
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            started, read = time.monotonic(), False
             try:
-                self.run_once()
+                read = self.run_once()
             except Exception:  # the database, say: the next tick tries again
                 log.exception("inbound sync failed; trying again")
-            self._woken.wait(self.tick)
+            if self._woken.wait(self.tick) and read:  # busy: let the next round gather
+                self._stopping.wait(GATHER - (time.monotonic() - started))
             self._woken.clear()
 
     def _guarded(self, integration_id: int, work: Callable[[int], object]) -> bool:
