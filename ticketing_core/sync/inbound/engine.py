@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timedelta
 from functools import partial
@@ -37,7 +37,8 @@ from ticketing_core.models import JournalEntry, Notice, Ticket, TicketLink
 from ticketing_core.policies import InboundPolicy
 from ticketing_core.sync.inbound.host import Anomalies, Heard, InboundPolicyFor
 from ticketing_core.sync.inbound.intake import BatchedIntake
-from ticketing_core.sync.inbound.schema import applied_entries, applied_tickets, cursors, notices
+from ticketing_core.sync.inbound.schema import applied_entries, notices
+from ticketing_core.sync.inbound.state import BATCH, NEW, InboundState, seen_before
 from ticketing_core.sync.service import INTEGRATION, TICKET, SyncService
 from ticketing_core.sync.synclog import INBOUND, LogEntry, SyncLog
 
@@ -46,14 +47,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BATCH = 100  # tickets per read: ServiceNow's sys_idIN and Jira's id in (...) take this many
 POLL_OVERLAP = 120.0  # seconds each poll re-reads before its cursor: late commits, equal times
 ENTRY_OVERLAP = timedelta(seconds=120)  # the same for journal entries
 FIRST_READ_SLACK = timedelta(hours=1)  # how far the host's clock may run ahead of the instance
 HEARD_RESOLUTION = 1.0  # seconds: how fresh "last heard from the instance" is kept
 MAX_POLL_PAGES = 1000  # per poll: 100,000 changed tickets; the next poll goes on from there
 ENTRIES_PER_INSERT = 500  # rows of one INSERT: well within both databases' bound parameters
-NEW, DUPLICATE, STALE = "new", "duplicate", "stale"
 
 
 @attrs.define
@@ -69,9 +68,11 @@ class Inbound:
     _heard_written: dict[int, float] = attrs.field(init=False, factory=dict)
     _heard_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _intake: BatchedIntake = attrs.field(init=False)
+    state: InboundState = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.log = SyncLog(self.service.database)
+        self.state = InboundState(self.service.database)
         self._intake = BatchedIntake(self._store_notices)
 
     @property
@@ -112,7 +113,7 @@ class Inbound:
             self.log.write(conn, *(_received(iid, notice) for iid, notice in received))
             for integration_id in sorted({iid for iid, _ in received}):
                 if self._heard_long_ago(integration_id):
-                    self._touch(conn, integration_id, heard_at=now)
+                    self.state.touch(conn, integration_id, heard_at=now)
                 if self.on_notice is not None:
                     self.database.after_commit(conn, partial(self.on_notice, integration_id))
 
@@ -135,18 +136,15 @@ class Inbound:
         self._note(integration_id, "read failed", None, reason)
 
     def heard(self, integration_id: int) -> Heard:
-        with self.database.read() as conn:
-            row = conn.execute(
-                sa.select(cursors.c.heard_at, cursors.c.polled_at).where(
-                    cursors.c.integration_id == integration_id
-                )
-            ).first()
-        return Heard(*row) if row is not None else Heard(None, None)
+        return self.state.heard(integration_id)
 
     def pending_integrations(self) -> list[int]:
         """Integrations with notifications waiting to be read."""
-        with self.database.read() as conn:
-            return list(conn.execute(sa.select(notices.c.integration_id).distinct()).scalars())
+        return self.state.pending_integrations()
+
+    def prune(self, older_than: datetime) -> int:
+        """Forget journal entry ids seen before ``older_than``: reads never reach back so far."""
+        return self.state.prune(older_than)
 
     # -- work ------------------------------------------------------------------------------------
 
@@ -156,17 +154,17 @@ class Inbound:
         without pause is read once a drain, not once a notification). Returns how many tickets
         were read."""
         read: set[str] = set()
-        while batch := self._waiting(integration_id, read):
+        while batch := self.state.waiting(integration_id, read):
             inbound = self._connected(integration_id)
             if inbound is None:  # inbound sync was turned off meanwhile
-                self._forget(integration_id, batch)
+                self.state.forget(integration_id, batch)
                 return len(read)
             provider, policy = inbound
             tickets = provider.get_many(list(batch))
             for missing in sorted(set(batch) - {ticket.id for ticket in tickets}):
                 self._note(integration_id, "not found", missing, detail="the ticket is gone")
             self.apply(integration_id, tickets, provider, policy)
-            self._forget(integration_id, batch)
+            self.state.forget(integration_id, batch)
             read.update(batch)
         return len(read)
 
@@ -177,7 +175,7 @@ class Inbound:
         if inbound is None:
             return 0
         provider, policy = inbound
-        cursor = self._cursor(integration_id)
+        cursor = self.state.cursor(integration_id)
         overlap = POLL_OVERLAP
         listed = 0
         for _ in range(MAX_POLL_PAGES):  # bounded: a service that always says "more" cannot hold us
@@ -191,7 +189,7 @@ class Inbound:
                 integration_id, [t for t in page.tickets if t.id in linked], provider, policy
             )
             cursor = page.cursor
-            self._save_cursor(integration_id, cursor, finished=not page.more)
+            self.state.save_cursor(integration_id, cursor, finished=not page.more)
             if not page.more:
                 break
         return listed
@@ -207,14 +205,14 @@ class Inbound:
         journal is read is applied in a transaction of its own; those with nothing to apply (a
         duplicate, our own writes alone) are noted together, in one."""
         own = provider.own_user()
-        known = self._revisions(integration_id, [ticket.id for ticket in tickets])
-        seen_before = []
+        known = self.state.revisions(integration_id, [ticket.id for ticket in tickets])
+        repeated = []
         ours_only = []
         applied_now = []
         for ticket in tickets:
             applied, entries_after = known.get(ticket.id, (None, None))
-            if (decision := _seen_before(ticket, applied)) is not None:
-                seen_before.append(
+            if (decision := seen_before(ticket, applied)) is not None:
+                repeated.append(
                     LogEntry(
                         INBOUND, decision, integration_id, ticket.id, None,
                         f"revision {ticket.revision}",
@@ -237,9 +235,9 @@ class Inbound:
             with self.database.begin() as conn:
                 if self._apply_ticket(conn, integration_id, ticket, entries, own, policy):
                     applied_now.append(ticket)
-        if seen_before or ours_only:
+        if repeated or ours_only:
             with self.database.begin() as conn:
-                self.log.write(conn, *seen_before)
+                self.log.write(conn, *repeated)
                 # In one order, so that two appliers of one batch never wait on each other.
                 for ticket in sorted(ours_only, key=lambda t: t.id):
                     if self._apply_ticket(conn, integration_id, ticket, (), own, policy, ours=True):
@@ -281,7 +279,7 @@ class Inbound:
     ) -> bool:
         """Apply one ticket's change in the caller's transaction if its revision is new;
         whether it was. ``ours``: every revision since the last applied was our own write."""
-        decision = self._claim_revision(conn, integration_id, ticket)
+        decision = self.state.claim_revision(conn, integration_id, ticket)
         if decision != NEW:
             self._note(integration_id, decision, ticket.id, f"revision {ticket.revision}", conn)
             return False
@@ -303,7 +301,7 @@ class Inbound:
             self._note(integration_id, "echo dropped", ticket.id, detail, conn)
         if entries:
             self._copy_entries(conn, integration_id, entries, links, own)
-            self._read_entries_until(conn, integration_id, ticket.id, entries[-1].created_at)
+            self.state.read_entries_until(conn, integration_id, ticket.id, entries[-1].created_at)
         return True
 
     def _follow_status(
@@ -413,123 +411,6 @@ class Inbound:
         start = min(link.created for link in links) - FIRST_READ_SLACK
         return max(start, ticket.created_at) if ticket.created_at else start
 
-    # -- bookkeeping -----------------------------------------------------------------------------
-
-    def _claim_revision(self, conn: sa.Connection, integration_id: int, ticket: Ticket) -> str:
-        """Raise the ticket's applied revision to this one; NEW when this transaction did.
-
-        One statement, so that of two transactions claiming one ticket the second waits for the
-        first's row and then compares with what it committed (a newer revision still wins)."""
-        if ticket.revision is None:
-            return NEW
-        stored = self.database.insert(applied_tickets).values(
-            integration_id=integration_id, ticket_id=ticket.id, revision=ticket.revision
-        )
-        claimed = conn.execute(
-            stored.on_conflict_do_update(
-                index_elements=[applied_tickets.c.integration_id, applied_tickets.c.ticket_id],
-                set_={"revision": stored.excluded.revision},
-                where=applied_tickets.c.revision < stored.excluded.revision,
-            ).returning(applied_tickets.c.revision)
-        ).first()
-        if claimed is not None:
-            return NEW
-        applied = conn.execute(
-            sa.select(applied_tickets.c.revision).where(
-                applied_tickets.c.integration_id == integration_id,
-                applied_tickets.c.ticket_id == ticket.id,
-            )
-        ).scalar_one()
-        return _seen_before(ticket, applied) or STALE
-
-    def _read_entries_until(
-        self, conn: sa.Connection, integration_id: int, ticket_id: str, until: datetime
-    ) -> None:
-        conn.execute(
-            applied_tickets.update()
-            .where(
-                applied_tickets.c.integration_id == integration_id,
-                applied_tickets.c.ticket_id == ticket_id,
-            )
-            .values(entries_after=until)
-        )
-
-    def _revisions(
-        self, integration_id: int, ticket_ids: Sequence[str]
-    ) -> dict[str, tuple[int, datetime | None]]:
-        if not ticket_ids:
-            return {}
-        with self.database.read() as conn:
-            rows = conn.execute(
-                sa.select(
-                    applied_tickets.c.ticket_id,
-                    applied_tickets.c.revision,
-                    applied_tickets.c.entries_after,
-                ).where(
-                    applied_tickets.c.integration_id == integration_id,
-                    applied_tickets.c.ticket_id.in_(ticket_ids),
-                )
-            )
-            return {ticket_id: (revision, after) for ticket_id, revision, after in rows}
-
-    def _waiting(self, integration_id: int, read: Collection[str]) -> dict[str, int]:
-        """Up to a batch of notified tickets but those ``read``, oldest notification first,
-        with their versions."""
-        with self.database.read() as conn:
-            rows = conn.execute(
-                sa.select(notices.c.ticket_id, notices.c.version)
-                .where(
-                    notices.c.integration_id == integration_id,
-                    notices.c.ticket_id.not_in(sorted(read)),
-                )
-                .order_by(notices.c.received)
-                .limit(BATCH)
-            )
-            return {ticket_id: version for ticket_id, version in rows}
-
-    def _forget(self, integration_id: int, batch: dict[str, int]) -> None:
-        """Drop the notifications read, but not one that came again meanwhile."""
-        with self.database.begin() as conn:
-            for ticket_id, version in batch.items():
-                conn.execute(
-                    notices.delete().where(
-                        notices.c.integration_id == integration_id,
-                        notices.c.ticket_id == ticket_id,
-                        notices.c.version == version,
-                    )
-                )
-
-    def _cursor(self, integration_id: int) -> str | None:
-        with self.database.read() as conn:
-            found: str | None = conn.execute(
-                sa.select(cursors.c.cursor).where(cursors.c.integration_id == integration_id)
-            ).scalar()
-        return found
-
-    def _save_cursor(self, integration_id: int, cursor: str, *, finished: bool) -> None:
-        with self.database.begin() as conn:
-            now = self.database.now(conn)
-            if finished:
-                self._touch(conn, integration_id, cursor=cursor, polled_at=now)
-            else:
-                self._touch(conn, integration_id, cursor=cursor)
-
-    def _touch(self, conn: sa.Connection, integration_id: int, **values: object) -> None:
-        conn.execute(
-            self.database.insert(cursors)
-            .values(integration_id=integration_id, **values)
-            .on_conflict_do_update(index_elements=[cursors.c.integration_id], set_=values)
-        )
-
-    def prune(self, older_than: datetime) -> int:
-        """Forget journal entry ids seen before ``older_than``: reads never reach back so far."""
-        with self.database.begin() as conn:
-            return int(
-                conn.execute(
-                    applied_entries.delete().where(applied_entries.c.seen < older_than)
-                ).rowcount
-            )
-
     def _connected(self, integration_id: int) -> tuple[InboundProvider, InboundPolicy] | None:
         policy = self.policy_for(integration_id, None)
         if policy is None:
@@ -558,10 +439,3 @@ def _received(integration_id: int, notice: Notice) -> LogEntry:
     if notice.revision is not None:
         detail += f", revision {notice.revision}"
     return LogEntry(INBOUND, "received", integration_id, notice.ticket_id, None, detail)
-
-
-def _seen_before(ticket: Ticket, applied: int | None) -> str | None:
-    """DUPLICATE or STALE when a revision as new as the ticket's was applied already."""
-    if applied is None or ticket.revision is None or ticket.revision > applied:
-        return None
-    return DUPLICATE if ticket.revision == applied else STALE

@@ -1,0 +1,163 @@
+"""Inbound sync's bookkeeping: what was applied (each ticket's revision, how far its journal was
+read), the notifications waiting to be read, and each integration's poll cursor and times."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from ticketing_core.models import Ticket
+from ticketing_core.sync.inbound.host import Heard
+from ticketing_core.sync.inbound.schema import applied_entries, applied_tickets, cursors, notices
+
+if TYPE_CHECKING:
+    from ticketing_core.sync.database import Database
+
+BATCH = 100  # tickets per read: ServiceNow's sys_idIN and Jira's id in (...) take this many
+NEW, DUPLICATE, STALE = "new", "duplicate", "stale"
+
+
+class InboundState:
+    """The inbound tables' reads and writes; a method given ``conn`` works in that transaction."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def heard(self, integration_id: int) -> Heard:
+        with self.database.read() as conn:
+            row = conn.execute(
+                sa.select(cursors.c.heard_at, cursors.c.polled_at).where(
+                    cursors.c.integration_id == integration_id
+                )
+            ).first()
+        return Heard(*row) if row is not None else Heard(None, None)
+
+    def pending_integrations(self) -> list[int]:
+        """Integrations with notifications waiting to be read."""
+        with self.database.read() as conn:
+            return list(conn.execute(sa.select(notices.c.integration_id).distinct()).scalars())
+
+    def claim_revision(self, conn: sa.Connection, integration_id: int, ticket: Ticket) -> str:
+        """Raise the ticket's applied revision to this one; NEW when this transaction did.
+
+        One statement, so that of two transactions claiming one ticket the second waits for the
+        first's row and then compares with what it committed (a newer revision still wins)."""
+        if ticket.revision is None:
+            return NEW
+        stored = self.database.insert(applied_tickets).values(
+            integration_id=integration_id, ticket_id=ticket.id, revision=ticket.revision
+        )
+        claimed = conn.execute(
+            stored.on_conflict_do_update(
+                index_elements=[applied_tickets.c.integration_id, applied_tickets.c.ticket_id],
+                set_={"revision": stored.excluded.revision},
+                where=applied_tickets.c.revision < stored.excluded.revision,
+            ).returning(applied_tickets.c.revision)
+        ).first()
+        if claimed is not None:
+            return NEW
+        applied = conn.execute(
+            sa.select(applied_tickets.c.revision).where(
+                applied_tickets.c.integration_id == integration_id,
+                applied_tickets.c.ticket_id == ticket.id,
+            )
+        ).scalar_one()
+        return seen_before(ticket, applied) or STALE
+
+    def read_entries_until(
+        self, conn: sa.Connection, integration_id: int, ticket_id: str, until: datetime
+    ) -> None:
+        conn.execute(
+            applied_tickets.update()
+            .where(
+                applied_tickets.c.integration_id == integration_id,
+                applied_tickets.c.ticket_id == ticket_id,
+            )
+            .values(entries_after=until)
+        )
+
+    def revisions(
+        self, integration_id: int, ticket_ids: Sequence[str]
+    ) -> dict[str, tuple[int, datetime | None]]:
+        if not ticket_ids:
+            return {}
+        with self.database.read() as conn:
+            rows = conn.execute(
+                sa.select(
+                    applied_tickets.c.ticket_id,
+                    applied_tickets.c.revision,
+                    applied_tickets.c.entries_after,
+                ).where(
+                    applied_tickets.c.integration_id == integration_id,
+                    applied_tickets.c.ticket_id.in_(ticket_ids),
+                )
+            )
+            return {ticket_id: (revision, after) for ticket_id, revision, after in rows}
+
+    def waiting(self, integration_id: int, read: Collection[str]) -> dict[str, int]:
+        """Up to a batch of notified tickets but those ``read``, oldest notification first,
+        with their versions."""
+        with self.database.read() as conn:
+            rows = conn.execute(
+                sa.select(notices.c.ticket_id, notices.c.version)
+                .where(
+                    notices.c.integration_id == integration_id,
+                    notices.c.ticket_id.not_in(sorted(read)),
+                )
+                .order_by(notices.c.received)
+                .limit(BATCH)
+            )
+            return {ticket_id: version for ticket_id, version in rows}
+
+    def forget(self, integration_id: int, batch: dict[str, int]) -> None:
+        """Drop the notifications read, but not one that came again meanwhile."""
+        with self.database.begin() as conn:
+            for ticket_id, version in batch.items():
+                conn.execute(
+                    notices.delete().where(
+                        notices.c.integration_id == integration_id,
+                        notices.c.ticket_id == ticket_id,
+                        notices.c.version == version,
+                    )
+                )
+
+    def cursor(self, integration_id: int) -> str | None:
+        with self.database.read() as conn:
+            found: str | None = conn.execute(
+                sa.select(cursors.c.cursor).where(cursors.c.integration_id == integration_id)
+            ).scalar()
+        return found
+
+    def save_cursor(self, integration_id: int, cursor: str, *, finished: bool) -> None:
+        with self.database.begin() as conn:
+            now = self.database.now(conn)
+            if finished:
+                self.touch(conn, integration_id, cursor=cursor, polled_at=now)
+            else:
+                self.touch(conn, integration_id, cursor=cursor)
+
+    def touch(self, conn: sa.Connection, integration_id: int, **values: object) -> None:
+        conn.execute(
+            self.database.insert(cursors)
+            .values(integration_id=integration_id, **values)
+            .on_conflict_do_update(index_elements=[cursors.c.integration_id], set_=values)
+        )
+
+    def prune(self, older_than: datetime) -> int:
+        """Forget journal entry ids seen before ``older_than``: reads never reach back so far."""
+        with self.database.begin() as conn:
+            return int(
+                conn.execute(
+                    applied_entries.delete().where(applied_entries.c.seen < older_than)
+                ).rowcount
+            )
+
+
+def seen_before(ticket: Ticket, applied: int | None) -> str | None:
+    """DUPLICATE or STALE when a revision as new as the ticket's was applied already."""
+    if applied is None or ticket.revision is None or ticket.revision > applied:
+        return None
+    return DUPLICATE if ticket.revision == applied else STALE
