@@ -140,8 +140,10 @@ class Provider(Protocol):
         self, ticket_id: str, text: str, *, idempotency_key: str | None = None
     ) -> int | None:
         """Add an internal note (visible to agents, not to the requester) to the ticket; return
-        the ticket's ``revision`` after it when the service's answer tells it (ServiceNow's
-        ``sys_mod_count``), else None. Two-way sync knows a revision so returned as its own.
+        the ticket's ``revision`` after it when the service's answer tells it and its revisions
+        count changes one by one (ServiceNow's ``sys_mod_count``), else None. Two-way sync takes
+        a revision so returned for its own write: when every revision since the one it applied
+        last is such, nobody else changed the ticket.
 
         Repeat safety: keyed, checked by the caller. The note is never sent twice by one call: a
         failure that may have landed raises, and before trying again the caller asks
@@ -223,9 +225,10 @@ class InboundProvider(Provider, Protocol):
         """The user name the service records for this connection's own changes (in
         ``Ticket.updated_by`` and ``JournalEntry.author``); at most one read, then cached."""
 
-    def states(self) -> tuple[TicketStatus, ...]:
+    def states(self, *, refresh: bool = False) -> tuple[TicketStatus, ...]:
         """The states a ticket may be in, from the service's own choice list (ServiceNow:
-        ``sys_choice``), active ones in their order; never a table written into the provider."""
+        ``sys_choice``), active ones in their order; never a table written into the provider.
+        May be cached; ``refresh`` reads the list again (an operator is setting a status map)."""
 
     def read_notification(self, body: Mapping[str, Any]) -> Notice:
         """What a notification's JSON body names (no I/O); the signature is checked before.

@@ -11,13 +11,13 @@ import pytest
 import sqlalchemy as sa
 from servicenow_emulator import Emulator
 
-from ticketing_core.models import Notice
-from ticketing_core.policies import InboundPolicy, WorkNotesOnly
+from ticketing_core.models import Notice, TicketChanges
+from ticketing_core.policies import ChangeTicket, InboundPolicy, WorkNotesOnly
 from ticketing_core.sync.database import Database
 from ticketing_core.sync.delivery import Drain
 from ticketing_core.sync.inbound import Inbound
 from ticketing_core.sync.inbound.intake import BatchedIntake
-from ticketing_core.sync.outbox import DELIVERED, PENDING
+from ticketing_core.sync.outbox import DELIVERED, PENDING, NewEvent
 from ticketing_core.sync.service import SyncService
 from ticketing_servicenow import ServiceNowProvider
 
@@ -172,6 +172,8 @@ def test_a_revision_our_own_note_made_is_dropped_without_reading_the_journal(
     assert delivered.revision == ticket.revision
     assert journal_reads == []
     assert anomalies.comments == []
+    # The journal up to our write is ours: the next read starts there, not at the link.
+    assert engine.state.revisions(INTEGRATION_ID, [sys_id])[sys_id][1] == ticket.updated_at
     newest = engine.log.entries(INTEGRATION_ID, ticket_id=sys_id)[0].entry
     assert (newest.decision, newest.detail) == (
         "echo dropped",
@@ -197,4 +199,30 @@ def test_a_change_by_someone_before_our_own_write_is_still_applied(
     assert journal_reads == [sys_id]
     assert [text for _, text, _ in anomalies.comments] == [
         f"Ticket {number} status changed from New to In Progress by someone"
+    ]
+
+
+def test_a_change_of_ours_that_changed_nothing_does_not_take_a_persons_revision(
+    inbound: tuple[Inbound, Anomalies],
+    provider: ServiceNowProvider,
+    emulator: Emulator,
+    linked: tuple[str, list[str]],
+) -> None:
+    engine, anomalies = inbound
+    sys_id, journal_reads = linked
+    number = engine.service.links.for_ticket(INTEGRATION_ID, sys_id)[0].ticket_number
+    emulator.act_as("beth.anglin", sys_id, state="2", work_notes="on it")  # notification lost
+    # Our own change to the same state: the instance saves nothing and answers the agent's
+    # revision; then a note of ours makes the next one.
+    change = ChangeTicket(TicketChanges(status="2"))
+    engine.service.outbox.enqueue([NewEvent(INTEGRATION_ID, sys_id, change, 1)])
+    deliver_all(engine)
+    engine.service.anomaly_commented(1, "Our own note")
+    deliver_all(engine)
+
+    engine.apply(INTEGRATION_ID, provider.get_many([sys_id]), provider, InboundPolicy())
+
+    assert journal_reads == [sys_id]
+    assert f"Work note on {number} by beth.anglin: on it" in [
+        text for _, text, _ in anomalies.comments
     ]

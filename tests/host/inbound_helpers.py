@@ -128,7 +128,9 @@ def inbound_linked(
     and an incident created from the anomaly: (host, integration id, sys_id, secret)."""
     host = start_deployed(start_host, deployed)
     integration_id, sys_id = ticket_from_anomaly(host, emulator_url)
-    settled(host)
+    # A fleet's workers may take a while to start on a loaded machine.
+    outbox = host.runtime.service.outbox
+    wait_until(lambda: outbox.counts()["pending"] == 0, timeout=60)
     answer = enable(host, integration_id)
     install_rules(emulator, host, integration_id, answer["secret"])
     quiet(host, emulator)

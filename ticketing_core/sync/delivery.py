@@ -42,8 +42,8 @@ from ticketing_core.sync.settings import DEFAULT_DELIVERY_DEADLINE, check_lease
 log = logging.getLogger(__name__)
 
 Send = Callable[[OutboxEvent], int | None]
-"""Steps 1 to 3 for one claimed event: returns once it is at its ticket (with the ticket's
-revision when the service's answer told it), raises otherwise."""
+"""Steps 1 to 3 for one claimed event: returns once it is at its ticket (with the revision a
+note made, when the service's answer told it), raises otherwise."""
 ProviderFor = Callable[[int, sa.Connection | None], Provider]
 
 
@@ -79,7 +79,9 @@ class Delivery:
             if isinstance(action, ChangeTicket):
                 # Idempotent, but a stale worker must not undo later ones.
                 self.outbox.confirm(event)
-                return provider.update(event.ticket_id, action.changes).revision
+                # Its revision is not told as ours: a change that changed nothing (sent again,
+                # or already so) answers with the revision someone else made.
+                provider.update(event.ticket_id, action.changes)
         return None
 
 

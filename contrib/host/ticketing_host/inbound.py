@@ -36,6 +36,9 @@ from .schemas import ERROR_RESPONSES, InboundIn, InboundOut, SyncLogOut
 
 SECRET_KEPT = timedelta(hours=24)  # a replaced secret stays valid while the service side changes
 RATE, BURST = 1000.0, 2000.0  # notifications per second and integration, and the burst allowed
+CHECKED_ON_LOOP = (
+    16_384  # bytes: a notification is about 200; a larger body is checked off the loop
+)
 now = time.time  # the host's clock, which a notification's timestamp must be near
 IntegrationId = Annotated[int, Path(ge=1, le=MAX_INTEGRATION_ID)]
 
@@ -125,7 +128,7 @@ def check_status_map(provider: InboundProvider, status_map: Mapping[str, str]) -
     """Each ticket status the map names must be one the instance's choice list has."""
     if not status_map:
         return
-    known = [state.label for state in provider.states()]
+    known = [state.label for state in provider.states(refresh=True)]
     if unknown := sorted(set(status_map) - set(known)):
         raise InvalidInput(
             f"status_map: the instance has no state {', '.join(map(repr, unknown))}; its "
@@ -255,7 +258,12 @@ async def receive_notification(integration_id: IntegrationId, request: Request) 
     if receiving is None:
         receiving = await run_in_threadpool(limits.recent.lookup, runtime, integration_id)
     try:
-        notice = check(limits, receiving, integration_id, request.headers, body)
+        if len(body) <= CHECKED_ON_LOOP:
+            notice = check(limits, receiving, integration_id, request.headers, body)
+        else:  # a large body's MAC would hold the loop: hashed in a thread, which frees it
+            notice = await run_in_threadpool(
+                check, limits, receiving, integration_id, request.headers, body
+            )
     except BadSignature as exc:
         # A flood of forgeries is refused without filling the log: a row a second at most.
         if not limits.refusals_logged.wait_for(integration_id):

@@ -52,6 +52,7 @@ ENTRY_OVERLAP = timedelta(seconds=120)  # the same for journal entries
 FIRST_READ_SLACK = timedelta(hours=1)  # how far the host's clock may run ahead of the instance
 HEARD_RESOLUTION = 1.0  # seconds: how fresh "last heard from the instance" is kept
 MAX_POLL_PAGES = 1000  # per poll: 100,000 changed tickets; the next poll goes on from there
+MAX_DRAIN = 20 * BATCH  # notified tickets per drain; the next drain goes on from there
 ENTRIES_PER_INSERT = 500  # rows of one INSERT: well within both databases' bound parameters
 
 
@@ -154,7 +155,7 @@ class Inbound:
         without pause is read once a drain, not once a notification). Returns how many tickets
         were read."""
         read: set[str] = set()
-        while batch := self.state.waiting(integration_id, read):
+        while len(read) < MAX_DRAIN and (batch := self.state.waiting(integration_id, read)):
             inbound = self._connected(integration_id)
             if inbound is None:  # inbound sync was turned off meanwhile
                 self.state.forget(integration_id, batch)
@@ -302,6 +303,9 @@ class Inbound:
         if entries:
             self._copy_entries(conn, integration_id, entries, links, own)
             self.state.read_entries_until(conn, integration_id, ticket.id, entries[-1].created_at)
+        elif ours and ticket.updated_at is not None:
+            # Every entry up to our last write is ours: the next read starts there, not weeks back.
+            self.state.read_entries_until(conn, integration_id, ticket.id, ticket.updated_at)
         return True
 
     def _follow_status(

@@ -70,11 +70,16 @@ class InboundState:
     def read_entries_until(
         self, conn: sa.Connection, integration_id: int, ticket_id: str, until: datetime
     ) -> None:
+        """The ticket's journal was read up to ``until``; never moved back."""
         conn.execute(
             applied_tickets.update()
             .where(
                 applied_tickets.c.integration_id == integration_id,
                 applied_tickets.c.ticket_id == ticket_id,
+                sa.or_(
+                    applied_tickets.c.entries_after.is_(None),
+                    applied_tickets.c.entries_after < until,
+                ),
             )
             .values(entries_after=until)
         )
