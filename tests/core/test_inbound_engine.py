@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+import attrs
 import pytest
 import sqlalchemy as sa
 from servicenow_emulator import Emulator
@@ -124,12 +125,20 @@ def test_notifications_stored_together_each_wait_for_their_commit() -> None:
 # -- the third guard against echoes: the revisions our own writes' answers told ------------------
 
 
+@attrs.frozen
+class Linked:
+    """An incident linked to anomaly 1, its current revision applied."""
+
+    sys_id: str
+    number: str
+    journal_reads: list[str]
+    """The tickets whose journal the engine read since."""
+
+
 @pytest.fixture
 def linked(
     inbound: tuple[Inbound, Anomalies], provider: ServiceNowProvider, emulator: Emulator
-) -> tuple[str, list[str]]:
-    """An incident linked to anomaly 1, its current revision applied; and the tickets whose
-    journal the engine reads from then on."""
+) -> Linked:
     engine, _ = inbound
     [row] = emulator.seed_incidents(1)
     engine.service.links.add(
@@ -145,7 +154,7 @@ def linked(
         return read_journal(ticket_id, after)  # type: ignore[arg-type]
 
     provider.journal_since = counted  # type: ignore[method-assign]
-    return row["sys_id"], journal_reads
+    return Linked(row["sys_id"], row["number"], journal_reads)
 
 
 def deliver_all(engine: Inbound) -> None:
@@ -158,10 +167,10 @@ def deliver_all(engine: Inbound) -> None:
 def test_a_revision_our_own_note_made_is_dropped_without_reading_the_journal(
     inbound: tuple[Inbound, Anomalies],
     provider: ServiceNowProvider,
-    linked: tuple[str, list[str]],
+    linked: Linked,
 ) -> None:
     engine, anomalies = inbound
-    sys_id, journal_reads = linked
+    sys_id, journal_reads = linked.sys_id, linked.journal_reads
     engine.service.anomaly_commented(1, "Our own note")
     deliver_all(engine)
     [delivered] = engine.service.outbox.entries(DELIVERED)
@@ -185,11 +194,10 @@ def test_a_change_by_someone_before_our_own_write_is_still_applied(
     inbound: tuple[Inbound, Anomalies],
     provider: ServiceNowProvider,
     emulator: Emulator,
-    linked: tuple[str, list[str]],
+    linked: Linked,
 ) -> None:
     engine, anomalies = inbound
-    sys_id, journal_reads = linked
-    number = engine.service.links.for_ticket(INTEGRATION_ID, sys_id)[0].ticket_number
+    sys_id, number, journal_reads = linked.sys_id, linked.number, linked.journal_reads
     emulator.act_as("beth.anglin", sys_id, state="2")  # its notification lost
     engine.service.anomaly_commented(1, "Our own note")
     deliver_all(engine)  # the ticket's newest revision is ours, the one before is not
@@ -206,11 +214,10 @@ def test_a_change_of_ours_that_changed_nothing_does_not_take_a_persons_revision(
     inbound: tuple[Inbound, Anomalies],
     provider: ServiceNowProvider,
     emulator: Emulator,
-    linked: tuple[str, list[str]],
+    linked: Linked,
 ) -> None:
     engine, anomalies = inbound
-    sys_id, journal_reads = linked
-    number = engine.service.links.for_ticket(INTEGRATION_ID, sys_id)[0].ticket_number
+    sys_id, number, journal_reads = linked.sys_id, linked.number, linked.journal_reads
     emulator.act_as("beth.anglin", sys_id, state="2", work_notes="on it")  # notification lost
     # Our own change to the same state: the instance saves nothing and answers the agent's
     # revision; then a note of ours makes the next one.
