@@ -194,7 +194,8 @@ class InboundProvider(Provider, Protocol):
     reconciling poll (:meth:`changed_since`), and in both cases reads the tickets itself
     (:meth:`get_many`, :meth:`journal_since`): a notification names a ticket, nothing more is
     believed. The host applies a change once per ``Ticket.revision`` and journal entry id, and
-    drops the changes :meth:`own_user` made (echoes), so no loop can start.
+    drops the changes :meth:`own_user` made (echoes), telling them by author and by the
+    revisions its own notes returned (:meth:`Provider.add_work_note`), so no loop can start.
     """
 
     def changed_since(
