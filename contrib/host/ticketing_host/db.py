@@ -378,6 +378,21 @@ class HostStore:
             raise UnknownRecord(f"integration {integration_id} does not exist")
         return self._record(row)
 
+    def policies(
+        self, integration_id: int, conn: sa.Connection | None = None
+    ) -> tuple[str, Mapping[str, Any] | None]:
+        """The integration's sync policy and inbound options, its credentials left encrypted:
+        read for every comment and change queued."""
+        with self.database.read(conn) as c:
+            row = c.execute(
+                sa.select(integrations.c.sync_policy, integrations.c.inbound).where(
+                    integrations.c.id == integration_id
+                )
+            ).first()
+        if row is None:
+            raise UnknownRecord(f"integration {integration_id} does not exist")
+        return row.sync_policy, row.inbound
+
     def revision(self, integration_id: int, conn: sa.Connection | None = None) -> int | None:
         """How many times the integration's URL or credentials changed: providers built at an
         older revision are stale. Re-encryption under a new key changes nothing here."""
@@ -418,10 +433,7 @@ class HostStore:
 
     def anomaly(self, anomaly_id: int, conn: sa.Connection | None = None) -> AnomalyEntry:
         with self.database.read(conn) as c:
-            row = c.execute(sa.select(anomalies).where(anomalies.c.id == anomaly_id)).mappings()
-            found = row.first()
-            if found is None:
-                raise UnknownRecord(f"anomaly {anomaly_id} does not exist")
+            found = _anomaly_row(c, anomaly_id, *anomalies.c)
             comments = c.execute(
                 sa.select(anomaly_comments)
                 .where(anomaly_comments.c.anomaly_id == anomaly_id)
@@ -460,7 +472,7 @@ class HostStore:
         conn: sa.Connection | None = None,
     ) -> Comment:
         with self.database.begin(conn) as c:
-            self.anomaly(anomaly_id, c)
+            _anomaly_row(c, anomaly_id, anomalies.c.id)  # not its comments: they can be many
             row = c.execute(
                 anomaly_comments.insert()
                 .values(anomaly_id=anomaly_id, message=message, origin=origin, created=utcnow())
@@ -477,6 +489,16 @@ class HostStore:
     def token_hashes(self) -> list[str]:
         with self.database.read() as conn:
             return list(conn.execute(sa.select(api_tokens.c.token_sha256)).scalars())
+
+
+def _anomaly_row(
+    conn: sa.Connection, anomaly_id: int, *columns: sa.ColumnElement[Any]
+) -> sa.RowMapping:
+    """The anomaly's ``columns``; raises :class:`UnknownRecord` when there is no such anomaly."""
+    found = conn.execute(sa.select(*columns).where(anomalies.c.id == anomaly_id)).mappings().first()
+    if found is None:
+        raise UnknownRecord(f"anomaly {anomaly_id} does not exist")
+    return found
 
 
 def _anomaly(row: sa.RowMapping) -> Anomaly:

@@ -266,8 +266,8 @@ class HostRuntime:
         log.warning("%s", reason)
 
     def _policy(self, integration_id: int, conn: sa.Connection | None) -> SyncPolicy:
-        integration = self.store.integration(integration_id, conn)
-        return self.registry.policy(integration.sync_policy)
+        sync_policy, _ = self.store.policies(integration_id, conn)
+        return self.registry.policy(sync_policy)
 
     def _comment_from_integration(self, anomaly_id: int, text: str) -> None:
         self.store.add_comment(anomaly_id, text, origin=INTEGRATION)
@@ -275,7 +275,7 @@ class HostRuntime:
     def _inbound_policy(
         self, integration_id: int, conn: sa.Connection | None
     ) -> InboundPolicy | None:
-        options = self.store.integration(integration_id, conn).inbound
+        _, options = self.store.policies(integration_id, conn)
         return None if options is None else InboundPolicy(**options)
 
 
