@@ -234,7 +234,9 @@ class InboundProvider(Provider, Protocol):
     def read_notification(self, body: Mapping[str, Any]) -> Notice:
         """What a notification's JSON body names (no I/O); the signature is checked before.
         Raise ``InvalidInput`` saying what is wrong when it names no ticket of this
-        connection's table or project."""
+        connection's table or project. Give ``Notice.revision`` only when it is the ticket's
+        ``Ticket.revision`` as of the change: the host skips a notification whose revision it
+        has applied already."""
 
     def notification_setup(self, endpoint: str, secret: str) -> str:
         """What an administrator installs on the service so that it notifies ``endpoint``,

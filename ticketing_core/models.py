@@ -262,7 +262,10 @@ class JournalEntry:
 @attrs.frozen
 class Notice:
     """What a change notification from the service names. Never trusted beyond the ticket it
-    names: the host re-reads that ticket with the integration's own credentials."""
+    names: the host re-reads that ticket with the integration's own credentials. ``revision``
+    (the :attr:`Ticket.revision` the change made, when the service tells it) only spares that
+    read when a revision as new has been applied already (a replay, a duplicate, a change the
+    poll overtook); a change whose notification understated it waits for the poll."""
 
     ticket_id: str
     event: str  # "update" (fields changed) or "journal" (a note or comment added)

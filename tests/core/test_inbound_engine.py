@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 
 import attrs
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from servicenow_emulator import Emulator
 
-from ticketing_core.models import Notice, TicketChanges
+from ticketing_core.models import Notice, Ticket, TicketChanges
 from ticketing_core.policies import ChangeTicket, InboundPolicy, WorkNotesOnly
 from ticketing_core.sync.database import Database
 from ticketing_core.sync.delivery import Drain
@@ -120,6 +123,40 @@ def test_notifications_stored_together_each_wait_for_their_commit() -> None:
     assert set(outcomes.values()) == {"stored"}
     with pytest.raises(RuntimeError, match="the database is gone"):
         intake.put(1, Notice("bad", "update"))
+
+
+REVISIONS = st.integers(min_value=0, max_value=2**31 - 1)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(applied=st.none() | REVISIONS, told=st.lists(st.none() | REVISIONS, min_size=1, max_size=4))
+def test_a_notification_is_read_only_if_its_revision_is_not_applied_yet(
+    inbound: tuple[Inbound, Anomalies], applied: int | None, told: list[int | None]
+) -> None:
+    """A replay, a duplicate or a notification the poll overtook costs no read of its ticket;
+    one without a revision (Jira's comments) or with a newer one is read."""
+    engine, _ = inbound
+    ticket_id = uuid.uuid4().hex
+    if applied is not None:
+        with engine.database.begin() as conn:
+            ticket = Ticket(id=ticket_id, number="INC0010001", title="t", revision=applied)
+            engine.state.claim_revision(conn, INTEGRATION_ID, ticket)
+
+    for revision in told:
+        engine.notify(INTEGRATION_ID, Notice(ticket_id, "update", "beth.anglin", revision))
+
+    def expected(revision: int | None) -> str:
+        if applied is None or revision is None or revision > applied:
+            return "received"
+        return "duplicate" if revision == applied else "stale"
+
+    waiting = engine.state.waiting(INTEGRATION_ID, set())
+    assert (ticket_id in waiting) == ("received" in map(expected, told))
+    logged = engine.log.entries(INTEGRATION_ID, ticket_id=ticket_id)
+    assert sorted(e.entry.decision for e in logged) == sorted(map(expected, told))
+    engine.state.forget(INTEGRATION_ID, waiting)
 
 
 # -- the third guard against echoes: the revisions our own writes' answers told ------------------

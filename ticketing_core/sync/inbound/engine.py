@@ -38,7 +38,14 @@ from ticketing_core.policies import InboundPolicy
 from ticketing_core.sync.inbound.host import Anomalies, Heard, InboundPolicyFor
 from ticketing_core.sync.inbound.intake import BatchedIntake
 from ticketing_core.sync.inbound.schema import applied_entries, notices
-from ticketing_core.sync.inbound.state import BATCH, NEW, InboundState, seen_before
+from ticketing_core.sync.inbound.state import (
+    BATCH,
+    DUPLICATE,
+    NEW,
+    STALE,
+    InboundState,
+    seen_before,
+)
 from ticketing_core.sync.service import INTEGRATION, TICKET, SyncService
 from ticketing_core.sync.synclog import INBOUND, LogEntry, SyncLog
 
@@ -98,23 +105,34 @@ class Inbound:
         return self._intake.timeout
 
     def _store_notices(self, received: Sequence[tuple[int, Notice]]) -> None:
+        """Store the notifications to be read, but not one whose revision was applied already
+        (a replay, a duplicate, one the poll overtook): its change has been read, and a newer
+        change brings a notification of its own (or the poll finds it). Each is logged."""
         with self.database.begin() as conn:
             now = self.database.now(conn)
-            upsert = self.database.insert(notices)
-            conn.execute(
-                upsert.on_conflict_do_update(
-                    index_elements=[notices.c.integration_id, notices.c.ticket_id],
-                    set_={"version": notices.c.version + 1},
-                ),
-                [
-                    {"integration_id": iid, "ticket_id": n.ticket_id, "version": 1, "received": now}
-                    for iid, n in received
-                ],
+            fresh, seen = self.state.unapplied(conn, received)
+            if fresh:
+                upsert = self.database.insert(notices)
+                conn.execute(
+                    upsert.on_conflict_do_update(
+                        index_elements=[notices.c.integration_id, notices.c.ticket_id],
+                        set_={"version": notices.c.version + 1},
+                    ),
+                    [
+                        {"integration_id": iid, "ticket_id": n.ticket_id, "version": 1,
+                         "received": now}
+                        for iid, n in fresh
+                    ],
+                )  # fmt: skip
+            self.log.write(
+                conn,
+                *(_received(iid, notice) for iid, notice in fresh),
+                *(_seen(iid, notice, applied) for iid, notice, applied in seen),
             )
-            self.log.write(conn, *(_received(iid, notice) for iid, notice in received))
             for integration_id in sorted({iid for iid, _ in received}):
                 if self._heard_long_ago(integration_id):
                     self.state.touch(conn, integration_id, heard_at=now)
+            for integration_id in sorted({iid for iid, _ in fresh}):
                 if self.on_notice is not None:
                     self.database.after_commit(conn, partial(self.on_notice, integration_id))
 
@@ -439,7 +457,15 @@ class Inbound:
 
 
 def _received(integration_id: int, notice: Notice) -> LogEntry:
-    detail = f"{notice.event} by {notice.updated_by or 'someone'}"
-    if notice.revision is not None:
-        detail += f", revision {notice.revision}"
-    return LogEntry(INBOUND, "received", integration_id, notice.ticket_id, None, detail)
+    return LogEntry(INBOUND, "received", integration_id, notice.ticket_id, None, _told(notice))
+
+
+def _seen(integration_id: int, notice: Notice, applied: int) -> LogEntry:
+    decision = DUPLICATE if notice.revision == applied else STALE
+    detail = f"{_told(notice)}: revision {applied} applied already, not read again"
+    return LogEntry(INBOUND, decision, integration_id, notice.ticket_id, None, detail)
+
+
+def _told(notice: Notice) -> str:
+    told = f"{notice.event} by {notice.updated_by or 'someone'}"
+    return told if notice.revision is None else f"{told}, revision {notice.revision}"

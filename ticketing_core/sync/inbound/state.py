@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from ticketing_core.models import Ticket
+from ticketing_core.models import Notice, Ticket
 from ticketing_core.sync.inbound.host import Heard
 from ticketing_core.sync.inbound.schema import applied_entries, applied_tickets, cursors, notices
 
@@ -18,6 +18,12 @@ if TYPE_CHECKING:
 
 BATCH = 100  # tickets per read: ServiceNow's sys_idIN and Jira's id in (...) take this many
 NEW, DUPLICATE, STALE = "new", "duplicate", "stale"
+
+_FORGET = notices.delete().where(
+    notices.c.integration_id == sa.bindparam("integration"),
+    notices.c.ticket_id == sa.bindparam("ticket"),
+    notices.c.version == sa.bindparam("read_version"),
+)
 
 
 class InboundState:
@@ -66,6 +72,32 @@ class InboundState:
             )
         ).scalar_one()
         return seen_before(ticket, applied) or STALE
+
+    def unapplied(
+        self, conn: sa.Connection, received: Sequence[tuple[int, Notice]]
+    ) -> tuple[list[tuple[int, Notice]], list[tuple[int, Notice, int]]]:
+        """Split notifications (by integration) into those to read and those whose revision is
+        no newer than the one applied to their ticket, each with that applied revision."""
+        applied: dict[tuple[int, str], int] = {}
+        told = sorted({(iid, n.ticket_id) for iid, n in received if n.revision is not None})
+        for integration_id in sorted({iid for iid, _ in told}):
+            tickets = [ticket_id for iid, ticket_id in told if iid == integration_id]
+            rows = conn.execute(
+                sa.select(applied_tickets.c.ticket_id, applied_tickets.c.revision).where(
+                    applied_tickets.c.integration_id == integration_id,
+                    applied_tickets.c.ticket_id.in_(tickets),
+                )
+            )
+            applied.update(((integration_id, ticket_id), rev) for ticket_id, rev in rows)
+        fresh: list[tuple[int, Notice]] = []
+        seen: list[tuple[int, Notice, int]] = []
+        for integration_id, notice in received:
+            revision = applied.get((integration_id, notice.ticket_id))
+            if revision is None or notice.revision is None or notice.revision > revision:
+                fresh.append((integration_id, notice))
+            else:
+                seen.append((integration_id, notice, revision))
+        return fresh, seen
 
     def read_entries_until(
         self, conn: sa.Connection, integration_id: int, ticket_id: str, until: datetime
@@ -119,15 +151,14 @@ class InboundState:
 
     def forget(self, integration_id: int, batch: dict[str, int]) -> None:
         """Drop the notifications read, but not one that came again meanwhile."""
+        if not batch:
+            return
+        rows = [
+            {"integration": integration_id, "ticket": ticket_id, "read_version": version}
+            for ticket_id, version in batch.items()
+        ]
         with self.database.begin() as conn:
-            for ticket_id, version in batch.items():
-                conn.execute(
-                    notices.delete().where(
-                        notices.c.integration_id == integration_id,
-                        notices.c.ticket_id == ticket_id,
-                        notices.c.version == version,
-                    )
-                )
+            conn.execute(_FORGET, rows)
 
     def cursor(self, integration_id: int) -> str | None:
         with self.database.read() as conn:
