@@ -32,7 +32,6 @@ import redis
 import sqlalchemy as sa
 from servicenow_emulator import DEFAULT_PASSWORD
 from ticketing_host.compose import runtime_for
-from ticketing_host.fleet import RUN_LENGTH
 from ticketing_host.keys import generate_key
 from ticketing_host.runtime import HostRuntime
 from ticketing_host.settings import Settings
@@ -42,6 +41,7 @@ from ticketing_core.policies import AddWorkNote
 from ticketing_core.sync.database import engine_url
 from ticketing_core.sync.delivery import deliver_run
 from ticketing_core.sync.outbox import DELIVERED, NewEvent, Outbox
+from ticketing_core.sync.settings import DEFAULT_RUN_LENGTH
 from ticketing_servicenow import ServiceNowProvider
 
 POSTGRES = os.environ.get("TICKETING_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -287,7 +287,7 @@ def overhead_per_note() -> bool:
                 started = time.perf_counter()
                 prefer = f"{record.id}:{ticket}"
                 while run := outbox.claim_next(
-                    prefer=prefer, instance_limit=LIMIT, batch=RUN_LENGTH
+                    prefer=prefer, instance_limit=LIMIT, batch=DEFAULT_RUN_LENGTH
                 ):
                     deliver_run(outbox, deliver, run)
                 through_outbox = time.perf_counter() - started
@@ -295,7 +295,7 @@ def overhead_per_note() -> bool:
             finally:
                 runtime.stop()
     per_note = (through_outbox / delivered - direct / notes) * 1000
-    print(f"3. outbox overhead at 0 ms latency, sequential, PostgreSQL, runs of {RUN_LENGTH}: direct "
+    print(f"3. outbox overhead at 0 ms latency, sequential, PostgreSQL, runs of {DEFAULT_RUN_LENGTH}: direct "
           f"add_work_note {direct / notes * 1000:.2f} ms/note; claim + deliver + settle "
           f"{through_outbox / delivered * 1000:.2f} ms/note")  # fmt: skip
     print(f"   overhead {per_note:.2f} ms per note (target <= 1 ms)")

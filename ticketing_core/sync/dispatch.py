@@ -17,6 +17,7 @@ from ticketing_core.sync.settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_PRUNE_INTERVAL,
+    DEFAULT_RUN_LENGTH,
 )
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class ThreadedDispatcher:
             outbox,
             self._tracked(send),
             instance_limit=instance_limit or max(1, concurrency - 1),
+            batch=DEFAULT_RUN_LENGTH,
             on_attempt=on_attempt,
         )
         self._prune = Every(prune_interval, prune or outbox.prune, at_start=True)

@@ -24,6 +24,12 @@ DEFAULT_RETENTION = timedelta(days=7)
 DEFAULT_CONCURRENCY = 8
 DEFAULT_POLL_INTERVAL = 0.5
 DEFAULT_PRUNE_INTERVAL = 600.0
+DEFAULT_RUN_LENGTH = 20
+"""Events of one ticket claimed and settled together, in-process and in the fleet: fewer
+transactions per note (on PostgreSQL, 20 rather than 10 took the outbox's overhead from about 1 to
+0.6 ms a note; in-process on SQLite, 20 rather than 1 took a delivery's CPU time from about 4.5 to
+2.3 ms). The price: a process killed mid-run leaves up to that many notes in doubt, each checked
+alone later."""
 LEASE_OVER_DEADLINE = 4 / 3
 """A run's claims are renewed at least every quarter lease plus one delivery, so a lease above
 4/3 of the delivery deadline never lapses while its worker delivers."""

@@ -43,7 +43,7 @@ from ticketing_core.errors import InvalidInput
 from ticketing_core.sync.delivery import Drain
 from ticketing_core.sync.dispatch import Every
 from ticketing_core.sync.outbox import Outbox
-from ticketing_core.sync.settings import DEFAULT_PRUNE_INTERVAL
+from ticketing_core.sync.settings import DEFAULT_PRUNE_INTERVAL, DEFAULT_RUN_LENGTH
 
 from . import metrics
 from .runtime import HostRuntime
@@ -54,12 +54,8 @@ log = logging.getLogger(__name__)
 ACTOR = "deliver_ticket"
 SETTINGS_VARIABLE = "TICKETING_WORKER_SETTINGS"
 DRAIN_SECONDS = 30.0  # one message's work at most; then it hands on to a fresh message
-# Events of one ticket claimed (and settled) together: fewer transactions per note (20 rather
-# than 10 took the outbox's overhead from about 1 to 0.6 ms a note). The price: a worker killed
-# mid-run leaves up to that many notes in doubt, each checked alone later. A run stops between two
-# events on SIGTERM or when the drain's budget is spent, so a message takes at most DRAIN_SECONDS
-# plus one delivery.
-RUN_LENGTH = 20
+# A run (DEFAULT_RUN_LENGTH events at most) stops between two events on SIGTERM or when the
+# drain's budget is spent, so a message takes at most DRAIN_SECONDS plus one delivery.
 # How long an idle worker's Redis consumers sleep between polls at most (Dramatiq's default is 1 s,
 # which a wake-up would wait out). RabbitMQ pushes messages, so it does not poll.
 IDLE_POLL_MS = 250
@@ -233,7 +229,7 @@ class Deliveries:
                 service.outbox,
                 service.delivery,
                 instance_limit=self.settings.instance_concurrency,
-                batch=RUN_LENGTH,
+                batch=DEFAULT_RUN_LENGTH,
                 on_attempt=metrics.observe,
                 retry_later=self._wake,
             )
