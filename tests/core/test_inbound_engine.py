@@ -3,6 +3,7 @@ the ServiceNow emulator over real HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -123,6 +124,53 @@ def test_notifications_stored_together_each_wait_for_their_commit() -> None:
     assert set(outcomes.values()) == {"stored"}
     with pytest.raises(RuntimeError, match="the database is gone"):
         intake.put(1, Notice("bad", "update"))
+
+
+def test_a_coroutine_awaits_its_notification_s_commit_on_its_own_loop() -> None:
+    """One call into the loop completes a batch; a waiter that gave up is skipped, and a
+    failed batch fails every waiter of it."""
+    stored: list[list[str]] = []
+    gate = threading.Event()
+
+    def store(received: Sequence[tuple[int, Notice]]) -> None:
+        gate.wait(5)
+        if any(notice.ticket_id == "bad" for _, notice in received):
+            raise RuntimeError("the database is gone")
+        stored.append([notice.ticket_id for _, notice in received])
+
+    intake = BatchedIntake(store)
+
+    async def main() -> tuple[list[object], BaseException | None]:
+        loop = asyncio.get_running_loop()
+        calls = 0
+        call_soon = loop.call_soon_threadsafe
+
+        def counted(*args: object, **kwargs: object) -> object:
+            nonlocal calls
+            calls += 1
+            return call_soon(*args, **kwargs)  # type: ignore[arg-type]
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        first = intake.submit_async(1, Notice("t0", "update"))
+        await asyncio.sleep(0.1)  # t0's batch is being written
+        rest = [intake.submit_async(1, Notice(f"t{n}", "update")) for n in range(1, 6)]
+        rest[0].cancel()
+        gate.set()
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        assert calls == 2  # two batches, one wake-up each
+        failed: BaseException | None = None
+        try:
+            await intake.submit_async(1, Notice("bad", "update"))
+        except RuntimeError as exc:
+            failed = exc
+        return list(results), failed
+
+    results, failed = asyncio.run(main())
+
+    assert stored == [["t0"], ["t1", "t2", "t3", "t4", "t5"]]
+    assert results[0] is None and results[2:] == [None] * 4
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert str(failed) == "the database is gone"
 
 
 REVISIONS = st.integers(min_value=0, max_value=2**31 - 1)

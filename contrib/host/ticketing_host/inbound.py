@@ -269,9 +269,10 @@ async def receive_notification(integration_id: IntegrationId, request: Request) 
         if not limits.refusals_logged.wait_for(integration_id):
             await run_in_threadpool(runtime.inbound.refused, integration_id, str(exc))
         raise HTTPException(401, f"notification refused: {exc}") from None
-    stored = asyncio.wrap_future(runtime.inbound.submit(integration_id, notice))
     try:
-        await asyncio.wait_for(stored, runtime.inbound.notify_timeout)
+        await asyncio.wait_for(
+            runtime.inbound.submit(integration_id, notice), runtime.inbound.notify_timeout
+        )
     except TimeoutError:
         raise HTTPException(
             503, "the notification could not be stored in time: retry shortly",

@@ -19,11 +19,11 @@ commit becomes visible to the poll within :data:`POLL_OVERLAP` seconds of the ti
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
@@ -95,10 +95,10 @@ class Inbound:
         :class:`TimeoutError` when that takes longer than :attr:`notify_timeout`."""
         self._intake.put(integration_id, notice)
 
-    def submit(self, integration_id: int, notice: Notice) -> Future[None]:
-        """:meth:`notify` for a caller that must not block (an event loop): a future, done once
-        the notification is committed."""
-        return self._intake.submit(integration_id, notice)
+    def submit(self, integration_id: int, notice: Notice) -> asyncio.Future[None]:
+        """:meth:`notify` for a coroutine, which must not block its event loop: a future of that
+        loop, done once the notification is committed."""
+        return self._intake.submit_async(integration_id, notice)
 
     @property
     def notify_timeout(self) -> float:

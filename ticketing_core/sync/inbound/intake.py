@@ -5,6 +5,7 @@ what lets a receiver keep up with a burst."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -21,7 +22,9 @@ MAX_BATCH = 500  # notifications per transaction
 class _Waiting:
     integration_id: int
     notice: Notice
-    stored: Future[None] = attrs.field(factory=Future)
+    stored: Future[None] | asyncio.Future[None] = attrs.field(factory=Future)
+    loop: asyncio.AbstractEventLoop | None = None
+    """The event loop ``stored`` belongs to, if it is an asyncio future."""
 
 
 Store = Callable[[Sequence[tuple[int, Notice]]], object]
@@ -41,9 +44,20 @@ class BatchedIntake:
 
     def submit(self, integration_id: int, notice: Notice) -> Future[None]:
         waiting = _Waiting(integration_id, notice)
+        self._enqueue(waiting)
+        return waiting.stored  # type: ignore[return-value]
+
+    def submit_async(self, integration_id: int, notice: Notice) -> asyncio.Future[None]:
+        """:meth:`submit` for a coroutine: a future of the running event loop. The futures of
+        one batch are completed by one call into their loop, not a wake-up each."""
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(integration_id, notice, loop.create_future(), loop)
+        self._enqueue(waiting)
+        return waiting.stored  # type: ignore[return-value]
+
+    def _enqueue(self, waiting: _Waiting) -> None:
         self._queue.put(waiting)
         self._ensure_writer()
-        return waiting.stored
 
     def put(self, integration_id: int, notice: Notice) -> None:
         """Store the notification: returns once committed, raises :class:`TimeoutError` when
@@ -69,11 +83,29 @@ class BatchedIntake:
                 self._store([(each.integration_id, each.notice) for each in batch])
             except BaseException as exc:  # every caller of the batch hears of it
                 error = exc
+            by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
             for each in batch:
+                if each.loop is None:
+                    _settle(each.stored, error)
+                else:
+                    by_loop.setdefault(each.loop, []).append(each.stored)  # type: ignore[arg-type]
+            for loop, futures in by_loop.items():
                 try:
-                    if error is None:
-                        each.stored.set_result(None)
-                    else:
-                        each.stored.set_exception(error)
-                except InvalidStateError:
-                    pass  # its caller stopped waiting (cancelled the future)
+                    loop.call_soon_threadsafe(_settle_all, futures, error)
+                except RuntimeError:
+                    pass  # the loop is closed: nobody waits any more
+
+
+def _settle(stored: Future[None] | asyncio.Future[None], error: BaseException | None) -> None:
+    try:
+        if error is None:
+            stored.set_result(None)
+        else:
+            stored.set_exception(error)
+    except (InvalidStateError, asyncio.InvalidStateError):
+        pass  # its caller stopped waiting (cancelled the future)
+
+
+def _settle_all(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for stored in futures:
+        _settle(stored, error)
