@@ -168,7 +168,8 @@ def test_a_coroutine_awaits_its_notification_s_commit_on_its_own_loop() -> None:
     results, failed = asyncio.run(main())
 
     assert stored == [["t0"], ["t1", "t2", "t3", "t4", "t5"]]
-    assert results[0] is None and results[2:] == [None] * 4
+    assert results[0] is None
+    assert results[2:] == [None] * 4
     assert isinstance(results[1], asyncio.CancelledError)
     assert str(failed) == "the database is gone"
 

@@ -6,6 +6,7 @@ what lets a receiver keep up with a burst."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -90,10 +91,8 @@ class BatchedIntake:
                 else:
                     by_loop.setdefault(each.loop, []).append(each.stored)  # type: ignore[arg-type]
             for loop, futures in by_loop.items():
-                try:
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                     loop.call_soon_threadsafe(_settle_all, futures, error)
-                except RuntimeError:
-                    pass  # the loop is closed: nobody waits any more
 
 
 def _settle(stored: Future[None] | asyncio.Future[None], error: BaseException | None) -> None:
