@@ -26,7 +26,7 @@ THIRD_PARTY = frozenset({
     "attrs", "cattrs", "click", "cryptography", "dramatiq", "fastapi", "hatchling", "httpx",
     "httpx-auth", "hypothesis", "mypy", "pluggy", "prometheus-client", "psycopg", "pytest",
     "pytest-recording", "pytest-xdist", "rich", "ruff", "schemathesis", "sqlalchemy", "stamina", "starlette",
-    "uvicorn", "vcrpy", "websockets",
+    "uvicorn", "uvloop", "vcrpy", "websockets",
 })  # fmt: skip
 
 

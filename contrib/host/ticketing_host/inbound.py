@@ -270,9 +270,8 @@ async def receive_notification(integration_id: IntegrationId, request: Request) 
             await run_in_threadpool(runtime.inbound.refused, integration_id, str(exc))
         raise HTTPException(401, f"notification refused: {exc}") from None
     try:
-        await asyncio.wait_for(
-            runtime.inbound.submit(integration_id, notice), runtime.inbound.notify_timeout
-        )
+        async with asyncio.timeout(runtime.inbound.notify_timeout):
+            await runtime.inbound.submit(integration_id, notice)
     except TimeoutError:
         raise HTTPException(
             503, "the notification could not be stored in time: retry shortly",
