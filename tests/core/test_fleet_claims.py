@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from servicenow_emulator import Emulator
 
 from ticketing_core import errors
-from ticketing_core.policies import AddWorkNote, WorkNotesOnly
+from ticketing_core.models import TicketChanges
+from ticketing_core.policies import AddWorkNote, ChangeTicket, WorkNotesOnly
 from ticketing_core.sync.database import Database
 from ticketing_core.sync.delivery import deliver_run
 from ticketing_core.sync.outbox import (
@@ -67,6 +68,21 @@ def test_a_run_is_the_tickets_next_due_events_in_order(database: Database) -> No
     ]  # fmt: skip
     assert [(e.ticket_id, texts(e)) for e in rest] == [("t0", f"note {n}") for n in range(5)]
     assert [s.in_flight for s in outbox.stats()] == [2]  # two tickets, eight claims
+
+
+def test_a_change_of_fields_ends_its_run(database: Database) -> None:
+    """Settled as soon as it is sent, so that inbound sync reading the ticket back at once
+    knows the status it finds as the one this integration set (not someone else's)."""
+    outbox = Outbox(database)
+    change = ChangeTicket(TicketChanges(status="Resolved"))
+    outbox.enqueue(
+        [NewEvent(1, "t0", AddWorkNote("note 0")), NewEvent(1, "t0", change),
+         NewEvent(1, "t0", AddWorkNote("note 1"))]
+    )  # fmt: skip
+
+    run = outbox.claim_next(instance_limit=8, batch=10)
+
+    assert [e.action for e in run] == [AddWorkNote("note 0"), change]
 
 
 def test_a_run_stops_before_an_event_that_is_not_due(database: Database) -> None:

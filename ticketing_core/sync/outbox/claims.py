@@ -4,7 +4,8 @@ A ticket's events go one at a time, oldest first: an event may be claimed when i
 no claim holds it, and it is the oldest undelivered event of its ticket (a dead one holds back the
 later ones until it is retried or discarded). A claim takes a *run*: the ticket's oldest events
 while they may be claimed, up to a batch, ended before an event that may have been attempted
-(one in doubt goes alone: its look counts the notes settled before it). At most
+(one in doubt goes alone: its look counts the notes settled before it) and after a change of
+fields (settled as soon as sent, for inbound sync's echo check). At most
 ``instance_limit`` tickets of one integration have live claims, across every process sharing the
 database, and none while the integration is paused.
 """
@@ -195,6 +196,10 @@ class Claims(Settling):
             run.append(int(row.id))
             if row.maybe_attempted:
                 break  # in doubt, or about to be: alone
+            if row.changes_fields:
+                # Settled as soon as sent: until then, reading the ticket back would take the
+                # status we set for someone else's change (inbound sync's echo check).
+                break
         return run
 
     def due_tickets(self, *, waiting: float = 0.0, instance_limit: int = 8) -> list[str]:
@@ -333,6 +338,7 @@ _RUN = (
         events.c.id,
         _CLAIMABLE.label("claimable"),
         sa.or_(events.c.in_doubt, events.c.lease_until.is_not(None)).label("maybe_attempted"),
+        events.c.note_digest.is_(None).label("changes_fields"),
     )
     .where(
         events.c.ordering_key == sa.bindparam("ticket", type_=events.c.ordering_key.type),
