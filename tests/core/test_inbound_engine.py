@@ -130,9 +130,10 @@ def test_a_coroutine_awaits_its_notification_s_commit_on_its_own_loop() -> None:
     """One call into the loop completes a batch; a waiter that gave up is skipped, and a
     failed batch fails every waiter of it."""
     stored: list[list[str]] = []
-    gate = threading.Event()
+    gate, first_taken = threading.Event(), threading.Event()
 
     def store(received: Sequence[tuple[int, Notice]]) -> None:
+        first_taken.set()
         gate.wait(5)
         if any(notice.ticket_id == "bad" for _, notice in received):
             raise RuntimeError("the database is gone")
@@ -152,7 +153,8 @@ def test_a_coroutine_awaits_its_notification_s_commit_on_its_own_loop() -> None:
 
         loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
         first = intake.submit_async(1, Notice("t0", "update"))
-        await asyncio.sleep(0.1)  # t0's batch is being written
+        await asyncio.to_thread(first_taken.wait, 5)  # t0's batch is being written
+        calls = 0  # to_thread's own call into the loop aside
         rest = [intake.submit_async(1, Notice(f"t{n}", "update")) for n in range(1, 6)]
         rest[0].cancel()
         gate.set()

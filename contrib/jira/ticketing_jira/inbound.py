@@ -182,7 +182,8 @@ def _author(user: Any, where: str) -> str:
 
 
 def _revision(issue: Mapping[str, Any]) -> int | None:
-    """The issue's ``updated`` in epoch ms when the body carries it (a hint: the host re-reads)."""
+    """The issue's ``updated`` in epoch ms when the body carries it: the host skips the
+    notification when it has applied a revision as new, and re-reads the issue otherwise."""
     fields = issue.get("fields")
     updated = fields.get("updated") if isinstance(fields, Mapping) else None
     if updated is None:
