@@ -78,21 +78,18 @@ class InboundState:
     ) -> tuple[list[tuple[int, Notice]], list[tuple[int, Notice, int]]]:
         """Split notifications (by integration) into those to read and those whose revision is
         no newer than the one applied to their ticket, each with that applied revision."""
-        applied: dict[tuple[int, str], int] = {}
-        told = sorted({(iid, n.ticket_id) for iid, n in received if n.revision is not None})
-        for integration_id in sorted({iid for iid, _ in told}):
-            tickets = [ticket_id for iid, ticket_id in told if iid == integration_id]
-            rows = conn.execute(
-                sa.select(applied_tickets.c.ticket_id, applied_tickets.c.revision).where(
-                    applied_tickets.c.integration_id == integration_id,
-                    applied_tickets.c.ticket_id.in_(tickets),
-                )
-            )
-            applied.update(((integration_id, ticket_id), rev) for ticket_id, rev in rows)
+        told: dict[int, set[str]] = {}
+        for integration_id, notice in received:
+            if notice.revision is not None:
+                told.setdefault(integration_id, set()).add(notice.ticket_id)
+        applied = {
+            integration_id: self.revisions(integration_id, sorted(tickets), conn)
+            for integration_id, tickets in told.items()
+        }
         fresh: list[tuple[int, Notice]] = []
         seen: list[tuple[int, Notice, int]] = []
         for integration_id, notice in received:
-            revision = applied.get((integration_id, notice.ticket_id))
+            revision, _ = applied.get(integration_id, {}).get(notice.ticket_id, (None, None))
             if revision is None or notice.revision is None or notice.revision > revision:
                 fresh.append((integration_id, notice))
             else:
@@ -117,12 +114,13 @@ class InboundState:
         )
 
     def revisions(
-        self, integration_id: int, ticket_ids: Sequence[str]
+        self, integration_id: int, ticket_ids: Sequence[str], conn: sa.Connection | None = None
     ) -> dict[str, tuple[int, datetime | None]]:
+        """Each ticket's applied revision and how far its journal was read, if applied yet."""
         if not ticket_ids:
             return {}
-        with self.database.read() as conn:
-            rows = conn.execute(
+        with self.database.read(conn) as c:
+            rows = c.execute(
                 sa.select(
                     applied_tickets.c.ticket_id,
                     applied_tickets.c.revision,
