@@ -37,7 +37,7 @@ from ticketing_core.models import JournalEntry, Notice, Ticket, TicketLink
 from ticketing_core.policies import InboundPolicy
 from ticketing_core.sync.inbound.host import Anomalies, Heard, InboundPolicyFor
 from ticketing_core.sync.inbound.intake import BatchedIntake
-from ticketing_core.sync.inbound.schema import applied_entries, notices
+from ticketing_core.sync.inbound.schema import applied_entries
 from ticketing_core.sync.inbound.state import (
     BATCH,
     DUPLICATE,
@@ -111,19 +111,7 @@ class Inbound:
         with self.database.begin() as conn:
             now = self.database.now(conn)
             fresh, seen = self.state.unapplied(conn, received)
-            if fresh:
-                upsert = self.database.insert(notices)
-                conn.execute(
-                    upsert.on_conflict_do_update(
-                        index_elements=[notices.c.integration_id, notices.c.ticket_id],
-                        set_={"version": notices.c.version + 1},
-                    ),
-                    [
-                        {"integration_id": iid, "ticket_id": n.ticket_id, "version": 1,
-                         "received": now}
-                        for iid, n in fresh
-                    ],
-                )  # fmt: skip
+            self.state.store(conn, fresh, now)
             self.log.write(
                 conn,
                 *(_received(iid, notice) for iid, notice in fresh),

@@ -19,6 +19,13 @@ if TYPE_CHECKING:
 BATCH = 100  # tickets per read: ServiceNow's sys_idIN and Jira's id in (...) take this many
 NEW, DUPLICATE, STALE = "new", "duplicate", "stale"
 
+# Built once: the receiver's batches run these several hundred times a second.
+_REVISIONS = sa.select(
+    applied_tickets.c.ticket_id, applied_tickets.c.revision, applied_tickets.c.entries_after
+).where(
+    applied_tickets.c.integration_id == sa.bindparam("integration"),
+    applied_tickets.c.ticket_id.in_(sa.bindparam("tickets", expanding=True)),
+)
 _FORGET = notices.delete().where(
     notices.c.integration_id == sa.bindparam("integration"),
     notices.c.ticket_id == sa.bindparam("ticket"),
@@ -31,6 +38,23 @@ class InboundState:
 
     def __init__(self, database: Database) -> None:
         self.database = database
+        upsert = database.insert(notices)
+        # A ticket notified again before it was read: its version says so (see :meth:`forget`).
+        self._notify = upsert.on_conflict_do_update(
+            index_elements=[notices.c.integration_id, notices.c.ticket_id],
+            set_={"version": notices.c.version + 1},
+        )
+
+    def store(
+        self, conn: sa.Connection, notified: Sequence[tuple[int, Notice]], now: datetime
+    ) -> None:
+        """Store notifications (by integration) for their tickets to be read."""
+        rows = [
+            {"integration_id": iid, "ticket_id": notice.ticket_id, "version": 1, "received": now}
+            for iid, notice in notified
+        ]
+        if rows:
+            conn.execute(self._notify, rows)
 
     def heard(self, integration_id: int) -> Heard:
         with self.database.read() as conn:
@@ -120,16 +144,7 @@ class InboundState:
         if not ticket_ids:
             return {}
         with self.database.read(conn) as c:
-            rows = c.execute(
-                sa.select(
-                    applied_tickets.c.ticket_id,
-                    applied_tickets.c.revision,
-                    applied_tickets.c.entries_after,
-                ).where(
-                    applied_tickets.c.integration_id == integration_id,
-                    applied_tickets.c.ticket_id.in_(ticket_ids),
-                )
-            )
+            rows = c.execute(_REVISIONS, {"integration": integration_id, "tickets": ticket_ids})
             return {ticket_id: (revision, after) for ticket_id, revision, after in rows}
 
     def waiting(self, integration_id: int, read: Collection[str]) -> dict[str, int]:
