@@ -32,6 +32,7 @@ from .inbound_helpers import (
     decisions,
     enable,
     install_rules,
+    log_of,
     quiet,
     receiver,
     ticket_from_anomaly,
@@ -146,7 +147,10 @@ def test_reordered_notifications_leave_the_newest_state(
 
     assert link_status(host) == "On Hold"
     assert sum("status changed" in c for c in comments(host)) == 1  # read once, at its newest
-    assert "duplicate" in decisions(host, integration_id, ticket_id=sys_id)
+    # The older one came after the newer was applied: logged stale, and its ticket not read again.
+    older = f"revision {json.loads(first)['sys_mod_count']}:"
+    log = log_of(host, integration_id, ticket_id=sys_id)
+    assert [e["decision"] for e in log if older in e["detail"]] == ["stale"]
 
 
 def test_edits_on_both_sides_at_once_each_arrive_once(
