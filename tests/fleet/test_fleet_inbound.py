@@ -1,11 +1,15 @@
 """Two-way sync beside a Dramatiq fleet (Redis and RabbitMQ, PostgreSQL): the serve process
-hears and applies changes; what they queue for other tickets is delivered by the workers."""
+receives notifications and runs the polls; the workers read the notified tickets, apply them,
+and deliver what they queue for other tickets."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from servicenow_emulator import Emulator
+
+from ticketing_core.sync.inbound.worker import GATHER
 
 from ..conftest import wait_until
 from .conftest import Workers, connect_instance
@@ -50,6 +54,32 @@ def test_an_agents_note_reaches_the_anomaly_and_the_other_ticket_once(
     assert sum("fixed upstream" in note for note in notes_on(emulator, first)) == 1
     log = host.api.get("/api/integrations/1/sync-log").json()
     assert {"received", "applied", "delivered", "echo dropped"} <= {e["decision"] for e in log}
+
+
+def test_the_workers_read_the_notified_tickets_and_serve_only_receives(
+    start_fleet_host: Any, workers: Workers, instance: Any
+) -> None:
+    host, emulator, first, _ = two_linked(start_fleet_host, workers, instance)
+    emulator.notify_to(f"{host.url}/api/inbound/1", enable_inbound(host), OWN_USER)
+    enabled_poll = host.runtime.inbound.heard(1).polled_at
+    # serve's own first poll, due at once, is over: the next is minutes away.
+    wait_until(lambda: host.runtime.inbound.heard(1).polled_at != enabled_poll)
+    workers.kill_all()
+
+    emulator.act_as(AGENT, first, state="2")
+    emulator.wait_for_notifications()
+    time.sleep(2 * GATHER + 1)  # serve's inbound worker has had rounds to read, had it read
+
+    assert host.runtime.inbound.pending_integrations() == [1]
+    assert statuses(host)[first] == "New"
+    workers.start()
+    wait_until(lambda: statuses(host)[first] == "In Progress", timeout=60)
+    wait_until(lambda: not host.runtime.inbound.pending_integrations())
+
+
+def statuses(host: Any) -> dict[str, str]:
+    links = host.api.get("/api/anomalies/7/ticket-links").json()
+    return {link["ticket_id"]: link["status"] for link in links}
 
 
 def enable_inbound(host: Any) -> str:

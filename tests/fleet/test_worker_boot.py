@@ -6,15 +6,14 @@ from pathlib import Path
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
-from ticketing_host.fleet import IDLE_POLL_MS, Deliveries, Draining
+from ticketing_host.fleet import IDLE_POLL_MS, Deliveries, Draining, NotifiedReads
 from ticketing_host.settings import Settings
 
 
 def test_idle_consumers_poll_for_wakeups_well_within_a_second(tmp_path: Path) -> None:
     broker = StubBroker()
-    broker.add_middleware(
-        Draining(Deliveries(Settings(str(tmp_path / "db"), public_url="https://q")))
-    )
+    deliveries = Deliveries(Settings(str(tmp_path / "db"), public_url="https://q"))
+    broker.add_middleware(Draining(deliveries, NotifiedReads(deliveries)))
     dramatiq.actor(broker=broker, queue_name="ticketing")(lambda ticket: None)
     worker = dramatiq.Worker(broker, worker_threads=1)
     worker.start()

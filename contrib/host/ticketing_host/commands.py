@@ -120,9 +120,10 @@ def serve(
     the key encrypting stored credentials from TICKETING_SECRET_KEY (on SQLite, without it, from
     a key file made beside the database).
 
-    Without --broker, deliveries run in this process. With it, this process sends each ticket's
-    wake-up to the broker once the request's transaction commits, and relays lost ones;
-    ticketing worker processes deliver. /metrics serves Prometheus metrics either way.
+    Without --broker, deliveries and two-way sync's reads run in this process. With it, this
+    process sends each ticket's wake-up to the broker once the request's transaction commits, and
+    relays lost ones; ticketing worker processes deliver, and read the tickets notifications name.
+    /metrics serves Prometheus metrics either way.
     """
     import uvicorn
 
@@ -240,7 +241,8 @@ def worker(
     allowed_hosts: str | None, queue: str, relay_interval: float, max_attempts: int,
     delivery_deadline: float, lease_seconds: float, doubt_seconds: float,
 ) -> None:  # fmt: skip
-    """Deliver outbox events from a broker's wake-ups (Dramatiq), beside others on other machines.
+    """Deliver outbox events and read the tickets notifications name, from a broker's wake-ups
+    (Dramatiq), beside others on other machines.
 
     SIGTERM finishes the deliveries in hand (within the delivery deadline) and exits; SIGKILL
     loses nothing: a killed worker's claims pass to the others once their lease is over.

@@ -1,13 +1,14 @@
 """The host's one composition point: a runtime with the dispatcher its settings ask for.
 
-Without a broker, deliveries run in this process (:class:`ThreadedDispatcher`); with one, this
-process sends wake-ups to ``ticketing worker`` processes (:mod:`ticketing_host.fleet`), which
-build their own runtimes and run the same delivery loop.
+Without a broker, deliveries and the reads notifications ask for run in this process
+(:class:`ThreadedDispatcher`, :class:`InboundWorker`); with one, this process sends wake-ups for
+both to ``ticketing worker`` processes (:mod:`ticketing_host.fleet`), which build their own
+runtimes and run the same loops.
 """
 
 from __future__ import annotations
 
-from ticketing_core.sync.dispatch import Dispatcher, ThreadedDispatcher
+from ticketing_core.sync.dispatch import ThreadedDispatcher
 from ticketing_core.sync.inbound import InboundWorker
 
 from . import metrics
@@ -17,18 +18,14 @@ from .settings import Settings
 
 def runtime_for(settings: Settings) -> HostRuntime:
     """What ``serve`` runs: the API's runtime, its dispatcher and its inbound worker attached
-    (started by ``start``). Inbound work runs here, beside the receiver, with or without a
-    fleet: it is reads and short transactions, not deliveries."""
+    (started by ``start``). The inbound worker runs the reconciling polls here; notified
+    tickets are read here too without a broker, and by the workers with one (``serve`` then
+    only receives)."""
     runtime = HostRuntime(settings)
-    runtime.service.dispatcher = dispatcher_for(runtime)
-    runtime.inbound_worker = InboundWorker(runtime.inbound, runtime.store.inbound_integrations)
-    return runtime
-
-
-def dispatcher_for(runtime: HostRuntime) -> Dispatcher:
-    settings, service = runtime.settings, runtime.service
+    service = runtime.service
+    integrations = runtime.store.inbound_integrations
     if settings.broker is None:
-        return ThreadedDispatcher(
+        service.dispatcher = ThreadedDispatcher(
             service.outbox,
             service.delivery,
             concurrency=settings.concurrency,
@@ -36,6 +33,13 @@ def dispatcher_for(runtime: HostRuntime) -> Dispatcher:
             prune=runtime.prune,
             on_attempt=metrics.observe,
         )
+        runtime.inbound_worker = InboundWorker(runtime.inbound, integrations)
+        return runtime
     from . import fleet  # Dramatiq, only for those who run a fleet
 
-    return fleet.dispatcher_for(service.outbox, settings, prune=runtime.prune)
+    dispatcher = fleet.dispatcher_for(service.outbox, settings, prune=runtime.prune)
+    service.dispatcher = dispatcher
+    runtime.inbound_worker = InboundWorker(
+        runtime.inbound, integrations, read=dispatcher.read_notified
+    )
+    return runtime

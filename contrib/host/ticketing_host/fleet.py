@@ -15,6 +15,13 @@ ordering key, ``<integration id>:<ticket id>``):
   in every ``ticketing worker``) re-sends wake-ups for events left due by lost messages (a broker
   restart or flush, a crash between commit and send).
 
+Two-way sync's reads go to the workers as well, so that ``serve`` only receives: once a
+notification is stored, ``serve`` sends a message naming its integration (at most one a gather
+interval while they keep coming, and again every second while any waits unread); a worker
+process hands it to a thread of its own (:class:`NotifiedReads`), which reads the notified
+tickets and applies them, as ``serve`` does without a broker. The notifications table is the
+record, so a lost message costs a second, not a change. The reconciling polls stay in ``serve``.
+
 Broker redelivery is at-least-once, and so are the relay's wake-ups; the outbox's fencing and keyed
 writes are what make each note land exactly once. Dramatiq's own retries are off (the outbox owns
 attempts, backoff and dead-parking), its time limit is above the drain budget plus one delivery's
@@ -42,6 +49,7 @@ from dramatiq.brokers.redis import RedisBroker
 from ticketing_core.errors import InvalidInput
 from ticketing_core.sync.delivery import Drain
 from ticketing_core.sync.dispatch import Every
+from ticketing_core.sync.inbound import InboundWorker
 from ticketing_core.sync.outbox import Outbox
 from ticketing_core.sync.settings import DEFAULT_PRUNE_INTERVAL, DEFAULT_RUN_LENGTH
 
@@ -52,6 +60,7 @@ from .settings import Settings, shown_url
 log = logging.getLogger(__name__)
 
 ACTOR = "deliver_ticket"
+INBOUND_ACTOR = "read_notified"
 SETTINGS_VARIABLE = "TICKETING_WORKER_SETTINGS"
 DRAIN_SECONDS = 30.0  # one message's work at most; then it hands on to a fresh message
 # A run (DEFAULT_RUN_LENGTH events at most) stops between two events on SIGTERM or when the
@@ -74,14 +83,15 @@ def broker_for(url: str, namespace: str = "ticketing") -> dramatiq.Broker:
 
 
 def declare_actor(
-    broker: dramatiq.Broker, settings: Settings, run: Callable[[str], None]
+    broker: dramatiq.Broker, settings: Settings, run: Callable[[str], None], name: str = ACTOR
 ) -> dramatiq.Actor[[str], None]:
-    """The one actor: deliver a ticket's due events (and then others'). Retries off, no age
-    limit, a time limit above a drain plus one delivery."""
+    """An actor: by default, deliver a ticket's due events (and then others'); with
+    ``name=INBOUND_ACTOR``, wake the reader of an integration's notified tickets. Retries off,
+    no age limit, a time limit above a drain plus one delivery."""
     time_limit = (DRAIN_SECONDS + settings.delivery_deadline + 30) * 1000
     declare = dramatiq.actor(
         broker=broker,
-        actor_name=ACTOR,
+        actor_name=name,
         queue_name=settings.queue,
         max_retries=0,
         time_limit=int(time_limit),
@@ -105,7 +115,8 @@ def dispatcher_for(
     assert settings.broker is not None
     broker = broker_for(settings.broker, namespace=settings.queue)
     actor = declare_actor(broker, settings, _never_here)
-    return BrokerDispatcher(outbox, actor, settings, prune=prune)
+    reads = declare_actor(broker, settings, _never_here, INBOUND_ACTOR)
+    return BrokerDispatcher(outbox, actor, reads, settings, prune=prune)
 
 
 def _never_here(ticket: str) -> None:  # pragma: no cover - serve sends, workers run
@@ -125,12 +136,13 @@ class BrokerDispatcher:
         self,
         outbox: Outbox,
         actor: dramatiq.Actor[[str], None],
+        reads: dramatiq.Actor[[str], None],
         settings: Settings,
         *,
         prune: Callable[[], object],
     ) -> None:
         self.relay = Relay(outbox, actor, settings, prune=prune)
-        self.actor = actor
+        self.actor, self.reads = actor, reads
         self._wakeups: queue.Queue[str | None] = queue.Queue(self.BACKLOG)
         self._sender: threading.Thread | None = None
 
@@ -149,6 +161,11 @@ class BrokerDispatcher:
     def _send(self) -> None:
         while (ticket := self._wakeups.get()) is not None:
             send_wakeup(self.actor, ticket)
+
+    def read_notified(self, integration_id: int) -> None:
+        """Ask a worker to read the integration's notified tickets (serve's inbound worker calls
+        this from its own thread, never a request's)."""
+        send_wakeup(self.reads, str(integration_id))
 
     def stop(self, timeout: float | None = None) -> None:
         with contextlib.suppress(queue.Full):
@@ -248,12 +265,38 @@ class Deliveries:
                 self._runtime, self._drain = None, None
 
 
+class NotifiedReads:
+    """A worker process's inbound side: a thread reading the tickets stored notifications
+    name, woken by ``serve``'s messages (and looking every second without them), started by the
+    first. A message only wakes it, so reads never hold the threads deliveries run in, and
+    messages that arrive while it reads are one more round, not one more reader."""
+
+    def __init__(self, deliveries: Deliveries) -> None:
+        self.deliveries = deliveries
+        self._reader: InboundWorker | None = None
+        self._lock = threading.Lock()
+
+    def wake(self, _integration: str) -> None:
+        with self._lock:
+            if self._reader is None:
+                # No polls here (``integrations`` names none): serve runs them.
+                self._reader = InboundWorker(self.deliveries.runtime().inbound, tuple)
+                self._reader.start()
+        self._reader.wake()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._reader is not None:
+                self._reader.stop()
+                self._reader = None
+
+
 class Draining(dramatiq.Middleware):
     """Prompt wake-ups, and on SIGTERM, tell the drains to stop after the event in hand;
     Dramatiq waits for them."""
 
-    def __init__(self, deliveries: Deliveries) -> None:
-        self.deliveries = deliveries
+    def __init__(self, deliveries: Deliveries, reads: NotifiedReads) -> None:
+        self.deliveries, self.reads = deliveries, reads
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         worker.worker_timeout = IDLE_POLL_MS  # before its consumers exist: they take it over
@@ -262,6 +305,7 @@ class Draining(dramatiq.Middleware):
         self.deliveries.stopping.set()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.reads.close()
         self.deliveries.close()
 
 

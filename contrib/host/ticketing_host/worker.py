@@ -1,5 +1,6 @@
-"""What ``ticketing worker`` runs in each of its Dramatiq processes: the broker, the actor and the
-two fork functions (the relay, and ``/metrics`` when a port is given).
+"""What ``ticketing worker`` runs in each of its Dramatiq processes: the broker, the two actors
+(deliver a ticket; read notified tickets) and the two fork functions (the relay, and ``/metrics``
+when a port is given).
 
 Dramatiq imports this module in every process it starts; the settings come from the environment
 ``ticketing worker`` prepared (see :func:`ticketing_host.fleet.worker_settings_to_environment`).
@@ -20,11 +21,13 @@ log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 settings = fleet.worker_settings_from_environment()
 deliveries = fleet.Deliveries(settings)
+reads = fleet.NotifiedReads(deliveries)
 assert settings.broker is not None
 broker = fleet.broker_for(settings.broker, namespace=settings.queue)
-broker.add_middleware(fleet.Draining(deliveries))
+broker.add_middleware(fleet.Draining(deliveries, reads))
 dramatiq.set_broker(broker)
 deliveries.actor = fleet.declare_actor(broker, settings, deliveries.drain)
+fleet.declare_actor(broker, settings, reads.wake, fleet.INBOUND_ACTOR)
 
 
 def relay() -> None:

@@ -23,15 +23,23 @@ GATHER = 0.3
 
 
 class InboundWorker:
-    """``integrations()`` names the integrations with inbound sync on, read at every tick;
-    ``tick`` is how often stored notifications and due polls are looked for without a wake."""
+    """``integrations()`` names the integrations whose polls run here (those with inbound sync
+    on), read at every tick; ``tick`` is how often stored notifications and due polls are looked
+    for without a wake. ``read(integration_id)`` reads an integration's notified tickets: the
+    engine's :meth:`~Inbound.drain` unless given (a fleet's ``serve`` sends it to its workers)."""
 
     def __init__(
-        self, inbound: Inbound, integrations: Callable[[], Iterable[int]], *, tick: float = 1.0
+        self,
+        inbound: Inbound,
+        integrations: Callable[[], Iterable[int]],
+        *,
+        tick: float = 1.0,
+        read: Callable[[int], object] | None = None,
     ) -> None:
         self.inbound = inbound
         self.integrations = integrations
         self.tick = tick
+        self.read = inbound.drain if read is None else read
         self._woken = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -60,7 +68,7 @@ class InboundWorker:
         there were notifications to read."""
         read = False
         for integration_id in self.inbound.pending_integrations():
-            read = self._guarded(integration_id, self.inbound.drain) or read
+            read = self._guarded(integration_id, self.read) or read
         now = time.monotonic()
         enabled = set(self.integrations())
         for integration_id in enabled:
