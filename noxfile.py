@@ -62,7 +62,8 @@ def record(session: nox.Session) -> None:
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
     """Time the outbox (100 work notes, 50 ms), a sequential workload beside plain httpx (20 ms),
-    and two-way sync: notification to anomaly, the receiver's rate, the poll's and pull's reads."""
+    and two-way sync: notification to anomaly, the receiver's rate (beside a fleet on Redis), the
+    poll's and pull's reads."""
     install(session)
     session.run("python", "benchmarks/bench_outbox.py")
     session.run("python", "benchmarks/bench_sequential.py", *session.posargs)

@@ -5,19 +5,22 @@
    state, the emulator's Business Rules notify the host, and the time until the anomaly's
    comment shows in the host's API is taken (polled every 5 ms, one change at a time). p50, p99
    and max of SAMPLES; target p99 <= 1 s. Baseline: one plain httpx GET of the incident.
-2. The receiver's throughput while deliveries run: with comments on linked anomalies kept
-   queued (200 and more pending, the dispatcher delivering them at 50 ms), client processes
+2. The receiver's throughput while deliveries run, on this machine's two cores: with comments on
+   linked anomalies kept queued (200 and more pending, delivered at 50 ms), client processes
    (raw HTTP/1.1 over keep-alive connections, requests built and signed before the clock
    starts, like wrk) post NOTIFICATIONS validly signed notifications as fast as answered;
-   accepted/s, every one 202, target >= 500/s. Baseline: the same clients posting the same
-   signed bodies, under as many deliveries, to a path no route serves (404): the HTTP stack's
-   own ceiling here. Shown beside them, outside the target: the receiver with nothing to
-   deliver, and the host process's CPU time per request in each run.
+   accepted/s, every one 202. Target >= 500/s for the shape made for load: ``serve --broker``
+   (in this process) and one ``ticketing worker`` process of 8 threads on Redis, on the same
+   machine, which deliver and read the notified tickets. Baseline: the same clients posting the
+   same signed bodies, under as many deliveries, to a path no route serves (404): the HTTP
+   stack's own ceiling here. Shown beside them, outside the target: the receiver with nothing
+   to deliver, the embedded default (one process receiving, reading and delivering), and the
+   serve process's CPU time per request in each run. Needs Redis (TICKETING_TEST_REDIS).
 3. Request counts, not times: the reconciling poll over 10,000 changed incidents (target <= 101
    list requests) and the manual pull of 250 links (target ceil(250 / 100) reads; it took one
    read per link before).
 
-The host (uvicorn) runs in a thread of this process, as do the worker and the dispatcher;
+The host (uvicorn) runs in a thread of this process, as do its inbound worker and dispatcher;
 figures 1 and 3 drive an emulator in a thread too, figure 2 one in a process of its own (an
 instance's work is not the host's), with its clients in two more. Exits non-zero when a target
 is missed; ``--figures 2`` measures one.
@@ -32,14 +35,14 @@ import multiprocessing
 import secrets
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -47,6 +50,7 @@ from typing import Any
 
 import attrs
 import httpx
+from bench_scale import REDIS, emulator, forget_queue, workers  # the fleet's pieces
 from servicenow_emulator import DEFAULT_PASSWORD, Emulator, RunningEmulator, run_in_thread
 from ticketing_host.app import create_app, runtime_of
 from ticketing_host.demo import ANOMALY, TICKET_REQUEST
@@ -95,8 +99,10 @@ class Host:
 
 
 @contextmanager
-def hosted(tmp: Path, name: str, emulator_url: str) -> Iterator[Host]:
-    """A served host on a SQLite file of its own, with an integration for the emulator."""
+def hosted(tmp: Path, name: str, emulator_url: str, *, fleet: bool = False) -> Iterator[Host]:
+    """A served host on a SQLite file of its own, with an integration for the emulator; with
+    ``fleet``, ``serve --broker`` on Redis and one ``ticketing worker`` process beside it."""
+    queue = f"bench-{uuid.uuid4().hex[:10]}"
     settings = Settings(
         database=str(tmp / f"{name}.db"),
         public_url="https://host.example",
@@ -104,15 +110,21 @@ def hosted(tmp: Path, name: str, emulator_url: str) -> Iterator[Host]:
         allow_private_hosts=True,  # the emulator listens on 127.0.0.1
         api_token=API_TOKEN,
         secret_key=SECRET_KEY,
+        broker=REDIS if fleet else None,
+        queue=queue,
     )
     app = create_app(settings)
     headers = {"Authorization": f"Bearer {API_TOKEN}"}
     with (
+        ExitStack() as stack,
         serve_in_thread(app) as running,
         httpx.Client(base_url=running.url, headers=headers, timeout=30) as api,
     ):
         body = {"type": "servicenow", "api_url": emulator_url, "api_access_token": LOGIN}
         integration = ok(api.post("/api/integrations", json=body), 201)["id"]
+        if fleet:
+            stack.callback(forget_queue, queue)
+            stack.enter_context(workers(settings.database, queue, 1, SECRET_KEY))
         yield Host(running.url, runtime_of(app), api, integration)
 
 
@@ -331,7 +343,7 @@ class Burst:
     statuses: Counter[int]
     seconds: float
     cpu: float
-    """CPU seconds the host's process (all its threads) used while the clients posted."""
+    """CPU seconds serve's process (all its threads: this one) used while the clients posted."""
     delivered: int
     """Deliveries made while the clients posted."""
 
@@ -369,9 +381,7 @@ class Feeder(threading.Thread):
             self.stopping.wait(0.1)
 
 
-def burst(
-    host: Host, path: str, secret: str, bodies: list[bytes], count: int, *, deliveries: bool
-) -> Burst:
+def burst(host: Host, path: str, posting: Posting, count: int, *, deliveries: bool) -> Burst:
     """Post ``count`` signed bodies to ``path`` from the client processes, all at once; with
     ``deliveries``, comments are delivered to the linked anomalies' tickets all the while."""
     runtime = host.runtime
@@ -385,8 +395,8 @@ def burst(
             args=(
                 host.url,
                 path,
-                secret,
-                bodies,
+                posting.secret,
+                posting.bodies,
                 list(range(count))[p::CLIENT_PROCESSES],
                 CLIENT_THREADS,
                 ready,
@@ -427,33 +437,6 @@ def burst(
     return Burst(statuses, seconds, cpu, delivered)
 
 
-@contextmanager
-def emulator_process(latency_ms: int, seed: int) -> Iterator[str]:
-    """An emulator in a process of its own, with ``seed`` incidents: the instance's work is not
-    the host's (a real one is elsewhere), so it does not take the host's GIL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    command = [str(BIN / "servicenow-emulator"), "--port", str(port),
-               "--latency-ms", str(latency_ms), "--seed", str(seed)]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: reachable(f"{url}/__emulator/state"), timeout=20, every=0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def reachable(url: str) -> bool:
-    try:
-        httpx.get(url, timeout=1)
-    except httpx.TransportError:
-        return False
-    return True
-
-
 @attrs.frozen
 class Throughput:
     baseline: Burst
@@ -464,7 +447,17 @@ class Throughput:
     """The receiver with nothing to deliver (not under the target: where the time goes)."""
 
 
-def receiver_throughput(host: Host, emulator_url: str, count: int) -> Throughput:
+@attrs.frozen
+class Posting:
+    """What the clients post: notifications signed with the integration's secret."""
+
+    secret: str
+    bodies: list[bytes]
+
+
+def linked_and_enabled(host: Host, emulator_url: str, count: int) -> Posting:
+    """LINKED anomalies, each linked to an incident of its own, inbound sync on; ``count``
+    notifications about those incidents."""
     with httpx.Client(base_url=emulator_url, auth=(OWN_USER, DEFAULT_PASSWORD)) as plain:
         params: dict[str, str | int] = {
             "sysparm_limit": LINKED,
@@ -481,12 +474,23 @@ def receiver_throughput(host: Host, emulator_url: str, count: int) -> Throughput
     bodies = [
         notification_body(incidents[i % len(incidents)], UNSEEN_REVISION + i) for i in range(count)
     ]
+    return Posting(secret, bodies)
+
+
+def receiver_throughput(host: Host, emulator_url: str, count: int) -> Throughput:
+    posting = linked_and_enabled(host, emulator_url, count)
     receiver = f"/api/inbound/{host.integration}"
     return Throughput(
-        baseline=burst(host, NOWHERE, secret, bodies, count, deliveries=True),
-        received=burst(host, receiver, secret, bodies, count, deliveries=True),
-        alone=burst(host, receiver, secret, bodies, count, deliveries=False),
+        baseline=burst(host, NOWHERE, posting, count, deliveries=True),
+        received=burst(host, receiver, posting, count, deliveries=True),
+        alone=burst(host, receiver, posting, count, deliveries=False),
     )
+
+
+def one_process_throughput(host: Host, emulator_url: str, count: int) -> Burst:
+    """The receiver of the embedded default while it delivers: one process does everything."""
+    posting = linked_and_enabled(host, emulator_url, count)
+    return burst(host, f"/api/inbound/{host.integration}", posting, count, deliveries=True)
 
 
 def notification_body(incident: dict[str, str], revision: int) -> bytes:
@@ -563,29 +567,38 @@ def figure_1(running: RunningEmulator, tmp: Path, samples: int) -> bool:
 
 
 def figure_2(tmp: Path, count: int) -> bool:
+    with emulator(LATENCY_MS, LINKED) as instance, hosted(tmp, "one", instance) as host:
+        one_process = one_process_throughput(host, instance, count)
     with (
-        emulator_process(LATENCY_MS, LINKED) as instance,
-        hosted(tmp, "throughput", instance) as host,
+        emulator(LATENCY_MS, LINKED) as instance,
+        hosted(tmp, "fleet", instance, fleet=True) as host,
     ):
         runs = receiver_throughput(host, instance, count)
     rate, ceiling = runs.received.rate(202), runs.baseline.rate(404)
     met = runs.received.statuses[202] == count and rate >= TARGET_RATE
     clients = f"{CLIENT_PROCESSES} processes x {CLIENT_THREADS} threads"
-    print(f"2. receiver throughput: {count} signed notifications, {clients}, httpx keep-alive; "
+    print(f"2. receiver throughput: {count} signed notifications, {clients}, raw keep-alive; "
           f"the outbox kept delivering comments ({FEED_LOW}+ pending) at {LATENCY_MS} ms, "
           f"concurrency {DEFAULT_CONCURRENCY}; emulator in its own process")  # fmt: skip
+    print("  serve --broker (Redis) and one `ticketing worker` process, on this machine:")
     for name, run in (
         ("receiver", runs.received),
         ("404 path", runs.baseline),
         ("receiver, nothing to deliver", runs.alone),
     ):
-        answers = ", ".join(f"{n} x {status}" for status, n in sorted(run.statuses.items()))
-        print(f"  {name + ':':30}{run.rate():5.0f}/s over {run.seconds:5.2f} s ({answers}); "
-              f"host CPU {run.cpu_ms():.2f} ms a request; {run.delivered} deliveries "
-              f"meanwhile ({run.delivered / run.seconds:.0f}/s)")  # fmt: skip
-    print(f"  accepted: {rate:.0f}/s (target >= {TARGET_RATE:.0f}/s, every one 202)  "
-          f"{verdict(met)}; ratio to the 404 path: {rate / ceiling:.2f}")  # fmt: skip
+        print_burst(name, run)
+    print("  the embedded default, one process receiving, reading and delivering (no target):")
+    print_burst("receiver", one_process)
+    print(f"  accepted, serve --broker: {rate:.0f}/s (target >= {TARGET_RATE:.0f}/s, every one "
+          f"202)  {verdict(met)}; ratio to the 404 path: {rate / ceiling:.2f}")  # fmt: skip
     return met
+
+
+def print_burst(name: str, run: Burst) -> None:
+    answers = ", ".join(f"{n} x {status}" for status, n in sorted(run.statuses.items()))
+    print(f"    {name + ':':30}{run.rate():5.0f}/s over {run.seconds:5.2f} s ({answers}); "
+          f"serve's CPU {run.cpu_ms():.2f} ms a request; {run.delivered} deliveries "
+          f"meanwhile ({run.delivered / run.seconds:.0f}/s)")  # fmt: skip
 
 
 def figure_3(running: RunningEmulator, tmp: Path) -> bool:

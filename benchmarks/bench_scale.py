@@ -74,11 +74,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def emulator(latency_ms: int) -> Iterator[str]:
-    """A ServiceNow emulator in a process of its own (so that four do not share one GIL)."""
+def emulator(latency_ms: int, seed: int = 0) -> Iterator[str]:
+    """A ServiceNow emulator in a process of its own (so that four do not share one GIL, nor
+    one the host's), with ``seed`` incidents."""
     port = free_port()
     process = subprocess.Popen(
-        [str(BIN / "servicenow-emulator"), "--port", str(port), "--latency-ms", str(latency_ms)],
+        [str(BIN / "servicenow-emulator"), "--port", str(port), "--latency-ms", str(latency_ms),
+         "--seed", str(seed)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -106,7 +108,9 @@ def seed(url: str, tickets: int) -> list[str]:
 
 
 @contextmanager
-def workers(database: str, queue: str, processes: int) -> Iterator[None]:
+def workers(
+    database: str, queue: str, processes: int, secret_key: str = SECRET_KEY
+) -> Iterator[None]:
     """One ``ticketing worker`` with ``processes``, every one of them booted before timing."""
     command = [
         str(BIN / "ticketing"), "worker", "--database", database, "--broker", REDIS,
@@ -116,7 +120,7 @@ def workers(database: str, queue: str, processes: int) -> Iterator[None]:
     ]  # fmt: skip
     process = subprocess.Popen(
         command,
-        env=os.environ | {"TICKETING_SECRET_KEY": SECRET_KEY},
+        env=os.environ | {"TICKETING_SECRET_KEY": secret_key},
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -181,10 +185,15 @@ def deliver_through_fleet(
         return elapsed
     finally:
         runtime.stop()
-        client = redis.Redis.from_url(REDIS)
-        for key in client.scan_iter(f"{queue}:*"):
-            client.delete(key)
-        client.close()
+        forget_queue(queue)
+
+
+def forget_queue(queue: str) -> None:
+    """Delete the queue's keys on Redis: the benchmark is not alone there."""
+    client = redis.Redis.from_url(REDIS)
+    for key in client.scan_iter(f"{queue}:*"):
+        client.delete(key)
+    client.close()
 
 
 def delivered(runtime: HostRuntime, events: list[NewEvent]) -> None:
