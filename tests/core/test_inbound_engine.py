@@ -210,6 +210,26 @@ def test_a_notification_is_read_only_if_its_revision_is_not_applied_yet(
     engine.state.forget(INTEGRATION_ID, waiting)
 
 
+def test_a_reader_that_read_a_notification_before_it_came_again_leaves_the_new_one(
+    inbound: tuple[Inbound, Anomalies],
+) -> None:
+    """Two readers of one integration (two worker processes): the first reads a notification
+    and forgets it, the ticket is notified again, and the second, which read the first one
+    too, forgets what it read. The new notification must still wait to be read."""
+    engine, _ = inbound
+    ticket_id = uuid.uuid4().hex
+    engine.notify(INTEGRATION_ID, Notice(ticket_id, "update", "beth.anglin", None))
+    first_reader = engine.state.waiting(INTEGRATION_ID, set())
+    second_reader = engine.state.waiting(INTEGRATION_ID, set())
+
+    engine.state.forget(INTEGRATION_ID, first_reader)
+    engine.notify(INTEGRATION_ID, Notice(ticket_id, "journal", "beth.anglin", None))
+    engine.state.forget(INTEGRATION_ID, second_reader)
+
+    assert list(engine.state.waiting(INTEGRATION_ID, set())) == [ticket_id]
+    engine.state.forget(INTEGRATION_ID, engine.state.waiting(INTEGRATION_ID, set()))
+
+
 # -- the third guard against echoes: the revisions our own writes' answers told ------------------
 
 

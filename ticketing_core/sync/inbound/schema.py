@@ -28,7 +28,7 @@ notices = sa.Table(
     metadata,
     sa.Column("integration_id", sa.Integer, primary_key=True),
     sa.Column("ticket_id", sa.String(128), primary_key=True),
-    # Raised by every notification, so one arriving while the ticket is read is not lost.
+    # New (random) at every notification, so one arriving while the ticket is read is not lost.
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("received", UtcDateTime, nullable=False),
 )

@@ -3,6 +3,7 @@ read), the notifications waiting to be read, and each integration's poll cursor 
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from ticketing_core.sync.inbound.schema import applied_entries, applied_tickets,
 if TYPE_CHECKING:
     from ticketing_core.sync.database import Database
 
+VERSIONS = 2**31  # a notification's version: a 32-bit column on PostgreSQL
 BATCH = 100  # tickets per read: ServiceNow's sys_idIN and Jira's id in (...) take this many
 NEW, DUPLICATE, STALE = "new", "duplicate", "stale"
 
@@ -39,20 +41,24 @@ class InboundState:
     def __init__(self, database: Database) -> None:
         self.database = database
         upsert = database.insert(notices)
-        # A ticket notified again before it was read: its version says so (see :meth:`forget`).
+        # A ticket notified again before it was read gets a new version (see :meth:`forget`).
         self._notify = upsert.on_conflict_do_update(
             index_elements=[notices.c.integration_id, notices.c.ticket_id],
-            set_={"version": notices.c.version + 1},
+            set_={"version": upsert.excluded.version},
         )
 
     def store(
         self, conn: sa.Connection, notified: Sequence[tuple[int, Notice]], now: datetime
     ) -> None:
-        """Store notifications (by integration) for their tickets to be read."""
+        """Store notifications (by integration) for their tickets to be read. Each takes a
+        random version, not a count: a count starts again once its row is forgotten, and a
+        reader still holding the old count (another worker's) would forget the new one unread.
+        (A new version equals the old one once in two billion; the poll then finds the change.)"""
         rows = [
-            {"integration_id": iid, "ticket_id": notice.ticket_id, "version": 1, "received": now}
+            {"integration_id": iid, "ticket_id": notice.ticket_id,
+             "version": secrets.randbelow(VERSIONS), "received": now}
             for iid, notice in notified
-        ]
+        ]  # fmt: skip
         if rows:
             conn.execute(self._notify, rows)
 
