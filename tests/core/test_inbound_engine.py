@@ -20,7 +20,7 @@ from ticketing_core.models import Notice, Ticket, TicketChanges
 from ticketing_core.policies import ChangeTicket, InboundPolicy, WorkNotesOnly
 from ticketing_core.sync.database import Database
 from ticketing_core.sync.delivery import Drain
-from ticketing_core.sync.inbound import Inbound
+from ticketing_core.sync.inbound import Inbound, InboundWorker
 from ticketing_core.sync.inbound.intake import BatchedIntake
 from ticketing_core.sync.outbox import DELIVERED, PENDING, NewEvent
 from ticketing_core.sync.service import SyncService
@@ -228,6 +228,30 @@ def test_a_reader_that_read_a_notification_before_it_came_again_leaves_the_new_o
 
     assert list(engine.state.waiting(INTEGRATION_ID, set())) == [ticket_id]
     engine.state.forget(INTEGRATION_ID, engine.state.waiting(INTEGRATION_ID, set()))
+
+
+def test_a_fleet_s_serve_asks_again_only_for_new_notifications_or_after_a_while(
+    inbound: tuple[Inbound, Anomalies],
+) -> None:
+    """serve --broker's inbound worker asks the workers to read (here: ``asked``) when a
+    notification is stored, not at every round while notifications wait; then again after
+    ``reread_after``, in case its ask was lost."""
+    engine, _ = inbound
+    integration_id = 77
+    asked: list[int] = []
+    worker = InboundWorker(engine, tuple, read=asked.append, reread_after=3600)
+
+    engine.notify(integration_id, Notice(uuid.uuid4().hex, "update", "beth.anglin", None))
+    worker.run_once()
+    worker.run_once()
+    assert asked.count(integration_id) == 1
+    engine.notify(integration_id, Notice(uuid.uuid4().hex, "update", "beth.anglin", None))
+    worker.run_once()
+    assert asked.count(integration_id) == 2
+    worker.reread_after = 0  # the while is over
+    worker.run_once()
+    assert asked.count(integration_id) == 3
+    engine.state.forget(integration_id, engine.state.waiting(integration_id, set()))
 
 
 # -- the third guard against echoes: the revisions our own writes' answers told ------------------

@@ -173,13 +173,13 @@ class FleetHost:
 def start_fleet_host(fleet_database: str, broker: Broker) -> Iterator[Any]:
     with ExitStack() as stack:
 
-        def start() -> FleetHost:
-            settings = Settings(
-                database=fleet_database, public_url="https://qualytics.example", allow_http=True,
-                allow_private_hosts=True, secret_key=SECRET_KEY, api_token=API_TOKEN,
-                broker=broker.url, queue=broker.queue, relay_interval=1.0,
-                **TIMING,
-            )  # fmt: skip
+        def start(**options: Any) -> FleetHost:
+            settings = Settings(**{
+                "database": fleet_database, "public_url": "https://qualytics.example",
+                "allow_http": True, "allow_private_hosts": True, "secret_key": SECRET_KEY,
+                "api_token": API_TOKEN, "broker": broker.url, "queue": broker.queue,
+                "relay_interval": 1.0, **TIMING, **options,
+            })  # fmt: skip
             app = create_app(settings)
             running = stack.enter_context(serve_in_thread(app))
             api = stack.enter_context(httpx.Client(

@@ -17,18 +17,19 @@ from .test_fleet import delivered, link_tickets, notes_on
 
 AGENT = "beth.anglin"
 OWN_USER = "admin"  # the user of the integration's credentials
+RELAY_SELDOM = 60.0  # seconds: a relay this slow shows what else woke a delivery
 
 
 def two_linked(
-    start_fleet_host: Any, workers: Workers, instance: Any
+    start_fleet_host: Any, workers: Workers, instance: Any, **options: Any
 ) -> tuple[Any, Emulator, str, str]:
     """A fleet host with two incidents linked to anomaly 7, their linkage notes delivered by
-    the started workers."""
+    the started workers; ``options``: settings of both."""
     emulator: Emulator = instance.emulator
-    host = start_fleet_host()
+    host = start_fleet_host(**options)
     connect_instance(host, instance.url)
     first, second = link_tickets(host, emulator, 2)
-    workers.start()
+    workers.start(**options)
     wait_until(lambda: delivered(host, 2), timeout=60)  # the linkage notes
     return host, emulator, first, second
 
@@ -61,9 +62,8 @@ def test_the_workers_read_the_notified_tickets_and_serve_only_receives(
 ) -> None:
     host, emulator, first, _ = two_linked(start_fleet_host, workers, instance)
     emulator.notify_to(f"{host.url}/api/inbound/1", enable_inbound(host), OWN_USER)
-    enabled_poll = host.runtime.inbound.heard(1).polled_at
     # serve's own first poll, due at once, is over: the next is minutes away.
-    wait_until(lambda: host.runtime.inbound.heard(1).polled_at != enabled_poll)
+    wait_until(lambda: host.runtime.inbound_worker.next_poll(1) is not None)
     workers.kill_all()
 
     emulator.act_as(AGENT, first, state="2")
@@ -80,6 +80,21 @@ def test_the_workers_read_the_notified_tickets_and_serve_only_receives(
 def statuses(host: Any) -> dict[str, str]:
     links = host.api.get("/api/anomalies/7/ticket-links").json()
     return {link["ticket_id"]: link["status"] for link in links}
+
+
+def test_a_note_a_workers_read_queued_is_delivered_at_once_not_by_the_relay(
+    start_fleet_host: Any, workers: Workers, instance: Any
+) -> None:
+    host, emulator, first, second = two_linked(
+        start_fleet_host, workers, instance, relay_interval=RELAY_SELDOM
+    )
+    emulator.notify_to(f"{host.url}/api/inbound/1", enable_inbound(host), OWN_USER)
+
+    emulator.act_as(AGENT, first, work_notes="copy me over")
+
+    # Read by a worker, which queues the copy for the other ticket: woken on commit.
+    wait_until(lambda: delivered(host, 3), timeout=RELAY_SELDOM / 3)
+    assert [note for note in notes_on(emulator, second) if "copy me over" in note] != []
 
 
 def enable_inbound(host: Any) -> str:

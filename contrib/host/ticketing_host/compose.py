@@ -40,6 +40,9 @@ def runtime_for(settings: Settings) -> HostRuntime:
     dispatcher = fleet.dispatcher_for(service.outbox, settings, prune=runtime.prune)
     service.dispatcher = dispatcher
     runtime.inbound_worker = InboundWorker(
-        runtime.inbound, integrations, read=dispatcher.read_notified
+        runtime.inbound,
+        integrations,
+        read=dispatcher.read_notified,
+        reread_after=fleet.ASK_AGAIN_SECONDS,
     )
     return runtime

@@ -16,11 +16,12 @@ ordering key, ``<integration id>:<ticket id>``):
   restart or flush, a crash between commit and send).
 
 Two-way sync's reads go to the workers as well, so that ``serve`` only receives: once a
-notification is stored, ``serve`` sends a message naming its integration (at most one a gather
-interval while they keep coming, and again every second while any waits unread); a worker
-process hands it to a thread of its own (:class:`NotifiedReads`), which reads the notified
-tickets and applies them, as ``serve`` does without a broker. The notifications table is the
-record, so a lost message costs a second, not a change. The reconciling polls stay in ``serve``.
+notification is stored, ``serve`` asks with a message naming its integration (at most one a
+gather interval while they keep coming, and again every ASK_AGAIN_SECONDS while any waits
+unread); a worker process hands it to a thread of its own (:class:`NotifiedReads`), which reads
+the notified tickets and applies them, as ``serve`` does without a broker. The notifications
+table is the record, so a lost message costs a delay, not a change. The reconciling polls stay in
+``serve``.
 
 Broker redelivery is at-least-once, and so are the relay's wake-ups; the outbox's fencing and keyed
 writes are what make each note land exactly once. Dramatiq's own retries are off (the outbox owns
@@ -61,6 +62,13 @@ log = logging.getLogger(__name__)
 
 ACTOR = "deliver_ticket"
 INBOUND_ACTOR = "read_notified"
+# serve asks the workers to read an integration's notifications when new ones are stored, and
+# again this often while any wait (its message may have been lost); an older ask is dropped
+# unread, so asks do not pile up while no worker runs.
+ASK_AGAIN_SECONDS = 30.0
+ASK_MAX_AGE_SECONDS = 60.0
+# A worker's reader looks for waiting notifications this often without being asked.
+READER_TICK_SECONDS = 30.0
 SETTINGS_VARIABLE = "TICKETING_WORKER_SETTINGS"
 DRAIN_SECONDS = 30.0  # one message's work at most; then it hands on to a fresh message
 # A run (DEFAULT_RUN_LENGTH events at most) stops between two events on SIGTERM or when the
@@ -85,27 +93,34 @@ def broker_for(url: str, namespace: str = "ticketing") -> dramatiq.Broker:
 def declare_actor(
     broker: dramatiq.Broker, settings: Settings, run: Callable[[str], None], name: str = ACTOR
 ) -> dramatiq.Actor[[str], None]:
-    """An actor: by default, deliver a ticket's due events (and then others'); with
-    ``name=INBOUND_ACTOR``, wake the reader of an integration's notified tickets. Retries off,
-    no age limit, a time limit above a drain plus one delivery."""
+    """An actor: by default, deliver a ticket's due events (and then others'), with no age
+    limit; with ``name=INBOUND_ACTOR``, wake the reader of an integration's notified tickets,
+    dropped when older than ASK_MAX_AGE_SECONDS. Retries off, a time limit above a drain plus
+    one delivery."""
     time_limit = (DRAIN_SECONDS + settings.delivery_deadline + 30) * 1000
+    max_age = int(ASK_MAX_AGE_SECONDS * 1000) if name == INBOUND_ACTOR else None
     declare = dramatiq.actor(
         broker=broker,
         actor_name=name,
         queue_name=settings.queue,
         max_retries=0,
         time_limit=int(time_limit),
+        max_age=max_age,
     )
     return declare(run)
 
 
-def send_wakeup(actor: dramatiq.Actor[[str], None], ticket: str, delay: float = 0.0) -> None:
-    """Ask a worker to deliver ``ticket``'s due events, ``delay`` seconds from now. A send that
-    fails is logged: the event stays due and the relay sends for it again."""
+def send_wakeup(
+    actor: dramatiq.Actor[[str], None], ticket: str, delay: float = 0.0,
+    *, again: str = "the relay will",
+) -> None:  # fmt: skip
+    """Ask a worker to deliver ``ticket``'s due events, ``delay`` seconds from now (or, to the
+    inbound actor, to read an integration's notifications). A send that fails is logged: the
+    work stays in the database, and ``again`` says who asks for it again."""
     try:
         actor.send_with_options(args=(ticket,), delay=int(delay * 1000) or None)
     except Exception as exc:
-        log.warning("could not send the wake-up for %s (the relay will): %s", ticket, exc)
+        log.warning("could not send the wake-up for %s (%s): %s", ticket, again, exc)
 
 
 def dispatcher_for(
@@ -124,10 +139,12 @@ def _never_here(ticket: str) -> None:  # pragma: no cover - serve sends, workers
 
 
 class BrokerDispatcher:
-    """``serve --broker``: sends wake-ups after commits and runs the relay; delivers nothing.
+    """``serve --broker``: sends wake-ups after commits and runs the relay; delivers nothing,
+    and reads no notified ticket (it asks the workers to).
 
-    Wake-ups go out from a thread of their own, so a request never waits on the broker; when
-    the broker is slow and the backlog full, they are dropped, and the relay sends them later.
+    Wake-ups and asks go out from a thread of their own, so neither a request nor the polls
+    wait on the broker; when the broker is slow and the backlog full, they are dropped, and the
+    relay (or the next ask) sends them later.
     """
 
     BACKLOG = 10_000
@@ -143,7 +160,9 @@ class BrokerDispatcher:
     ) -> None:
         self.relay = Relay(outbox, actor, settings, prune=prune)
         self.actor, self.reads = actor, reads
-        self._wakeups: queue.Queue[str | None] = queue.Queue(self.BACKLOG)
+        self._outgoing: queue.Queue[tuple[dramatiq.Actor[[str], None], str] | None] = queue.Queue(
+            self.BACKLOG
+        )
         self._sender: threading.Thread | None = None
 
     def start(self) -> None:
@@ -153,23 +172,27 @@ class BrokerDispatcher:
 
     def wake(self, tickets: Collection[str] = ()) -> None:
         for ticket in sorted(tickets):
-            try:
-                self._wakeups.put_nowait(ticket)
-            except queue.Full:
-                log.warning("wake-up backlog full; the relay will wake %s", ticket)
-
-    def _send(self) -> None:
-        while (ticket := self._wakeups.get()) is not None:
-            send_wakeup(self.actor, ticket)
+            self._put(self.actor, ticket)
 
     def read_notified(self, integration_id: int) -> None:
-        """Ask a worker to read the integration's notified tickets (serve's inbound worker calls
-        this from its own thread, never a request's)."""
-        send_wakeup(self.reads, str(integration_id))
+        """Ask a worker to read the integration's notified tickets."""
+        self._put(self.reads, str(integration_id))
+
+    def _put(self, actor: dramatiq.Actor[[str], None], argument: str) -> None:
+        try:
+            self._outgoing.put_nowait((actor, argument))
+        except queue.Full:
+            log.warning("wake-up backlog full; %s for %s is sent later", actor.actor_name, argument)
+
+    def _send(self) -> None:
+        while (outgoing := self._outgoing.get()) is not None:
+            actor, argument = outgoing
+            again = "the relay will" if actor is self.actor else "serve asks again"
+            send_wakeup(actor, argument, again=again)
 
     def stop(self, timeout: float | None = None) -> None:
         with contextlib.suppress(queue.Full):
-            self._wakeups.put(None, timeout=1)
+            self._outgoing.put(None, timeout=1)
         if self._sender is not None:
             self._sender.join(timeout or 10)
         self.relay.stop()
@@ -235,7 +258,14 @@ class Deliveries:
         with self._lock:
             if self._runtime is None:
                 self._runtime = HostRuntime(self.settings, worker=True)
+                # Events this process queues (a note its reads copy to another ticket) are
+                # woken once they commit, as serve's are, not at the relay's next pass.
+                self._runtime.service.outbox.on_stored = self._wake_stored
             return self._runtime
+
+    def _wake_stored(self, tickets: Collection[str]) -> None:
+        for ticket in sorted(tickets):
+            self._wake(ticket)
 
     def drain(self, ticket: str) -> None:
         """Deliver ``ticket``'s due events, then other tickets', within the drain budget; when
@@ -280,9 +310,11 @@ class NotifiedReads:
         with self._lock:
             if self._reader is None:
                 # No polls here (``integrations`` names none): serve runs them.
-                self._reader = InboundWorker(self.deliveries.runtime().inbound, tuple)
+                self._reader = InboundWorker(
+                    self.deliveries.runtime().inbound, tuple, tick=READER_TICK_SECONDS
+                )
                 self._reader.start()
-        self._reader.wake()
+            self._reader.wake()
 
     def close(self) -> None:
         with self._lock:
@@ -303,9 +335,9 @@ class Draining(dramatiq.Middleware):
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.deliveries.stopping.set()
+        self.reads.close()  # a read under way finishes its batch of tickets first
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        self.reads.close()
         self.deliveries.close()
 
 

@@ -90,7 +90,8 @@ class HostRuntime:
         )
         self.inbound = Inbound(self.service, self._inbound_policy, HostAnomalies(self.store))
         self.inbound_worker: InboundWorker | None = None
-        """Reads notified tickets and runs the polls; attached to ``serve``'s runtime only."""
+        """Runs the polls and reads notified tickets (with a broker, asks the workers to);
+        attached to ``serve``'s runtime only."""
 
     def connect(
         self, type: str, api_url: str, api_access_token: str, options: Mapping[str, Any]

@@ -26,7 +26,10 @@ class InboundWorker:
     """``integrations()`` names the integrations whose polls run here (those with inbound sync
     on), read at every tick; ``tick`` is how often stored notifications and due polls are looked
     for without a wake. ``read(integration_id)`` reads an integration's notified tickets: the
-    engine's :meth:`~Inbound.drain` unless given (a fleet's ``serve`` sends it to its workers)."""
+    engine's :meth:`~Inbound.drain` unless given (a fleet's ``serve`` asks its workers instead).
+    ``reread_after``: for an integration whose waiting notifications were all there at the
+    last call, how long before ``read`` is called again (0: at every round; a fleet's ``serve``
+    asks again now and then, in case its message was lost, not at every round)."""
 
     def __init__(
         self,
@@ -35,20 +38,34 @@ class InboundWorker:
         *,
         tick: float = 1.0,
         read: Callable[[int], object] | None = None,
+        reread_after: float = 0.0,
     ) -> None:
         self.inbound = inbound
         self.integrations = integrations
         self.tick = tick
         self.read = inbound.drain if read is None else read
+        self.reread_after = reread_after
         self._woken = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_poll: dict[int, float] = {}  # by integration, on the monotonic clock
         self._resting: dict[int, float] = {}  # failed integrations: until when they rest
+        self._notified: set[int] = set()  # integrations notified since the last round
+        self._notified_lock = threading.Lock()
+        self._read_at: dict[int, float] = {}  # when ``read`` was last called, by integration
         inbound.on_notice = self.wake
 
-    def wake(self, _integration_id: int | None = None) -> None:
+    def wake(self, integration_id: int | None = None) -> None:
+        """Look for work now; ``integration_id``: one that has a new notification."""
+        if integration_id is not None:
+            with self._notified_lock:
+                self._notified.add(integration_id)
         self._woken.set()
+
+    def next_poll(self, integration_id: int) -> float | None:
+        """When the integration's next poll is due here (the monotonic clock); None until its
+        first poll here has run."""
+        return self._next_poll.get(integration_id)
 
     def start(self) -> None:
         if self._thread is None:
@@ -66,9 +83,18 @@ class InboundWorker:
     def run_once(self) -> bool:
         """Read every stored notification, then run every poll that is due; returns whether
         there were notifications to read."""
+        with self._notified_lock:
+            notified, self._notified = self._notified, set()
         read = False
-        for integration_id in self.inbound.pending_integrations():
-            read = self._guarded(integration_id, self.read) or read
+        now = time.monotonic()
+        pending = self.inbound.pending_integrations()
+        for integration_id in pending:
+            last = self._read_at.get(integration_id)
+            if integration_id in notified or last is None or now - last >= self.reread_after:
+                self._read_at[integration_id] = now
+                read = self._guarded(integration_id, self.read) or read
+        for done in set(self._read_at) - set(pending):
+            del self._read_at[done]
         now = time.monotonic()
         enabled = set(self.integrations())
         for integration_id in enabled:
