@@ -17,6 +17,7 @@ from .test_fleet import delivered, link_tickets, notes_on
 
 AGENT = "beth.anglin"
 OWN_USER = "admin"  # the user of the integration's credentials
+NOTES = 6
 RELAY_SELDOM = 60.0  # seconds: a relay this slow shows what else woke a delivery
 
 
@@ -75,6 +76,32 @@ def test_the_workers_read_the_notified_tickets_and_serve_only_receives(
     workers.start()
     wait_until(lambda: statuses(host)[first] == "In Progress", timeout=60)
     wait_until(lambda: not host.runtime.inbound.pending_integrations())
+
+
+def test_two_worker_processes_apply_each_agent_note_once(
+    start_fleet_host: Any, workers: Workers, instance: Any
+) -> None:
+    """Asks go to either process, and both may read one ticket at once: each note is still
+    copied to the anomaly and to the other ticket once."""
+    emulator: Emulator = instance.emulator
+    host = start_fleet_host()
+    connect_instance(host, instance.url)
+    first, second = link_tickets(host, emulator, 2)
+    workers.start(processes=2)
+    wait_until(lambda: delivered(host, 2), timeout=60)  # the linkage notes
+    emulator.notify_to(f"{host.url}/api/inbound/1", enable_inbound(host), OWN_USER)
+
+    for n in range(NOTES):
+        emulator.act_as(AGENT, (first, second)[n % 2], work_notes=f"agent note {n}")
+    emulator.wait_for_notifications()
+
+    wait_until(lambda: delivered(host, 2 + NOTES), timeout=60)  # each on the other ticket
+    wait_until(lambda: not host.runtime.inbound.pending_integrations())
+    comments = [c["message"] for c in host.api.get("/api/anomalies/7").json()["comments"]]
+    assert [sum(f"agent note {n}" in c for c in comments) for n in range(NOTES)] == [1] * NOTES
+    for n in range(NOTES):
+        copied_to = (second, first)[n % 2]
+        assert sum(f"agent note {n}" in note for note in notes_on(emulator, copied_to)) == 1
 
 
 def statuses(host: Any) -> dict[str, str]:
