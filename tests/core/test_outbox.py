@@ -132,7 +132,8 @@ def pause_seconds(database: Database) -> float:
 def test_an_outage_pauses_the_integration_doubling_while_it_lasts(database: Database) -> None:
     """One call per pause probes a service that is down, rather than one per waiting ticket;
     calls already on their way when it began do not lengthen it."""
-    outbox = Outbox(database, backoff_initial=0.2, backoff_max=0.8, doubt_seconds=0)
+    # A pause of 0.5 s at first: the claims below come well within it, even on a loaded machine.
+    outbox = Outbox(database, backoff_initial=0.5, backoff_max=2.0, doubt_seconds=0)
     outbox.enqueue([note(f"t{n}", "x") for n in range(6)] + [other("u", "y")])
     down = errors.ProviderUnavailable("ServiceNow is unavailable: HTTP 503", status_code=503)
     [first] = outbox.claim_next(prefer="1:t0", instance_limit=8)
@@ -142,18 +143,18 @@ def test_an_outage_pauses_the_integration_doubling_while_it_lasts(database: Data
     assert [e.integration_id for e in outbox.claim(10)] == [2]  # integration 1 waits
     assert outbox.claim_next(instance_limit=8) == []
     outbox.settle_failed(in_flight, down)  # sent before the pause: no longer
-    assert pause_seconds(database) == 0.2
+    assert pause_seconds(database) == 0.5
 
     lengths = []
     for _ in range(3):  # each probe after a pause fails too
         probe = claim_when_due(outbox)
         outbox.settle_failed(probe, down)
         lengths.append(pause_seconds(database))
-    assert lengths == [0.4, 0.8, 0.8]
+    assert lengths == [1.0, 2.0, 2.0]
 
-    time.sleep(0.8 + 0.8 + 0.1)  # the pause, then longer than backoff_max: the outage is over
+    time.sleep(2.0 + 2.0 + 0.1)  # the pause, then longer than backoff_max: the outage is over
     outbox.settle_failed(claim_when_due(outbox), down)
-    assert pause_seconds(database) == 0.2  # a new outage starts again from backoff_initial
+    assert pause_seconds(database) == 0.5  # a new outage starts again from backoff_initial
     assert outbox.counts()[DEAD] == 0
 
 
