@@ -40,7 +40,6 @@ from ticketing_core.sync.inbound.intake import BatchedIntake
 from ticketing_core.sync.inbound.schema import applied_entries
 from ticketing_core.sync.inbound.state import (
     BATCH,
-    DUPLICATE,
     NEW,
     STALE,
     InboundState,
@@ -218,7 +217,7 @@ class Inbound:
         applied_now = []
         for ticket in tickets:
             applied, entries_after = known.get(ticket.id, (None, None))
-            if (decision := seen_before(ticket, applied)) is not None:
+            if (decision := seen_before(ticket.revision, applied)) is not None:
                 repeated.append(
                     LogEntry(
                         INBOUND, decision, integration_id, ticket.id, None,
@@ -449,7 +448,7 @@ def _received(integration_id: int, notice: Notice) -> LogEntry:
 
 
 def _seen(integration_id: int, notice: Notice, applied: int) -> LogEntry:
-    decision = DUPLICATE if notice.revision == applied else STALE
+    decision = seen_before(notice.revision, applied) or STALE
     detail = f"{_told(notice)}: revision {applied} applied already, not read again"
     return LogEntry(INBOUND, decision, integration_id, notice.ticket_id, None, detail)
 

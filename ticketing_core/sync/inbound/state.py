@@ -95,13 +95,8 @@ class InboundState:
         ).first()
         if claimed is not None:
             return NEW
-        applied = conn.execute(
-            sa.select(applied_tickets.c.revision).where(
-                applied_tickets.c.integration_id == integration_id,
-                applied_tickets.c.ticket_id == ticket.id,
-            )
-        ).scalar_one()
-        return seen_before(ticket, applied) or STALE
+        applied, _ = self.revisions(integration_id, [ticket.id], conn)[ticket.id]
+        return seen_before(ticket.revision, applied) or STALE
 
     def unapplied(
         self, conn: sa.Connection, received: Sequence[tuple[int, Notice]]
@@ -120,10 +115,10 @@ class InboundState:
         seen: list[tuple[int, Notice, int]] = []
         for integration_id, notice in received:
             revision, _ = applied.get(integration_id, {}).get(notice.ticket_id, (None, None))
-            if revision is None or notice.revision is None or notice.revision > revision:
-                fresh.append((integration_id, notice))
-            else:
+            if revision is not None and seen_before(notice.revision, revision) is not None:
                 seen.append((integration_id, notice, revision))
+            else:
+                fresh.append((integration_id, notice))
         return fresh, seen
 
     def read_entries_until(
@@ -211,8 +206,9 @@ class InboundState:
             )
 
 
-def seen_before(ticket: Ticket, applied: int | None) -> str | None:
-    """DUPLICATE or STALE when a revision as new as the ticket's was applied already."""
-    if applied is None or ticket.revision is None or ticket.revision > applied:
+def seen_before(revision: int | None, applied: int | None) -> str | None:
+    """DUPLICATE or STALE when a ticket's ``revision`` (read, or told by a notification) is no
+    newer than the one ``applied``; None when it is new, or either is unknown."""
+    if applied is None or revision is None or revision > applied:
         return None
-    return DUPLICATE if ticket.revision == applied else STALE
+    return DUPLICATE if revision == applied else STALE
