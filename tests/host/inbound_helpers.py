@@ -133,5 +133,11 @@ def inbound_linked(
     wait_until(lambda: outbox.counts()["pending"] == 0, timeout=60)
     answer = enable(host, integration_id)
     install_rules(emulator, host, integration_id, answer["secret"])
+    # The worker's first poll runs now, not at its next tick: one landing mid-test would read
+    # (and apply) the change a test means a notification to bring.
+    worker = host.runtime.inbound_worker
+    assert worker is not None
+    worker.wake()
+    wait_until(lambda: worker.next_poll(integration_id) is not None, timeout=30)
     quiet(host, emulator)
     return host, integration_id, sys_id, answer["secret"]

@@ -295,6 +295,9 @@ def test_a_retired_state_is_recorded_and_still_followed(
 ) -> None:
     host, integration_id, sys_id, _ = inbound_linked
     emulator.set_choice("incident", "state", "3", "On Hold", inactive=True)
+    # The host read the choice list in its first poll; it reads it again (as when a status map
+    # is set) before the ticket moves.
+    host.runtime.pool(integration_id).states(refresh=True)
 
     emulator.act_as(AGENT, sys_id, state="3", hold_reason="1")
     quiet(host, emulator)

@@ -66,6 +66,8 @@ def test_a_deleted_ticket_is_noted_and_its_link_keeps_what_it_knew(
     inbound_linked: Linked, emulator: Emulator, emulator_url: str
 ) -> None:
     host, integration_id, sys_id, secret = inbound_linked
+    emulator.notify_to(None)  # the agent's change is heard only through the notification below
+    emulator.act_as(AGENT, sys_id, state="2")
     body = json.dumps(emulator.notification_for(sys_id)).encode()
     gone = httpx.delete(
         f"{emulator_url}/api/now/table/incident/{sys_id}", auth=("admin", DEFAULT_PASSWORD)
