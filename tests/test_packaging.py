@@ -23,8 +23,8 @@ CONTRIB = ("localserver", "servicenow-emulator", "host", "jira")
 TAKEN_ON_PYPI = frozenset({"ticketing"})  # "Distributed ticket lock client"
 # What our distributions may depend on besides each other: every third-party name, on purpose.
 THIRD_PARTY = frozenset({
-    "attrs", "cattrs", "click", "cryptography", "dramatiq", "fastapi", "hatchling", "httpx",
-    "httpx-auth", "hypothesis", "mypy", "pluggy", "prometheus-client", "psycopg", "pytest",
+    "attrs", "cattrs", "click", "cryptography", "dramatiq", "fastapi", "hatchling", "httptools",
+    "httpx", "httpx-auth", "hypothesis", "mypy", "pluggy", "prometheus-client", "psycopg", "pytest",
     "pytest-recording", "pytest-xdist", "rich", "ruff", "schemathesis", "sqlalchemy", "stamina", "starlette",
     "uvicorn", "uvloop", "vcrpy", "websockets",
 })  # fmt: skip

@@ -21,7 +21,6 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import h11
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -32,7 +31,7 @@ from ticketing_host.connections import ConnectionLimits, connection_bound
 from ticketing_host.server import serve_in_thread
 from ticketing_host.settings import Settings
 from ticketing_localserver import RunningServer
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from ticketing_core.sync.database import engine_url, sqlite_path
@@ -427,6 +426,50 @@ def test_a_kept_alive_connection_has_the_same_time_for_its_next_request(
     assert closed_after < 1.0 + 1.5
 
 
+def test_pipelined_requests_are_each_answered_and_then_the_next_is_due_in_time(
+    bounded_host: Callable[[ConnectionLimits], RunningServer],
+) -> None:
+    server = bounded_host(ConnectionLimits(request_timeout=1.0, max_connections=10))
+    request = (
+        f"GET /api/integrations HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_TOKEN}"
+        "\r\n\r\n"
+    ).encode()
+
+    with socket.create_connection(("127.0.0.1", port_of(server.url)), timeout=5) as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(request * 3)
+        answers = [read_response(reader) for _ in range(3)]
+        sock.sendall(request[:20])
+        started = time.monotonic()
+        last = reader.read()
+        closed_after = time.monotonic() - started
+
+    assert all(answer.startswith(b"HTTP/1.1 200 OK\r\n") for answer in answers)
+    assert last.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert closed_after < 1.0 + 1.5
+
+
+def test_an_answer_before_the_body_ends_leaves_the_rest_of_it_due_in_time(
+    bounded_host: Callable[[ConnectionLimits], RunningServer],
+) -> None:
+    """A path the host does not have is answered at once, while the body still comes."""
+    server = bounded_host(ConnectionLimits(request_timeout=1.0, max_connections=10))
+    trickling = TRICKLING.replace(b"/api/anomalies", b"/nowhere")
+
+    with socket.create_connection(("127.0.0.1", port_of(server.url)), timeout=5) as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(trickling)
+        early = read_response(reader)
+        started = time.monotonic()
+        sock.sendall(b"x")
+        last = reader.read()
+        closed_after = time.monotonic() - started
+
+    assert early.startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert last.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert closed_after < 1.0 + 1.5
+
+
 def test_a_connection_that_sends_nothing_is_closed_after_the_timeout_without_an_answer(
     bounded_host: Callable[[ConnectionLimits], RunningServer],
 ) -> None:
@@ -542,10 +585,17 @@ def test_the_cap_stays_below_the_open_file_limit(file_limit: int, bound: int) ->
 
 
 def test_the_uvicorn_internals_the_bounds_rely_on_are_there() -> None:
-    """The bounds subclass uvicorn's h11 protocol: this fails first when uvicorn changes it."""
-    for hook in ("connection_made", "data_received", "on_response_complete", "connection_lost"):
-        assert hook in vars(H11Protocol), f"uvicorn's H11Protocol has no {hook} any more"
-    assert list(inspect.signature(H11Protocol.on_response_complete).parameters) == ["self"]
+    """The bounds subclass uvicorn's httptools protocol: this fails first when uvicorn changes
+    it."""
+    hooks = ("connection_made", "on_message_begin", "on_message_complete",
+             "on_response_complete", "connection_lost")  # fmt: skip
+    for hook in hooks:
+        assert hook in vars(HttpToolsProtocol), (
+            f"uvicorn's HttpToolsProtocol has no {hook} any more"
+        )
+    for hook in hooks[1:4]:
+        method = getattr(HttpToolsProtocol, hook)
+        assert list(inspect.signature(method).parameters) == ["self"], hook
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         pass
@@ -560,9 +610,7 @@ def test_the_uvicorn_internals_the_bounds_rely_on_are_there() -> None:
         )
     finally:
         loop.close()
-    assert isinstance(protocol, H11Protocol)
-    assert isinstance(protocol.conn, h11.Connection)
-    assert protocol.conn.their_state is h11.IDLE
+    assert isinstance(protocol, HttpToolsProtocol)
     assert protocol.loop is loop
     assert hasattr(protocol, "transport")
 
