@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import secrets
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from functools import cached_property, partial
 from pathlib import Path
@@ -27,6 +29,7 @@ from urllib.parse import quote
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ticketing_core.sync.filelock import FileLock
 from ticketing_core.sync.outbox.migrations import UPGRADES, Upgrade
 from ticketing_core.sync.schema import (
     SCHEMA_VERSION,
@@ -90,9 +93,13 @@ class Database:
         pooled = parsed.get_backend_name() != "sqlite" or sqlite_file
         sizes = {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW} if pooled else {}
         self.engine = sa.create_engine(parsed, pool_pre_ping=True, **sizes)
-        # SQLite file written by this process: its writers queue here (see _one_writer).
-        self._writer = threading.Lock() if sqlite_file and not read_only else None
+        # SQLite file written by this process: its writers queue here, then with those of the
+        # machine's other processes on a lock file beside the database (see _one_writer).
+        written = sqlite_file and not read_only
+        self._writer = threading.Lock() if written else None
         self._writing = threading.local()
+        self._lock_path = f"{parsed.database}-writer" if written and FileLock.supported() else None
+        self._file_lock: FileLock | None = None
         if self.engine.dialect.name == "sqlite":
             # Only the service's own opening switches a file to WAL: a look changes nothing.
             sa.event.listen(
@@ -229,28 +236,35 @@ class Database:
 
     @contextmanager
     def _one_writer(self) -> Iterator[None]:
-        """SQLite: hold this process's writer lock until the transaction has ended.
+        """SQLite: hold this process's writer lock, then the machine's (a lock file beside the
+        database), until the transaction has ended.
 
         SQLite lets one connection write at a time, and one that finds the file locked sleeps in
-        growing steps (up to 100 ms) before it tries again: threads of one process queue here
-        instead and start the moment the writer before them commits. Waits as long as the
-        transaction's lock wait, then tries SQLite once without waiting more (failing as a locked
-        database does); a nested transaction of the same thread does not queue behind itself.
+        growing steps (up to 100 ms) before it tries again: writers queue here instead, threads
+        of this process on a lock, processes on the file (see :mod:`.filelock`), and start the
+        moment the writer before them commits. Both waits together last at most the
+        transaction's lock wait; then it tries SQLite once without waiting more (failing as a
+        locked database does). A nested transaction of the same thread does not queue behind
+        itself.
         """
         if self._writer is None or getattr(self._writing, "held", False):
             yield
             return
         wait = _lock_wait.get()
-        if not self._writer.acquire(timeout=LOCK_WAIT if wait is None else wait):
-            with lock_wait(0):
-                yield
-            return
-        self._writing.held = True
-        try:
+        deadline = time.monotonic() + (LOCK_WAIT if wait is None else wait)
+        with ExitStack() as held:
+            if _take(self._writer, deadline, held) and self._lock_path is not None:
+                _take(self._machine_writer(self._lock_path), deadline, held)
+            self._writing.held = True
+            held.callback(setattr, self._writing, "held", False)
             yield
-        finally:
-            self._writing.held = False
-            self._writer.release()
+
+    def _machine_writer(self, path: str) -> FileLock:
+        """The lock file's lock for this process (a forked child makes its own); taken only
+        under this process's writer lock."""
+        if self._file_lock is None or self._file_lock.pid != os.getpid():
+            self._file_lock = FileLock(path)
+        return self._file_lock
 
     def after_commit(self, conn: sa.Connection, callback: Callable[[], object]) -> None:
         """Call ``callback`` once the transaction ``conn`` is in has committed (never if it rolls
@@ -275,6 +289,18 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._file_lock is not None:
+            self._file_lock.close()
+
+
+def _take(lock: threading.Lock | FileLock, deadline: float, held: ExitStack) -> bool:
+    """Take ``lock`` by ``deadline`` (released when ``held`` closes); else the transaction
+    tries SQLite once without waiting. Whether it was taken."""
+    if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        held.callback(lock.release)
+        return True
+    held.enter_context(lock_wait(0))
+    return False
 
 
 # What opening a database can raise for a bad URL, a missing driver or an unreachable server.
