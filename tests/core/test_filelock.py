@@ -69,6 +69,11 @@ def release(holder: subprocess.Popen[str]) -> None:
     assert holder.stdout.readline() == "released\n"
 
 
+def write(database: Database) -> None:
+    with database.begin() as conn:
+        conn.exec_driver_sql("UPDATE installation SET created = created")
+
+
 def free(path: Path) -> bool:
     """Whether nobody holds the lock on ``path`` (taken and let go at once)."""
     with path.open("a") as file:
@@ -115,8 +120,8 @@ def test_a_write_transaction_holds_the_machine_lock_and_bounded_waits_still_end(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "ticketing.db"
-    Database(str(path)).dispose()
     database = Database(str(path))
+    database.dispose()  # as a host stopping does: its next write opens the lock file again
     try:
         with held_elsewhere(path, "transaction") as holder:
             held = not free(Path(f"{path}-writer"))
@@ -137,3 +142,24 @@ def test_a_write_transaction_holds_the_machine_lock_and_bounded_waits_still_end(
     assert held
     assert 0.25 < waited < 2
     assert unavailable_reason(refused.value) == LOCKED
+
+
+def test_without_a_usable_lock_file_writers_wait_in_sqlite_as_before(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "ticketing.db"
+    Path(f"{path}-writer").mkdir()  # a lock file that cannot be opened (root ignores modes)
+    database = Database(str(path))
+    try:
+        with database.begin() as conn:
+            conn.exec_driver_sql("UPDATE installation SET created = created")
+        with held_elsewhere(path, "transaction") as holder:
+            with lock_wait(0.3), pytest.raises(sa.exc.OperationalError) as refused:
+                write(database)
+            release(holder)
+        write(database)
+    finally:
+        database.dispose()
+
+    assert unavailable_reason(refused.value) == LOCKED
+    assert "cannot queue SQLite's writers on" in caplog.text

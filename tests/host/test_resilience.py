@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 from servicenow_emulator import Emulator
 from ticketing_host.app import create_app
 from ticketing_host.connections import ConnectionLimits, connection_bound
@@ -470,6 +472,93 @@ def test_an_answer_before_the_body_ends_leaves_the_rest_of_it_due_in_time(
     assert closed_after < 1.0 + 1.5
 
 
+def test_a_request_head_over_16_kib_is_answered_431_and_one_under_it_is_served(
+    bounded_host: Callable[[ConnectionLimits], RunningServer],
+) -> None:
+    """httptools bounds neither the request line nor the headers: the protocol does."""
+    server = bounded_host(ConnectionLimits(request_timeout=5, max_connections=10))
+    start = (
+        f"GET /api/integrations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {API_TOKEN}\r\n"
+    )
+    under = (start + f"X-Padding: {'a' * 12_000}\r\nConnection: close\r\n\r\n").encode()
+    body = b"x" * 200_000  # a body far over the bound is no head
+    posted = (
+        b"POST /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    port = port_of(server.url)
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(start.encode())
+        for _ in range(5):  # 20,000 bytes of headers, and no end to them
+            sock.sendall(f"X-Padding: {'a' * 3_986}\r\n".encode())
+            time.sleep(0.05)
+        refused = sock.makefile("rb").read()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(under)
+        served = sock.makefile("rb").read()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(posted)
+        not_found = read_response(sock.makefile("rb"))
+
+    head, detail = refused.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert json.loads(detail) == {"detail": "the request line and headers exceed 16384 bytes"}
+    assert served.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert not_found.startswith(b"HTTP/1.1 404 Not Found\r\n")
+
+
+def stalling_app() -> FastAPI:
+    """Answers the client waits for: one begun before the request's body is read and never
+    finished, and one sent in parts far larger together than the sockets' buffers."""
+    app = FastAPI()
+
+    @app.post("/begun")
+    def begun() -> StreamingResponse:
+        async def parts() -> AsyncIterator[bytes]:
+            yield b"hello"
+            await asyncio.sleep(30)  # cancelled once the client is gone
+
+        return StreamingResponse(parts())
+
+    @app.get("/large")
+    def large() -> StreamingResponse:
+        return StreamingResponse(b"x" * 32_000 for _ in range(1_000))  # each part awaits room
+
+    return app
+
+
+def test_a_request_overdue_while_its_answer_is_under_way_is_cut_off_without_a_408() -> None:
+    limits = ConnectionLimits(request_timeout=1.0, max_connections=10)
+    trickling = TRICKLING.replace(b"/api/anomalies", b"/begun")
+    with (
+        serve_in_thread(stalling_app(), limits=limits) as server,
+        socket.create_connection(("127.0.0.1", port_of(server.url)), timeout=5) as sock,
+    ):
+        sock.sendall(trickling)
+        received = b""
+        with suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"hello" in received
+    assert b"408" not in received
+
+
+def test_a_client_that_does_not_take_its_answer_is_cut_off_after_the_request_timeout() -> None:
+    limits = ConnectionLimits(request_timeout=1.0, max_connections=10)
+    with serve_in_thread(stalling_app(), limits=limits) as server, socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port_of(server.url)))
+        sock.sendall(b"GET /large HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        registry = registry_of(server)
+        wait_until(lambda: registry.open)
+        wait_until(lambda: not registry.open, timeout=1.0 + 5)
+
+
 def test_a_connection_that_sends_nothing_is_closed_after_the_timeout_without_an_answer(
     bounded_host: Callable[[ConnectionLimits], RunningServer],
 ) -> None:
@@ -587,13 +676,12 @@ def test_the_cap_stays_below_the_open_file_limit(file_limit: int, bound: int) ->
 def test_the_uvicorn_internals_the_bounds_rely_on_are_there() -> None:
     """The bounds subclass uvicorn's httptools protocol: this fails first when uvicorn changes
     it."""
-    hooks = ("connection_made", "on_message_begin", "on_message_complete",
-             "on_response_complete", "connection_lost")  # fmt: skip
+    hooks = ("connection_made", "data_received", "connection_lost", "on_message_begin",
+             "on_headers_complete", "on_message_complete", "on_response_complete",
+             "pause_writing", "resume_writing")  # fmt: skip
     for hook in hooks:
-        assert hook in vars(HttpToolsProtocol), (
-            f"uvicorn's HttpToolsProtocol has no {hook} any more"
-        )
-    for hook in hooks[1:4]:
+        assert hook in vars(HttpToolsProtocol), f"uvicorn's HttpToolsProtocol has no {hook}"
+    for hook in hooks[3:]:
         method = getattr(HttpToolsProtocol, hook)
         assert list(inspect.signature(method).parameters) == ["self"], hook
 

@@ -98,7 +98,7 @@ class Database:
         written = sqlite_file and not read_only
         self._writer = threading.Lock() if written else None
         self._writing = threading.local()
-        self._lock_path = f"{parsed.database}-writer" if written and FileLock.supported() else None
+        self._lock_path = f"{parsed.database}-writer" if written else None
         self._file_lock: FileLock | None = None
         if self.engine.dialect.name == "sqlite":
             # Only the service's own opening switches a file to WAL: a look changes nothing.
@@ -242,10 +242,11 @@ class Database:
         SQLite lets one connection write at a time, and one that finds the file locked sleeps in
         growing steps (up to 100 ms) before it tries again: writers queue here instead, threads
         of this process on a lock, processes on the file (see :mod:`.filelock`), and start the
-        moment the writer before them commits. Both waits together last at most the
-        transaction's lock wait; then it tries SQLite once without waiting more (failing as a
-        locked database does). A nested transaction of the same thread does not queue behind
-        itself.
+        moment the writer before them commits. The two queues together take at most the
+        transaction's lock wait; past it, the transaction tries SQLite once without waiting more
+        (failing as a locked database does). Once its turn has come, SQLite's own wait for
+        another program's lock is the lock wait, as before. A nested transaction of the same
+        thread does not queue behind itself.
         """
         if self._writer is None or getattr(self._writing, "held", False):
             yield
@@ -289,8 +290,9 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        if self._file_lock is not None:
+        if self._file_lock is not None:  # a write after this opens the file again
             self._file_lock.close()
+            self._file_lock = None
 
 
 def _take(lock: threading.Lock | FileLock, deadline: float, held: ExitStack) -> bool:

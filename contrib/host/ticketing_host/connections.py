@@ -4,28 +4,34 @@ uvicorn answers a request beyond ``limit_concurrency`` with 503, but a client th
 headers one line at a time never makes a request, and nothing closes its connection: 1,100 such
 clients (a line every 10 s) held every descriptor of a process limited to 1,024 open files, and
 every real request timed out for as long as they stayed. A client that sends its headers and then
-its body a byte at a time holds a connection the same way. Two bounds close that:
+its body a byte at a time holds a connection the same way, and so does one that never reads its
+answer. These bounds close that:
 
 - **a request timeout**: a connection waiting for a request (a new one, or a kept-alive one after
   its last response) has ``request_timeout`` seconds to send all of it, headers and body; then it
-  is answered 408 (if it had sent part of a request) and closed.
+  is answered 408 (if it had sent part of a request, and no answer of ours is under way) and
+  closed. A client that takes no part of its answer for as long is cut off too, and so is one
+  that has not taken a last answer (a 408, say) within a second of it.
+- **a bounded head**: a request line and headers over 16 KiB are answered 431 and closed (h11
+  refused them too; httptools has no bound, and gathers them at a cost growing as their square).
 - **a connection cap**: at most ``max_connections`` are open at once, and never more than the
   open-file limit leaves free for the rest of the process (a quarter of it, at least 64: database
-  files, calls to instances, logs). A connection beyond the cap closes the one that has waited
-  longest for its request, so a client that sends its request at once is served while the cap is
-  full of stalled ones; when every connection is busy with a request it sent whole, the newcomer
-  is answered 503 and closed.
+  files, calls to instances, logs). A connection counts until its socket is closed. A connection
+  beyond the cap cuts off the one that has waited longest for its request, so a client that
+  sends its request at once is served while the cap is full of stalled ones; when every
+  connection is busy with a request it sent whole, the newcomer is answered 503 and closed.
 
-uvicorn has neither, so :class:`BoundedHttpToolsProtocol` adds them to its httptools protocol
-class (httptools parses requests in C: the receiver's answer costs about a third less CPU than
-with h11), which uvicorn takes through its public ``http`` setting
+uvicorn has none of them, so :class:`BoundedHttpToolsProtocol` adds them to its httptools
+protocol class (httptools parses requests in C: ``serve`` spends about a third less CPU on a
+notification than with h11), which uvicorn takes through its public ``http`` setting
 (``uvicorn.Config(app, http=...)``). The server is run with ``ws="none"``: an upgrade to a
 WebSocket would hand the connection to another protocol without ``connection_lost`` here, so it
-would hold a place under the cap for good. It relies on five of that class's methods
-(``connection_made``, ``on_message_begin``, ``on_message_complete``, ``on_response_complete``,
-``connection_lost``) and two attributes (``transport``, ``loop``);
-``tests/host/test_resilience.py`` checks they are still there, so an uvicorn that changes them
-fails the tests rather than these bounds.
+would hold a place under the cap for good. It relies on that class's hooks (``connection_made``,
+``data_received``, ``connection_lost``, ``on_message_begin``, ``on_headers_complete``,
+``on_message_complete``, ``on_response_complete``, ``pause_writing``, ``resume_writing``) and
+attributes (``transport``, ``loop``, ``flow``, ``cycle``); ``tests/host/test_resilience.py``
+checks the hooks are still there, so an uvicorn that changes them fails the tests rather than
+these bounds.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ DEFAULT_MAX_CONNECTIONS = 1000
 MIN_FREE_FILES = 64
 """Descriptors always left to the rest of the process, whatever the open-file limit."""
 WARN_EVERY = 60.0  # seconds between warnings that the cap is reached
+MAX_HEAD_BYTES = 16 * 1024
+"""A request line and headers longer are answered 431 (h11's bound; httptools has none)."""
+CLOSE_GRACE = 1.0
+"""Seconds a closed connection has to take its last answer before it is cut off."""
 
 
 def open_file_limit() -> int:
@@ -120,9 +130,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._request_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
         self._begun = False  # part of a request has arrived, not all of it
         self._whole = 0  # requests that arrived whole
         self._answered = 0  # responses sent
+        self._in_head = True  # a request line and headers are due (or under way)
+        self._head_bytes = 0  # bytes received while they were
+        self._boundary = False  # a request ended in the bytes being parsed
 
     # -- uvicorn's hooks ---------------------------------------------------------------------------
 
@@ -142,14 +156,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._await_request()
 
+    def data_received(self, data: bytes) -> None:
+        self._boundary = False
+        super().data_received(data)
+        # Bytes that held the end of a request are not counted: the next head's share is unknown.
+        if self._in_head and not self._boundary and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                detail = f"the request line and headers exceed {MAX_HEAD_BYTES} bytes"
+                self._close(_answer(431, "Request Header Fields Too Large", detail))
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._begun = True
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._begun = False
         self._whole += 1
+        self._in_head, self._head_bytes, self._boundary = True, 0, True
         self._next_due()
 
     def on_response_complete(self) -> None:
@@ -158,8 +187,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self._next_due()  # kept alive: the next request is due in time too
 
+    def pause_writing(self) -> None:
+        """The client is not taking its answer: it has the request timeout to start again."""
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(
+                self.limits.request_timeout, self.transport.abort
+            )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self._forget()
+        self._forget_waiting()
+        self.registry.open.discard(self)
+        if self._send_timer is not None:
+            self._send_timer.cancel()
         super().connection_lost(exc)
 
     # -- the bounds --------------------------------------------------------------------------------
@@ -178,6 +224,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _overdue(self) -> None:
         self._request_timer = None
         if self.transport.is_closing() or self._whole > self._answered:
+            return
+        cycle = self.cycle
+        if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+            self._await_request()  # the client waits for us to read, or for our 100: not late
             return
         detail = f"the request did not arrive within {self.limits.request_timeout:g} s"
         self._close(_answer(408, "Request Timeout", detail) if self._begun else None)
@@ -202,17 +252,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return True
 
     def _close(self, answer: bytes | None) -> None:
-        self._forget()
-        if answer is not None:
-            self.transport.write(answer)
+        """Close with ``answer`` if any, cut off if it is not taken within :data:`CLOSE_GRACE`
+        (or at once, without one); counted until the socket is closed."""
+        self._forget_waiting()
+        if answer is None or not self._answerable():
+            self.transport.abort()
+            return
+        self.transport.write(answer)
         self.transport.close()
+        self.loop.call_later(CLOSE_GRACE, self.transport.abort)
+
+    def _answerable(self) -> bool:
+        """Whether an answer of ours would start a response: none is due or under way."""
+        cycle = self.cycle
+        responding = cycle is not None and cycle.response_started and not cycle.response_complete
+        return self._whole <= self._answered and not responding
 
     def _forget_waiting(self) -> None:
         if self._request_timer is not None:
             self._request_timer.cancel()
             self._request_timer = None
         self.registry.waiting.pop(self, None)
-
-    def _forget(self) -> None:
-        self._forget_waiting()
-        self.registry.open.discard(self)
