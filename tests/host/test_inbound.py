@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from servicenow_emulator import Emulator
 
 from ticketing_core.notifications import TICKETING_V1, sign
+from ticketing_core.sync.inbound import engine as inbound_engine
 
 from .conftest import (
     ANOMALY,
@@ -290,14 +291,14 @@ def test_a_host_clock_ten_minutes_off_refuses_notifications_and_the_poll_catches
     assert link["status"] == "On Hold"
 
 
-def test_a_retired_state_is_recorded_and_still_followed(
-    inbound_linked: Linked, emulator: Emulator
+def test_a_state_retired_after_the_host_read_the_choices_is_recorded_and_still_followed(
+    inbound_linked: Linked, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host, integration_id, sys_id, _ = inbound_linked
+    # The host read the choices, "On Hold" among them, in its first poll (the fixture's).
     emulator.set_choice("incident", "state", "3", "On Hold", inactive=True)
-    # The host read the choice list in its first poll; it reads it again (as when a status map
-    # is set) before the ticket moves.
-    host.runtime.pool(integration_id).states(refresh=True)
+    # That list is now older than the engine trusts one (a fleet's workers read theirs first).
+    monkeypatch.setattr(inbound_engine, "STATES_MAX_AGE", 0.0)
 
     emulator.act_as(AGENT, sys_id, state="3", hold_reason="1")
     quiet(host, emulator)

@@ -57,6 +57,9 @@ POLL_OVERLAP = 120.0  # seconds each poll re-reads before its cursor: late commi
 ENTRY_OVERLAP = timedelta(seconds=120)  # the same for journal entries
 FIRST_READ_SLACK = timedelta(hours=1)  # how far the host's clock may run ahead of the instance
 HEARD_RESOLUTION = 1.0  # seconds: how fresh "last heard from the instance" is kept
+# Seconds a provider's list of states is trusted: a state retired meanwhile is noticed (and
+# logged) once a ticket in it is applied after this long.
+STATES_MAX_AGE = 300.0
 MAX_POLL_PAGES = 1000  # per poll: 100,000 changed tickets; the next poll goes on from there
 MAX_DRAIN = 20 * BATCH  # notified tickets per drain; the next drain goes on from there
 ENTRIES_PER_INSERT = 500  # rows of one INSERT: well within both databases' bound parameters
@@ -74,6 +77,7 @@ class Inbound:
     log: SyncLog = attrs.field(init=False)
     _heard_written: dict[int, float] = attrs.field(init=False, factory=dict)
     _heard_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _states_read: dict[int, float] = attrs.field(init=False, factory=dict)
     _intake: BatchedIntake = attrs.field(init=False)
     state: InboundState = attrs.field(init=False)
 
@@ -248,14 +252,25 @@ class Inbound:
                 for ticket in sorted(ours_only, key=lambda t: t.id):
                     if self._apply_ticket(conn, integration_id, ticket, (), own, policy, ours=True):
                         applied_now.append(ticket)
-        for ticket in applied_now:
-            if ticket.status and ticket.status not in {s.label for s in provider.states()}:
+        in_states = [ticket for ticket in applied_now if ticket.status]
+        listed = self._known_states(integration_id, provider) if in_states else set()
+        for ticket in in_states:
+            if ticket.status not in listed:
                 self._note(
                     integration_id,
                     "unknown state",
                     ticket.id,
                     f"{ticket.status!r} is not in the instance's state choices (read again)",
                 )
+
+    def _known_states(self, integration_id: int, provider: InboundProvider) -> set[str]:
+        """The labels of the instance's states, read again once the list is
+        :data:`STATES_MAX_AGE` old (a provider reads it again itself on a state it lacks)."""
+        now = time.monotonic()
+        stale = now - self._states_read.get(integration_id, -STATES_MAX_AGE) >= STATES_MAX_AGE
+        if stale:
+            self._states_read[integration_id] = now
+        return {state.label for state in provider.states(refresh=stale)}
 
     # -- one ticket ------------------------------------------------------------------------------
 
