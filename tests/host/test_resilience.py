@@ -33,7 +33,8 @@ from ticketing_host.connections import ConnectionLimits, connection_bound
 from ticketing_host.server import serve_in_thread
 from ticketing_host.settings import Settings
 from ticketing_localserver import RunningServer
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from ticketing_core.sync.database import engine_url, sqlite_path
@@ -497,6 +498,16 @@ def test_a_request_head_over_16_kib_is_answered_431_and_one_under_it_is_served(
             time.sleep(0.05)
         refused = sock.makefile("rb").read()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(start.encode() + f"X-Padding: {'a' * 60_000}\r\n\r\n".encode())
+        refused_whole = sock.makefile("rb").read()  # a whole head in one write, read at once
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"1\r\nx\r\n0\r\n"
+            + f"X-Trailer: {'a' * 20_000}\r\n\r\n".encode()
+        )
+        refused_trailers = sock.makefile("rb").read()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(under)
         served = sock.makefile("rb").read()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -506,6 +517,8 @@ def test_a_request_head_over_16_kib_is_answered_431_and_one_under_it_is_served(
     head, detail = refused.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
     assert json.loads(detail) == {"detail": "the request line and headers exceed 16384 bytes"}
+    assert refused_whole == refused
+    assert refused_trailers == refused  # the app's answer to the request is dropped
     assert served.startswith(b"HTTP/1.1 200 OK\r\n")
     assert not_found.startswith(b"HTTP/1.1 404 Not Found\r\n")
 
@@ -557,6 +570,54 @@ def test_a_client_that_does_not_take_its_answer_is_cut_off_after_the_request_tim
         registry = registry_of(server)
         wait_until(lambda: registry.open)
         wait_until(lambda: not registry.open, timeout=1.0 + 5)
+
+
+class HeldTransport:
+    """A transport whose client never takes what is written: closing, it stays open."""
+
+    def __init__(self) -> None:
+        self.closing = self.aborted = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_a_connection_closing_for_two_sweeps_is_cut_off() -> None:
+    """However it was closed (by uvicorn after a Connection: close answer, say): a client that
+    never takes its last answer does not hold a place under the cap."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    config = uvicorn.Config(app, http=ConnectionLimits().protocol(), lifespan="off")
+    config.load()
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=ServerState(), app_state={}, _loop=loop
+        )
+        transport = HeldTransport()
+        protocol.connection_made(transport)
+        registry = protocol.registry
+        registry._sweep(loop)
+        transport.close()
+        registry._sweep(loop)
+        cut_at_first = transport.aborted
+        registry._sweep(loop)
+    finally:
+        loop.close()
+
+    assert not cut_at_first
+    assert transport.aborted
 
 
 def test_a_connection_that_sends_nothing_is_closed_after_the_timeout_without_an_answer(
@@ -684,6 +745,11 @@ def test_the_uvicorn_internals_the_bounds_rely_on_are_there() -> None:
     for hook in hooks[3:]:
         method = getattr(HttpToolsProtocol, hook)
         assert list(inspect.signature(method).parameters) == ["self"], hook
+    cycle = inspect.getsource(RequestResponseCycle.__init__)
+    for name in ("disconnected", "message_event", "response_started", "response_complete",
+                 "waiting_for_100_continue"):  # fmt: skip
+        assert f"self.{name} =" in cycle, f"uvicorn's request cycle has no {name} any more"
+    assert "self.read_paused =" in inspect.getsource(FlowControl.__init__)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         pass

@@ -98,7 +98,8 @@ class Database:
         written = sqlite_file and not read_only
         self._writer = threading.Lock() if written else None
         self._writing = threading.local()
-        self._lock_path = f"{parsed.database}-writer" if written else None
+        # Resolved: a link to the file and the file itself share one lock.
+        self._lock_path = f"{os.path.realpath(str(parsed.database))}-writer" if written else None
         self._file_lock: FileLock | None = None
         if self.engine.dialect.name == "sqlite":
             # Only the service's own opening switches a file to WAL: a look changes nothing.

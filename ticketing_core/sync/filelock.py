@@ -39,7 +39,7 @@ class FileLock:
 
     def __init__(self, path: str) -> None:
         self.pid = os.getpid()
-        self._path = os.path.realpath(path)  # a link and its target share one lock
+        self._path = path
         self._fd = self._open()
         self._state = threading.Lock()
         self._got = threading.Event()
@@ -132,6 +132,8 @@ class FileLock:
     def _give_up(self, error: OSError) -> None:
         self._warn(error)
         self._closed = True
+        if not self._waiting and self._finalizer is not None:
+            self._finalizer()
 
     def _warn(self, error: OSError) -> None:
         log.warning(

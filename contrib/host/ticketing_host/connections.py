@@ -11,9 +11,11 @@ answer. These bounds close that:
   its last response) has ``request_timeout`` seconds to send all of it, headers and body; then it
   is answered 408 (if it had sent part of a request, and no answer of ours is under way) and
   closed. A client that takes no part of its answer for as long is cut off too, and so is one
-  that has not taken a last answer (a 408, say) within a second of it.
-- **a bounded head**: a request line and headers over 16 KiB are answered 431 and closed (h11
-  refused them too; httptools has no bound, and gathers them at a cost growing as their square).
+  that has not taken its last answer 1 to 2 s after its connection was closed (by us, or by
+  uvicorn: a ``Connection: close`` answer, a 400, the keep-alive timeout).
+- **a bounded head**: a request line and headers (and a chunked body's trailers) over 16 KiB are
+  answered 431 and closed (h11 refused them too; httptools has no bound, and gathers a header's
+  parts at a cost growing as their square).
 - **a connection cap**: at most ``max_connections`` are open at once, and never more than the
   open-file limit leaves free for the rest of the process (a quarter of it, at least 64: database
   files, calls to instances, logs). A connection counts until its socket is closed. A connection
@@ -56,7 +58,11 @@ WARN_EVERY = 60.0  # seconds between warnings that the cap is reached
 MAX_HEAD_BYTES = 16 * 1024
 """A request line and headers longer are answered 431 (h11's bound; httptools has none)."""
 CLOSE_GRACE = 1.0
-"""Seconds a closed connection has to take its last answer before it is cut off."""
+"""Seconds a closed connection has to take its last answer before it is cut off (1 to 2 s)."""
+
+
+class _HeadTooLong(Exception):
+    """Raised in httptools' callbacks to stop parsing a head over :data:`MAX_HEAD_BYTES`."""
 
 
 def open_file_limit() -> int:
@@ -101,6 +107,22 @@ class _Registry:
         self.open: set[BoundedHttpToolsProtocol] = set()
         self.waiting: dict[BoundedHttpToolsProtocol, None] = {}
         self.warned_at = -WARN_EVERY
+        self.sweeping = False
+
+    def sweep_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self.sweeping:
+            self.sweeping = True
+            loop.call_later(CLOSE_GRACE, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Cut off the connections found closing at the last sweep and still open: whoever
+        closed them (we, or uvicorn after a ``Connection: close`` answer, a 400, the keep-alive
+        timeout), their client has not taken its last answer."""
+        for connection in list(self.open):
+            connection.sweep()
+        self.sweeping = False
+        if self.open:
+            self.sweep_soon(loop)
 
 
 def _answer(status: int, reason: str, detail: str, *headers: str) -> bytes:
@@ -136,13 +158,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._answered = 0  # responses sent
         self._in_head = True  # a request line and headers are due (or under way)
         self._head_bytes = 0  # bytes received while they were
+        self._head_length = 0  # the request's URL, header and trailer names and values
         self._boundary = False  # a request ended in the bytes being parsed
+        self._draining = False  # our last answer sent: what the client still sends is dropped
+        self._closing_seen = False  # found closing by a sweep
 
     # -- uvicorn's hooks ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.registry.open.add(self)
+        self.registry.sweep_soon(self.loop)
         if len(self.registry.open) > self.bound and not self._make_room():
             self._close(
                 _answer(
@@ -157,18 +183,34 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._await_request()
 
     def data_received(self, data: bytes) -> None:
+        if self._draining:
+            return
         self._boundary = False
         super().data_received(data)
-        # Bytes that held the end of a request are not counted: the next head's share is unknown.
+        # A head still incomplete is bounded here (httptools gathers a header's parts before its
+        # callback sees them); bytes that held the end of a request are not counted, the next
+        # head's share being unknown. Whole heads are measured exactly by the callbacks.
         if self._in_head and not self._boundary and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
-                detail = f"the request line and headers exceed {MAX_HEAD_BYTES} bytes"
-                self._close(_answer(431, "Request Header Fields Too Large", detail))
+                self._refuse_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._begun = True
+        self._head_length = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))  # trailers of a chunked body too
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        if not self.transport.is_closing() and not self._draining:  # else answered already
+            super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -209,6 +251,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     # -- the bounds --------------------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Cut off this connection if a sweep before found it closing (see ``_Registry``)."""
+        closing = self._draining or self.transport.is_closing()
+        if closing and self._closing_seen:
+            self.transport.abort()
+        self._closing_seen = closing
+
+    def _count_head(self, length: int) -> None:
+        self._head_length += length
+        if self._head_length > MAX_HEAD_BYTES:
+            self._refuse_head()
+            raise _HeadTooLong  # httptools stops; uvicorn's 400 is not sent (answered already)
+
+    def _refuse_head(self) -> None:
+        detail = f"the request line and headers exceed {MAX_HEAD_BYTES} bytes"
+        self._close(_answer(431, "Request Header Fields Too Large", detail))
 
     def _next_due(self) -> None:
         if self._whole <= self._answered:
@@ -252,15 +311,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return True
 
     def _close(self, answer: bytes | None) -> None:
-        """Close with ``answer`` if any, cut off if it is not taken within :data:`CLOSE_GRACE`
-        (or at once, without one); counted until the socket is closed."""
+        """Close with ``answer`` if any (or cut off at once, without one). The answer is
+        followed by the end of our side; what the client still sends is read and dropped, so
+        its unread bytes do not make the kernel reset the connection before the answer is
+        read. A sweep cuts it off 1 to 2 s later. Counted until the socket is closed."""
         self._forget_waiting()
-        if answer is None or not self._answerable():
+        if answer is None or not self._answerable() or self._draining:
             self.transport.abort()
             return
+        self._draining = True
+        if (cycle := self.cycle) is not None and not cycle.response_complete:
+            cycle.disconnected = True  # as uvicorn tells the app when the client goes
+            cycle.message_event.set()
         self.transport.write(answer)
-        self.transport.close()
-        self.loop.call_later(CLOSE_GRACE, self.transport.abort)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()
 
     def _answerable(self) -> bool:
         """Whether an answer of ours would start a response: none is due or under way."""
