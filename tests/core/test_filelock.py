@@ -85,35 +85,39 @@ def free(path: Path) -> bool:
         return True
 
 
-def test_a_lock_another_process_holds_is_waited_for_at_most_the_timeout(tmp_path: Path) -> None:
-    path = tmp_path / "lock"
-    lock = FileLock(str(path))
-    try:
-        with held_elsewhere(path, "lock") as holder:
-            started = time.monotonic()
-            taken = lock.acquire(timeout=0.3)
-            waited = time.monotonic() - started
-            release(holder)
-            taken_after_release = lock.acquire(timeout=5)
-            lock.release()
-    finally:
-        lock.close()
+@pytest.fixture
+def lock_path(tmp_path: Path) -> Path:
+    return tmp_path / "lock"
+
+
+@pytest.fixture
+def lock(lock_path: Path) -> Iterator[FileLock]:
+    taken = FileLock(str(lock_path))
+    yield taken
+    taken.close()
+
+
+def test_a_lock_another_process_holds_is_waited_for_at_most_the_timeout(
+    lock: FileLock, lock_path: Path
+) -> None:
+    with held_elsewhere(lock_path, "lock") as holder:
+        started = time.monotonic()
+        taken = lock.acquire(timeout=0.3)
+        waited = time.monotonic() - started
+        release(holder)
+        taken_after_release = lock.acquire(timeout=5)
+        lock.release()
 
     assert not taken
     assert 0.25 < waited < 2
     assert taken_after_release
 
 
-def test_a_waiter_that_gave_up_lets_the_lock_go(tmp_path: Path) -> None:
-    path = tmp_path / "lock"
-    lock = FileLock(str(path))
-    try:
-        with held_elsewhere(path, "lock") as holder:
-            assert not lock.acquire(timeout=0.1)  # its wait goes on in a thread of its own
-            release(holder)
-            wait_until(lambda: free(path), timeout=5)
-    finally:
-        lock.close()
+def test_a_waiter_that_gave_up_lets_the_lock_go(lock: FileLock, lock_path: Path) -> None:
+    with held_elsewhere(lock_path, "lock") as holder:
+        assert not lock.acquire(timeout=0.1)  # its wait goes on in a thread of its own
+        release(holder)
+        wait_until(lambda: free(lock_path), timeout=5)
 
 
 def test_a_write_transaction_holds_the_machine_lock_and_bounded_waits_still_end(

@@ -406,23 +406,32 @@ def read_response(reader: Any) -> bytes:
     return head + reader.read(length)
 
 
+AUTHORIZED_GET = (
+    f"GET /api/integrations HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_TOKEN}"
+    "\r\n\r\n"
+).encode()
+
+
+def given_up_on(sock: socket.socket, reader: Any, partial: bytes) -> tuple[bytes, float]:
+    """Send part of a request and no more: what the host sends until it closes, and when."""
+    sock.sendall(partial)
+    started = time.monotonic()
+    answer = reader.read()
+    return answer, time.monotonic() - started
+
+
 def test_a_kept_alive_connection_has_the_same_time_for_its_next_request(
     bounded_host: Callable[[ConnectionLimits], RunningServer],
 ) -> None:
     server = bounded_host(ConnectionLimits(request_timeout=1.0, max_connections=10))
-    request = (
-        f"GET /api/integrations HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_TOKEN}"
-        "\r\n\r\n"
-    ).encode()
 
     with socket.create_connection(("127.0.0.1", port_of(server.url)), timeout=5) as sock:
         reader = sock.makefile("rb")
-        sock.sendall(request)
+        sock.sendall(AUTHORIZED_GET)
         first = read_response(reader)
-        sock.sendall(b"GET /api/integrations HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and no more
-        started = time.monotonic()
-        second = reader.read()
-        closed_after = time.monotonic() - started
+        second, closed_after = given_up_on(
+            sock, reader, b"GET /api/integrations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        )
 
     assert first.startswith(b"HTTP/1.1 200 OK\r\n")
     assert second.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
@@ -433,19 +442,12 @@ def test_pipelined_requests_are_each_answered_and_then_the_next_is_due_in_time(
     bounded_host: Callable[[ConnectionLimits], RunningServer],
 ) -> None:
     server = bounded_host(ConnectionLimits(request_timeout=1.0, max_connections=10))
-    request = (
-        f"GET /api/integrations HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_TOKEN}"
-        "\r\n\r\n"
-    ).encode()
 
     with socket.create_connection(("127.0.0.1", port_of(server.url)), timeout=5) as sock:
         reader = sock.makefile("rb")
-        sock.sendall(request * 3)
+        sock.sendall(AUTHORIZED_GET * 3)
         answers = [read_response(reader) for _ in range(3)]
-        sock.sendall(request[:20])
-        started = time.monotonic()
-        last = reader.read()
-        closed_after = time.monotonic() - started
+        last, closed_after = given_up_on(sock, reader, AUTHORIZED_GET[:20])
 
     assert all(answer.startswith(b"HTTP/1.1 200 OK\r\n") for answer in answers)
     assert last.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
@@ -463,10 +465,7 @@ def test_an_answer_before_the_body_ends_leaves_the_rest_of_it_due_in_time(
         reader = sock.makefile("rb")
         sock.sendall(trickling)
         early = read_response(reader)
-        started = time.monotonic()
-        sock.sendall(b"x")
-        last = reader.read()
-        closed_after = time.monotonic() - started
+        last, closed_after = given_up_on(sock, reader, b"x")
 
     assert early.startswith(b"HTTP/1.1 404 Not Found\r\n")
     assert last.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
