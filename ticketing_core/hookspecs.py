@@ -229,7 +229,8 @@ class InboundProvider(Provider, Protocol):
     def states(self, *, refresh: bool = False) -> tuple[TicketStatus, ...]:
         """The states a ticket may be in, from the service's own choice list (ServiceNow:
         ``sys_choice``), active ones in their order; never a table written into the provider.
-        May be cached; ``refresh`` reads the list again (an operator is setting a status map)."""
+        May be cached; ``refresh`` reads the list again (an operator is setting a status map,
+        or the sync engine's copy is 5 minutes old: a state retired meanwhile must show)."""
 
     def read_notification(self, body: Mapping[str, Any]) -> Notice:
         """What a notification's JSON body names (no I/O); the signature is checked before.
